@@ -1,0 +1,36 @@
+// Turns the Python layer's lists of NumPy arrays into a Batch. The arrays were already
+// checked by fusedopt/_arrays.py (dtype, contiguity, shapes, writability, overlap); this
+// only reads their data pointers, and re-asserts the facts memory safety rests on (sizes
+// and element size), so a direct call into the private module cannot write out of bounds.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <vector>
+
+#include "common/batch.h"
+
+namespace fusedopt {
+namespace bindings {
+
+namespace py = pybind11;
+
+class PyBatch {
+ public:
+  // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
+  PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
+          int dtype_code);
+  const Batch& batch() const { return batch_; }
+
+ private:
+  void add_role(int role, const py::sequence& arrays, bool written);
+
+  Batch batch_;
+  std::vector<int64_t> offsets_;
+  std::vector<void*> ptrs_[kMaxRoles];
+  size_t itemsize_ = 0;
+};
+
+}  // namespace bindings
+}  // namespace fusedopt

@@ -1,0 +1,138 @@
+// The CPU update kernels. Arguments arrive already checked and the coefficients already
+// computed (fusedopt/_arrays.py, fusedopt/_coeffs.py); this file only packs them into the
+// plain structs of csrc/common/steps.h and releases the GIL while the kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "bindings/batch_from_python.h"
+#include "common/steps.h"
+#include "cpu/driver.h"
+
+namespace fusedopt {
+namespace bindings {
+
+namespace py = pybind11;
+using math::Momentum;
+using math::WeightDecay;
+
+namespace {
+
+template <class Step>
+void run(void (*kernel)(const Step&, const Batch&), const Step& step, const PyBatch& batch) {
+  py::gil_scoped_release release;
+  kernel(step, batch.batch());
+}
+
+WeightDecay weight_decay_mode(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("bad weight-decay mode");
+  return static_cast<WeightDecay>(code);
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+  using py::arg;
+  m.def(
+      "sgd",
+      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
+         double weight_decay, double decay_factor, double momentum, double one_minus_dampening,
+         bool maximize, int wd_mode, int momentum_mode, bool nesterov) {
+        if (momentum_mode < 0 || momentum_mode > 3) throw std::invalid_argument("bad momentum mode");
+        const SgdStep step{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
+                           maximize, weight_decay_mode(wd_mode), static_cast<Momentum>(momentum_mode),
+                           nesterov};
+        run(cpu::sgd, step, PyBatch(params, grads, states, dtype));
+      },
+      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("weight_decay"),
+      arg("decay_factor"), arg("momentum"), arg("one_minus_dampening"), arg("maximize"),
+      arg("wd_mode"), arg("momentum_mode"), arg("nesterov"));
+
+  m.def(
+      "adagrad",
+      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double clr,
+         double weight_decay, double eps, bool maximize, int wd_mode) {
+        const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
+        run(cpu::adagrad, step, PyBatch(params, grads, states, dtype));
+      },
+      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("clr"), arg("weight_decay"),
+      arg("eps"), arg("maximize"), arg("wd_mode"));
+
+  m.def(
+      "rmsprop",
+      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
+         double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
+         bool maximize, int wd_mode, bool centered, bool has_momentum) {
+        const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
+                               maximize, weight_decay_mode(wd_mode), centered, has_momentum};
+        run(cpu::rmsprop, step, PyBatch(params, grads, states, dtype));
+      },
+      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("alpha"),
+      arg("one_minus_alpha"), arg("eps"), arg("weight_decay"), arg("momentum"), arg("maximize"),
+      arg("wd_mode"), arg("centered"), arg("has_momentum"));
+
+  m.def(
+      "adam",
+      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double beta1,
+         double one_minus_beta1, double beta2, double one_minus_beta2, double step_size,
+         double inv_sqrt_bc2, double eps, double weight_decay, double decay_factor, bool maximize,
+         int wd_mode, bool amsgrad) {
+        const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2,
+                             eps, weight_decay, decay_factor},
+                            maximize, weight_decay_mode(wd_mode), amsgrad};
+        run(cpu::adam, step, PyBatch(params, grads, states, dtype));
+      },
+      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("beta1"), arg("one_minus_beta1"),
+      arg("beta2"), arg("one_minus_beta2"), arg("step_size"), arg("inv_sqrt_bc2"), arg("eps"),
+      arg("weight_decay"), arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"));
+
+  m.def(
+      "traffic",
+      [](py::sequence params, py::sequence grads, py::sequence states, int dtype) {
+        const TrafficStep step{static_cast<int>(py::len(states))};
+        run(cpu::traffic, step, PyBatch(params, grads, states, dtype));
+      },
+      arg("params"), arg("grads"), arg("states"), arg("dtype"),
+      "The memory roof: the loads and stores of a rule with len(states) states, one add each.");
+
+  m.def(
+      "grad_sum_of_squares",
+      [](py::sequence grads, int dtype) {
+        // The grads stand in for the params too: only their sizes and pointers are read.
+        PyBatch batch(grads, grads, py::list(), dtype);
+        py::gil_scoped_release release;
+        return cpu::grad_sum_of_squares(batch.batch());
+      },
+      arg("grads"), arg("dtype"));
+
+  m.def(
+      "find_overlap",
+      [](py::sequence arrays, py::sequence written) -> py::object {
+        // Byte ranges of C-contiguous arrays; returns the first overlapping pair (i, j) in
+        // which at least one array is written, or None.
+        struct Span { uintptr_t lo, hi; size_t index; bool written; };
+        std::vector<Span> spans;
+        const size_t n = py::len(arrays);
+        spans.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+          auto a = py::reinterpret_borrow<py::array>(arrays[i]);
+          if (a.nbytes() == 0) continue;
+          const auto lo = reinterpret_cast<uintptr_t>(a.data());
+          spans.push_back({lo, lo + static_cast<uintptr_t>(a.nbytes()), i, written[i].cast<bool>()});
+        }
+        std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+        const Span* reach = nullptr;  // the span reaching furthest so far
+        for (const Span& s : spans) {
+          if (reach != nullptr && s.lo < reach->hi && (s.written || reach->written))
+            return py::make_tuple(std::min(reach->index, s.index), std::max(reach->index, s.index));
+          if (reach == nullptr || s.hi > reach->hi) reach = &s;
+        }
+        return py::none();
+      },
+      arg("arrays"), arg("written"));
+}
+
+}  // namespace bindings
+}  // namespace fusedopt

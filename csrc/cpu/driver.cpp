@@ -1,0 +1,80 @@
+#include "cpu/driver.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/thread_pool.h"
+#include "math/sumsq.h"
+
+namespace fusedopt {
+namespace cpu {
+namespace {
+
+// Below this many elements per thread a call runs on the calling thread alone: handing a
+// range to another thread costs a few microseconds, about what 32K elements of Adam take.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
+// Thread ranges start on multiples of this many elements, so two threads rarely write the
+// same cache line (64 float64 or float32 elements cover at least one 64-byte line).
+constexpr int64_t kRangeAlign = 64;
+
+int64_t range_start(int64_t total, int task, int n_tasks) {
+  if (task >= n_tasks) return total;
+  const int64_t raw = static_cast<int64_t>((static_cast<__int128>(total) * task) / n_tasks);
+  return raw - raw % kRangeAlign;
+}
+
+template <class Step>
+void run_split(void (*fn)(const Step&, const Batch&, int64_t, int64_t), const Step& step,
+               const Batch& batch) {
+  const int64_t total = batch.total();
+  if (total == 0) return;
+  const int n = threads_for(total);
+  if (n == 1) {
+    fn(step, batch, 0, total);
+    return;
+  }
+  parallel_for(n, [&](int t) {
+    fn(step, batch, range_start(total, t, n), range_start(total, t + 1, n));
+  });
+}
+
+}  // namespace
+
+int threads_for(int64_t total) {
+  const int64_t by_size = std::max<int64_t>(1, total / kMinElementsPerThread);
+  return static_cast<int>(std::min<int64_t>(get_num_threads(), by_size));
+}
+
+void sgd(const SgdStep& s, const Batch& b) { run_split(active_table().sgd, s, b); }
+void adagrad(const AdagradStep& s, const Batch& b) { run_split(active_table().adagrad, s, b); }
+void rmsprop(const RmspropStep& s, const Batch& b) { run_split(active_table().rmsprop, s, b); }
+void adam(const AdamStep& s, const Batch& b) { run_split(active_table().adam, s, b); }
+void traffic(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
+
+double grad_sum_of_squares(const Batch& b) {
+  std::vector<int64_t> block_offsets(static_cast<size_t>(b.n_tensors) + 1, 0);
+  for (int64_t t = 0; t < b.n_tensors; ++t) {
+    const int64_t blocks = (b.size(t) + math::kNormBlock - 1) / math::kNormBlock;
+    block_offsets[t + 1] = block_offsets[t] + blocks;
+  }
+  const int64_t n_blocks = block_offsets.back();
+  if (n_blocks == 0) return 0.0;
+  std::vector<double> partials(static_cast<size_t>(n_blocks));
+  const auto fn = active_table().sumsq_blocks;
+  const int n = static_cast<int>(std::min<int64_t>(threads_for(b.total()), n_blocks));
+  if (n <= 1) {
+    fn(b, block_offsets.data(), 0, n_blocks, partials.data());
+  } else {
+    parallel_for(n, [&](int t) {
+      const int64_t lo = n_blocks * t / n, hi = n_blocks * (t + 1) / n;
+      fn(b, block_offsets.data(), lo, hi, partials.data());
+    });
+  }
+  double sum = 0.0;  // block sums in call order: the fixed combining order
+  for (double p : partials) sum = sum + p;
+  return sum;
+}
+
+}  // namespace cpu
+}  // namespace fusedopt

@@ -1,0 +1,29 @@
+// Runs one fused call on the CPU: splits the call's elements (all tensors concatenated)
+// into equal contiguous ranges, one per thread, and calls the active instruction-set
+// build on each. Splitting the concatenated index space, not tensor by tensor, keeps every
+// core busy on a list of a thousand small tensors as well as on one large one.
+#pragma once
+
+#include <cstdint>
+
+#include "common/batch.h"
+#include "common/steps.h"
+
+namespace fusedopt {
+namespace cpu {
+
+void sgd(const SgdStep& step, const Batch& batch);
+void adagrad(const AdagradStep& step, const Batch& batch);
+void rmsprop(const RmspropStep& step, const Batch& batch);
+void adam(const AdamStep& step, const Batch& batch);
+void traffic(const TrafficStep& step, const Batch& batch);
+
+// Sum of squares of every gradient of the batch, by the fixed blocking and combining order
+// of math/sumsq.h: the same bits for any thread count and instruction set.
+double grad_sum_of_squares(const Batch& batch);
+
+// How many threads a call of `total` elements uses (at most get_num_threads()).
+int threads_for(int64_t total);
+
+}  // namespace cpu
+}  // namespace fusedopt

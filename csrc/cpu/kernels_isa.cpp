@@ -1,0 +1,244 @@
+// The CPU loops. This one file is compiled once per instruction set (CMakeLists.txt sets
+// FUSEDOPT_ISA and the target flags), and csrc/cpu/dispatch.cpp picks a build at import.
+//
+// The loops are plain scalar C++ over restrict pointers; the compiler vectorizes them for
+// each target. The vector body and the scalar remainder therefore run the very same rule
+// from csrc/math/, and since the build forbids FMA contraction and fast-math, every target
+// produces the same bits.
+//
+// Everything here has internal linkage (anonymous namespace, no std:: algorithm templates):
+// a weak symbol compiled with AVX-512 flags could otherwise be picked by the linker for
+// the baseline build and crash a machine without AVX-512.
+#include <cstdint>
+#include <type_traits>
+
+#include "common/batch.h"
+#include "common/steps.h"
+#include "cpu/kernel_table.h"
+#include "math/adagrad.h"
+#include "math/adam.h"
+#include "math/rmsprop.h"
+#include "math/sgd.h"
+#include "math/sumsq.h"
+#include "math/traffic.h"
+
+#ifndef FUSEDOPT_ISA
+#error "FUSEDOPT_ISA must name the instruction-set build (baseline, avx2, avx512)"
+#endif
+
+namespace fusedopt {
+namespace cpu {
+namespace {
+
+using math::Momentum;
+using math::WeightDecay;
+
+// --- storage <-> compute conversion: the one place float16/bfloat16 will slot in. -------
+template <class T, class S>
+inline T load_as(S x) {
+  return static_cast<T>(x);
+}
+template <class S, class T>
+inline S store_as(T x) {
+  return static_cast<S>(x);
+}
+
+// --- the element loop ---------------------------------------------------------------------
+template <class Rule, class S>
+void run_tensor(const Rule& rule, S* __restrict p, const S* __restrict g, S* __restrict s0,
+                S* __restrict s1, S* __restrict s2, int64_t n) {
+  using T = typename Rule::compute_t;
+  constexpr int N = Rule::kNumStates;
+  for (int64_t i = 0; i < n; ++i) {
+    T pv = load_as<T>(p[i]);
+    const T gv = load_as<T>(g[i]);
+    T st[N > 0 ? N : 1];
+    if constexpr (N > 0) st[0] = load_as<T>(s0[i]);
+    if constexpr (N > 1) st[1] = load_as<T>(s1[i]);
+    if constexpr (N > 2) st[2] = load_as<T>(s2[i]);
+    rule(pv, gv, st);
+    p[i] = store_as<S>(pv);
+    if constexpr (N > 0) s0[i] = store_as<S>(st[0]);
+    if constexpr (N > 1) s1[i] = store_as<S>(st[1]);
+    if constexpr (N > 2) s2[i] = store_as<S>(st[2]);
+  }
+}
+
+// First tensor whose elements reach past `index` (empty tensors are stepped over).
+int64_t tensor_containing(const int64_t* offsets, int64_t n_tensors, int64_t index) {
+  int64_t lo = 0, hi = n_tensors;  // answer in [lo, hi]
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (offsets[mid + 1] > index) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+template <class S>
+S* role_ptr(const Batch& b, int role, int64_t t, int64_t lo) {
+  return b.ptrs[role] ? static_cast<S*>(b.ptrs[role][t]) + lo : nullptr;
+}
+
+template <class Rule, class S>
+void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
+  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+       t < b.n_tensors && b.offsets[t] < end; ++t) {
+    const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+    const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+    if (hi <= lo) continue;
+    run_tensor(rule, role_ptr<S>(b, kParam, t, lo), role_ptr<const S>(b, kGrad, t, lo),
+               role_ptr<S>(b, kState0, t, lo), role_ptr<S>(b, kState1, t, lo),
+               role_ptr<S>(b, kState2, t, lo), hi - lo);
+  }
+}
+
+// --- runtime flags -> template arguments (one branch per call, none per element) ------------
+template <class F>
+void with_bool(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
+}
+template <class F>
+void with_weight_decay(WeightDecay wd, F&& f) {
+  switch (wd) {
+    case WeightDecay::kNone: f(std::integral_constant<WeightDecay, WeightDecay::kNone>{}); break;
+    case WeightDecay::kCoupled: f(std::integral_constant<WeightDecay, WeightDecay::kCoupled>{}); break;
+    case WeightDecay::kDecoupled: f(std::integral_constant<WeightDecay, WeightDecay::kDecoupled>{}); break;
+  }
+}
+template <class F>
+void with_momentum(Momentum m, F&& f) {
+  switch (m) {
+    case Momentum::kNone: f(std::integral_constant<Momentum, Momentum::kNone>{}); break;
+    case Momentum::kTorchFirst: f(std::integral_constant<Momentum, Momentum::kTorchFirst>{}); break;
+    case Momentum::kTorch: f(std::integral_constant<Momentum, Momentum::kTorch>{}); break;
+    case Momentum::kKeras: f(std::integral_constant<Momentum, Momentum::kKeras>{}); break;
+  }
+}
+// The storage type S; arithmetic is float for float32 storage and double for float64.
+template <class F>
+void with_storage(DType d, F&& f) {
+  switch (d) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat64: f(double{}); break;
+  }
+}
+
+// --- entry points -------------------------------------------------------------------------
+void sgd(const SgdStep& s, const Batch& b, int64_t begin, int64_t end) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        with_momentum(s.momentum, [&](auto mom) {
+          with_bool(s.nesterov, [&](auto nest) {
+            using Rule = math::SgdRule<S, mx.value, wd.value, mom.value, nest.value>;
+            run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+          });
+        });
+      });
+    });
+  });
+}
+
+void adagrad(const AdagradStep& s, const Batch& b, int64_t begin, int64_t end) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        using Rule = math::AdagradRule<S, mx.value, wd.value>;
+        run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+      });
+    });
+  });
+}
+
+void rmsprop(const RmspropStep& s, const Batch& b, int64_t begin, int64_t end) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        with_bool(s.centered, [&](auto centered) {
+          with_bool(s.momentum, [&](auto mom) {
+            using Rule = math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>;
+            run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+          });
+        });
+      });
+    });
+  });
+}
+
+void adam(const AdamStep& s, const Batch& b, int64_t begin, int64_t end) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        with_bool(s.amsgrad, [&](auto ams) {
+          using Rule = math::AdamRule<S, mx.value, wd.value, ams.value>;
+          run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+        });
+      });
+    });
+  });
+}
+
+template <int N, class S>
+void traffic_n(const Batch& b, int64_t begin, int64_t end) {
+  run_range<math::TrafficRule<S, N>, S>(math::TrafficRule<S, N>{}, b, begin, end);
+}
+
+void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    switch (s.n_states) {
+      case 0: traffic_n<0, S>(b, begin, end); break;
+      case 1: traffic_n<1, S>(b, begin, end); break;
+      case 2: traffic_n<2, S>(b, begin, end); break;
+      default: traffic_n<3, S>(b, begin, end); break;
+    }
+  });
+}
+
+template <class S>
+double block_sumsq(const S* __restrict x, int64_t n) {
+  constexpr int L = math::kNormLanes;
+  double lane[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int j = 0; j < L; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+  return math::combine_lanes(lane);
+}
+
+void sumsq_blocks(const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
+                  double* partials) {
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
+         t < b.n_tensors && block_offsets[t] < end; ++t) {
+      const S* x = static_cast<const S*>(b.ptrs[kGrad][t]);
+      const int64_t n = b.size(t);
+      const int64_t first = begin > block_offsets[t] ? begin : block_offsets[t];
+      const int64_t last = end < block_offsets[t + 1] ? end : block_offsets[t + 1];
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t lo = (k - block_offsets[t]) * math::kNormBlock;
+        const int64_t len = (n - lo < math::kNormBlock) ? n - lo : math::kNormBlock;
+        partials[k] = block_sumsq(x + lo, len);
+      }
+    }
+  });
+}
+
+#define FUSEDOPT_STR2(x) #x
+#define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), sgd, adagrad, rmsprop, adam, traffic, sumsq_blocks};
+
+}  // namespace
+
+#define FUSEDOPT_TABLE_FN2(isa) kernel_table_##isa
+#define FUSEDOPT_TABLE_FN(isa) FUSEDOPT_TABLE_FN2(isa)
+const KernelTable& FUSEDOPT_TABLE_FN(FUSEDOPT_ISA)() { return kTable; }
+
+}  // namespace cpu
+}  // namespace fusedopt

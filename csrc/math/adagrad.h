@@ -1,0 +1,40 @@
+// Adagrad (torch.optim.Adagrad).
+//
+// Per element, in this order:
+//   g   = maximize ? -grad : grad
+//   g   = g + weight_decay * p                     (if weight_decay != 0)
+//   sum = sum + g * g
+//   std = sqrt(sum) + eps
+//   p   = p - clr * (g / std)
+// with clr = lr / (1 + (step - 1) * lr_decay), computed once per step on the host in double.
+#pragma once
+
+#include "math/common_grad.h"
+
+namespace fusedopt {
+namespace math {
+
+template <class T>
+struct AdagradCoeffs {
+  T clr;
+  T weight_decay;
+  T eps;
+};
+
+template <class T, bool kMaximize, WeightDecay kWd>
+struct AdagradRule {
+  using compute_t = T;
+  static constexpr int kNumStates = 1;  // state_sum
+  AdagradCoeffs<T> c;
+
+  FUSEDOPT_HD void operator()(T& p, T grad, T* state) const {
+    const T g = effective_grad<kMaximize, kWd>(grad, p, c.weight_decay);
+    T& sum = state[0];
+    sum = sum + g * g;
+    const T std_dev = sqrt_ieee(sum) + c.eps;
+    p = p - c.clr * div_ieee(g, std_dev);
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,66 @@
+// FUSEDOPT_HD marks the update rules as host+device code, the way CUTLASS marks its own.
+//
+// On the host the rules are also forced inline. That is not only for speed: the CPU loop
+// is compiled once per instruction set (csrc/cpu/kernels_isa.cpp), and an out-of-line copy
+// of a rule would be one weak symbol shared by all those builds, so the linker could hand
+// the AVX-512 copy to the baseline loop. Inlined, every build carries its own code.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define FUSEDOPT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define FUSEDOPT_HD inline __attribute__((always_inline))
+#else
+#define FUSEDOPT_HD inline
+#endif
+
+namespace fusedopt {
+namespace math {
+
+// IEEE square root, correctly rounded on every backend (the build forbids fast-math).
+FUSEDOPT_HD float sqrt_ieee(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(x);
+#elif defined(__GNUC__) || defined(__clang__)
+  return __builtin_sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+FUSEDOPT_HD double sqrt_ieee(double x) {
+#if defined(__CUDA_ARCH__)
+  return __dsqrt_rn(x);
+#elif defined(__GNUC__) || defined(__clang__)
+  return __builtin_sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
+// IEEE division, spelled out so nvcc never picks an approximate one.
+FUSEDOPT_HD float div_ieee(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+FUSEDOPT_HD double div_ieee(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// max that propagates NaN from either side, as torch.maximum and numpy.maximum do
+// (std::max and fmax drop it, which would hide a NaN in the AMSGrad buffer).
+template <class T>
+FUSEDOPT_HD T max_propagate_nan(T a, T b) {
+  return (a != a) ? a : ((a > b) ? a : b);
+}
+
+}  // namespace math
+}  // namespace fusedopt

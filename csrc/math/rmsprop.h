@@ -1,0 +1,60 @@
+// RMSprop (torch.optim.RMSprop).
+//
+// Per element, in this order:
+//   g   = maximize ? -grad : grad
+//   g   = g + weight_decay * p                          (if weight_decay != 0)
+//   sq  = alpha * sq + one_minus_alpha * (g * g)
+//   centered:  ga  = alpha * ga + one_minus_alpha * g
+//              avg = sqrt(sq - ga * ga) + eps
+//   otherwise: avg = sqrt(sq) + eps
+//   momentum:  buf = momentum * buf + g / avg;  p = p - lr * buf
+//   otherwise: p = p - lr * (g / avg)
+// States, in order: square_avg, then grad_avg (centered only), then momentum_buffer
+// (momentum > 0 only); all start at zero, as in torch.
+#pragma once
+
+#include "math/common_grad.h"
+
+namespace fusedopt {
+namespace math {
+
+template <class T>
+struct RmspropCoeffs {
+  T lr;
+  T alpha;
+  T one_minus_alpha;
+  T eps;
+  T weight_decay;
+  T momentum;
+};
+
+template <class T, bool kMaximize, WeightDecay kWd, bool kCentered, bool kMomentum>
+struct RmspropRule {
+  using compute_t = T;
+  static constexpr int kNumStates = 1 + (kCentered ? 1 : 0) + (kMomentum ? 1 : 0);
+  RmspropCoeffs<T> c;
+
+  FUSEDOPT_HD void operator()(T& p, T grad, T* state) const {
+    const T g = effective_grad<kMaximize, kWd>(grad, p, c.weight_decay);
+    T& sq = state[0];
+    sq = c.alpha * sq + c.one_minus_alpha * (g * g);
+    T avg;
+    if (kCentered) {
+      T& ga = state[1];
+      ga = c.alpha * ga + c.one_minus_alpha * g;
+      avg = sqrt_ieee(sq - ga * ga) + c.eps;
+    } else {
+      avg = sqrt_ieee(sq) + c.eps;
+    }
+    if (kMomentum) {
+      T& buf = state[kCentered ? 2 : 1];
+      buf = c.momentum * buf + div_ieee(g, avg);
+      p = p - c.lr * buf;
+    } else {
+      p = p - c.lr * div_ieee(g, avg);
+    }
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,57 @@
+// SGD, with optional heavy-ball or Nesterov momentum, in the torch or the Keras convention.
+//
+// Per element, in this order (every operation rounded to the compute type T):
+//   g = maximize ? -grad : grad
+//   g = g + weight_decay * p                       (coupled weight decay, torch convention)
+//   p = p * decay_factor                           (decoupled, Keras convention;
+//                                                   decay_factor = 1 - lr * weight_decay)
+//   torch, no momentum:   p = p - lr * g
+//   torch, momentum:      buf = g                                   (first step)
+//                         buf = momentum * buf + one_minus_dampening * g   (later steps)
+//                         d = nesterov ? g + momentum * buf : buf
+//                         p = p - lr * d
+//   Keras, momentum:      v = momentum * v - lr * g
+//                         p = nesterov ? p + (momentum * v - lr * g) : p + v
+// The adaptive-rate rule (adaptive_sgd_) is this rule with lr = lr0 / (1 + ||g||^2).
+#pragma once
+
+#include "math/common_grad.h"
+
+namespace fusedopt {
+namespace math {
+
+template <class T>
+struct SgdCoeffs {
+  T lr;
+  T weight_decay;
+  T decay_factor;
+  T momentum;
+  T one_minus_dampening;
+};
+
+template <class T, bool kMaximize, WeightDecay kWd, Momentum kMomentum, bool kNesterov>
+struct SgdRule {
+  using compute_t = T;
+  static constexpr int kNumStates = (kMomentum == Momentum::kNone) ? 0 : 1;  // momentum buffer
+  SgdCoeffs<T> c;
+
+  FUSEDOPT_HD void operator()(T& p, T grad, T* state) const {
+    const T g = effective_grad<kMaximize, kWd>(grad, p, c.weight_decay);
+    p = decoupled_decay<kWd>(p, c.decay_factor);
+    if (kMomentum == Momentum::kNone) {
+      p = p - c.lr * g;
+    } else if (kMomentum == Momentum::kKeras) {
+      T& v = state[0];
+      v = c.momentum * v - c.lr * g;
+      p = kNesterov ? p + (c.momentum * v - c.lr * g) : p + v;
+    } else {
+      T& buf = state[0];
+      buf = (kMomentum == Momentum::kTorchFirst) ? g : c.momentum * buf + c.one_minus_dampening * g;
+      const T d = kNesterov ? g + c.momentum * buf : buf;
+      p = p - c.lr * d;
+    }
+  }
+};
+
+}  // namespace math
+}  // namespace fusedopt

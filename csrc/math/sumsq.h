@@ -1,0 +1,37 @@
+// The deterministic sum of squares behind the global gradient norm.
+//
+// The gradient of every tensor is cut into blocks of kNormBlock elements (the last block
+// of a tensor may be short). Inside a block, element i goes to lane i % kNormLanes; each
+// lane accumulates its elements in order, in double (a float32 square is exact in double).
+// The 32 lanes are then combined by a fixed halving tree: lane[j] += lane[j + 16] for
+// j < 16, then + 8, + 4, + 2, + 1, which is a warp's shuffle-down order on CUDA. The block
+// sums are added one after another in call order (tensor by tensor, block by block).
+// Nothing here depends on the thread count, the instruction set or the backend.
+#pragma once
+
+#include <cstdint>
+
+#include "math/hd.h"
+
+namespace fusedopt {
+namespace math {
+
+constexpr int kNormLanes = 32;
+constexpr int64_t kNormBlock = 65536;
+
+template <class S>
+FUSEDOPT_HD double square_as_double(S x) {
+  const double d = static_cast<double>(x);
+  return d * d;
+}
+
+// Combines the lanes of one block by the fixed halving tree (in place; returns lane[0]).
+FUSEDOPT_HD double combine_lanes(double* lane) {
+  for (int width = kNormLanes / 2; width >= 1; width /= 2) {
+    for (int j = 0; j < width; ++j) lane[j] = lane[j] + lane[j + width];
+  }
+  return lane[0];
+}
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,205 @@
+"""The one place that inspects arrays.
+
+Every kernel, native or reference, goes through :func:`prepare` before anything is written:
+argument types, list lengths, dtypes, shapes, contiguity, writability, memory overlap and
+device. A violation raises TypeError or ValueError naming the function, the argument, the
+list index and what was expected, and leaves every array untouched. Nothing is ever copied:
+a copy of an output would silently lose the update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+# Storage dtypes of the kernels and their codes in csrc/common/dtype.h.
+DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
+SUPPORTED_DTYPES = "float32 or float64"
+
+
+class Prepared:
+    """A checked call: lists of arrays per role, all of one dtype and device."""
+
+    __slots__ = ("fn", "device", "xp", "dtype", "dtype_code", "params", "grads", "states",
+                 "state_names", "single")
+
+    def __init__(self, fn, device, xp, dtype, params, grads, states, state_names, single):
+        self.fn = fn
+        self.device = device  # "cpu" or "cuda"
+        self.xp = xp  # numpy or cupy: the array module of the arrays
+        self.dtype = dtype
+        self.dtype_code = DTYPE_CODES.get(dtype)
+        self.params = params
+        self.grads = grads
+        self.states = states  # list of lists, in the rule's state order
+        self.state_names = state_names
+        self.single = single
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.params)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(int(p.size) for p in self.params)
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:  # pragma: no cover - depends on the machine
+        return None
+    return cupy
+
+
+def to_native(fn: str, label: str, x):
+    """Returns (array, device) for a NumPy array, CuPy array or torch tensor, no copy."""
+    if isinstance(x, np.ndarray):
+        return x, "cpu"
+    module = type(x).__module__.split(".", 1)[0]
+    if module == "torch":
+        if x.device.type == "cpu":
+            # detach(): parameters require grad; the NumPy view shares the tensor's memory.
+            return x.detach().numpy(), "cpu"
+        cupy = _cupy()
+        if cupy is None:
+            raise TypeError(f"{fn}: {label} is a torch tensor on {x.device}, and CuPy is not "
+                            "installed to reach its memory (pip install 'fusedopt[cuda]')")
+        return cupy.asarray(x.detach()), "cuda"
+    if module == "cupy":
+        return x, "cuda"
+    if hasattr(x, "__cuda_array_interface__"):
+        cupy = _cupy()
+        if cupy is None:
+            raise TypeError(f"{fn}: {label} is a device array, and CuPy is not installed to "
+                            "reach its memory (pip install 'fusedopt[cuda]')")
+        return cupy.asarray(x), "cuda"
+    raise TypeError(
+        f"{fn}: {label} must be a NumPy array, CuPy array or torch tensor, "
+        f"got {type(x).__name__}")
+
+
+def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):
+    """Normalises every role to a list; a single array in params means one tensor."""
+    params_name, params = roles[0]
+    single = not _is_list(params)
+    out = []
+    for name, value in roles:
+        if single:
+            if _is_list(value):
+                raise TypeError(f"{fn}: {name} is a list but {params_name} is a single array; "
+                                "pass lists for every argument or single arrays for every one")
+            out.append([value])
+        else:
+            if not _is_list(value):
+                raise TypeError(f"{fn}: {name} must be a list of arrays like {params_name}, "
+                                f"got {type(value).__name__}")
+            if len(value) != len(params):
+                raise ValueError(f"{fn}: {name} has {len(value)} arrays but {params_name} has "
+                                 f"{len(params)}; every argument needs one array per tensor")
+            out.append(list(value))
+    return single, out
+
+
+def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = ()) -> Prepared:
+    """Checks one call's arrays. ``states`` are (argument name, arrays) in rule order."""
+    roles = [("params", params), ("grads", grads), *states]
+    single, lists = _as_lists(fn, roles)
+    names = [name for name, _ in roles]
+    n = len(lists[0])
+    label = (lambda name, i: name) if single else (lambda name, i: f"{name}[{i}]")
+
+    native = [[None] * n for _ in roles]
+    device = None
+    dtype = None
+    for i in range(n):
+        for r, name in enumerate(names):
+            arr, dev = to_native(fn, label(name, i), lists[r][i])
+            if device is None:
+                device = dev
+            elif dev != device:
+                raise ValueError(
+                    f"{fn}: {label(name, i)} is a {dev} array but {label(names[0], 0)} is a "
+                    f"{device} array; one call takes arrays of one device")
+            native[r][i] = arr
+        p = native[0][i]
+        if dtype is None:
+            dtype = p.dtype
+            if dtype not in DTYPE_CODES:
+                raise TypeError(f"{fn}: {label('params', i)} has dtype {dtype}; supported: "
+                                f"{SUPPORTED_DTYPES}")
+        for r, name in enumerate(names):
+            a = native[r][i]
+            if a.dtype != dtype:
+                raise TypeError(
+                    f"{fn}: {label(name, i)} has dtype {a.dtype} but {label('params', 0)} has "
+                    f"{dtype}; every array of one call must share one dtype")
+            if r and a.shape != p.shape:
+                raise ValueError(f"{fn}: {label(name, i)} has shape {a.shape} but "
+                                 f"{label('params', i)} has shape {p.shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(
+                    f"{fn}: {label(name, i)} is not C-contiguous (strides {a.strides}); the kernels "
+                    "update arrays in place and never copy, so pass contiguous arrays")
+            if r != 1 and not a.flags.writeable:
+                raise ValueError(f"{fn}: {label(name, i)} is read-only, but the kernel writes it")
+    if n:
+        _check_overlap(fn, native, names, label, device)
+    xp = np
+    if device == "cuda":
+        xp = _cupy()
+    return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0], native[1],
+                    native[2:], names[2:], single)
+
+
+def _check_overlap(fn, native, names, label, device):
+    flat, written, where = [], [], []
+    for r, arrays in enumerate(native):
+        for i, a in enumerate(arrays):
+            flat.append(a)
+            written.append(r != 1)  # gradients are only read: two may share memory
+            where.append(label(names[r], i))
+    pair = _find_overlap(flat, written, device)
+    if pair is not None:
+        a, b = where[pair[0]], where[pair[1]]
+        raise ValueError(f"{fn}: {a} and {b} share memory; every array the kernel writes must "
+                         "have memory of its own (a param cannot be its own grad or state)")
+
+
+def _find_overlap(arrays, written, device):
+    if device == "cpu":
+        from fusedopt import _native
+
+        core = _native.core()
+        if core is not None:
+            return core.find_overlap(arrays, written)
+    return _find_overlap_py(arrays, written)
+
+
+def _find_overlap_py(arrays, written):
+    """The same sweep as _core.find_overlap, over byte ranges of contiguous arrays."""
+    spans = []
+    for i, a in enumerate(arrays):
+        nbytes = int(a.nbytes)
+        if nbytes:
+            lo = _address(a)
+            spans.append((lo, lo + nbytes, i, written[i]))
+    spans.sort()
+    reach = None
+    for span in spans:
+        if reach is not None and span[0] < reach[1] and (span[3] or reach[3]):
+            return min(span[2], reach[2]), max(span[2], reach[2])
+        if reach is None or span[1] > reach[1]:
+            reach = span
+    return None
+
+
+def _address(a) -> int:
+    if isinstance(a, np.ndarray):
+        return a.__array_interface__["data"][0]
+    return int(a.data.ptr)  # CuPy

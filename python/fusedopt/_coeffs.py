@@ -1,0 +1,195 @@
+"""Hyperparameter checks and per-step coefficients: the one place both are computed.
+
+Everything that is per step rather than per element (bias corrections, step sizes, decay
+factors, the adaptive rate) is computed here once, in double precision, and handed to the
+native kernels and to the exact reference alike; each rounds it once to the compute type.
+That is what lets the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+# Weight-decay modes and momentum modes, as csrc/math/modes.h numbers them.
+WD_NONE, WD_COUPLED, WD_DECOUPLED = 0, 1, 2
+MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = 0, 1, 2, 3
+
+
+def _number(fn: str, name: str, value, *, low=0.0, high=None, high_open=False, low_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_real_scalar(value):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < low or (low_open and v == low)
+    if high is not None:
+        bad = bad or v > high or (high_open and v == high)
+    if bad:
+        lo = "(" if low_open else "["
+        hi = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
+        raise ValueError(f"{fn}: {name} must be a finite number in {lo}{low}, {hi}, got {value!r}")
+    return v
+
+
+def _is_real_scalar(value) -> bool:
+    # NumPy scalars and 0-d arrays of a real dtype count as numbers.
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind in ("f", "i", "u") and getattr(value, "shape", None) == ()
+
+
+def _flag(fn: str, name: str, value) -> bool:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _step(fn: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (
+        getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u")
+    ):
+        raise TypeError(f"{fn}: step must be an int (the 1-based step count), got {type(value).__name__}")
+    step = int(value)
+    if step < 1:
+        raise ValueError(f"{fn}: step must be >= 1 (steps count from 1, as in torch), got {step}")
+    return step
+
+
+def _betas(fn: str, betas):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+    return (
+        _number(fn, "betas[0]", b1, high=1.0, high_open=True),
+        _number(fn, "betas[1]", b2, high=1.0, high_open=True),
+    )
+
+
+class SgdCoeffs(NamedTuple):
+    lr: float
+    weight_decay: float
+    decay_factor: float
+    momentum: float
+    one_minus_dampening: float
+    maximize: bool
+    wd_mode: int
+    momentum_mode: int
+    nesterov: bool
+
+
+def sgd(fn, *, lr, momentum, dampening, nesterov, weight_decay, maximize, step, convention):
+    lr = _number(fn, "lr", lr)
+    momentum = _number(fn, "momentum", momentum)
+    dampening = _number(fn, "dampening", dampening, high=1.0)
+    weight_decay = _number(fn, "weight_decay", weight_decay)
+    nesterov = _flag(fn, "nesterov", nesterov)
+    maximize = _flag(fn, "maximize", maximize)
+    step = _step(fn, step)
+    if convention not in ("torch", "keras"):
+        raise ValueError(f"{fn}: convention must be 'torch' or 'keras', got {convention!r}")
+    if nesterov and momentum == 0.0:
+        raise ValueError(f"{fn}: nesterov=True needs momentum > 0")
+    if nesterov and dampening != 0.0:
+        raise ValueError(f"{fn}: nesterov=True needs dampening == 0 (as in torch)")
+    if convention == "keras" and dampening != 0.0:
+        raise ValueError(f"{fn}: dampening is not part of the Keras convention; leave it at 0")
+    if momentum == 0.0:
+        mode = MOM_NONE
+    elif convention == "keras":
+        mode = MOM_KERAS
+    else:
+        mode = MOM_TORCH_FIRST if step == 1 else MOM_TORCH
+    if weight_decay == 0.0:
+        wd_mode = WD_NONE
+    else:
+        wd_mode = WD_DECOUPLED if convention == "keras" else WD_COUPLED
+    return SgdCoeffs(
+        lr, weight_decay, 1.0 - lr * weight_decay, momentum, 1.0 - dampening,
+        maximize, wd_mode, mode, nesterov,
+    )
+
+
+class AdagradCoeffs(NamedTuple):
+    clr: float
+    weight_decay: float
+    eps: float
+    maximize: bool
+    wd_mode: int
+
+
+def adagrad(fn, *, step, lr, lr_decay, weight_decay, eps, maximize):
+    step = _step(fn, step)
+    lr = _number(fn, "lr", lr)
+    lr_decay = _number(fn, "lr_decay", lr_decay)
+    weight_decay = _number(fn, "weight_decay", weight_decay)
+    eps = _number(fn, "eps", eps)
+    maximize = _flag(fn, "maximize", maximize)
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return AdagradCoeffs(clr, weight_decay, eps, maximize, WD_COUPLED if weight_decay else WD_NONE)
+
+
+class RmspropCoeffs(NamedTuple):
+    lr: float
+    alpha: float
+    one_minus_alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    maximize: bool
+    wd_mode: int
+    centered: bool
+    has_momentum: bool
+
+
+def rmsprop(fn, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    lr = _number(fn, "lr", lr)
+    alpha = _number(fn, "alpha", alpha, high=1.0)
+    eps = _number(fn, "eps", eps)
+    weight_decay = _number(fn, "weight_decay", weight_decay)
+    momentum = _number(fn, "momentum", momentum)
+    centered = _flag(fn, "centered", centered)
+    maximize = _flag(fn, "maximize", maximize)
+    return RmspropCoeffs(
+        lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, maximize,
+        WD_COUPLED if weight_decay else WD_NONE, centered, momentum != 0.0,
+    )
+
+
+class AdamCoeffs(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    inv_sqrt_bc2: float
+    eps: float
+    weight_decay: float
+    decay_factor: float
+    maximize: bool
+    wd_mode: int
+    amsgrad: bool
+
+
+def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+    step = _step(fn, step)
+    lr = _number(fn, "lr", lr)
+    beta1, beta2 = _betas(fn, betas)
+    eps = _number(fn, "eps", eps)
+    weight_decay = _number(fn, "weight_decay", weight_decay)
+    amsgrad = _flag(fn, "amsgrad", amsgrad)
+    maximize = _flag(fn, "maximize", maximize)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    if weight_decay == 0.0:
+        wd_mode = WD_NONE
+    else:
+        wd_mode = WD_DECOUPLED if decoupled else WD_COUPLED
+    return AdamCoeffs(
+        beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+        lr / bias_correction1, 1.0 / math.sqrt(bias_correction2),
+        eps, weight_decay, 1.0 - lr * weight_decay, maximize, wd_mode, amsgrad,
+    )
+
+
+def adaptive_lr(lr0: float, sum_of_squares: float) -> float:
+    """The seed's adaptive rate, lr_t = lr0 / (1 + ||g||^2), in double."""
+    return lr0 / (1.0 + sum_of_squares)

@@ -1,0 +1,78 @@
+"""What was built and what is in use: fusedopt.info(), threads and CPU target."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from fusedopt import _kernels, _native, cuda
+from fusedopt._version import __version__
+
+
+def _core_or_raise():
+    core = _native.core()
+    if core is None:
+        raise RuntimeError(f"fusedopt._core is not available: {_native.core_error()}")
+    return core
+
+
+def set_num_threads(n: int) -> None:
+    """Sets how many threads a CPU kernel may use (the calling thread included)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _core_or_raise().set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """How many threads a CPU kernel may use (default: the cores this process may run on,
+    or FUSEDOPT_NUM_THREADS)."""
+    return _core_or_raise().get_num_threads()
+
+
+def set_cpu_target(name: str) -> None:
+    """Forces a CPU instruction-set build ('baseline', 'avx2', 'avx512') or 'auto'.
+
+    Raises ValueError if the build is missing or this CPU cannot run it. The environment
+    variable FUSEDOPT_CPU_TARGET does the same at import time.
+    """
+    try:
+        _core_or_raise().select_target(name)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"set_cpu_target: {exc}") from None
+
+
+def info() -> dict:
+    """What this installation built and is using: version, compiler, CPU targets (built,
+    supported, active), threads, CUDA, and any fallbacks to the reference so far."""
+    out = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    core = _native.core()
+    if core is None:
+        out["cpu"] = {"built": False, "error": _native.core_error()}
+    else:
+        build = core.build_info()
+        targets = core.cpu_targets()
+        cpu = {
+            "built": True,
+            "compiler": build["compiler"],
+            "numerics": build["numerics"],
+            "targets": targets,
+            "target": core.active_target(),
+            "target_source": core.target_source(),
+            "threads": core.get_num_threads(),
+            "cores": core.available_cores(),
+        }
+        env = os.environ.get("FUSEDOPT_CPU_TARGET")
+        if env and env != "auto" and cpu["target_source"] != "FUSEDOPT_CPU_TARGET":
+            supported = [t["name"] for t in targets if t["supported"]]
+            cpu["target_error"] = (f"FUSEDOPT_CPU_TARGET={env!r} ignored: choose one of "
+                                   f"{supported} or 'auto'")
+        out["cpu"] = cpu
+    out["cuda"] = cuda.info()
+    out["fallbacks"] = _kernels.fallbacks()
+    return out

@@ -1,0 +1,223 @@
+"""The functional kernels: in place, one fused call per list of tensors.
+
+Each function checks its hyperparameters (fusedopt._coeffs) and its arrays
+(fusedopt._arrays) before anything is written, then runs the native kernel or the
+reference implementation according to ``backend``:
+
+* ``"auto"``: the compiled kernel; where none exists for these arrays (no module built for
+  their device, say), the reference implementation, with a one-time FallbackWarning and a
+  note in :func:`fusedopt.info`.
+* ``"native"``: the compiled kernel, or RuntimeError.
+* ``"reference"``: the exact reference (NumPy/CuPy), through the same checks.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import NamedTuple
+
+from fusedopt import _arrays, _coeffs, _native
+from fusedopt import _reference_impl as _ref
+
+BACKENDS = ("auto", "native", "reference")
+_FLOAT64 = "float64"  # internal backend of fusedopt.reference's float64 mode
+
+
+class FallbackWarning(RuntimeWarning):
+    """A kernel ran on the reference implementation because no compiled one could."""
+
+
+_fallbacks: dict[str, str] = {}  # reason -> first function that fell back
+_fallback_lock = threading.Lock()
+
+
+def fallbacks() -> dict[str, str]:
+    """Reasons for which backend='auto' fell back to the reference, with the first caller."""
+    with _fallback_lock:
+        return dict(_fallbacks)
+
+
+def _backend(fn: str, backend: str) -> str:
+    if backend not in BACKENDS and backend != _FLOAT64:
+        raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _use_native(fn: str, prep, backend: str) -> bool:
+    if backend in ("reference", _FLOAT64):
+        return False
+    reason = _native.unavailable(prep)
+    if reason is None:
+        return True
+    if backend == "native":
+        raise RuntimeError(f"{fn}: no compiled kernel can take these arrays: {reason}")
+    with _fallback_lock:
+        first = reason not in _fallbacks
+        if first:
+            _fallbacks[reason] = fn
+    if first:
+        warnings.warn(f"{fn}: using the reference implementation because {reason} "
+                      "(shown once; fusedopt.info() lists fallbacks)", FallbackWarning, stacklevel=4)
+    return False
+
+
+def _run(rule: str, prep, coeffs, backend: str, hyper: dict) -> None:
+    if prep.n_tensors == 0:
+        return
+    if _use_native(prep.fn, prep, backend):
+        _native.apply(rule, prep, coeffs)
+    elif backend == _FLOAT64:
+        _ref.apply_float64(rule, prep, hyper)
+    else:
+        _ref.apply_exact(rule, prep, coeffs)
+
+
+def _state(fn: str, name: str, value, needed_because: str | None):
+    """A state role the rule needs (needed_because is the reason), or None if unused."""
+    if needed_because is None:
+        return []
+    if value is None:
+        raise ValueError(f"{fn}: {name} is required {needed_because}")
+    return [(name, value)]
+
+
+# --------------------------------------------------------------------------------------
+def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
+         nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
+         backend="auto"):
+    """SGD with optional heavy-ball or Nesterov momentum, in place.
+
+    ``convention="torch"`` follows torch.optim.SGD: coupled weight decay, and on ``step == 1``
+    the momentum buffer is set to the gradient (its previous contents are ignored).
+    ``convention="keras"`` follows Keras/TensorFlow: ``v = momentum*v - lr*g; p += v``
+    (Nesterov: ``p += momentum*v - lr*g``), buffers starting at zero, and decoupled weight
+    decay ``p *= 1 - lr*weight_decay``. ``momentum_buffers`` is required when momentum > 0.
+    The exact operation order is in csrc/math/sgd.h and the README.
+    """
+    fn = "sgd_"
+    backend = _backend(fn, backend)
+    c = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                    weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
+    states = _state(fn, "momentum_buffers", momentum_buffers,
+                    "when momentum > 0" if c.momentum_mode != _coeffs.MOM_NONE else None)
+    prep = _arrays.prepare(fn, params, grads, states)
+    _run("sgd", prep, c, backend, dict(lr=c.lr, momentum=c.momentum, dampening=dampening,
+                                       nesterov=c.nesterov, weight_decay=c.weight_decay,
+                                       maximize=c.maximize, step=step, convention=convention))
+
+
+class AdaptiveRate(NamedTuple):
+    """What adaptive_sgd_ used: the step's rate and the global gradient norm."""
+
+    lr: float
+    grad_norm: float
+
+
+def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
+                  nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
+                  backend="auto") -> AdaptiveRate:
+    """SGD at the adaptive rate ``lr_t = lr / (1 + ||g||^2)``, in place.
+
+    ``||g||`` is the L2 norm of every gradient of the call together (before weight decay),
+    summed in a fixed blocking and order, so it has the same bits for any thread count.
+    ``lr`` is the base rate lr0; every other argument is as in :func:`sgd_`. Returns the
+    rate used and the norm.
+    """
+    fn = "adaptive_sgd_"
+    backend = _backend(fn, backend)
+    base = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                       weight_decay=weight_decay, maximize=maximize, step=step,
+                       convention=convention)
+    states = _state(fn, "momentum_buffers", momentum_buffers,
+                    "when momentum > 0" if base.momentum_mode != _coeffs.MOM_NONE else None)
+    prep = _arrays.prepare(fn, params, grads, states)
+    if prep.n_tensors == 0:
+        return AdaptiveRate(base.lr, 0.0)
+    if _use_native(fn, prep, backend):
+        sum_sq = _native.grad_sum_of_squares(prep)
+    elif backend == _FLOAT64:
+        sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
+    else:
+        sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
+    lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
+    c = _coeffs.sgd(fn, lr=lr_t, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                    weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
+    _run("sgd", prep, c, backend, dict(lr=lr_t, momentum=c.momentum, dampening=dampening,
+                                       nesterov=c.nesterov, weight_decay=c.weight_decay,
+                                       maximize=c.maximize, step=step, convention=convention))
+    return AdaptiveRate(lr_t, sum_sq**0.5)
+
+
+def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,
+             eps=1e-10, maximize=False, backend="auto"):
+    """Adagrad (torch.optim.Adagrad), in place. ``step`` counts from 1.
+
+    ``clr = lr / (1 + (step-1)*lr_decay)``; ``sum += g*g``; ``p -= clr * g / (sqrt(sum) + eps)``.
+    """
+    fn = "adagrad_"
+    backend = _backend(fn, backend)
+    c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        eps=eps, maximize=maximize)
+    prep = _arrays.prepare(fn, params, grads, [("state_sums", state_sums)])
+    _run("adagrad", prep, c, backend, dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
+                                           weight_decay=c.weight_decay, eps=c.eps,
+                                           maximize=c.maximize))
+
+
+def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr=0.01,
+             alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+             maximize=False, backend="auto"):
+    """RMSprop (torch.optim.RMSprop), in place.
+
+    ``grad_avgs`` is required when ``centered``; ``momentum_buffers`` when momentum > 0.
+    All states start at zero.
+    """
+    fn = "rmsprop_"
+    backend = _backend(fn, backend)
+    c = _coeffs.rmsprop(fn, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                        momentum=momentum, centered=centered, maximize=maximize)
+    states = [("square_avgs", square_avgs)]
+    states += _state(fn, "grad_avgs", grad_avgs, "when centered=True" if c.centered else None)
+    states += _state(fn, "momentum_buffers", momentum_buffers,
+                     "when momentum > 0" if c.has_momentum else None)
+    prep = _arrays.prepare(fn, params, grads, states)
+    _run("rmsprop", prep, c, backend, dict(lr=c.lr, alpha=c.alpha, eps=c.eps,
+                                           weight_decay=c.weight_decay, momentum=c.momentum,
+                                           centered=c.centered, maximize=c.maximize))
+
+
+def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
+          eps, weight_decay, amsgrad, maximize, backend):
+    backend = _backend(fn, backend)
+    c = _coeffs.adam(fn, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                     amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
+    states = [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
+    states += _state(fn, "max_exp_avg_sqs", max_exp_avg_sqs,
+                     "when amsgrad=True" if c.amsgrad else None)
+    prep = _arrays.prepare(fn, params, grads, states)
+    _run("adam", prep, c, backend, dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2),
+                                        eps=c.eps, weight_decay=c.weight_decay, amsgrad=c.amsgrad,
+                                        maximize=c.maximize, decoupled=decoupled))
+
+
+def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
+          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+          backend="auto"):
+    """Adam (torch.optim.Adam), in place, with coupled (L2) weight decay. ``step`` counts
+    from 1 and is the step being taken. ``max_exp_avg_sqs`` is required when ``amsgrad``.
+
+    ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``;
+    ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
+    """
+    _adam("adam_", False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
+          eps, weight_decay, amsgrad, maximize, backend)
+
+
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
+           betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
+           backend="auto"):
+    """AdamW (torch.optim.AdamW), in place: as :func:`adam_`, with decoupled weight decay
+    ``p *= 1 - lr*weight_decay`` applied before the update."""
+    _adam("adamw_", True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
+          eps, weight_decay, amsgrad, maximize, backend)

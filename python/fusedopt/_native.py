@@ -1,0 +1,53 @@
+"""Loads the compiled modules and calls them; says why when a call cannot be native."""
+
+from __future__ import annotations
+
+try:
+    from fusedopt import _core
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    _core = None
+    _core_error = f"{type(exc).__name__}: {exc}"
+else:
+    _core_error = None
+
+
+def core():
+    """The CPU module, or None if it failed to import."""
+    return _core
+
+
+def core_error():
+    return _core_error
+
+
+def unavailable(prep) -> str | None:
+    """Why no compiled kernel can take this call, or None if one can."""
+    if prep.device == "cpu":
+        if _core is None:
+            return f"the CPU module fusedopt._core did not import ({_core_error})"
+        return None
+    from fusedopt import cuda
+
+    return cuda.unavailable_reason(prep)
+
+
+def _module(prep):
+    if prep.device == "cpu":
+        return _core
+    from fusedopt import cuda
+
+    return cuda.module()
+
+
+def apply(rule: str, prep, coeffs) -> None:
+    """Runs rule ('sgd', 'adagrad', 'rmsprop', 'adam') natively; coeffs from _coeffs."""
+    getattr(_module(prep), rule)(prep.params, prep.grads, prep.states, prep.dtype_code, *coeffs)
+
+
+def grad_sum_of_squares(prep) -> float:
+    return _module(prep).grad_sum_of_squares(prep.grads, prep.dtype_code)
+
+
+def traffic(prep) -> None:
+    """The memory roof for benchmarks: the rule's loads and stores, one add each."""
+    _module(prep).traffic(prep.params, prep.grads, prep.states, prep.dtype_code)
