@@ -20,23 +20,32 @@ size_t itemsize_of(int dtype_code) {
 
 PyBatch::PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
                  int dtype_code) {
-  itemsize_ = itemsize_of(dtype_code);
-  batch_.dtype = static_cast<DType>(dtype_code);
-  const size_t n = py::len(params);
+  set_sizes(params, dtype_code);
   if (static_cast<size_t>(py::len(states)) > static_cast<size_t>(kMaxStates))
     throw std::invalid_argument("too many state roles");
-  offsets_.assign(n + 1, 0);
-  for (size_t t = 0; t < n; ++t) {
-    py::handle h = params[t];
-    if (!py::isinstance<py::array>(h)) throw std::invalid_argument("param is not a NumPy array");
-    offsets_[t + 1] = offsets_[t] + static_cast<int64_t>(py::reinterpret_borrow<py::array>(h).size());
-  }
-  batch_.n_tensors = static_cast<int64_t>(n);
-  batch_.offsets = offsets_.data();
   add_role(kParam, params, true);
   add_role(kGrad, grads, false);
   for (size_t k = 0; k < static_cast<size_t>(py::len(states)); ++k)
     add_role(kState0 + static_cast<int>(k), py::reinterpret_borrow<py::sequence>(states[k]), true);
+}
+
+PyBatch::PyBatch(const py::sequence& grads, int dtype_code) {
+  set_sizes(grads, dtype_code);
+  add_role(kGrad, grads, false);
+}
+
+void PyBatch::set_sizes(const py::sequence& arrays, int dtype_code) {
+  itemsize_ = itemsize_of(dtype_code);
+  batch_.dtype = static_cast<DType>(dtype_code);
+  const size_t n = py::len(arrays);
+  offsets_.assign(n + 1, 0);
+  for (size_t t = 0; t < n; ++t) {
+    py::handle h = arrays[t];
+    if (!py::isinstance<py::array>(h)) throw std::invalid_argument("argument is not a NumPy array");
+    offsets_[t + 1] = offsets_[t] + static_cast<int64_t>(py::reinterpret_borrow<py::array>(h).size());
+  }
+  batch_.n_tensors = static_cast<int64_t>(n);
+  batch_.offsets = offsets_.data();
 }
 
 void PyBatch::add_role(int role, const py::sequence& arrays, bool written) {

@@ -21,9 +21,12 @@ class PyBatch {
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
   PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
           int dtype_code);
+  // Only gradients (norms, non-finite counts): nothing is written.
+  PyBatch(const py::sequence& grads, int dtype_code);
   const Batch& batch() const { return batch_; }
 
  private:
+  void set_sizes(const py::sequence& arrays, int dtype_code);
   void add_role(int role, const py::sequence& arrays, bool written);
 
   Batch batch_;

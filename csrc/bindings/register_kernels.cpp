@@ -100,12 +100,20 @@ void register_kernels(py::module_& m) {
   m.def(
       "grad_sum_of_squares",
       [](py::sequence grads, int dtype) {
-        // The grads stand in for the params too: only their sizes and pointers are read.
-        PyBatch batch(grads, grads, py::list(), dtype);
+        PyBatch batch(grads, dtype);
         py::gil_scoped_release release;
         return cpu::grad_sum_of_squares(batch.batch());
       },
       arg("grads"), arg("dtype"));
+
+  m.def(
+      "count_nonfinite",
+      [](py::sequence grads, int dtype) {
+        PyBatch batch(grads, dtype);
+        py::gil_scoped_release release;
+        return cpu::count_nonfinite_grads(batch.batch());
+      },
+      arg("grads"), arg("dtype"), "Number of NaN and infinite values among the gradients.");
 
   m.def(
       "find_overlap",

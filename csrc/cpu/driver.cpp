@@ -52,6 +52,21 @@ void rmsprop(const RmspropStep& s, const Batch& b) { run_split(active_table().rm
 void adam(const AdamStep& s, const Batch& b) { run_split(active_table().adam, s, b); }
 void traffic(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
 
+int64_t count_nonfinite_grads(const Batch& b) {
+  const int64_t total = b.total();
+  if (total == 0) return 0;
+  const auto fn = active_table().count_nonfinite;
+  const int n = threads_for(total);
+  if (n == 1) return fn(b, 0, total);
+  std::vector<int64_t> counts(static_cast<size_t>(n), 0);
+  parallel_for(n, [&](int t) {
+    counts[t] = fn(b, range_start(total, t, n), range_start(total, t + 1, n));
+  });
+  int64_t sum = 0;
+  for (int64_t c : counts) sum += c;
+  return sum;
+}
+
 double grad_sum_of_squares(const Batch& b) {
   std::vector<int64_t> block_offsets(static_cast<size_t>(b.n_tensors) + 1, 0);
   for (int64_t t = 0; t < b.n_tensors; ++t) {

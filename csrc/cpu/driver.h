@@ -22,6 +22,9 @@ void traffic(const TrafficStep& step, const Batch& batch);
 // of math/sumsq.h: the same bits for any thread count and instruction set.
 double grad_sum_of_squares(const Batch& batch);
 
+// Number of NaN and infinite values among the batch's gradients.
+int64_t count_nonfinite_grads(const Batch& batch);
+
 // How many threads a call of `total` elements uses (at most get_num_threads()).
 int threads_for(int64_t total);
 

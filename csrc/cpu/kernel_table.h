@@ -23,6 +23,8 @@ struct KernelTable {
   // partials[begin..end).
   void (*sumsq_blocks)(const Batch&, const int64_t* block_offsets, int64_t begin, int64_t end,
                        double* partials);
+  // Number of NaN and infinite values of the gradient role in [begin, end).
+  int64_t (*count_nonfinite)(const Batch&, int64_t begin, int64_t end);
 };
 
 // One function per built instruction set; defined in kernels_isa.cpp, compiled once each.

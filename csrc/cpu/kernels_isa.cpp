@@ -230,9 +230,34 @@ void sumsq_blocks(const Batch& b, const int64_t* block_offsets, int64_t begin, i
   });
 }
 
+template <class S>
+int64_t count_nonfinite_in(const S* __restrict x, int64_t n) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const S d = x[i] - x[i];  // 0 for finite values, NaN for NaN and +-inf
+    count += (d != d);
+  }
+  return count;
+}
+
+int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
+  int64_t count = 0;
+  with_storage(b.dtype, [&](auto st) {
+    using S = decltype(st);
+    for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+         t < b.n_tensors && b.offsets[t] < end; ++t) {
+      const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+      const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+      if (hi > lo) count += count_nonfinite_in(static_cast<const S*>(b.ptrs[kGrad][t]) + lo, hi - lo);
+    }
+  });
+  return count;
+}
+
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
-const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), sgd, adagrad, rmsprop, adam, traffic, sumsq_blocks};
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), sgd, adagrad, rmsprop, adam, traffic, sumsq_blocks,
+                           count_nonfinite};
 
 }  // namespace
 

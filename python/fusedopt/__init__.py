@@ -12,6 +12,7 @@ from fusedopt._info import get_num_threads, info, set_cpu_target, set_num_thread
 from fusedopt._kernels import (
     AdaptiveRate,
     FallbackWarning,
+    StepStatus,
     adagrad_,
     adam_,
     adamw_,
@@ -35,4 +36,5 @@ __all__ = [
     "set_cpu_target",
     "set_num_threads",
     "sgd_",
+    "StepStatus",
 ]

@@ -107,10 +107,16 @@ def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):
 
 
 def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = ()) -> Prepared:
-    """Checks one call's arrays. ``states`` are (argument name, arrays) in rule order."""
-    roles = [("params", params), ("grads", grads), *states]
+    """Checks one call's arrays. ``states`` are (argument name, arrays) in rule order.
+
+    ``grads=None`` checks only the arrays that are written (an optimizer's own params and
+    states, at construction); the result then has ``grads=None``.
+    """
+    has_grads = grads is not None
+    roles = [("params", params), *([("grads", grads)] if has_grads else []), *states]
     single, lists = _as_lists(fn, roles)
     names = [name for name, _ in roles]
+    read_only = 1 if has_grads else -1  # the role index that is only read
     n = len(lists[0])
     label = (lambda name, i: name) if single else (lambda name, i: f"{name}[{i}]")
 
@@ -146,23 +152,25 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = ()) -> P
                 raise ValueError(
                     f"{fn}: {label(name, i)} is not C-contiguous (strides {a.strides}); the kernels "
                     "update arrays in place and never copy, so pass contiguous arrays")
-            if r != 1 and not a.flags.writeable:
+            if r != read_only and not a.flags.writeable:
                 raise ValueError(f"{fn}: {label(name, i)} is read-only, but the kernel writes it")
     if n:
-        _check_overlap(fn, native, names, label, device)
+        _check_overlap(fn, native, names, label, device, read_only)
     xp = np
     if device == "cuda":
         xp = _cupy()
-    return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0], native[1],
-                    native[2:], names[2:], single)
+    first_state = 2 if has_grads else 1
+    return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0],
+                    native[1] if has_grads else None, native[first_state:],
+                    names[first_state:], single)
 
 
-def _check_overlap(fn, native, names, label, device):
+def _check_overlap(fn, native, names, label, device, read_only):
     flat, written, where = [], [], []
     for r, arrays in enumerate(native):
         for i, a in enumerate(arrays):
             flat.append(a)
-            written.append(r != 1)  # gradients are only read: two may share memory
+            written.append(r != read_only)  # gradients are only read: two may share memory
             where.append(label(names[r], i))
     pair = _find_overlap(flat, written, device)
     if pair is not None:

@@ -9,6 +9,11 @@ reference implementation according to ``backend``:
   note in :func:`fusedopt.info`.
 * ``"native"``: the compiled kernel, or RuntimeError.
 * ``"reference"``: the exact reference (NumPy/CuPy), through the same checks.
+
+With ``skip_if_nonfinite=True`` a kernel first counts the NaN and infinite values of all
+gradients of the call; if there is any, it writes nothing at all and says so in the
+:class:`StepStatus` it returns (``adaptive_sgd_`` reports it in its AdaptiveRate).
+Without it, NaN and inf propagate exactly as the reference says.
 """
 
 from __future__ import annotations
@@ -62,15 +67,36 @@ def _use_native(fn: str, prep, backend: str) -> bool:
     return False
 
 
-def _run(rule: str, prep, coeffs, backend: str, hyper: dict) -> None:
+class StepStatus(NamedTuple):
+    """What a kernel called with ``skip_if_nonfinite=True`` did."""
+
+    skipped: bool  # True: a gradient held NaN or inf, and no array was written
+    nonfinite: int  # how many gradient values were NaN or infinite
+
+
+def _count_nonfinite(prep, native: bool) -> int:
+    if native:
+        return _native.count_nonfinite(prep)
+    xp = prep.xp
+    return sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
+
+
+def _run(rule: str, prep, coeffs, backend: str, hyper: dict, skip_if_nonfinite: bool):
+    skip = _coeffs._flag(prep.fn, "skip_if_nonfinite", skip_if_nonfinite)
     if prep.n_tensors == 0:
-        return
-    if _use_native(prep.fn, prep, backend):
+        return StepStatus(False, 0) if skip else None
+    native = _use_native(prep.fn, prep, backend)
+    if skip:
+        count = _count_nonfinite(prep, native)
+        if count:
+            return StepStatus(True, count)
+    if native:
         _native.apply(rule, prep, coeffs)
     elif backend == _FLOAT64:
         _ref.apply_float64(rule, prep, hyper)
     else:
         _ref.apply_exact(rule, prep, coeffs)
+    return StepStatus(False, 0) if skip else None
 
 
 def _state(fn: str, name: str, value, needed_because: str | None):
@@ -85,7 +111,7 @@ def _state(fn: str, name: str, value, needed_because: str | None):
 # --------------------------------------------------------------------------------------
 def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
          nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
-         backend="auto"):
+         skip_if_nonfinite=False, backend="auto"):
     """SGD with optional heavy-ball or Nesterov momentum, in place.
 
     ``convention="torch"`` follows torch.optim.SGD: coupled weight decay, and on ``step == 1``
@@ -102,21 +128,24 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     states = _state(fn, "momentum_buffers", momentum_buffers,
                     "when momentum > 0" if c.momentum_mode != _coeffs.MOM_NONE else None)
     prep = _arrays.prepare(fn, params, grads, states)
-    _run("sgd", prep, c, backend, dict(lr=c.lr, momentum=c.momentum, dampening=dampening,
-                                       nesterov=c.nesterov, weight_decay=c.weight_decay,
-                                       maximize=c.maximize, step=step, convention=convention))
+    return _run("sgd", prep, c, backend,
+                dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
+                     weight_decay=c.weight_decay, maximize=c.maximize, step=step,
+                     convention=convention), skip_if_nonfinite)
 
 
 class AdaptiveRate(NamedTuple):
     """What adaptive_sgd_ used: the step's rate and the global gradient norm."""
 
-    lr: float
-    grad_norm: float
+    lr: float  # the rate applied (0.0 when the step was skipped)
+    grad_norm: float  # the global L2 norm of the gradients (NaN when skipped)
+    skipped: bool = False  # skip_if_nonfinite=True and a gradient was not finite
+    nonfinite: int = 0  # how many gradient values were NaN or infinite (when checked)
 
 
 def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
                   nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
-                  backend="auto") -> AdaptiveRate:
+                  skip_if_nonfinite=False, backend="auto") -> AdaptiveRate:
     """SGD at the adaptive rate ``lr_t = lr / (1 + ||g||^2)``, in place.
 
     ``||g||`` is the L2 norm of every gradient of the call together (before weight decay),
@@ -132,9 +161,15 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     states = _state(fn, "momentum_buffers", momentum_buffers,
                     "when momentum > 0" if base.momentum_mode != _coeffs.MOM_NONE else None)
     prep = _arrays.prepare(fn, params, grads, states)
+    skip = _coeffs._flag(fn, "skip_if_nonfinite", skip_if_nonfinite)
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
-    if _use_native(fn, prep, backend):
+    native = _use_native(fn, prep, backend)
+    if skip:
+        count = _count_nonfinite(prep, native)
+        if count:
+            return AdaptiveRate(0.0, float("nan"), True, count)
+    if native:
         sum_sq = _native.grad_sum_of_squares(prep)
     elif backend == _FLOAT64:
         sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
@@ -145,12 +180,13 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
                     weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
     _run("sgd", prep, c, backend, dict(lr=lr_t, momentum=c.momentum, dampening=dampening,
                                        nesterov=c.nesterov, weight_decay=c.weight_decay,
-                                       maximize=c.maximize, step=step, convention=convention))
+                                       maximize=c.maximize, step=step, convention=convention),
+         False)
     return AdaptiveRate(lr_t, sum_sq**0.5)
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,
-             eps=1e-10, maximize=False, backend="auto"):
+             eps=1e-10, maximize=False, skip_if_nonfinite=False, backend="auto"):
     """Adagrad (torch.optim.Adagrad), in place. ``step`` counts from 1.
 
     ``clr = lr / (1 + (step-1)*lr_decay)``; ``sum += g*g``; ``p -= clr * g / (sqrt(sum) + eps)``.
@@ -160,14 +196,14 @@ def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_d
     c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         eps=eps, maximize=maximize)
     prep = _arrays.prepare(fn, params, grads, [("state_sums", state_sums)])
-    _run("adagrad", prep, c, backend, dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
-                                           weight_decay=c.weight_decay, eps=c.eps,
-                                           maximize=c.maximize))
+    return _run("adagrad", prep, c, backend,
+                dict(step=step, lr=float(lr), lr_decay=float(lr_decay), weight_decay=c.weight_decay,
+                     eps=c.eps, maximize=c.maximize), skip_if_nonfinite)
 
 
 def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr=0.01,
              alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-             maximize=False, backend="auto"):
+             maximize=False, skip_if_nonfinite=False, backend="auto"):
     """RMSprop (torch.optim.RMSprop), in place.
 
     ``grad_avgs`` is required when ``centered``; ``momentum_buffers`` when momentum > 0.
@@ -182,13 +218,14 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
     states += _state(fn, "momentum_buffers", momentum_buffers,
                      "when momentum > 0" if c.has_momentum else None)
     prep = _arrays.prepare(fn, params, grads, states)
-    _run("rmsprop", prep, c, backend, dict(lr=c.lr, alpha=c.alpha, eps=c.eps,
-                                           weight_decay=c.weight_decay, momentum=c.momentum,
-                                           centered=c.centered, maximize=c.maximize))
+    return _run("rmsprop", prep, c, backend,
+                dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
+                     momentum=c.momentum, centered=c.centered, maximize=c.maximize),
+                skip_if_nonfinite)
 
 
 def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, backend):
+          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend):
     backend = _backend(fn, backend)
     c = _coeffs.adam(fn, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                      amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
@@ -196,28 +233,29 @@ def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     states += _state(fn, "max_exp_avg_sqs", max_exp_avg_sqs,
                      "when amsgrad=True" if c.amsgrad else None)
     prep = _arrays.prepare(fn, params, grads, states)
-    _run("adam", prep, c, backend, dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2),
-                                        eps=c.eps, weight_decay=c.weight_decay, amsgrad=c.amsgrad,
-                                        maximize=c.maximize, decoupled=decoupled))
+    return _run("adam", prep, c, backend,
+                dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
+                     weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
+                     decoupled=decoupled), skip_if_nonfinite)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
           betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-          backend="auto"):
+          skip_if_nonfinite=False, backend="auto"):
     """Adam (torch.optim.Adam), in place, with coupled (L2) weight decay. ``step`` counts
     from 1 and is the step being taken. ``max_exp_avg_sqs`` is required when ``amsgrad``.
 
     ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``;
     ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
     """
-    _adam("adam_", False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, backend)
+    return _adam("adam_", False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
+          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend)
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
            betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-           backend="auto"):
+           skip_if_nonfinite=False, backend="auto"):
     """AdamW (torch.optim.AdamW), in place: as :func:`adam_`, with decoupled weight decay
     ``p *= 1 - lr*weight_decay`` applied before the update."""
-    _adam("adamw_", True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, backend)
+    return _adam("adamw_", True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
+          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend)

@@ -51,3 +51,7 @@ def grad_sum_of_squares(prep) -> float:
 def traffic(prep) -> None:
     """The memory roof for benchmarks: the rule's loads and stores, one add each."""
     _module(prep).traffic(prep.params, prep.grads, prep.states, prep.dtype_code)
+
+
+def count_nonfinite(prep) -> int:
+    return _module(prep).count_nonfinite(prep.grads, prep.dtype_code)

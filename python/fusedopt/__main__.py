@@ -1,0 +1,41 @@
+"""Command line: python -m fusedopt info | verify | bench [options]."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+USAGE = """usage: python -m fusedopt {info,verify,bench} [options]
+
+  info     what was built and is in use (CPU targets, threads, CUDA), as JSON
+  verify   every kernel against its exact (bitwise) and float64 references
+  bench    throughput of every rule against the memory roof and the NumPy reference
+           (quick by default; 'python -m fusedopt bench --help' for the full sweep)
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "info":
+        import fusedopt
+
+        print(json.dumps(fusedopt.info(), indent=2))
+        return 0
+    if command == "verify":
+        from fusedopt import _verify
+
+        return _verify.main(rest)
+    if command == "bench":
+        from fusedopt import _bench
+
+        return _bench.main(rest)
+    print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""python -m fusedopt verify: every kernel against its exact and float64 references."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from fusedopt import _kernels, reference
+
+# (name, kernel, hyperparameters, state argument names, whether the kernel takes step=)
+CASES = [
+    ("sgd", "sgd_", dict(lr=0.05, weight_decay=0.01), [], True),
+    ("sgd-momentum", "sgd_", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+     ["momentum_buffers"], True),
+    ("sgd-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True), ["momentum_buffers"], True),
+    ("sgd-keras", "sgd_", dict(lr=0.05, momentum=0.9, convention="keras"), ["momentum_buffers"], True),
+    ("sgd-keras-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                                        convention="keras"), ["momentum_buffers"], True),
+    ("sgd-maximize", "sgd_", dict(lr=0.05, momentum=0.5, maximize=True), ["momentum_buffers"], True),
+    ("adaptive_sgd", "adaptive_sgd_", dict(lr=0.5), [], True),
+    ("adaptive_sgd-momentum", "adaptive_sgd_", dict(lr=0.5, momentum=0.9, weight_decay=0.01),
+     ["momentum_buffers"], True),
+    ("adagrad", "adagrad_", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01), ["state_sums"], True),
+    ("rmsprop", "rmsprop_", dict(lr=0.01, weight_decay=0.01), ["square_avgs"], False),
+    ("rmsprop-centered-momentum", "rmsprop_", dict(lr=0.01, momentum=0.9, centered=True),
+     ["square_avgs", "grad_avgs", "momentum_buffers"], False),
+    ("adam", "adam_", dict(lr=0.01, weight_decay=0.01), ["exp_avgs", "exp_avg_sqs"], True),
+    ("adam-amsgrad", "adam_", dict(lr=0.01, amsgrad=True),
+     ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], True),
+    ("adam-maximize", "adam_", dict(lr=0.01, maximize=True), ["exp_avgs", "exp_avg_sqs"], True),
+    ("adamw", "adamw_", dict(lr=0.01, weight_decay=0.1), ["exp_avgs", "exp_avg_sqs"], True),
+]
+
+SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]
+STEPS = 5
+# Largest error of native float32 against the float64 textbook formula after STEPS steps,
+# relative to the largest parameter: a few float32 roundings per step.
+FLOAT64_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _arrays(rng, dtype, n_states):
+    params = [rng.standard_normal(n).astype(dtype) for n in SIZES]
+    # States start at zero, as every optimizer starts them.
+    states = [[np.zeros(n, dtype) for n in SIZES] for _ in range(n_states)]
+    return params, states
+
+
+def _run(fn, params, states, state_names, hyper, takes_step, grads_per_step, step_kw):
+    for s, grads in enumerate(grads_per_step, start=1):
+        kwargs = dict(hyper, **step_kw)
+        if takes_step:
+            kwargs["step"] = s
+        fn(params, grads, **dict(zip(state_names, states)), **kwargs)
+
+
+def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params, states = _arrays(rng, dtype, len(state_names))
+    grads = [[rng.standard_normal(n).astype(dtype) for n in SIZES] for _ in range(STEPS)]
+
+    def copy():
+        return [p.copy() for p in params], [[a.copy() for a in st] for st in states]
+
+    native_p, native_s = copy()
+    exact_p, exact_s = copy()
+    f64_p = [p.astype(np.float64) for p in params]
+    f64_s = [[a.astype(np.float64) for a in st] for st in states]
+    f64_g = [[g.astype(np.float64) for g in step] for step in grads]
+
+    _run(getattr(_kernels, kernel), native_p, native_s, state_names, hyper, takes_step, grads,
+         {"backend": "native"})
+    _run(getattr(reference, kernel), exact_p, exact_s, state_names, hyper, takes_step, grads,
+         {"mode": "exact"})
+    _run(getattr(reference, kernel), f64_p, f64_s, state_names, hyper, takes_step, f64_g,
+         {"mode": "float64"})
+
+    outs = native_p + [a for st in native_s for a in st]
+    exact = exact_p + [a for st in exact_s for a in st]
+    identical = all(np.array_equal(a, b) for a, b in zip(outs, exact))
+    exact_err = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(outs, exact)
+                     if a.size), default=0.0)
+    scale = max(float(np.max(np.abs(p))) for p in f64_p if p.size)
+    f64_err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(native_p, f64_p)
+                  if a.size) / scale
+    ok = identical and f64_err <= FLOAT64_TOLERANCE[dtype]
+    return dict(case=name, dtype=np.dtype(dtype).name, identical=identical, exact_err=exact_err,
+                f64_rel_err=f64_err, ok=ok)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fusedopt verify",
+                                     description="Runs every kernel on random data against its "
+                                     "exact reference (bitwise) and the float64 textbook formula.")
+    parser.parse_args(argv)
+    from fusedopt import info
+
+    cpu = info()["cpu"]
+    print(f"fusedopt verify: CPU target {cpu.get('target')}, {cpu.get('threads')} threads, "
+          f"{len(SIZES)} tensors per call (sizes {SIZES}), {STEPS} steps")
+    header = f"{'case':28s} {'dtype':8s} {'vs exact':>12s} {'vs float64 (rel)':>17s}  result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for name, kernel, hyper, states, takes_step in CASES:
+        for dtype in (np.float32, np.float64):
+            r = verify_case(name, kernel, hyper, states, takes_step, dtype)
+            exact = "identical" if r["identical"] else f"{r['exact_err']:.3g}"
+            print(f"{r['case']:28s} {r['dtype']:8s} {exact:>12s} {r['f64_rel_err']:>17.3g}  "
+                  f"{'PASS' if r['ok'] else 'FAIL'}")
+            failures += not r["ok"]
+    total = 2 * len(CASES)
+    print(f"{total - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

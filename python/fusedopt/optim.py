@@ -1,0 +1,255 @@
+"""Stateful optimizers that own their state arrays and step with one fused call.
+
+    opt = fusedopt.optim.Adam(params, lr=1e-3)
+    for ...:
+        opt.step(grads)          # grads: one array per param, same order
+
+``params`` is a list of arrays (NumPy, CuPy, or torch tensors) that the optimizer updates
+in place; the states (moments, buffers) are arrays of the same shapes created here.
+``state_dict()`` returns copies; ``load_state_dict()`` checks everything before it writes.
+A step that raises (bad gradients, say) changes nothing and does not advance the step
+count. Two threads stepping one optimizer are serialised by a lock. With
+``skip_if_nonfinite=True`` a step whose gradients hold NaN or inf writes nothing, returns a
+status saying so, and does not advance the step count (loss-scaling overflow skip).
+
+Hyperparameters are read-only attributes except ``lr``, which may be set between steps
+(learning-rate schedules).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fusedopt import _arrays, _coeffs, _kernels
+
+__all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+
+class Optimizer:
+    """Base class: owns params, states and the step count; subclasses name their rule."""
+
+    _kernel: Any = None  # the functional kernel, e.g. fusedopt.adam_
+    _takes_step = True  # whether the kernel takes step=
+    _defaults: dict[str, Any] = {}
+
+    def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
+                 **hyper):
+        name = type(self).__name__
+        self._skip = _coeffs._flag(name, "skip_if_nonfinite", skip_if_nonfinite)
+        if not isinstance(params, (list, tuple)):
+            params = [params]
+        if len(params) == 0:
+            raise ValueError(f"{name}: params is empty; pass the arrays to optimize")
+        unknown = set(hyper) - set(self._defaults)
+        if unknown:
+            raise TypeError(f"{name}: unexpected argument(s) {sorted(unknown)}")
+        self._hyper = {**self._defaults, **hyper}
+        self._backend = _kernels._backend(name, backend)
+        self._params = list(params)
+        self._step = 0
+        self._lock = threading.Lock()
+        # The kernel validates the hyperparameters on an empty call (nothing is written).
+        self._call([], [], {n: [] for n in self._state_names()}, step=1)
+        prep = _arrays.prepare(name, self._params, None)
+        xp = prep.xp
+        self._states = {
+            n: [self._initial_state(xp, p, n) for p in prep.params] for n in self._state_names()
+        }
+        # The states are new arrays, so only params can clash with each other.
+
+    # --- subclass hooks ---------------------------------------------------------------
+    def _state_names(self) -> list[str]:
+        return []
+
+    def _initial_state(self, xp, p, name):
+        return xp.zeros_like(p)
+
+    # --- public -------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self._hyper["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _coeffs._number(type(self).__name__, "lr", value)
+        self._hyper["lr"] = float(value)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(self._hyper)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (the next step is step_count + 1)."""
+        return self._step
+
+    @property
+    def params(self) -> list:
+        return list(self._params)
+
+    @property
+    def state(self) -> dict[str, list]:
+        """The optimizer's state arrays by name (live, not copies)."""
+        return {n: list(arrays) for n, arrays in self._states.items()}
+
+    def step(self, grads):
+        """Takes one step with one gradient per param (a list, or one array for one param)."""
+        if not isinstance(grads, (list, tuple)):
+            grads = [grads]
+        with self._lock:
+            result = self._call(self._params, list(grads), self._states, step=self._step + 1,
+                                skip_if_nonfinite=self._skip)
+            if not getattr(result, "skipped", False):
+                self._step += 1
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, hyperparameters and copies of the state arrays."""
+        with self._lock:
+            return {
+                "optimizer": type(self).__name__,
+                "step": self._step,
+                "hyperparameters": dict(self._hyper),
+                "state": {n: [a.copy() for a in arrays] for n, arrays in self._states.items()},
+            }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores a state_dict() of the same optimizer class over the same param shapes.
+        Everything is checked before anything is written."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{name}.load_state_dict: expected a dict, got {type(state_dict).__name__}")
+        if state_dict.get("optimizer") != name:
+            raise ValueError(f"{name}.load_state_dict: the dict is from "
+                             f"{state_dict.get('optimizer')!r}, not {name}")
+        step = state_dict.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{name}.load_state_dict: step must be an int >= 0, got {step!r}")
+        hyper = state_dict.get("hyperparameters", {})
+        if set(hyper) != set(self._hyper):
+            raise ValueError(f"{name}.load_state_dict: hyperparameters {sorted(hyper)} do not match "
+                             f"{sorted(self._hyper)}")
+        state = state_dict.get("state", {})
+        if set(state) != set(self._states):
+            raise ValueError(f"{name}.load_state_dict: states {sorted(state)} do not match "
+                             f"{sorted(self._states)} (were the hyperparameters that add states, "
+                             "like momentum or amsgrad, the same?)")
+        for n, arrays in self._states.items():
+            new = state[n]
+            if not isinstance(new, (list, tuple)) or len(new) != len(arrays):
+                raise ValueError(f"{name}.load_state_dict: state {n!r} must be a list of "
+                                 f"{len(arrays)} arrays")
+            for i, (own, src) in enumerate(zip(arrays, new)):
+                if getattr(src, "shape", None) != own.shape or getattr(src, "dtype", None) != own.dtype:
+                    raise ValueError(
+                        f"{name}.load_state_dict: {n}[{i}] has shape "
+                        f"{getattr(src, 'shape', None)} and dtype {getattr(src, 'dtype', None)}, "
+                        f"expected {own.shape} and {own.dtype}")
+        # Validate the hyperparameters with the kernel's own checks before adopting them.
+        old = self._hyper
+        self._hyper = dict(hyper)
+        try:
+            self._call([], [], {n: [] for n in self._state_names()}, step=1)
+        except (TypeError, ValueError):
+            self._hyper = old
+            raise
+        with self._lock:
+            for n, arrays in self._states.items():
+                for own, src in zip(arrays, state[n]):
+                    own[...] = src
+            self._step = step
+
+    # --- the one call -------------------------------------------------------------------
+    def _call(self, params, grads, states, *, step, skip_if_nonfinite=False):
+        kwargs = dict(self._hyper)
+        if skip_if_nonfinite:
+            kwargs["skip_if_nonfinite"] = True
+        if self._takes_step:
+            kwargs["step"] = step
+        return type(self)._kernel(params, grads, *self._state_args(states), backend=self._backend,
+                                  **kwargs)
+
+    def _state_args(self, states):
+        return [states[n] for n in self._state_names()]
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD semantics (``convention="keras"`` for the Keras form); see
+    :func:`fusedopt.sgd_`."""
+
+    _kernel = staticmethod(_kernels.sgd_)
+    _defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                     maximize=False, convention="torch")
+
+    def _state_names(self):
+        return ["momentum_buffers"] if self._hyper["momentum"] else []
+
+    def _state_args(self, states):
+        return [states.get("momentum_buffers")]
+
+
+class AdaptiveSGD(SGD):
+    """SGD at ``lr_t = lr / (1 + ||g||^2)`` (global gradient norm); ``step`` returns the
+    :class:`fusedopt.AdaptiveRate` used. See :func:`fusedopt.adaptive_sgd_`."""
+
+    _kernel = staticmethod(_kernels.adaptive_sgd_)
+
+
+class Adagrad(Optimizer):
+    """torch.optim.Adagrad semantics; see :func:`fusedopt.adagrad_`."""
+
+    _kernel = staticmethod(_kernels.adagrad_)
+    _defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False)
+
+    def __init__(self, params, *, initial_accumulator_value: float = 0.0, **kwargs):
+        self._initial_accumulator = _coeffs._number("Adagrad", "initial_accumulator_value",
+                                                    initial_accumulator_value)
+        super().__init__(params, **kwargs)
+
+    def _state_names(self):
+        return ["state_sums"]
+
+    def _initial_state(self, xp, p, name):
+        return xp.full_like(p, self._initial_accumulator)
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop semantics; see :func:`fusedopt.rmsprop_`."""
+
+    _kernel = staticmethod(_kernels.rmsprop_)
+    _takes_step = False
+    _defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                     centered=False, maximize=False)
+
+    def _state_names(self):
+        names = ["square_avgs"]
+        if self._hyper["centered"]:
+            names.append("grad_avgs")
+        if self._hyper["momentum"]:
+            names.append("momentum_buffers")
+        return names
+
+    def _state_args(self, states):
+        return [states["square_avgs"], states.get("grad_avgs"), states.get("momentum_buffers")]
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam semantics; see :func:`fusedopt.adam_`."""
+
+    _kernel = staticmethod(_kernels.adam_)
+    _defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                     maximize=False)
+
+    def _state_names(self):
+        return ["exp_avgs", "exp_avg_sqs"] + (["max_exp_avg_sqs"] if self._hyper["amsgrad"] else [])
+
+    def _state_args(self, states):
+        return [states["exp_avgs"], states["exp_avg_sqs"], states.get("max_exp_avg_sqs")]
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW semantics; see :func:`fusedopt.adamw_`."""
+
+    _kernel = staticmethod(_kernels.adamw_)
+    _defaults = dict(Adam._defaults, weight_decay=1e-2)
