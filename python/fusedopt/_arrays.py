@@ -9,7 +9,8 @@ a copy of an output would silently lose the update.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

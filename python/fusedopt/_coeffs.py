@@ -43,9 +43,8 @@ def _flag(fn: str, name: str, value) -> bool:
 
 
 def _step(fn: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not (
-        getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u")
-    ):
+    is_int = isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in ("i", "u")
+    if isinstance(value, bool) or not is_int:
         raise TypeError(f"{fn}: step must be an int (the 1-based step count), got {type(value).__name__}")
     step = int(value)
     if step < 1:

@@ -1,6 +1,6 @@
 """Type stubs for the private CPU module fusedopt._core (csrc/bindings)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
