@@ -55,3 +55,11 @@ def traffic(prep) -> None:
 
 def count_nonfinite(prep) -> int:
     return _module(prep).count_nonfinite(prep.grads, prep.dtype_code)
+
+
+def adaptive_sgd_device(prep, base):
+    """adaptive_sgd_ on CUDA arrays without leaving the device: the norm, lr_t and the update
+    are queued on the current stream; returns (lr_t, grad_norm) as 0-d CuPy arrays."""
+    from fusedopt import cuda
+
+    return cuda.adaptive_sgd(prep, base)

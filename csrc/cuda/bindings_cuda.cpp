@@ -1,0 +1,350 @@
+// fusedopt._cuda: the CUDA kernels. Private; the Python package is the API.
+//
+// The rule functions take the same arguments, in the same order, as those of fusedopt._core
+// (fusedopt/_coeffs.py's NamedTuples are that order), so fusedopt/_native.py calls either
+// module the same way. Two keyword-only extras: `stream`, a cudaStream_t as an int (default:
+// CuPy's current stream), and `device_coeffs`, the address of the coefficients in device
+// memory (kernels.h: DeviceCoeffs) for steps whose coefficients the device computes or that
+// a CUDA graph replays.
+//
+// Importing the module touches no driver (the CUDA runtime is linked statically and starts
+// on first use), so it imports on machines without a GPU; unavailable_reason() says why
+// kernels cannot run there.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/steps.h"
+#include "cuda/device.h"
+#include "cuda/device_batch.h"
+#include "cuda/kernels.h"
+#include "cuda/plan.h"
+#include "math/sumsq.h"
+
+namespace fusedopt {
+namespace cuda {
+namespace {
+
+namespace py = pybind11;
+using math::Momentum;
+using math::WeightDecay;
+
+// CuPy's current stream, unless the caller names one. Looked up once; the function object
+// is kept for the life of the process (never destroyed after the interpreter is gone).
+cudaStream_t resolve_stream(const py::object& stream) {
+  if (!stream.is_none()) return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
+  static py::object* current = []() -> py::object* {
+    try {
+      return new py::object(py::module_::import("cupy.cuda").attr("get_current_stream"));
+    } catch (const py::error_already_set&) {
+      return nullptr;  // no CuPy: the legacy default stream, which is also CuPy's default
+    }
+  }();
+  if (current == nullptr) return nullptr;
+  return reinterpret_cast<cudaStream_t>((*current)().attr("ptr").cast<uintptr_t>());
+}
+
+WeightDecay weight_decay_mode(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("bad weight-decay mode");
+  return static_cast<WeightDecay>(code);
+}
+
+Momentum momentum_mode(int code) {
+  if (code < 0 || code > 3) throw std::invalid_argument("bad momentum mode");
+  return static_cast<Momentum>(code);
+}
+
+void expect_states(const DeviceBatch& b, int expected, const char* rule) {
+  if (b.n_states() != expected)
+    throw std::invalid_argument(std::string(rule) + ": these flags need " + std::to_string(expected) +
+                                " state lists, got " + std::to_string(b.n_states()));
+}
+
+// Queues `kernel` on the arrays' device, without the GIL.
+template <class F>
+void on_device(const DeviceBatch& b, const py::object& stream, F&& kernel) {
+  if (b.batch().total() == 0) return;  // nothing to do, and no reason to start CUDA
+  const cudaStream_t s = resolve_stream(stream);
+  py::gil_scoped_release release;
+  DeviceGuard guard(b.device());
+  kernel(s);
+}
+
+template <class Step, class Kernel>
+void run_rule(Kernel kernel, const Step& step, const DeviceBatch& b, const py::object& stream,
+              uintptr_t device_coeffs) {
+  on_device(b, stream, [&](cudaStream_t s) {
+    kernel(step, b.batch(), s, reinterpret_cast<const void*>(device_coeffs));
+  });
+}
+
+SgdStep sgd_step(double lr, double weight_decay, double decay_factor, double momentum,
+                 double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov) {
+  return SgdStep{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
+                 maximize, weight_decay_mode(wd_mode), momentum_mode(mom_mode), nesterov};
+}
+
+double sum_of_squares_now(const DeviceBatch& b, const py::object& stream) {
+  double host = 0.0;
+  on_device(b, stream, [&](cudaStream_t s) {
+    StreamScratch out(sizeof(double), s);
+    grad_sum_of_squares(b.batch(), static_cast<double*>(out.get()), s);
+    check(cudaMemcpyAsync(&host, out.get(), sizeof(double), cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  });
+  return host;
+}
+
+long long nonfinite_now(const DeviceBatch& b, const py::object& stream) {
+  unsigned long long host = 0;
+  on_device(b, stream, [&](cudaStream_t s) {
+    StreamScratch out(sizeof(unsigned long long), s);
+    count_nonfinite(b.batch(), static_cast<unsigned long long*>(out.get()), s);
+    check(cudaMemcpyAsync(&host, out.get(), sizeof(host), cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  });
+  return static_cast<long long>(host);
+}
+
+void register_batch(py::module_& m) {
+  using py::arg;
+  const auto kw = py::kw_only();
+  py::class_<DeviceBatch>(m, "Batch",
+                          "Device pointers of one call's arrays, read once and reusable across steps. "
+                          "The methods take the coefficient arguments of the module functions.")
+      .def(py::init<const py::sequence&, const py::sequence&, const py::sequence&, int>(),
+           arg("params"), arg("grads"), arg("states"), arg("dtype"))
+      .def_property_readonly("n_tensors", [](const DeviceBatch& b) { return b.batch().n_tensors; })
+      .def_property_readonly("n_elements", [](const DeviceBatch& b) { return b.batch().total(); })
+      .def_property_readonly("device", &DeviceBatch::device)
+      .def(
+          "sgd",
+          [](const DeviceBatch& b, double lr, double weight_decay, double decay_factor, double momentum,
+             double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov,
+             py::object stream, uintptr_t device_coeffs) {
+            const SgdStep step = sgd_step(lr, weight_decay, decay_factor, momentum, one_minus_dampening,
+                                          maximize, wd_mode, mom_mode, nesterov);
+            expect_states(b, step.momentum == Momentum::kNone ? 0 : 1, "sgd");
+            run_rule(cuda::sgd, step, b, stream, device_coeffs);
+          },
+          arg("lr"), arg("weight_decay"), arg("decay_factor"), arg("momentum"),
+          arg("one_minus_dampening"), arg("maximize"), arg("wd_mode"), arg("momentum_mode"),
+          arg("nesterov"), kw, arg("stream") = py::none(), arg("device_coeffs") = 0)
+      .def(
+          "adagrad",
+          [](const DeviceBatch& b, double clr, double weight_decay, double eps, bool maximize,
+             int wd_mode, py::object stream, uintptr_t device_coeffs) {
+            expect_states(b, 1, "adagrad");
+            const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
+            run_rule(cuda::adagrad, step, b, stream, device_coeffs);
+          },
+          arg("clr"), arg("weight_decay"), arg("eps"), arg("maximize"), arg("wd_mode"), kw,
+          arg("stream") = py::none(), arg("device_coeffs") = 0)
+      .def(
+          "rmsprop",
+          [](const DeviceBatch& b, double lr, double alpha, double one_minus_alpha, double eps,
+             double weight_decay, double momentum, bool maximize, int wd_mode, bool centered,
+             bool has_momentum, py::object stream, uintptr_t device_coeffs) {
+            expect_states(b, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
+            const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
+                                   maximize, weight_decay_mode(wd_mode), centered, has_momentum};
+            run_rule(cuda::rmsprop, step, b, stream, device_coeffs);
+          },
+          arg("lr"), arg("alpha"), arg("one_minus_alpha"), arg("eps"), arg("weight_decay"),
+          arg("momentum"), arg("maximize"), arg("wd_mode"), arg("centered"), arg("has_momentum"), kw,
+          arg("stream") = py::none(), arg("device_coeffs") = 0)
+      .def(
+          "adam",
+          [](const DeviceBatch& b, double beta1, double one_minus_beta1, double beta2,
+             double one_minus_beta2, double step_size, double inv_sqrt_bc2, double eps,
+             double weight_decay, double decay_factor, bool maximize, int wd_mode, bool amsgrad,
+             py::object stream, uintptr_t device_coeffs) {
+            expect_states(b, amsgrad ? 3 : 2, "adam");
+            const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                                 inv_sqrt_bc2, eps, weight_decay, decay_factor},
+                                maximize, weight_decay_mode(wd_mode), amsgrad};
+            run_rule(cuda::adam, step, b, stream, device_coeffs);
+          },
+          arg("beta1"), arg("one_minus_beta1"), arg("beta2"), arg("one_minus_beta2"),
+          arg("step_size"), arg("inv_sqrt_bc2"), arg("eps"), arg("weight_decay"),
+          arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"), kw,
+          arg("stream") = py::none(), arg("device_coeffs") = 0)
+      .def(
+          "adaptive_sgd",
+          [](const DeviceBatch& b, double lr, double weight_decay, double decay_factor, double momentum,
+             double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov,
+             uintptr_t result, py::object stream) {
+            const SgdStep step = sgd_step(lr, weight_decay, decay_factor, momentum, one_minus_dampening,
+                                          maximize, wd_mode, mom_mode, nesterov);
+            expect_states(b, step.momentum == Momentum::kNone ? 0 : 1, "adaptive_sgd");
+            if (result == 0) throw std::invalid_argument("adaptive_sgd: result must be a device address");
+            on_device(b, stream, [&](cudaStream_t s) {
+              cuda::adaptive_sgd(step, b.batch(), reinterpret_cast<double*>(result), s);
+            });
+          },
+          arg("lr"), arg("weight_decay"), arg("decay_factor"), arg("momentum"),
+          arg("one_minus_dampening"), arg("maximize"), arg("wd_mode"), arg("momentum_mode"),
+          arg("nesterov"), kw, arg("result"), arg("stream") = py::none(),
+          "SGD at lr_t = lr / (1 + ||g||^2), all on the device: writes lr_t and ||g||^2 to the "
+          "two float64 at `result`, and waits for nothing. decay_factor is recomputed from lr_t.")
+      .def(
+          "traffic",
+          [](const DeviceBatch& b, py::object stream) {
+            const TrafficStep step{b.n_states()};
+            on_device(b, stream, [&](cudaStream_t s) { cuda::traffic(step, b.batch(), s); });
+          },
+          kw, arg("stream") = py::none(),
+          "The memory roof: the loads and stores of a rule with len(states) states, one add each.")
+      .def(
+          "grad_sum_of_squares",
+          [](const DeviceBatch& b, uintptr_t out, py::object stream) -> py::object {
+            if (out == 0) return py::float_(sum_of_squares_now(b, stream));
+            if (b.batch().total() == 0) {
+              // Nothing to launch for the sums, but the caller still expects the zero.
+              const cudaStream_t s = resolve_stream(stream);
+              py::gil_scoped_release release;
+              check(cudaMemsetAsync(reinterpret_cast<void*>(out), 0, sizeof(double), s), "cudaMemsetAsync");
+              return py::none();
+            }
+            on_device(b, stream, [&](cudaStream_t s) {
+              cuda::grad_sum_of_squares(b.batch(), reinterpret_cast<double*>(out), s);
+            });
+            return py::none();
+          },
+          kw, arg("out") = 0, arg("stream") = py::none(),
+          "Sum of squares of the grads in the fixed blocking; out=0 waits and returns a float, "
+          "out=address writes a float64 there and waits for nothing.")
+      .def("count_nonfinite", &nonfinite_now, kw, arg("stream") = py::none(),
+           "How many grad values are NaN or infinite (waits for the result).");
+}
+
+// The module-level functions take (params, grads, states, dtype, *coefficients) like
+// fusedopt._core's, build a Batch and call its method of the same name.
+void register_functions(py::module_& m) {
+  for (const char* name : {"sgd", "adagrad", "rmsprop", "adam", "adaptive_sgd", "traffic"}) {
+    const std::string method = name;
+    m.def(
+        name,
+        [method](const py::sequence& params, const py::sequence& grads, const py::sequence& states,
+                 int dtype, py::args coeffs, py::kwargs kwargs) {
+          py::object batch = py::cast(DeviceBatch(params, grads, states, dtype));
+          return batch.attr(method.c_str())(*coeffs, **kwargs);
+        },
+        py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("dtype"));
+  }
+  m.def(
+      "grad_sum_of_squares",
+      [](const py::sequence& grads, int dtype, uintptr_t out, py::object stream) -> py::object {
+        // The grads stand in for the params too: only their sizes and pointers are read.
+        py::object batch = py::cast(DeviceBatch(grads, grads, py::list(), dtype));
+        return batch.attr("grad_sum_of_squares")(py::arg("out") = out, py::arg("stream") = stream);
+      },
+      py::arg("grads"), py::arg("dtype"), py::kw_only(), py::arg("out") = 0,
+      py::arg("stream") = py::none());
+  m.def(
+      "count_nonfinite",
+      [](const py::sequence& grads, int dtype, py::object stream) {
+        return nonfinite_now(DeviceBatch(grads, grads, py::list(), dtype), stream);
+      },
+      py::arg("grads"), py::arg("dtype"), py::kw_only(), py::arg("stream") = py::none());
+}
+
+// Launch planning, exposed so that tests/test_cuda_plan.py checks on the CPU the very code
+// the kernels run (cuda/plan.h).
+void register_plan(py::module_& m) {
+  using py::arg;
+  m.attr("CHUNK_ELEMENTS") = kChunkElements;
+  m.attr("NORM_BLOCK") = math::kNormBlock;
+  m.attr("VECTOR_BYTES") = kVectorBytes;
+  m.attr("SCALAR_ONLY") = kScalarOnly;
+  m.attr("THREADS_PER_BLOCK") = kThreads;
+  m.attr("PARAM_LIMIT") = kParamLimit;
+  m.def("vector_head", [](const std::vector<uintptr_t>& addresses, int itemsize) {
+    if (addresses.empty() || addresses.size() > kMaxRoles) throw std::invalid_argument("1 to 5 addresses");
+    return vector_head(addresses.data(), static_cast<int>(addresses.size()), itemsize);
+  }, arg("addresses"), arg("itemsize"));
+  m.def("chunk_count", &chunk_count, arg("n"), arg("head"), arg("chunk") = kChunkElements);
+  m.def("chunk_span", [](int64_t n, int32_t head, int itemsize, int64_t k, int64_t chunk) {
+    if (k < 0 || k >= chunk_count(n, head, chunk)) throw std::invalid_argument("no such chunk");
+    const ChunkSpan s = chunk_span(n, head, chunk, kVectorBytes / itemsize, k);
+    return py::make_tuple(s.lo, s.vec_lo, s.vec_hi, s.hi);
+  }, arg("n"), arg("head"), arg("itemsize"), arg("k"), arg("chunk") = kChunkElements);
+  m.def("locate", [](const std::vector<int64_t>& chunk_start, int64_t chunk) {
+    if (chunk_start.size() < 2 || chunk < 0 || chunk >= chunk_start.back())
+      throw std::invalid_argument("chunk out of range");
+    return locate(chunk_start.data(), static_cast<int>(chunk_start.size() - 1), chunk);
+  }, arg("chunk_start"), arg("chunk"));
+  m.def("plan_launches", [](const std::vector<int64_t>& sizes, py::object heads, int64_t chunk,
+                            int capacity, int64_t max_grid) {
+    std::vector<int32_t> h;
+    if (!heads.is_none()) {
+      h = heads.cast<std::vector<int32_t>>();
+      if (h.size() != sizes.size()) throw std::invalid_argument("heads and sizes differ in length");
+    }
+    const auto plans = plan_launches(sizes.data(), h.empty() ? nullptr : h.data(),
+                                     static_cast<int64_t>(sizes.size()), chunk, capacity, max_grid);
+    py::list out;
+    for (const LaunchPlan& p : plans)
+      out.append(py::dict(arg("tensors") = p.tensors, arg("chunk_start") = p.chunk_start,
+                          arg("chunk_offset") = p.chunk_offset, arg("n_chunks") = p.n_chunks(),
+                          arg("grid") = p.grid));
+    return out;
+  }, arg("sizes"), arg("heads") = py::none(), py::kw_only(), arg("chunk") = kChunkElements,
+     arg("capacity"), arg("max_grid"));
+  m.def("update_capacity", &update_capacity, arg("n_roles"));
+  m.def("update_param_bytes", &update_param_bytes, arg("n_roles"));
+  m.def("norm_capacity", &norm_capacity);
+  m.def("norm_param_bytes", &norm_param_bytes);
+}
+
+void register_runtime(py::module_& m) {
+  m.def("unavailable_reason", []() -> py::object {
+    std::string reason;
+    {
+      py::gil_scoped_release release;
+      reason = unavailable_reason();
+    }
+    if (reason.empty()) return py::none();
+    return py::str(reason);
+  }, "Why the kernels cannot run on the current device (None if they can).");
+  m.def("build_info", [] {
+    return py::dict(py::arg("cuda_runtime") = runtime_version(),
+                    py::arg("runtime_linking") = "static",
+                    py::arg("nvcc") = FUSEDOPT_NVCC_VERSION,
+                    py::arg("architectures") = FUSEDOPT_CUDA_ARCHS_STR,
+                    py::arg("kernel_param_bytes") = kParamLimit,
+                    py::arg("tensors_per_launch") = update_capacity(4),
+                    py::arg("chunk_elements") = kChunkElements,
+                    py::arg("threads_per_block") = kThreads,
+                    py::arg("numerics") = "--fmad=false, IEEE div/sqrt (-prec-div=true -prec-sqrt=true), "
+                                          "no fast-math, no flush-to-zero");
+  });
+  m.def("device_info", []() -> py::object {
+    if (!unavailable_reason().empty()) return py::none();
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    cudaDeviceProp prop;
+    check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    return py::dict(py::arg("device") = device, py::arg("name") = std::string(prop.name),
+                    py::arg("compute_capability") = std::to_string(prop.major) + "." + std::to_string(prop.minor),
+                    py::arg("multiprocessors") = prop.multiProcessorCount,
+                    py::arg("memory_bytes") = static_cast<long long>(prop.totalGlobalMem),
+                    py::arg("driver") = driver_version());
+  }, "The current device (None where kernels cannot run).");
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedopt
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "fusedopt CUDA kernels (private: use the fusedopt package)";
+  fusedopt::cuda::register_batch(m);
+  fusedopt::cuda::register_functions(m);
+  fusedopt::cuda::register_plan(m);
+  fusedopt::cuda::register_runtime(m);
+}

@@ -1,0 +1,197 @@
+// The multi-tensor launcher: one kernel template that runs any rule of csrc/math/ over the
+// tensors of a call, and the host code that plans and queues its launches.
+//
+// Per launch, the kernel parameters carry a table of tensors (pointers per role, sizes,
+// chunk starts, vector heads; cuda/plan.h), up to ~32 KB of them where the runtime allows,
+// so a list of a thousand tensors takes two launches instead of the fourteen a 4 KB table
+// would need. The parameters are __grid_constant__: the table is read in place from the
+// constant bank, never copied per thread.
+//
+// Per element the kernel does what the CPU loop does (csrc/cpu/kernels_isa.cpp): load,
+// convert to the compute type, apply the rule, convert back, store. Only the access
+// pattern differs: 16-byte loads and stores, kUnroll of them per role in flight before the
+// first use, with the misaligned head and ragged tail of a tensor run as scalars.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <type_traits>
+
+#include "common/batch.h"
+#include "common/steps.h"
+#include "cuda/device.h"
+#include "cuda/kernels.h"
+#include "cuda/plan.h"
+
+namespace fusedopt {
+namespace cuda {
+
+struct NoCoeffs {};  // the traffic rule has none
+
+template <class C, int kRoles>
+struct UpdateParams {
+  TensorTable<kRoles, table_capacity(kRoles)> table;
+  C coeffs;
+  const DeviceCoeffs<C>* device_coeffs;  // null: use `coeffs`
+  int64_t n_chunks;
+  int32_t n_slots;
+};
+
+template <class Rule, class C>
+__device__ __forceinline__ Rule make_rule(const C& c) {
+  if constexpr (std::is_same<C, NoCoeffs>::value) {
+    return Rule{};
+  } else {
+    return Rule{cast_coeffs<typename Rule::compute_t>(c)};
+  }
+}
+
+// One element, in registers: x[0] param, x[1] grad, x[2..] states.
+template <class Rule, class S, int kRoles>
+__device__ __forceinline__ void apply_values(const Rule& rule, S (&x)[kRoles]) {
+  using T = typename Rule::compute_t;
+  constexpr int N = Rule::kNumStates;
+  T p = static_cast<T>(x[0]);
+  const T g = static_cast<T>(x[1]);
+  T st[N > 0 ? N : 1];
+#pragma unroll
+  for (int k = 0; k < N; ++k) st[k] = static_cast<T>(x[2 + k]);
+  rule(p, g, st);
+  x[0] = static_cast<S>(p);
+#pragma unroll
+  for (int k = 0; k < N; ++k) x[2 + k] = static_cast<S>(st[k]);
+}
+
+template <class Rule, class S, int kRoles>
+__device__ __forceinline__ void apply_scalar(const Rule& rule, S* const (&ptr)[kRoles], int64_t i) {
+  S x[kRoles];
+#pragma unroll
+  for (int r = 0; r < kRoles; ++r) x[r] = ptr[r][i];
+  apply_values<Rule, S, kRoles>(rule, x);
+  ptr[0][i] = x[0];
+#pragma unroll
+  for (int r = 2; r < kRoles; ++r) ptr[r][i] = x[r];  // the grad (role 1) is only read
+}
+
+template <class S>
+__device__ __forceinline__ void load16(S* dst, const S* src) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  memcpy(dst, &raw, sizeof(raw));
+}
+
+template <class S>
+__device__ __forceinline__ void store16(S* dst, const S* src) {
+  uint4 raw;
+  memcpy(&raw, src, sizeof(raw));
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
+
+template <class Rule, class S, class C, int kRoles>
+__global__ void __launch_bounds__(kThreads)
+    update_kernel(const __grid_constant__ UpdateParams<C, kRoles> P) {
+  C c = P.coeffs;
+  if (P.device_coeffs != nullptr) {
+    if (P.device_coeffs->skip != 0.0) return;
+    c = P.device_coeffs->c;
+  }
+  const Rule rule = make_rule<Rule>(c);
+  constexpr int V = kVectorBytes / sizeof(S);
+  constexpr int64_t kStride = int64_t{kThreads} * V * kUnroll;  // elements per block pass
+
+  for (int64_t chunk = blockIdx.x; chunk < P.n_chunks; chunk += gridDim.x) {
+    const int slot = locate(P.table.chunk_start, P.n_slots, chunk);
+    const ChunkSpan s = chunk_span(P.table.size[slot], P.table.head[slot], kChunkElements, V,
+                                   chunk - P.table.chunk_start[slot]);
+    S* ptr[kRoles];
+#pragma unroll
+    for (int r = 0; r < kRoles; ++r) ptr[r] = static_cast<S*>(P.table.ptr[r][slot]);
+
+    for (int64_t i = s.lo + threadIdx.x; i < s.vec_lo; i += kThreads) apply_scalar(rule, ptr, i);
+
+    for (int64_t base = s.vec_lo + int64_t{threadIdx.x} * V; base < s.vec_hi; base += kStride) {
+      S v[kUnroll][kRoles][V];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + int64_t{u} * kThreads * V;
+        if (i < s.vec_hi) {
+#pragma unroll
+          for (int r = 0; r < kRoles; ++r) load16(v[u][r], ptr[r] + i);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + int64_t{u} * kThreads * V;
+        if (i < s.vec_hi) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            S x[kRoles];
+#pragma unroll
+            for (int r = 0; r < kRoles; ++r) x[r] = v[u][r][j];
+            apply_values<Rule, S, kRoles>(rule, x);
+#pragma unroll
+            for (int r = 0; r < kRoles; ++r) v[u][r][j] = x[r];
+          }
+          store16(ptr[0] + i, v[u][0]);
+#pragma unroll
+          for (int r = 2; r < kRoles; ++r) store16(ptr[r] + i, v[u][r]);
+        }
+      }
+    }
+
+    for (int64_t i = s.vec_hi + threadIdx.x; i < s.hi; i += kThreads) apply_scalar(rule, ptr, i);
+  }
+}
+
+// The launch-time half: plan the call and queue one launch per table of tensors.
+template <class Rule, class S, class C>
+void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, cudaStream_t stream) {
+  constexpr int kRoles = 2 + Rule::kNumStates;
+  using Params = UpdateParams<C, kRoles>;
+  static_assert(sizeof(Params) <= kParamLimit, "kernel parameters exceed the parameter space");
+  constexpr int kCap = decltype(Params::table)::kCapacity;
+  for (int r = 0; r < kRoles; ++r)
+    if (b.ptrs[r] == nullptr) throw std::invalid_argument("the rule needs more state arrays");
+
+  const int64_t n = b.n_tensors;
+  std::vector<int64_t> sizes(static_cast<size_t>(n));
+  std::vector<int32_t> heads(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) {
+    uintptr_t addresses[kRoles];
+    for (int r = 0; r < kRoles; ++r) addresses[r] = reinterpret_cast<uintptr_t>(b.ptrs[r][t]);
+    sizes[t] = b.size(t);
+    heads[t] = vector_head(addresses, kRoles, sizeof(S));
+  }
+  const auto kernel = update_kernel<Rule, S, C, kRoles>;
+  const auto plans = plan_launches(sizes.data(), heads.data(), n, kChunkElements, kCap,
+                                   max_resident_blocks(reinterpret_cast<const void*>(kernel), kThreads));
+  if (plans.empty()) return;
+  Params params{};
+  params.coeffs = coeffs;
+  params.device_coeffs = static_cast<const DeviceCoeffs<C>*>(device_coeffs);
+  for (const LaunchPlan& plan : plans) {
+    const int slots = static_cast<int>(plan.tensors.size());
+    params.n_slots = slots;
+    params.n_chunks = plan.n_chunks();
+    for (int s = 0; s < slots; ++s) {
+      const int64_t t = plan.tensors[s];
+      for (int r = 0; r < kRoles; ++r) params.table.ptr[r][s] = b.ptrs[r][t];
+      params.table.size[s] = sizes[t];
+      params.table.head[s] = heads[t];
+      params.table.chunk_start[s] = plan.chunk_start[s];
+    }
+    params.table.chunk_start[slots] = plan.chunk_start[slots];
+    kernel<<<static_cast<unsigned>(plan.grid), kThreads, 0, stream>>>(params);
+    check(cudaGetLastError(), "launching an update kernel");
+  }
+}
+
+template <int kRoles, class C>
+constexpr int params_bytes() {
+  return static_cast<int>(sizeof(UpdateParams<C, kRoles>));
+}
+
+}  // namespace cuda
+}  // namespace fusedopt

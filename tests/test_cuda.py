@@ -1,0 +1,248 @@
+"""The CUDA kernels against the exact CuPy reference and the CPU kernels, bit for bit.
+
+Every test here needs a GPU, CuPy and the fusedopt._cuda module; where any is missing the
+whole module is skipped with the reason (tests/test_cuda_plan.py covers what can be checked
+without a GPU). bench/gpu_check.sh runs these on a machine with one.
+"""
+
+from __future__ import annotations
+
+import fusedopt
+import fusedopt.cuda
+import numpy as np
+import pytest
+from conftest import CASES, CASES_BY_ID, Inputs, assert_bitwise, make_inputs, rng_for, run_steps
+from fusedopt import _coeffs, _kernels
+from fusedopt import _reference_impl as _ref
+
+
+def _skip_reason() -> str | None:
+    reason = fusedopt.cuda.unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "CuPy is not installed (pip install 'fusedopt[cuda]')"
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy built for another CUDA major version, say
+        return f"CuPy cannot use the GPU ({type(exc).__name__}: {exc})"
+    return None
+
+
+_REASON = _skip_reason()
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(_REASON is not None, reason=f"no CUDA tests here: {_REASON}")]
+
+if _REASON is None:
+    import cupy
+    from fusedopt import _cuda
+
+
+# --------------------------------------------------------------------------------------
+def to_device(inputs: Inputs) -> Inputs:
+    put = lambda xs: [cupy.asarray(x) for x in xs]  # noqa: E731
+    return Inputs(inputs.single, put(inputs.params), {n: put(v) for n, v in inputs.states.items()},
+                  [put(g) for g in inputs.grads])
+
+
+def to_host(inputs: Inputs) -> Inputs:
+    get = lambda xs: [cupy.asnumpy(x) for x in xs]  # noqa: E731
+    return Inputs(inputs.single, get(inputs.params), {n: get(v) for n, v in inputs.states.items()},
+                  [get(g) for g in inputs.grads])
+
+
+def check_case(case, dtype, sizes, *, steps=3, key=()):
+    """Runs `steps` steps natively on the GPU, with the exact reference on the GPU, and
+    natively on the CPU, from the same inputs; all three must agree bit for bit."""
+    host = make_inputs(case, dtype, sizes, steps=steps, rng=rng_for(case.id, dtype, sizes, *key))
+    gpu, ref = to_device(host.copy()), to_device(host.copy())
+    cpu = host.copy()
+    out_gpu = run_steps(case, gpu, backend="native")
+    run_steps(case, ref, mode="exact")
+    out_cpu = run_steps(case, cpu, backend="native")
+    cupy.cuda.get_current_stream().synchronize()
+    assert_bitwise(to_host(gpu), to_host(ref))
+    assert_bitwise(to_host(gpu), cpu)
+    if case.fn == "adaptive_sgd_":
+        for g, c in zip(out_gpu, out_cpu):
+            assert float(g.lr) == c.lr  # the rate is computed on the device with the same bits
+            assert float(g.grad_norm) == pytest.approx(c.grad_norm, rel=1e-15)
+
+
+SIZES = [1, 3, 4, 5, 7, 8, 17, 16383, 16384, 16385, 65537, 1_000_003]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_rule_bitwise_single_tensor(case, dtype):
+    check_case(case, dtype, 65537 * 2 + 3)
+
+
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam", "adamw-amsgrad-wd-max", "sgd-mom",
+                                                             "sgd-keras-nesterov-wd", "adagrad-decay-wd",
+                                                             "rmsprop-centered-mom-wd", "asgd-mom-wd-max")],
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_rule_bitwise_sizes(case, dtype):
+    check_case(case, dtype, [0, *SIZES, 0], steps=2)
+
+
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad", "sgd-nesterov", "asgd")],
+                         ids=lambda c: c.id)
+def test_thousands_of_odd_tensors(case):
+    rng = rng_for("thousands", case.id)
+    sizes = [int(n) for n in rng.integers(0, 3000, 3000) | 1]
+    sizes[::97] = [0] * len(sizes[::97])  # empty tensors in between
+    check_case(case, np.float32, sizes, steps=2, key=("thousands",))
+
+
+# --------------------------------------------------------------------------------------
+# Misaligned views: the same offset in every role (vector body with a peeled head) and
+# different offsets per role (the scalar path), each against the CPU on the same data.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("offsets", [(1, 1, 1, 1), (0, 1, 2, 3), (3, 3, 3, 3), (2, 0, 2, 2)],
+                         ids=lambda o: "-".join(map(str, o)))
+def test_misaligned_views(dtype, offsets):
+    case = CASES_BY_ID["adam-amsgrad-wd"]
+    sizes = [1, 2, 5, 16384 + 3, 100_001]
+    host = make_inputs(case, dtype, sizes, steps=2, rng=rng_for("views", dtype, offsets), single=False)
+    cpu = host.copy()
+
+    def view(x, off):  # a device copy of x that starts `off` elements into a buffer
+        buf = cupy.empty(x.size + 4, dtype=x.dtype)
+        v = buf[off:off + x.size]
+        v.set(x)
+        return v
+
+    roles = ["params", "grads", *host.states]
+    off = dict(zip(roles, offsets + (offsets[-1],) * 3))
+    gpu = Inputs(False, [view(p, off["params"]) for p in host.params],
+                 {n: [view(a, off[n]) for a in v] for n, v in host.states.items()},
+                 [[view(g, off["grads"]) for g in gs] for gs in host.grads])
+    run_steps(case, gpu, backend="native")
+    run_steps(case, cpu, backend="native")
+    assert_bitwise(to_host(gpu), cpu)
+
+
+# --------------------------------------------------------------------------------------
+def test_grad_sum_of_squares_bitwise():
+    rng = rng_for("sumsq")
+    sizes = [0, 1, 31, 32, 33, 65535, 65536, 65537, 3 * 65536 + 17, 1_000_003]
+    for dtype in (np.float32, np.float64):
+        host = [(rng.standard_normal(n) * 3).astype(dtype) for n in sizes]
+        dev = [cupy.asarray(g) for g in host]
+        code = 0 if dtype == np.float32 else 1
+        got = _cuda.grad_sum_of_squares(dev, code)
+        assert got == fusedopt._native.core().grad_sum_of_squares(host, code)
+        assert got == _ref.sum_of_squares_exact(np, host)
+        out = cupy.full(1, -1.0)
+        assert _cuda.grad_sum_of_squares(dev, code, out=out.data.ptr) is None
+        assert float(out[0]) == got
+
+
+def test_count_nonfinite():
+    g = cupy.ones(200_003, dtype=cupy.float32)
+    g[[0, 5, 70_000, 200_002]] = cupy.asarray([np.nan, np.inf, -np.inf, np.nan], dtype=np.float32)
+    assert _cuda.count_nonfinite([g, cupy.ones(3, cupy.float32)], 0) == 4
+
+
+def test_adaptive_sgd_stays_on_device():
+    host = [np.full(1000, 0.01, np.float32), np.full(77, -0.02, np.float32)]
+    params = [cupy.ones(1000, cupy.float32), cupy.ones(77, cupy.float32)]
+    grads = [cupy.asarray(g) for g in host]
+    rate = fusedopt.adaptive_sgd_(params, grads, lr=0.5, backend="native")
+    assert isinstance(rate.lr, cupy.ndarray) and rate.lr.shape == ()  # no host round trip
+    cpu_params = [np.ones(1000, np.float32), np.ones(77, np.float32)]
+    cpu_rate = fusedopt.adaptive_sgd_(cpu_params, host, lr=0.5, backend="native")
+    assert float(rate.lr) == cpu_rate.lr
+    for p, c in zip(params, cpu_params):
+        assert np.array_equal(cupy.asnumpy(p), c)
+
+
+def test_device_coefficients_and_skip():
+    """Coefficients read from device memory (a step a CUDA graph can replay) give the same
+    bits as the same coefficients passed by value; skip != 0 writes nothing."""
+    rng = rng_for("device-coeffs")
+    c = _coeffs.adam("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
+                     amsgrad=False, maximize=False, decoupled=True)
+    arrays = [cupy.asarray(rng.standard_normal(10_007).astype(np.float32)) for _ in range(4)]
+    arrays[3] = abs(arrays[3])
+    by_value = [a.copy() for a in arrays]
+    _cuda.adam([by_value[0]], [by_value[1]], [[by_value[2]], [by_value[3]]], 0, *c)
+    numeric = [float(v) for v in c[:9]]  # AdamCoeffs' numbers, then the skip word
+    skipped = [a.copy() for a in arrays]
+    dc = cupy.asarray(numeric + [1.0], dtype=cupy.float64)
+    _cuda.adam([skipped[0]], [skipped[1]], [[skipped[2]], [skipped[3]]], 0, *c, device_coeffs=dc.data.ptr)
+    for a, b in zip(skipped, arrays):
+        assert cupy.array_equal(a, b)
+    dc = cupy.asarray(numeric + [0.0], dtype=cupy.float64)
+    _cuda.adam([arrays[0]], [arrays[1]], [[arrays[2]], [arrays[3]]], 0, *c, device_coeffs=dc.data.ptr)
+    for a, b in zip(arrays, by_value):
+        assert cupy.array_equal(a, b)
+
+
+def test_non_default_stream():
+    case = CASES_BY_ID["adam"]
+    host = make_inputs(case, np.float32, [1000, 70_001], steps=1, rng=rng_for("stream"))
+    cpu = host.copy()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        gpu = to_device(host.copy())
+        run_steps(case, gpu, backend="native")
+    stream.synchronize()
+    run_steps(case, cpu, backend="native")
+    assert_bitwise(to_host(gpu), cpu)
+
+
+def test_fallback_without_module(monkeypatch):
+    """Where the CUDA module is missing, auto falls back to the CuPy reference once warned
+    and native raises."""
+    monkeypatch.setattr(fusedopt.cuda, "_cuda", None)
+    monkeypatch.setattr(_kernels, "_fallbacks", {})
+    p, g = cupy.ones(10, cupy.float32), cupy.full(10, 0.5, cupy.float32)
+    with pytest.warns(_kernels.FallbackWarning, match="built without its CUDA module"):
+        fusedopt.sgd_(p, g, lr=0.1)
+    assert cupy.all(p == cupy.float32(1) - cupy.float32(0.1) * cupy.float32(0.5))
+    assert "built without" in " ".join(fusedopt.info()["fallbacks"])
+    with pytest.raises(RuntimeError, match="no compiled kernel"):
+        fusedopt.sgd_(p, g, lr=0.1, backend="native")
+
+
+def test_host_device_mix_names_the_argument():
+    with pytest.raises(ValueError, match=r"grads\[1\]"):
+        fusedopt.sgd_([cupy.ones(3, cupy.float32), cupy.ones(3, cupy.float32)],
+                      [cupy.ones(3, cupy.float32), np.ones(3, np.float32)], lr=0.1)
+
+
+def test_torch_cuda_tensors_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    p = torch.ones(1000, device="cuda")
+    g = torch.full((1000,), 0.5, device="cuda")
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    fusedopt.adam_(p, g, m, v, step=1, lr=0.1, backend="native")
+    torch.cuda.synchronize()
+    assert torch.all(p < 1) and torch.all(m != 0)
+
+
+def test_over_2_31_elements():
+    """One tensor past int32 indexing, against the exact CuPy reference."""
+    n = 2**31 + 17
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    if free < 48 * 2**30:
+        pytest.skip(f"needs ~48 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    p = cupy.ones(n, cupy.float32)
+    g = cupy.full(n, 0.25, cupy.float32)
+    g[-5:] = 3.0
+    ref = p.copy()
+    fusedopt.sgd_(p, g, lr=0.5, backend="native")
+    fusedopt.reference.sgd_(ref, g, lr=0.5)
+    assert bool(cupy.array_equal(p, ref))
+    assert float(p[-1]) == 1.0 - 0.5 * 3.0
+    del p, g, ref
+    cupy.get_default_memory_pool().free_all_blocks()
