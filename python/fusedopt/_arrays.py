@@ -66,7 +66,13 @@ def to_native(fn: str, label: str, x):
     if module == "torch":
         if x.device.type == "cpu":
             # detach(): parameters require grad; the NumPy view shares the tensor's memory.
-            return x.detach().numpy(), "cpu"
+            try:
+                return x.detach().numpy(), "cpu"
+            except (TypeError, RuntimeError) as exc:  # bfloat16; conjugate or negative bit
+                dtype = str(x.dtype).replace("torch.", "")
+                raise TypeError(f"{fn}: {label} is a torch tensor of dtype {dtype} that NumPy "
+                                f"cannot view in place ({exc}); supported: {SUPPORTED_DTYPES}, "
+                                "without a conjugate or negative bit") from None
         cupy = _cupy()
         if cupy is None:
             raise TypeError(f"{fn}: {label} is a torch tensor on {x.device}, and CuPy is not "
@@ -80,9 +86,27 @@ def to_native(fn: str, label: str, x):
             raise TypeError(f"{fn}: {label} is a device array, and CuPy is not installed to "
                             "reach its memory (pip install 'fusedopt[cuda]')")
         return cupy.asarray(x), "cuda"
+    if _dlpack_on_cuda(x):
+        cupy = _cupy()
+        if cupy is None:
+            raise TypeError(f"{fn}: {label} is a DLPack device array, and CuPy is not installed "
+                            "to reach its memory (pip install 'fusedopt[cuda]')")
+        return cupy.from_dlpack(x), "cuda"  # zero-copy, ordered on CuPy's current stream
     raise TypeError(
         f"{fn}: {label} must be a NumPy array, CuPy array or torch tensor, "
         f"got {type(x).__name__}")
+
+
+def _dlpack_on_cuda(x) -> bool:
+    """True for a DLPack producer whose memory is CUDA device or managed memory."""
+    device = getattr(x, "__dlpack_device__", None)
+    if device is None or not hasattr(x, "__dlpack__"):
+        return False
+    try:
+        kind = int(device()[0])
+    except Exception:  # a producer that cannot say where it lives is not one we can use
+        return False
+    return kind in (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
 def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):
@@ -107,12 +131,17 @@ def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):
     return single, out
 
 
-def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = ()) -> Prepared:
+def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
+            written_only: bool = False) -> Prepared:
     """Checks one call's arrays. ``states`` are (argument name, arrays) in rule order.
 
-    ``grads=None`` checks only the arrays that are written (an optimizer's own params and
-    states, at construction); the result then has ``grads=None``.
+    ``written_only=True`` (with ``grads=None``) checks only the arrays that are written (an
+    optimizer's own params and states, at construction); the result then has
+    ``grads=None``. Otherwise grads are required: a kernel called with ``grads=None`` must
+    not get past the checks.
     """
+    if grads is None and not written_only:
+        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got None")
     has_grads = grads is not None
     roles = [("params", params), *([("grads", grads)] if has_grads else []), *states]
     single, lists = _as_lists(fn, roles)
@@ -153,6 +182,12 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = ()) -> P
                 raise ValueError(
                     f"{fn}: {label(name, i)} is not C-contiguous (strides {a.strides}); the kernels "
                     "update arrays in place and never copy, so pass contiguous arrays")
+            if a.size and _address(a) % a.dtype.itemsize:
+                # The loops access elements through typed pointers: a misaligned one is
+                # undefined behaviour in C++ and a fault on some vector paths.
+                raise ValueError(
+                    f"{fn}: {label(name, i)} is not aligned to its {a.dtype.itemsize}-byte "
+                    f"elements (address {_address(a):#x}); pass an aligned array")
             if r != read_only and not a.flags.writeable:
                 raise ValueError(f"{fn}: {label(name, i)} is read-only, but the kernel writes it")
     if n:

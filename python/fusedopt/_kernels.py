@@ -169,6 +169,10 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
         count = _count_nonfinite(prep, native)
         if count:
             return AdaptiveRate(0.0, float("nan"), True, count)
+    if native and prep.device == "cuda":
+        # The norm, the rate and the update stay on the GPU (no host sync inside the step):
+        # lr and grad_norm come back as 0-d CuPy arrays.
+        return AdaptiveRate(*_native.adaptive_sgd_device(prep, base))
     if native:
         sum_sq = _native.grad_sum_of_squares(prep)
     elif backend == _FLOAT64:
@@ -176,8 +180,10 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     else:
         sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
     lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
-    c = _coeffs.sgd(fn, lr=lr_t, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                    weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
+    # Only the rate changes. It is NaN when a gradient is NaN (inf gives 0.0): that is the
+    # gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
+    # of failing the lr check.
+    c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
     _run("sgd", prep, c, backend, dict(lr=lr_t, momentum=c.momentum, dampening=dampening,
                                        nesterov=c.nesterov, weight_decay=c.weight_decay,
                                        maximize=c.maximize, step=step, convention=convention),
