@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -26,6 +28,15 @@ void run(void (*kernel)(const Step&, const Batch&), const Step& step, const PyBa
   kernel(step, batch.batch());
 }
 
+// The loops dereference one state pointer per state the rule keeps: a call with fewer
+// state lists than the flags ask for would read through a null pointer.
+void expect_states(const py::sequence& states, size_t expected, const char* rule) {
+  const size_t got = py::len(states);
+  if (got != expected)
+    throw std::invalid_argument(std::string(rule) + ": these flags need " + std::to_string(expected) +
+                                " state lists, got " + std::to_string(got));
+}
+
 WeightDecay weight_decay_mode(int code) {
   if (code < 0 || code > 2) throw std::invalid_argument("bad weight-decay mode");
   return static_cast<WeightDecay>(code);
@@ -41,6 +52,7 @@ void register_kernels(py::module_& m) {
          double weight_decay, double decay_factor, double momentum, double one_minus_dampening,
          bool maximize, int wd_mode, int momentum_mode, bool nesterov) {
         if (momentum_mode < 0 || momentum_mode > 3) throw std::invalid_argument("bad momentum mode");
+        expect_states(states, momentum_mode == 0 ? 0 : 1, "sgd");
         const SgdStep step{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
                            maximize, weight_decay_mode(wd_mode), static_cast<Momentum>(momentum_mode),
                            nesterov};
@@ -54,6 +66,7 @@ void register_kernels(py::module_& m) {
       "adagrad",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double clr,
          double weight_decay, double eps, bool maximize, int wd_mode) {
+        expect_states(states, 1, "adagrad");
         const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
         run(cpu::adagrad, step, PyBatch(params, grads, states, dtype));
       },
@@ -65,6 +78,7 @@ void register_kernels(py::module_& m) {
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
          double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
          bool maximize, int wd_mode, bool centered, bool has_momentum) {
+        expect_states(states, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
         const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
                                maximize, weight_decay_mode(wd_mode), centered, has_momentum};
         run(cpu::rmsprop, step, PyBatch(params, grads, states, dtype));
@@ -79,6 +93,7 @@ void register_kernels(py::module_& m) {
          double one_minus_beta1, double beta2, double one_minus_beta2, double step_size,
          double inv_sqrt_bc2, double eps, double weight_decay, double decay_factor, bool maximize,
          int wd_mode, bool amsgrad) {
+        expect_states(states, amsgrad ? 3 : 2, "adam");
         const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2,
                              eps, weight_decay, decay_factor},
                             maximize, weight_decay_mode(wd_mode), amsgrad};
@@ -123,9 +138,14 @@ void register_kernels(py::module_& m) {
         struct Span { uintptr_t lo, hi; size_t index; bool written; };
         std::vector<Span> spans;
         const size_t n = py::len(arrays);
+        if (static_cast<size_t>(py::len(written)) != n)
+          throw std::invalid_argument("find_overlap: arrays and written differ in length");
         spans.reserve(n);
         for (size_t i = 0; i < n; ++i) {
-          auto a = py::reinterpret_borrow<py::array>(arrays[i]);
+          py::object item = arrays[i];
+          if (!py::isinstance<py::array>(item))
+            throw std::invalid_argument("find_overlap: item " + std::to_string(i) + " is not a NumPy array");
+          auto a = py::reinterpret_borrow<py::array>(item);
           if (a.nbytes() == 0) continue;
           const auto lo = reinterpret_cast<uintptr_t>(a.data());
           spans.push_back({lo, lo + static_cast<uintptr_t>(a.nbytes()), i, written[i].cast<bool>()});

@@ -2,7 +2,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
 #include "cpu/dispatch.h"
+#include "cpu/ranges.h"
 #include "cpu/thread_pool.h"
 
 namespace fusedopt {
@@ -36,6 +41,22 @@ void register_runtime(py::module_& m) {
                     py::arg("cpu_targets_built") = FUSEDOPT_CPU_TARGET_LIST,
                     py::arg("numerics") = "no FMA contraction, no fast-math, IEEE div/sqrt");
   });
+  // For the tests: the per-thread ranges the driver gives a call of `total` elements split
+  // n_threads ways (cpu::range_start itself), checked past 2^31 without allocating.
+  m.def(
+      "_plan_ranges",
+      [](int64_t total, int n_threads) {
+        if (total < 0) throw std::invalid_argument("_plan_ranges: total must be >= 0");
+        if (n_threads < 1 || n_threads > 4096)
+          throw std::invalid_argument("_plan_ranges: n_threads must be in [1, 4096]");
+        std::vector<std::pair<int64_t, int64_t>> out;
+        out.reserve(static_cast<size_t>(n_threads));
+        for (int t = 0; t < n_threads; ++t)
+          out.emplace_back(cpu::range_start(total, t, n_threads),
+                           cpu::range_start(total, t + 1, n_threads));
+        return out;
+      },
+      py::arg("total"), py::arg("n_threads"));
 }
 
 }  // namespace bindings

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cpu/dispatch.h"
+#include "cpu/ranges.h"
 #include "cpu/thread_pool.h"
 #include "math/sumsq.h"
 
@@ -14,16 +15,6 @@ namespace {
 // Below this many elements per thread a call runs on the calling thread alone: handing a
 // range to another thread costs a few microseconds, about what 32K elements of Adam take.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
-// Thread ranges start on multiples of this many elements, so two threads rarely write the
-// same cache line (64 float64 or float32 elements cover at least one 64-byte line).
-constexpr int64_t kRangeAlign = 64;
-
-int64_t range_start(int64_t total, int task, int n_tasks) {
-  if (task >= n_tasks) return total;
-  const int64_t raw = static_cast<int64_t>((static_cast<__int128>(total) * task) / n_tasks);
-  return raw - raw % kRangeAlign;
-}
-
 template <class Step>
 void run_split(void (*fn)(const Step&, const Batch&, int64_t, int64_t), const Step& step,
                const Batch& batch) {
