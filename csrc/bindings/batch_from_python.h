@@ -7,6 +7,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common/batch.h"
@@ -15,6 +17,25 @@ namespace fusedopt {
 namespace bindings {
 
 namespace py = pybind11;
+
+// Byte range of one contiguous array, for the overlap check.
+struct ByteSpan {
+  uintptr_t lo, hi;
+  size_t index;
+  bool written;
+};
+
+// The first pair of spans (by index, smaller first) that share bytes while at least one of
+// them is written, or {-1, -1}. Two read-only gradients may share memory. Sorts `spans`.
+std::pair<int64_t, int64_t> first_overlap(std::vector<ByteSpan>& spans);
+
+// The native fast path of fusedopt/_arrays.py: true if every array obeys the rules of
+// _arrays.prepare() (NumPy arrays of one supported dtype, equal list lengths, equal shapes
+// per tensor, C-contiguous, aligned, written arrays writable and not overlapping anything).
+// On success *dtype_code is the call's dtype. A false answer never explains itself: the
+// caller then runs prepare(), which is the authority and words the error.
+bool strictly_valid(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
+                    int* dtype_code);
 
 class PyBatch {
  public:

@@ -22,10 +22,18 @@ using math::WeightDecay;
 
 namespace {
 
+// Runs one kernel over the arrays. strict=true is the fast path of the Python layer: the
+// arrays are validated as fusedopt/_arrays.py would (the dtype is then read from them) and
+// false comes back, with nothing run, if any rule is broken; Python's prepare() then finds
+// the problem and words the error.
 template <class Step>
-void run(void (*kernel)(const Step&, const Batch&), const Step& step, const PyBatch& batch) {
+bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::sequence& params,
+         const py::sequence& grads, const py::sequence& states, int dtype, bool strict) {
+  if (strict && !strictly_valid(params, grads, states, &dtype)) return false;
+  PyBatch batch(params, grads, states, dtype);
   py::gil_scoped_release release;
   kernel(step, batch.batch());
+  return true;
 }
 
 // The loops dereference one state pointer per state the rule keeps: a call with fewer
@@ -50,64 +58,65 @@ void register_kernels(py::module_& m) {
       "sgd",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
          double weight_decay, double decay_factor, double momentum, double one_minus_dampening,
-         bool maximize, int wd_mode, int momentum_mode, bool nesterov) {
+         bool maximize, int wd_mode, int momentum_mode, bool nesterov, bool strict) {
         if (momentum_mode < 0 || momentum_mode > 3) throw std::invalid_argument("bad momentum mode");
         expect_states(states, momentum_mode == 0 ? 0 : 1, "sgd");
         const SgdStep step{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
                            maximize, weight_decay_mode(wd_mode), static_cast<Momentum>(momentum_mode),
                            nesterov};
-        run(cpu::sgd, step, PyBatch(params, grads, states, dtype));
+        return run(cpu::sgd, step, params, grads, states, dtype, strict);
       },
       arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("weight_decay"),
       arg("decay_factor"), arg("momentum"), arg("one_minus_dampening"), arg("maximize"),
-      arg("wd_mode"), arg("momentum_mode"), arg("nesterov"));
+      arg("wd_mode"), arg("momentum_mode"), arg("nesterov"), arg("strict") = false);
 
   m.def(
       "adagrad",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double clr,
-         double weight_decay, double eps, bool maximize, int wd_mode) {
+         double weight_decay, double eps, bool maximize, int wd_mode, bool strict) {
         expect_states(states, 1, "adagrad");
         const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
-        run(cpu::adagrad, step, PyBatch(params, grads, states, dtype));
+        return run(cpu::adagrad, step, params, grads, states, dtype, strict);
       },
       arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("clr"), arg("weight_decay"),
-      arg("eps"), arg("maximize"), arg("wd_mode"));
+      arg("eps"), arg("maximize"), arg("wd_mode"), arg("strict") = false);
 
   m.def(
       "rmsprop",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
          double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
-         bool maximize, int wd_mode, bool centered, bool has_momentum) {
+         bool maximize, int wd_mode, bool centered, bool has_momentum, bool strict) {
         expect_states(states, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
         const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
                                maximize, weight_decay_mode(wd_mode), centered, has_momentum};
-        run(cpu::rmsprop, step, PyBatch(params, grads, states, dtype));
+        return run(cpu::rmsprop, step, params, grads, states, dtype, strict);
       },
       arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("alpha"),
       arg("one_minus_alpha"), arg("eps"), arg("weight_decay"), arg("momentum"), arg("maximize"),
-      arg("wd_mode"), arg("centered"), arg("has_momentum"));
+      arg("wd_mode"), arg("centered"), arg("has_momentum"), arg("strict") = false);
 
   m.def(
       "adam",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double beta1,
          double one_minus_beta1, double beta2, double one_minus_beta2, double step_size,
          double inv_sqrt_bc2, double eps, double weight_decay, double decay_factor, bool maximize,
-         int wd_mode, bool amsgrad) {
+         int wd_mode, bool amsgrad, bool strict) {
         expect_states(states, amsgrad ? 3 : 2, "adam");
         const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2,
                              eps, weight_decay, decay_factor},
                             maximize, weight_decay_mode(wd_mode), amsgrad};
-        run(cpu::adam, step, PyBatch(params, grads, states, dtype));
+        return run(cpu::adam, step, params, grads, states, dtype, strict);
       },
       arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("beta1"), arg("one_minus_beta1"),
       arg("beta2"), arg("one_minus_beta2"), arg("step_size"), arg("inv_sqrt_bc2"), arg("eps"),
-      arg("weight_decay"), arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"));
+      arg("weight_decay"), arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"),
+      arg("strict") = false);
 
   m.def(
       "traffic",
       [](py::sequence params, py::sequence grads, py::sequence states, int dtype) {
         const TrafficStep step{static_cast<int>(py::len(states))};
-        run(cpu::traffic, step, PyBatch(params, grads, states, dtype));
+        run(cpu::traffic, step, params, grads, states, dtype, false);
       },
       arg("params"), arg("grads"), arg("states"), arg("dtype"),
       "The memory roof: the loads and stores of a rule with len(states) states, one add each.");
@@ -120,6 +129,15 @@ void register_kernels(py::module_& m) {
         return cpu::grad_sum_of_squares(batch.batch());
       },
       arg("grads"), arg("dtype"));
+
+  m.def(
+      "validate",
+      [](py::sequence params, py::sequence grads, py::sequence states) {
+        int dtype = -1;
+        return strictly_valid(params, grads, states, &dtype) ? dtype : -1;
+      },
+      arg("params"), arg("grads"), arg("states"),
+      "The dtype code if the arrays pass the checks of fusedopt/_arrays.py, else -1.");
 
   m.def(
       "count_nonfinite",
@@ -135,11 +153,10 @@ void register_kernels(py::module_& m) {
       [](py::sequence arrays, py::sequence written) -> py::object {
         // Byte ranges of C-contiguous arrays; returns the first overlapping pair (i, j) in
         // which at least one array is written, or None.
-        struct Span { uintptr_t lo, hi; size_t index; bool written; };
-        std::vector<Span> spans;
         const size_t n = py::len(arrays);
         if (static_cast<size_t>(py::len(written)) != n)
           throw std::invalid_argument("find_overlap: arrays and written differ in length");
+        std::vector<ByteSpan> spans;
         spans.reserve(n);
         for (size_t i = 0; i < n; ++i) {
           py::object item = arrays[i];
@@ -150,14 +167,9 @@ void register_kernels(py::module_& m) {
           const auto lo = reinterpret_cast<uintptr_t>(a.data());
           spans.push_back({lo, lo + static_cast<uintptr_t>(a.nbytes()), i, written[i].cast<bool>()});
         }
-        std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
-        const Span* reach = nullptr;  // the span reaching furthest so far
-        for (const Span& s : spans) {
-          if (reach != nullptr && s.lo < reach->hi && (s.written || reach->written))
-            return py::make_tuple(std::min(reach->index, s.index), std::max(reach->index, s.index));
-          if (reach == nullptr || s.hi > reach->hi) reach = &s;
-        }
-        return py::none();
+        const auto pair = first_overlap(spans);
+        if (pair.first < 0) return py::none();
+        return py::make_tuple(pair.first, pair.second);
       },
       arg("arrays"), arg("written"));
 }

@@ -17,13 +17,15 @@ MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = 0, 1, 2, 3
 
 
 def _number(fn: str, name: str, value, *, low=0.0, high=None, high_open=False, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_real_scalar(value):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    kind = type(value)
+    if kind is not float and kind is not int:  # the common cases first: this runs every call
+        if kind is bool or not (isinstance(value, (int, float)) or _is_real_scalar(value)):
+            raise TypeError(f"{fn}: {name} must be a real number, got {kind.__name__}")
     v = float(value)
-    bad = not math.isfinite(v) or v < low or (low_open and v == low)
+    ok = (v > low if low_open else v >= low) and v != math.inf  # NaN fails every comparison
     if high is not None:
-        bad = bad or v > high or (high_open and v == high)
-    if bad:
+        ok = ok and (v < high if high_open else v <= high)
+    if not ok:
         lo = "(" if low_open else "["
         hi = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
         raise ValueError(f"{fn}: {name} must be a finite number in {lo}{low}, {hi}, got {value!r}")
@@ -37,12 +39,16 @@ def _is_real_scalar(value) -> bool:
 
 
 def _flag(fn: str, name: str, value) -> bool:
+    if value is True or value is False:
+        return value
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
         raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
     return bool(value)
 
 
 def _step(fn: str, value) -> int:
+    if type(value) is int and value >= 1:
+        return value
     is_int = isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in ("i", "u")
     if isinstance(value, bool) or not is_int:
         raise TypeError(f"{fn}: step must be an int (the 1-based step count), got {type(value).__name__}")
@@ -182,11 +188,11 @@ def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if decoupled else WD_COUPLED
-    return AdamCoeffs(
+    return AdamCoeffs._make((  # _make: a third of the keyword constructor's cost, per call
         beta1, 1.0 - beta1, beta2, 1.0 - beta2,
         lr / bias_correction1, 1.0 / math.sqrt(bias_correction2),
         eps, weight_decay, 1.0 - lr * weight_decay, maximize, wd_mode, amsgrad,
-    )
+    ))
 
 
 def adaptive_lr(lr0: float, sum_of_squares: float) -> float:

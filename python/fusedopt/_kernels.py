@@ -81,7 +81,8 @@ def _count_nonfinite(prep, native: bool) -> int:
     return sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
 
 
-def _run(rule: str, prep, coeffs, backend: str, hyper: dict, skip_if_nonfinite: bool):
+def _run(rule: str, prep, coeffs, backend: str, hyper, skip_if_nonfinite: bool):
+    """Runs a checked call; ``hyper`` makes the raw hyperparameters (float64 mode only)."""
     skip = _coeffs._flag(prep.fn, "skip_if_nonfinite", skip_if_nonfinite)
     if prep.n_tensors == 0:
         return StepStatus(False, 0) if skip else None
@@ -93,10 +94,22 @@ def _run(rule: str, prep, coeffs, backend: str, hyper: dict, skip_if_nonfinite: 
     if native:
         _native.apply(rule, prep, coeffs)
     elif backend == _FLOAT64:
-        _ref.apply_float64(rule, prep, hyper)
+        _ref.apply_float64(rule, prep, hyper())
     else:
         _ref.apply_exact(rule, prep, coeffs)
     return StepStatus(False, 0) if skip else None
+
+
+def _call(rule: str, fn: str, params, grads, states, coeffs, backend: str, hyper,
+          skip_if_nonfinite):
+    """Checks and runs one call: the native fast path for plain NumPy arrays, else prepare()."""
+    if skip_if_nonfinite is False and backend != "reference" and backend != _FLOAT64:
+        lists = _arrays.numpy_fast_lists(params, grads, states)
+        if lists is not None and _native.core() is not None:
+            if _native.apply_strict(rule, lists, coeffs):
+                return None
+    prep = _arrays.prepare(fn, params, grads, states)
+    return _run(rule, prep, coeffs, backend, hyper, skip_if_nonfinite)
 
 
 def _state(fn: str, name: str, value, needed_because: str | None):
@@ -127,11 +140,11 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
                     weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
     states = _state(fn, "momentum_buffers", momentum_buffers,
                     "when momentum > 0" if c.momentum_mode != _coeffs.MOM_NONE else None)
-    prep = _arrays.prepare(fn, params, grads, states)
-    return _run("sgd", prep, c, backend,
-                dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
-                     weight_decay=c.weight_decay, maximize=c.maximize, step=step,
-                     convention=convention), skip_if_nonfinite)
+    return _call("sgd", fn, params, grads, states, c, backend,
+                 lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening,
+                              nesterov=c.nesterov, weight_decay=c.weight_decay,
+                              maximize=c.maximize, step=step, convention=convention),
+                 skip_if_nonfinite)
 
 
 class AdaptiveRate(NamedTuple):
@@ -160,8 +173,18 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
                        convention=convention)
     states = _state(fn, "momentum_buffers", momentum_buffers,
                     "when momentum > 0" if base.momentum_mode != _coeffs.MOM_NONE else None)
-    prep = _arrays.prepare(fn, params, grads, states)
     skip = _coeffs._flag(fn, "skip_if_nonfinite", skip_if_nonfinite)
+    if not skip and backend != "reference" and backend != _FLOAT64 and _native.core() is not None:
+        lists = _arrays.numpy_fast_lists(params, grads, states)
+        dtype = _native.validate(lists) if lists is not None else -1
+        if dtype >= 0:
+            core = _native.core()
+            sum_sq = core.grad_sum_of_squares(lists[1], dtype) if lists[0] else 0.0
+            lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
+            c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
+            core.sgd(*lists, dtype, *c)
+            return AdaptiveRate(lr_t, sum_sq**0.5)
+    prep = _arrays.prepare(fn, params, grads, states)
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
     native = _use_native(fn, prep, backend)
@@ -184,10 +207,10 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     # gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
     # of failing the lr check.
     c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
-    _run("sgd", prep, c, backend, dict(lr=lr_t, momentum=c.momentum, dampening=dampening,
-                                       nesterov=c.nesterov, weight_decay=c.weight_decay,
-                                       maximize=c.maximize, step=step, convention=convention),
-         False)
+    _run("sgd", prep, c, backend,
+         lambda: dict(lr=lr_t, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
+                      weight_decay=c.weight_decay, maximize=c.maximize, step=step,
+                      convention=convention), False)
     return AdaptiveRate(lr_t, sum_sq**0.5)
 
 
@@ -201,10 +224,10 @@ def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_d
     backend = _backend(fn, backend)
     c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         eps=eps, maximize=maximize)
-    prep = _arrays.prepare(fn, params, grads, [("state_sums", state_sums)])
-    return _run("adagrad", prep, c, backend,
-                dict(step=step, lr=float(lr), lr_decay=float(lr_decay), weight_decay=c.weight_decay,
-                     eps=c.eps, maximize=c.maximize), skip_if_nonfinite)
+    return _call("adagrad", fn, params, grads, [("state_sums", state_sums)], c, backend,
+                 lambda: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
+                              weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize),
+                 skip_if_nonfinite)
 
 
 def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr=0.01,
@@ -223,11 +246,10 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
     states += _state(fn, "grad_avgs", grad_avgs, "when centered=True" if c.centered else None)
     states += _state(fn, "momentum_buffers", momentum_buffers,
                      "when momentum > 0" if c.has_momentum else None)
-    prep = _arrays.prepare(fn, params, grads, states)
-    return _run("rmsprop", prep, c, backend,
-                dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
-                     momentum=c.momentum, centered=c.centered, maximize=c.maximize),
-                skip_if_nonfinite)
+    return _call("rmsprop", fn, params, grads, states, c, backend,
+                 lambda: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
+                              momentum=c.momentum, centered=c.centered, maximize=c.maximize),
+                 skip_if_nonfinite)
 
 
 def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
@@ -238,11 +260,10 @@ def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     states = [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
     states += _state(fn, "max_exp_avg_sqs", max_exp_avg_sqs,
                      "when amsgrad=True" if c.amsgrad else None)
-    prep = _arrays.prepare(fn, params, grads, states)
-    return _run("adam", prep, c, backend,
-                dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
-                     weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
-                     decoupled=decoupled), skip_if_nonfinite)
+    return _call("adam", fn, params, grads, states, c, backend,
+                 lambda: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
+                              weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
+                              decoupled=decoupled), skip_if_nonfinite)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,

@@ -44,6 +44,18 @@ def apply(rule: str, prep, coeffs) -> None:
     getattr(_module(prep), rule)(prep.params, prep.grads, prep.states, prep.dtype_code, *coeffs)
 
 
+def apply_strict(rule: str, lists, coeffs) -> bool:
+    """The fast path: runs rule on plain NumPy lists if the C++ checks pass; False (nothing
+    written) if they do not, and the caller falls back to _arrays.prepare()."""
+    params, grads, states = lists
+    return getattr(_core, rule)(params, grads, states, -1, *coeffs, True)
+
+
+def validate(lists) -> int:
+    """The call's dtype code if plain NumPy lists pass the C++ checks, else -1."""
+    return _core.validate(*lists)
+
+
 def grad_sum_of_squares(prep) -> float:
     return _module(prep).grad_sum_of_squares(prep.grads, prep.dtype_code)
 
