@@ -51,7 +51,7 @@ class Optimizer:
         self._lock = threading.Lock()
         # The kernel validates the hyperparameters on an empty call (nothing is written).
         self._call([], [], {n: [] for n in self._state_names()}, step=1)
-        prep = _arrays.prepare(name, self._params, None)
+        prep = _arrays.prepare(name, self._params, None, written_only=True)
         xp = prep.xp
         self._states = {
             n: [self._initial_state(xp, p, n) for p in prep.params] for n in self._state_names()
@@ -96,6 +96,10 @@ class Optimizer:
     def step(self, grads):
         """Takes one step with one gradient per param (a list, or one array for one param)."""
         if not isinstance(grads, (list, tuple)):
+            if len(self._params) != 1:
+                raise TypeError(f"{type(self).__name__}.step: grads must be a list of "
+                                f"{len(self._params)} arrays, one per param, got "
+                                f"{type(grads).__name__}")
             grads = [grads]
         with self._lock:
             result = self._call(self._params, list(grads), self._states, step=self._step + 1,
@@ -146,15 +150,17 @@ class Optimizer:
                         f"{name}.load_state_dict: {n}[{i}] has shape "
                         f"{getattr(src, 'shape', None)} and dtype {getattr(src, 'dtype', None)}, "
                         f"expected {own.shape} and {own.dtype}")
-        # Validate the hyperparameters with the kernel's own checks before adopting them.
-        old = self._hyper
-        self._hyper = dict(hyper)
-        try:
-            self._call([], [], {n: [] for n in self._state_names()}, step=1)
-        except (TypeError, ValueError):
-            self._hyper = old
-            raise
+        # Validate the hyperparameters with the kernel's own checks before adopting them,
+        # under the lock: a concurrent step must see the old or the new hyperparameters
+        # with the matching states, never the new ones being tried out.
         with self._lock:
+            old = self._hyper
+            self._hyper = dict(hyper)
+            try:
+                self._call([], [], {n: [] for n in self._state_names()}, step=1)
+            except (TypeError, ValueError):
+                self._hyper = old
+                raise
             for n, arrays in self._states.items():
                 for own, src in zip(arrays, state[n]):
                     own[...] = src
