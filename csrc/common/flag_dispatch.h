@@ -11,7 +11,12 @@
 #include <type_traits>
 
 #include "common/dtype.h"
+#include "common/steps.h"
+#include "math/adagrad.h"
+#include "math/adam.h"
 #include "math/modes.h"
+#include "math/rmsprop.h"
+#include "math/sgd.h"
 
 namespace fusedopt {
 namespace {  // NOLINT(build/namespaces): internal linkage is the point, see above
@@ -49,6 +54,85 @@ void with_storage(DType d, F&& f) {
     case DType::kFloat32: f(float{}); break;
     case DType::kFloat64: f(double{}); break;
   }
+}
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// The rule variant a step's flags select, for both backends: calls
+// f(TypeTag<Rule>{}, TypeTag<S>{}) with S the storage type. Variants that cannot differ are
+// folded: Adagrad and RMSprop apply weight decay only in its coupled form (their rules
+// never call decoupled_decay), and SGD without momentum never reads kNesterov.
+template <class F>
+void with_rule(const SgdStep& s, DType d, F&& f) {
+  const bool nesterov = s.nesterov && s.momentum != math::Momentum::kNone;
+  with_storage(d, [&](auto st) {
+    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        with_momentum(s.momentum, [&](auto mom) {
+          with_bool(nesterov, [&](auto nest) {
+            if constexpr (mom.value != math::Momentum::kNone || !nest.value)
+              f(TypeTag<math::SgdRule<S, mx.value, wd.value, mom.value, nest.value>>{}, TypeTag<S>{});
+          });
+        });
+      });
+    });
+  });
+}
+
+template <class F>
+void with_coupled_decay(math::WeightDecay wd, F&& f) {
+  using math::WeightDecay;
+  if (wd == WeightDecay::kCoupled)
+    f(std::integral_constant<WeightDecay, WeightDecay::kCoupled>{});
+  else
+    f(std::integral_constant<WeightDecay, WeightDecay::kNone>{});
+}
+
+template <class F>
+void with_rule(const AdagradStep& s, DType d, F&& f) {
+  with_storage(d, [&](auto st) {
+    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
+    with_bool(s.maximize, [&](auto mx) {
+      with_coupled_decay(s.weight_decay, [&](auto wd) {
+        f(TypeTag<math::AdagradRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
+      });
+    });
+  });
+}
+
+template <class F>
+void with_rule(const RmspropStep& s, DType d, F&& f) {
+  with_storage(d, [&](auto st) {
+    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
+    with_bool(s.maximize, [&](auto mx) {
+      with_coupled_decay(s.weight_decay, [&](auto wd) {
+        with_bool(s.centered, [&](auto centered) {
+          with_bool(s.momentum, [&](auto mom) {
+            f(TypeTag<math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>>{},
+              TypeTag<S>{});
+          });
+        });
+      });
+    });
+  });
+}
+
+template <class F>
+void with_rule(const AdamStep& s, DType d, F&& f) {
+  with_storage(d, [&](auto st) {
+    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
+    with_bool(s.maximize, [&](auto mx) {
+      with_weight_decay(s.weight_decay, [&](auto wd) {
+        with_bool(s.amsgrad, [&](auto ams) {
+          f(TypeTag<math::AdamRule<S, mx.value, wd.value, ams.value>>{}, TypeTag<S>{});
+        });
+      });
+    });
+  });
 }
 
 }  // namespace

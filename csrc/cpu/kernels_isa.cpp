@@ -126,61 +126,14 @@ void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
 }
 
 // --- entry points -------------------------------------------------------------------------
-void sgd(const SgdStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        with_momentum(s.momentum, [&](auto mom) {
-          with_bool(s.nesterov, [&](auto nest) {
-            using Rule = math::SgdRule<S, mx.value, wd.value, mom.value, nest.value>;
-            run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
-          });
-        });
-      });
-    });
-  });
-}
-
-void adagrad(const AdagradStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        using Rule = math::AdagradRule<S, mx.value, wd.value>;
-        run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
-      });
-    });
-  });
-}
-
-void rmsprop(const RmspropStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        with_bool(s.centered, [&](auto centered) {
-          with_bool(s.momentum, [&](auto mom) {
-            using Rule = math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>;
-            run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
-          });
-        });
-      });
-    });
-  });
-}
-
-void adam(const AdamStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        with_bool(s.amsgrad, [&](auto ams) {
-          using Rule = math::AdamRule<S, mx.value, wd.value, ams.value>;
-          run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
-        });
-      });
-    });
+// One entry point per rule: the step's flags select the rule variant (common/flag_dispatch.h,
+// shared with CUDA), whose coefficients are rounded once to the compute type.
+template <class Step>
+void update(const Step& s, const Batch& b, int64_t begin, int64_t end) {
+  with_rule(s, b.dtype, [&](auto rule, auto storage) {
+    using Rule = typename decltype(rule)::type;
+    using S = typename decltype(storage)::type;
+    run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
   });
 }
 
@@ -258,7 +211,9 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
 
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
-const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), sgd, adagrad, rmsprop, adam, traffic, sumsq_blocks,
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), update<SgdStep>,  update<AdagradStep>,
+                           update<RmspropStep>,         update<AdamStep>, traffic,
+                           sumsq_blocks,
                            count_nonfinite};
 
 }  // namespace
