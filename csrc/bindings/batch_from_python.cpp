@@ -37,64 +37,85 @@ namespace {
 using npy = py::detail::npy_api;
 constexpr int kNpyFloat = 11, kNpyDouble = 12;  // NumPy type numbers
 
-// The checks prepare() makes on one array, for an array that must look like `like`.
-bool array_ok(py::handle h, const py::array* like, int type_num, bool written, py::array* out) {
-  if (!py::isinstance<py::array>(h)) return false;
-  auto a = py::reinterpret_borrow<py::array>(h);
-  const py::dtype dt = a.dtype();
-  if (dt.num() != type_num || dt.byteorder() == '>' || dt.byteorder() == '<') return false;
-  const int flags = a.flags();
-  if (!(flags & npy::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & npy::NPY_ARRAY_ALIGNED_)) return false;
-  if (written && !(flags & npy::NPY_ARRAY_WRITEABLE_)) return false;
-  if (like != nullptr) {
-    if (a.ndim() != like->ndim()) return false;
-    for (py::ssize_t d = 0; d < a.ndim(); ++d)
-      if (a.shape(d) != like->shape(d)) return false;
+// A list's or tuple's items, read without a Python call per item.
+struct Items {
+  PyObject* const* at = nullptr;
+  Py_ssize_t size = 0;
+  bool open(py::handle seq) {
+    PyObject* o = seq.ptr();
+    if (!PyList_Check(o) && !PyTuple_Check(o)) return false;
+    size = PySequence_Fast_GET_SIZE(o);
+    at = PySequence_Fast_ITEMS(o);
+    return true;
   }
-  *out = std::move(a);
-  return true;
+};
+
+// prepare()'s checks on one array, which must match `like` in shape unless it is null.
+const py::detail::PyArray_Proxy* array_ok(PyObject* obj, const py::detail::PyArray_Proxy* like,
+                                          int type_num, bool written) {
+  if (!npy::get().PyArray_Check_(obj)) return nullptr;
+  const auto* a = py::detail::array_proxy(obj);
+  const auto dt = py::reinterpret_borrow<py::dtype>(a->descr);
+  if (dt.num() != type_num || dt.byteorder() == '>' || dt.byteorder() == '<') return nullptr;
+  if (!(a->flags & npy::NPY_ARRAY_C_CONTIGUOUS_) || !(a->flags & npy::NPY_ARRAY_ALIGNED_)) return nullptr;
+  if (written && !(a->flags & npy::NPY_ARRAY_WRITEABLE_)) return nullptr;
+  if (like != nullptr) {
+    if (a->nd != like->nd) return nullptr;
+    for (int d = 0; d < a->nd; ++d)
+      if (a->dimensions[d] != like->dimensions[d]) return nullptr;
+  }
+  return a;
+}
+
+int64_t element_count(const py::detail::PyArray_Proxy* a) {
+  int64_t n = 1;
+  for (int d = 0; d < a->nd; ++d) n *= static_cast<int64_t>(a->dimensions[d]);
+  return n;
 }
 }  // namespace
 
-bool strictly_valid(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-                    int* dtype_code) {
-  const size_t n = py::len(params);
-  const size_t n_states = py::len(states);
-  if (n_states > static_cast<size_t>(kMaxStates) || static_cast<size_t>(py::len(grads)) != n) return false;
-  std::vector<py::sequence> state_lists;
-  for (size_t k = 0; k < n_states; ++k) {
-    py::handle h = states[k];
-    if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h)) return false;
-    state_lists.push_back(py::reinterpret_borrow<py::sequence>(h));
-    if (static_cast<size_t>(py::len(state_lists.back())) != n) return false;
-  }
-  *dtype_code = 0;
-  if (n == 0) return true;
-  py::handle first = params[0];
-  if (!py::isinstance<py::array>(first)) return false;
-  const int type_num = py::reinterpret_borrow<py::array>(first).dtype().num();
-  if (type_num != kNpyFloat && type_num != kNpyDouble) return false;
-  *dtype_code = static_cast<int>(type_num == kNpyFloat ? DType::kFloat32 : DType::kFloat64);
+bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
+  Items roles[kMaxRoles], state_lists;
+  if (!roles[kParam].open(params) || !roles[kGrad].open(grads) || !state_lists.open(states)) return false;
+  const Py_ssize_t n = roles[kParam].size, n_states = state_lists.size;
+  if (roles[kGrad].size != n || n_states > kMaxStates) return false;
+  for (Py_ssize_t k = 0; k < n_states; ++k)
+    if (!roles[kState0 + k].open(state_lists.at[k]) || roles[kState0 + k].size != n) return false;
+  const int n_roles = 2 + static_cast<int>(n_states);
 
+  int type_num = kNpyFloat;
+  if (n > 0) {
+    if (!npy::get().PyArray_Check_(roles[kParam].at[0])) return false;
+    type_num = py::reinterpret_borrow<py::dtype>(py::detail::array_proxy(roles[kParam].at[0])->descr).num();
+    if (type_num != kNpyFloat && type_num != kNpyDouble) return false;
+  }
+  batch_.dtype = type_num == kNpyFloat ? DType::kFloat32 : DType::kFloat64;
+  itemsize_ = type_num == kNpyFloat ? 4 : 8;
+
+  offsets_.assign(static_cast<size_t>(n) + 1, 0);
+  for (int r = 0; r < n_roles; ++r) ptrs_[r].resize(static_cast<size_t>(n));
   std::vector<ByteSpan> spans;
-  spans.reserve(n * (2 + n_states));
-  auto add_span = [&](const py::array& a, bool written) {
-    if (a.nbytes() == 0) return;
-    const auto lo = reinterpret_cast<uintptr_t>(a.data());
-    spans.push_back({lo, lo + static_cast<uintptr_t>(a.nbytes()), spans.size(), written});
-  };
-  for (size_t t = 0; t < n; ++t) {
-    py::array p, other;
-    if (!array_ok(params[t], nullptr, type_num, true, &p)) return false;
-    add_span(p, true);
-    if (!array_ok(grads[t], &p, type_num, false, &other)) return false;
-    add_span(other, false);
-    for (const py::sequence& list : state_lists) {
-      if (!array_ok(list[t], &p, type_num, true, &other)) return false;
-      add_span(other, true);
+  spans.reserve(static_cast<size_t>(n) * n_roles);
+  for (Py_ssize_t t = 0; t < n; ++t) {
+    const auto* p = array_ok(roles[kParam].at[t], nullptr, type_num, true);
+    if (p == nullptr) return false;
+    const int64_t count = element_count(p);
+    offsets_[t + 1] = offsets_[t] + count;
+    const uintptr_t nbytes = static_cast<uintptr_t>(count) * itemsize_;
+    for (int r = 0; r < n_roles; ++r) {
+      const bool written = r != kGrad;
+      const auto* a = r == kParam ? p : array_ok(roles[r].at[t], p, type_num, written);
+      if (a == nullptr) return false;
+      ptrs_[r][t] = a->data;
+      const auto lo = reinterpret_cast<uintptr_t>(a->data);
+      if (nbytes) spans.push_back({lo, lo + nbytes, spans.size(), written});
     }
   }
-  return first_overlap(spans).first < 0;
+  if (first_overlap(spans).first >= 0) return false;
+  batch_.n_tensors = static_cast<int64_t>(n);
+  batch_.offsets = offsets_.data();
+  for (int r = 0; r < n_roles; ++r) batch_.ptrs[r] = ptrs_[r].data();
+  return true;
 }
 
 PyBatch::PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,

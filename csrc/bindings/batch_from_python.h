@@ -29,22 +29,23 @@ struct ByteSpan {
 // them is written, or {-1, -1}. Two read-only gradients may share memory. Sorts `spans`.
 std::pair<int64_t, int64_t> first_overlap(std::vector<ByteSpan>& spans);
 
-// The native fast path of fusedopt/_arrays.py: true if every array obeys the rules of
-// _arrays.prepare() (NumPy arrays of one supported dtype, equal list lengths, equal shapes
-// per tensor, C-contiguous, aligned, written arrays writable and not overlapping anything).
-// On success *dtype_code is the call's dtype. A false answer never explains itself: the
-// caller then runs prepare(), which is the authority and words the error.
-bool strictly_valid(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-                    int* dtype_code);
-
 class PyBatch {
  public:
+  PyBatch() = default;
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
   PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
           int dtype_code);
   // Only gradients (norms, non-finite counts): nothing is written.
   PyBatch(const py::sequence& grads, int dtype_code);
   const Batch& batch() const { return batch_; }
+
+  // The native fast path of fusedopt/_arrays.py, in one pass over raw array structs: reads
+  // the pointers and returns true if every array obeys the rules of _arrays.prepare()
+  // (lists or tuples of NumPy arrays of one supported dtype, equal lengths, equal shapes per
+  // tensor, C-contiguous, aligned, written arrays writable and overlapping nothing). A false
+  // answer leaves the batch unusable and never explains itself: the caller then runs
+  // prepare(), which is the authority and words the error.
+  bool build_strict(py::handle params, py::handle grads, py::handle states);
 
  private:
   void set_sizes(const py::sequence& arrays, int dtype_code);

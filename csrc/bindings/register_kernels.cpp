@@ -29,10 +29,17 @@ namespace {
 template <class Step>
 bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::sequence& params,
          const py::sequence& grads, const py::sequence& states, int dtype, bool strict) {
-  if (strict && !strictly_valid(params, grads, states, &dtype)) return false;
-  PyBatch batch(params, grads, states, dtype);
-  py::gil_scoped_release release;
-  kernel(step, batch.batch());
+  auto go = [&](const PyBatch& batch) {
+    py::gil_scoped_release release;
+    kernel(step, batch.batch());
+  };
+  if (!strict) {
+    go(PyBatch(params, grads, states, dtype));
+    return true;
+  }
+  PyBatch batch;
+  if (!batch.build_strict(params, grads, states)) return false;
+  go(batch);
   return true;
 }
 
@@ -133,8 +140,8 @@ void register_kernels(py::module_& m) {
   m.def(
       "validate",
       [](py::sequence params, py::sequence grads, py::sequence states) {
-        int dtype = -1;
-        return strictly_valid(params, grads, states, &dtype) ? dtype : -1;
+        PyBatch batch;
+        return batch.build_strict(params, grads, states) ? static_cast<int>(batch.batch().dtype) : -1;
       },
       arg("params"), arg("grads"), arg("states"),
       "The dtype code if the arrays pass the checks of fusedopt/_arrays.py, else -1.");
