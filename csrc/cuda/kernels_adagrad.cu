@@ -1,5 +1,4 @@
 // Adagrad on the multi-tensor launcher; the rule is math/adagrad.h.
-#include "common/flag_dispatch.h"
 #include "cuda/launcher.cuh"
 #include "math/adagrad.h"
 
@@ -7,10 +6,7 @@ namespace fusedopt {
 namespace cuda {
 
 void adagrad(const AdagradStep& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
-  with_rule(s, b.dtype, [&](auto rule, auto storage) {
-    using Rule = typename decltype(rule)::type;
-    launch_update<Rule, typename decltype(storage)::type>(s.c, device_coeffs, b, stream);
-  });
+  launch_step(s, b, stream, device_coeffs);
 }
 
 }  // namespace cuda

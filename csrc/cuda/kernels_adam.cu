@@ -1,5 +1,4 @@
 // Adam, AdamW and AMSGrad on the multi-tensor launcher; the rule is math/adam.h.
-#include "common/flag_dispatch.h"
 #include "cuda/launcher.cuh"
 #include "math/adam.h"
 
@@ -7,10 +6,7 @@ namespace fusedopt {
 namespace cuda {
 
 void adam(const AdamStep& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
-  with_rule(s, b.dtype, [&](auto rule, auto storage) {
-    using Rule = typename decltype(rule)::type;
-    launch_update<Rule, typename decltype(storage)::type>(s.c, device_coeffs, b, stream);
-  });
+  launch_step(s, b, stream, device_coeffs);
 }
 
 }  // namespace cuda

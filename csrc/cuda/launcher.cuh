@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "common/batch.h"
+#include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
@@ -186,6 +187,17 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
     kernel<<<static_cast<unsigned>(plan.grid), kThreads, 0, stream>>>(params);
     check(cudaGetLastError(), "launching an update kernel");
   }
+}
+
+// One rule's entry point: the step's flags pick the rule variant (common/flag_dispatch.h,
+// shared with the CPU loop). Each rule lives in a .cu file of its own only so that nvcc
+// compiles the rules' variants in parallel.
+template <class Step>
+void launch_step(const Step& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
+  with_rule(s, b.dtype, [&](auto rule, auto storage) {
+    using Rule = typename decltype(rule)::type;
+    launch_update<Rule, typename decltype(storage)::type>(s.c, device_coeffs, b, stream);
+  });
 }
 
 template <int kRoles, class C>
