@@ -37,15 +37,25 @@ namespace {
 using npy = py::detail::npy_api;
 constexpr int kNpyFloat = 11, kNpyDouble = 12;  // NumPy type numbers
 
-// A list's or tuple's items, read without a Python call per item.
+// One role's arrays, read without a Python call per item: the items of a list or tuple, or
+// a single NumPy array standing for a one-tensor call (as prepare() reads one).
 struct Items {
   PyObject* const* at = nullptr;
   Py_ssize_t size = 0;
-  bool open(py::handle seq) {
-    PyObject* o = seq.ptr();
-    if (!PyList_Check(o) && !PyTuple_Check(o)) return false;
-    size = PySequence_Fast_GET_SIZE(o);
-    at = PySequence_Fast_ITEMS(o);
+  bool single = false;
+  PyObject* one = nullptr;
+  bool open(py::handle value) {
+    PyObject* o = value.ptr();
+    if (PyList_Check(o) || PyTuple_Check(o)) {
+      size = PySequence_Fast_GET_SIZE(o);
+      at = PySequence_Fast_ITEMS(o);
+      return true;
+    }
+    if (!npy::get().PyArray_Check_(o)) return false;
+    one = o;
+    at = &one;
+    size = 1;
+    single = true;
     return true;
   }
 };
@@ -75,13 +85,18 @@ int64_t element_count(const py::detail::PyArray_Proxy* a) {
 }  // namespace
 
 bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
-  Items roles[kMaxRoles], state_lists;
-  if (!roles[kParam].open(params) || !roles[kGrad].open(grads) || !state_lists.open(states)) return false;
-  const Py_ssize_t n = roles[kParam].size, n_states = state_lists.size;
-  if (roles[kGrad].size != n || n_states > kMaxStates) return false;
+  Items roles[kMaxRoles], state_roles;
+  if (!roles[kParam].open(params) || !roles[kGrad].open(grads) || !state_roles.open(states) ||
+      state_roles.single)
+    return false;
+  const Py_ssize_t n = roles[kParam].size, n_states = state_roles.size;
+  if (n_states > kMaxStates) return false;
   for (Py_ssize_t k = 0; k < n_states; ++k)
-    if (!roles[kState0 + k].open(state_lists.at[k]) || roles[kState0 + k].size != n) return false;
+    if (!roles[kState0 + k].open(state_roles.at[k])) return false;
   const int n_roles = 2 + static_cast<int>(n_states);
+  // Every role a list of n arrays, or every role one array: prepare() refuses a mix.
+  for (int r = 1; r < n_roles; ++r)
+    if (roles[r].size != n || roles[r].single != roles[kParam].single) return false;
 
   int type_num = kNpyFloat;
   if (n > 0) {

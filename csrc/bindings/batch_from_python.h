@@ -42,7 +42,8 @@ class PyBatch {
   // The native fast path of fusedopt/_arrays.py, in one pass over raw array structs: reads
   // the pointers and returns true if every array obeys the rules of _arrays.prepare()
   // (lists or tuples of NumPy arrays of one supported dtype, equal lengths, equal shapes per
-  // tensor, C-contiguous, aligned, written arrays writable and overlapping nothing). A false
+  // tensor, C-contiguous, aligned, written arrays writable and overlapping nothing; or one
+  // NumPy array per role, for a one-tensor call). `states` lists the state roles. A false
   // answer leaves the batch unusable and never explains itself: the caller then runs
   // prepare(), which is the authority and words the error.
   bool build_strict(py::handle params, py::handle grads, py::handle states);

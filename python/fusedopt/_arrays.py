@@ -109,33 +109,30 @@ def _dlpack_on_cuda(x) -> bool:
     return kind in (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
-def numpy_fast_lists(params, grads, states: Sequence[tuple[str, Any]]):
-    """(params, grads, state lists) for the native fast path, or None.
+def numpy_fast_lists(params, grads, state_values):
+    """(params, grads, state lists) as lists of arrays for the CPU module, or None.
 
-    Plain NumPy calls skip prepare(): the CPU module checks the arrays against the same
-    rules in C++ while it reads their pointers (csrc/bindings/batch_from_python.cpp,
-    strictly_valid), which costs nanoseconds per array instead of microseconds. Only the
-    shape of the call is looked at here. Whatever the C++ check refuses comes back to
-    prepare(), which stays the authority and words the error; tests hold the two to the
-    same verdicts.
+    For plain NumPy calls that must pass the arrays to several native functions (the
+    adaptive rate's norm, then its update); one call goes straight to the module's strict
+    check (fusedopt._kernels._call). Only the shape of the call is looked at here; the
+    module's validate() then applies prepare()'s rules in C++ (csrc/bindings/
+    batch_from_python.cpp), and whatever it refuses goes to prepare(), which words the error.
     """
     if type(params) is np.ndarray:
         if type(grads) is not np.ndarray:
             return None
         lists = []
-        for _, value in states:
+        for value in state_values:
             if type(value) is not np.ndarray:
                 return None
             lists.append([value])
         return [params], [grads], lists
     if type(params) not in (list, tuple) or type(grads) not in (list, tuple):
         return None
-    lists = []
-    for _, value in states:
+    for value in state_values:
         if type(value) not in (list, tuple):
             return None
-        lists.append(value)
-    return params, grads, lists
+    return params, grads, list(state_values)
 
 
 def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):

@@ -16,19 +16,20 @@ WD_NONE, WD_COUPLED, WD_DECOUPLED = 0, 1, 2
 MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = 0, 1, 2, 3
 
 
-def _number(fn: str, name: str, value, *, low=0.0, high=None, high_open=False, low_open=False):
+def _number(fn: str, name: str, value, *, high=math.inf, high_open=True):
+    """``value`` as a float if it is a real number in [0, high) ([0, high] with
+    high_open=False); else a TypeError or ValueError naming the argument."""
+    if type(value) is float and 0.0 <= value < high:  # the common case: this runs every call
+        return value
     kind = type(value)
-    if kind is not float and kind is not int:  # the common cases first: this runs every call
+    if kind is not float and kind is not int:
         if kind is bool or not (isinstance(value, (int, float)) or _is_real_scalar(value)):
             raise TypeError(f"{fn}: {name} must be a real number, got {kind.__name__}")
     v = float(value)
-    ok = (v > low if low_open else v >= low) and v != math.inf  # NaN fails every comparison
-    if high is not None:
-        ok = ok and (v < high if high_open else v <= high)
+    ok = 0.0 <= v < math.inf and (v < high if high_open else v <= high)  # NaN fails them all
     if not ok:
-        lo = "(" if low_open else "["
-        hi = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
-        raise ValueError(f"{fn}: {name} must be a finite number in {lo}{low}, {hi}, got {value!r}")
+        hi = "inf)" if high == math.inf else (f"{high})" if high_open else f"{high}]")
+        raise ValueError(f"{fn}: {name} must be a finite number in [0.0, {hi}, got {value!r}")
     return v
 
 
@@ -69,6 +70,12 @@ def _betas(fn: str, betas):
     )
 
 
+def _pack(cls, values: tuple):
+    """cls(*values) for a coefficient NamedTuple, at a tenth of the constructor's cost (these
+    are built on every call; the field order is the kernels' argument order)."""
+    return tuple.__new__(cls, values)
+
+
 class SgdCoeffs(NamedTuple):
     lr: float
     weight_decay: float
@@ -107,10 +114,10 @@ def sgd(fn, *, lr, momentum, dampening, nesterov, weight_decay, maximize, step, 
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if convention == "keras" else WD_COUPLED
-    return SgdCoeffs(
+    return _pack(SgdCoeffs, (
         lr, weight_decay, 1.0 - lr * weight_decay, momentum, 1.0 - dampening,
         maximize, wd_mode, mode, nesterov,
-    )
+    ))
 
 
 class AdagradCoeffs(NamedTuple):
@@ -129,7 +136,8 @@ def adagrad(fn, *, step, lr, lr_decay, weight_decay, eps, maximize):
     eps = _number(fn, "eps", eps)
     maximize = _flag(fn, "maximize", maximize)
     clr = lr / (1.0 + (step - 1) * lr_decay)
-    return AdagradCoeffs(clr, weight_decay, eps, maximize, WD_COUPLED if weight_decay else WD_NONE)
+    return _pack(AdagradCoeffs, (clr, weight_decay, eps, maximize,
+                                 WD_COUPLED if weight_decay else WD_NONE))
 
 
 class RmspropCoeffs(NamedTuple):
@@ -153,10 +161,10 @@ def rmsprop(fn, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
     momentum = _number(fn, "momentum", momentum)
     centered = _flag(fn, "centered", centered)
     maximize = _flag(fn, "maximize", maximize)
-    return RmspropCoeffs(
+    return _pack(RmspropCoeffs, (
         lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, maximize,
         WD_COUPLED if weight_decay else WD_NONE, centered, momentum != 0.0,
-    )
+    ))
 
 
 class AdamCoeffs(NamedTuple):
@@ -188,7 +196,7 @@ def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if decoupled else WD_COUPLED
-    return AdamCoeffs._make((  # _make: a third of the keyword constructor's cost, per call
+    return _pack(AdamCoeffs, (
         beta1, 1.0 - beta1, beta2, 1.0 - beta2,
         lr / bias_correction1, 1.0 / math.sqrt(bias_correction2),
         eps, weight_decay, 1.0 - lr * weight_decay, maximize, wd_mode, amsgrad,

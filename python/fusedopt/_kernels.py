@@ -100,25 +100,29 @@ def _run(rule: str, prep, coeffs, backend: str, hyper, skip_if_nonfinite: bool):
     return StepStatus(False, 0) if skip else None
 
 
-def _call(rule: str, fn: str, params, grads, states, coeffs, backend: str, hyper,
-          skip_if_nonfinite):
-    """Checks and runs one call: the native fast path for plain NumPy arrays, else prepare()."""
-    if skip_if_nonfinite is False and backend != "reference" and backend != _FLOAT64:
-        lists = _arrays.numpy_fast_lists(params, grads, states)
-        if lists is not None and _native.core() is not None:
-            if _native.apply_strict(rule, lists, coeffs):
-                return None
-    prep = _arrays.prepare(fn, params, grads, states)
+def _call(rule: str, fn: str, params, grads, state_names, state_values, coeffs, backend: str,
+          hyper, skip_if_nonfinite):
+    """Checks and runs one call: the native fast path for plain NumPy arrays, else prepare().
+
+    ``state_names`` and ``state_values`` are the state roles the rule uses, in rule order.
+    The fast path hands the arguments as they came to the CPU module, which checks them
+    against prepare()'s rules while it reads their pointers; anything it refuses, and every
+    argument it does not look at (an unknown backend, a non-bool skip_if_nonfinite), goes
+    down the checked path, which words the error.
+    """
+    if skip_if_nonfinite is False and (backend == "auto" or backend == "native"):
+        if _native.apply_strict(rule, params, grads, state_values, coeffs):
+            return None
+    backend = _backend(fn, backend)
+    prep = _arrays.prepare(fn, params, grads, list(zip(state_names, state_values)))
     return _run(rule, prep, coeffs, backend, hyper, skip_if_nonfinite)
 
 
-def _state(fn: str, name: str, value, needed_because: str | None):
-    """A state role the rule needs (needed_because is the reason), or None if unused."""
-    if needed_because is None:
-        return []
+def _required(fn: str, name: str, value, because: str):
+    """A state argument the call's flags need (``because`` says which flag)."""
     if value is None:
-        raise ValueError(f"{fn}: {name} is required {needed_because}")
-    return [(name, value)]
+        raise ValueError(f"{fn}: {name} is required {because}")
+    return value
 
 
 # --------------------------------------------------------------------------------------
@@ -135,16 +139,21 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     The exact operation order is in csrc/math/sgd.h and the README.
     """
     fn = "sgd_"
-    backend = _backend(fn, backend)
     c = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                     weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
-    states = _state(fn, "momentum_buffers", momentum_buffers,
-                    "when momentum > 0" if c.momentum_mode != _coeffs.MOM_NONE else None)
-    return _call("sgd", fn, params, grads, states, c, backend,
+    names, values = _momentum_state(fn, c, momentum_buffers)
+    return _call("sgd", fn, params, grads, names, values, c, backend,
                  lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening,
                               nesterov=c.nesterov, weight_decay=c.weight_decay,
                               maximize=c.maximize, step=step, convention=convention),
                  skip_if_nonfinite)
+
+
+def _momentum_state(fn: str, c, momentum_buffers):
+    if c.momentum_mode == _coeffs.MOM_NONE:
+        return (), []
+    return ("momentum_buffers",), [_required(fn, "momentum_buffers", momentum_buffers,
+                                             "when momentum > 0")]
 
 
 class AdaptiveRate(NamedTuple):
@@ -171,11 +180,10 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     base = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                        weight_decay=weight_decay, maximize=maximize, step=step,
                        convention=convention)
-    states = _state(fn, "momentum_buffers", momentum_buffers,
-                    "when momentum > 0" if base.momentum_mode != _coeffs.MOM_NONE else None)
+    names, values = _momentum_state(fn, base, momentum_buffers)
     skip = _coeffs._flag(fn, "skip_if_nonfinite", skip_if_nonfinite)
     if not skip and backend != "reference" and backend != _FLOAT64 and _native.core() is not None:
-        lists = _arrays.numpy_fast_lists(params, grads, states)
+        lists = _arrays.numpy_fast_lists(params, grads, values)
         dtype = _native.validate(lists) if lists is not None else -1
         if dtype >= 0:
             core = _native.core()
@@ -184,7 +192,7 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
             c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
             core.sgd(*lists, dtype, *c)
             return AdaptiveRate(lr_t, sum_sq**0.5)
-    prep = _arrays.prepare(fn, params, grads, states)
+    prep = _arrays.prepare(fn, params, grads, list(zip(names, values)))
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
     native = _use_native(fn, prep, backend)
@@ -221,10 +229,9 @@ def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_d
     ``clr = lr / (1 + (step-1)*lr_decay)``; ``sum += g*g``; ``p -= clr * g / (sqrt(sum) + eps)``.
     """
     fn = "adagrad_"
-    backend = _backend(fn, backend)
     c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         eps=eps, maximize=maximize)
-    return _call("adagrad", fn, params, grads, [("state_sums", state_sums)], c, backend,
+    return _call("adagrad", fn, params, grads, ("state_sums",), [state_sums], c, backend,
                  lambda: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
                               weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize),
                  skip_if_nonfinite)
@@ -239,14 +246,16 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
     All states start at zero.
     """
     fn = "rmsprop_"
-    backend = _backend(fn, backend)
     c = _coeffs.rmsprop(fn, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize)
-    states = [("square_avgs", square_avgs)]
-    states += _state(fn, "grad_avgs", grad_avgs, "when centered=True" if c.centered else None)
-    states += _state(fn, "momentum_buffers", momentum_buffers,
-                     "when momentum > 0" if c.has_momentum else None)
-    return _call("rmsprop", fn, params, grads, states, c, backend,
+    names, values = ["square_avgs"], [square_avgs]
+    if c.centered:
+        names.append("grad_avgs")
+        values.append(_required(fn, "grad_avgs", grad_avgs, "when centered=True"))
+    if c.has_momentum:
+        names.append("momentum_buffers")
+        values.append(_required(fn, "momentum_buffers", momentum_buffers, "when momentum > 0"))
+    return _call("rmsprop", fn, params, grads, names, values, c, backend,
                  lambda: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
                               momentum=c.momentum, centered=c.centered, maximize=c.maximize),
                  skip_if_nonfinite)
@@ -254,13 +263,13 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
 
 def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
           eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend):
-    backend = _backend(fn, backend)
     c = _coeffs.adam(fn, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                      amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
-    states = [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
-    states += _state(fn, "max_exp_avg_sqs", max_exp_avg_sqs,
-                     "when amsgrad=True" if c.amsgrad else None)
-    return _call("adam", fn, params, grads, states, c, backend,
+    names, values = ["exp_avgs", "exp_avg_sqs"], [exp_avgs, exp_avg_sqs]
+    if c.amsgrad:
+        names.append("max_exp_avg_sqs")
+        values.append(_required(fn, "max_exp_avg_sqs", max_exp_avg_sqs, "when amsgrad=True"))
+    return _call("adam", fn, params, grads, names, values, c, backend,
                  lambda: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
                               weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
                               decoupled=decoupled), skip_if_nonfinite)

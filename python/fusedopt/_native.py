@@ -44,11 +44,13 @@ def apply(rule: str, prep, coeffs) -> None:
     getattr(_module(prep), rule)(prep.params, prep.grads, prep.states, prep.dtype_code, *coeffs)
 
 
-def apply_strict(rule: str, lists, coeffs) -> bool:
-    """The fast path: runs rule on plain NumPy lists if the C++ checks pass; False (nothing
-    written) if they do not, and the caller falls back to _arrays.prepare()."""
-    params, grads, states = lists
-    return getattr(_core, rule)(params, grads, states, -1, *coeffs, True)
+def apply_strict(rule: str, params, grads, state_values, coeffs) -> bool:
+    """The fast path: runs rule on the arguments as the caller passed them (lists of NumPy
+    arrays, or one array per role) if the C++ checks pass; False (nothing written) if they
+    do not, and the caller falls back to _arrays.prepare()."""
+    if _core is None:
+        return False
+    return getattr(_core, rule)(params, grads, state_values, -1, *coeffs, True)
 
 
 def validate(lists) -> int:
