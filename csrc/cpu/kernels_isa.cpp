@@ -79,26 +79,69 @@ inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, 
 constexpr int64_t kPrefetchBlock = 256;
 constexpr int64_t kPrefetchAhead = 2048;
 
+// One tensor's share of a thread's range: the role pointers at its first element and its
+// length (n <= 0: the tensor has no element in the range). Unused roles are null.
+template <class S>
+struct Piece {
+  S* p;
+  const S* g;
+  S* s0;
+  S* s1;
+  S* s2;
+  int64_t n;
+};
+
+template <class S>
+S* role_ptr(const Batch& b, int role, int64_t t, int64_t lo) {
+  return b.ptrs[role] ? static_cast<S*>(b.ptrs[role][t]) + lo : nullptr;
+}
+
+template <class S>
+Piece<S> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
+  const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+  const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+  return {role_ptr<S>(b, kParam, t, lo), role_ptr<const S>(b, kGrad, t, lo), role_ptr<S>(b, kState0, t, lo),
+          role_ptr<S>(b, kState1, t, lo), role_ptr<S>(b, kState2, t, lo), hi - lo};
+}
+
+// Prefetches elements [from, to) of every stream the rule touches (from, to < x.n).
+template <int N, class S>
+inline void prefetch_lines(const Piece<S>& x, int64_t from, int64_t to) {
+  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(S));  // elements per cache line
+  for (int64_t k = from; k < to; k += L) {
+    __builtin_prefetch(x.p + k, 1, 3);
+    __builtin_prefetch(x.g + k, 0, 3);
+    if constexpr (N > 0) __builtin_prefetch(x.s0 + k, 1, 3);
+    if constexpr (N > 1) __builtin_prefetch(x.s1 + k, 1, 3);
+    if constexpr (N > 2) __builtin_prefetch(x.s2 + k, 1, 3);
+  }
+}
+
+template <int N, class S>
+inline void prefetch_head(const Piece<S>& x) {
+  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
+  prefetch_lines<N>(x, 0, x.n < D ? x.n : D);
+}
+
+// Runs one piece with the prefetch window kPrefetchAhead bytes ahead; where the window
+// passes the piece's end it goes on into the head of `next` (the following piece of the
+// thread's range, or one with n == 0), so a list of small tensors is prefetched as
+// steadily as one flat tensor. Measured on 1,000 separately allocated tensors of median
+// size 1,184 elements (bench list1000): without the head prefetch, the heads of most
+// tensors were demand misses.
 template <class Rule, class S>
-void run_tensor(const Rule& rule, S* __restrict p, const S* __restrict g, S* __restrict s0,
-                S* __restrict s1, S* __restrict s2, int64_t n) {
+void run_piece(const Rule& rule, const Piece<S>& x, const Piece<S>& next) {
   constexpr int N = Rule::kNumStates;
   constexpr int64_t B = kPrefetchBlock / static_cast<int64_t>(sizeof(S));
   constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
-  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(S));  // elements per cache line
   int64_t i = 0;
-  // Prefetch only inside [0, n): a thread never touches the lines of the next one's range.
-  for (; i + D + B <= n; i += B) {
-    for (int64_t k = i + D; k < i + D + B; k += L) {
-      __builtin_prefetch(p + k, 1, 3);
-      __builtin_prefetch(g + k, 0, 3);
-      if constexpr (N > 0) __builtin_prefetch(s0 + k, 1, 3);
-      if constexpr (N > 1) __builtin_prefetch(s1 + k, 1, 3);
-      if constexpr (N > 2) __builtin_prefetch(s2 + k, 1, 3);
-    }
-    run_elems(rule, p, g, s0, s1, s2, i, i + B);
+  // Prefetch only inside the range: a thread never touches the lines of the next one's.
+  for (; i + D + B <= x.n; i += B) {
+    prefetch_lines<N>(x, i + D, i + D + B);
+    run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
   }
-  run_elems(rule, p, g, s0, s1, s2, i, n);
+  if (next.n > 0) prefetch_head<N>(next);
+  run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
 }
 
 // First tensor whose elements reach past `index` (empty tensors are stepped over).
@@ -111,21 +154,26 @@ int64_t tensor_containing(const int64_t* offsets, int64_t n_tensors, int64_t ind
   return lo;
 }
 
+// The first tensor from t on with elements in [begin, end), as a piece (n == 0: none).
 template <class S>
-S* role_ptr(const Batch& b, int role, int64_t t, int64_t lo) {
-  return b.ptrs[role] ? static_cast<S*>(b.ptrs[role][t]) + lo : nullptr;
+Piece<S> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
+  for (; t < b.n_tensors && b.offsets[t] < end; ++t) {
+    const Piece<S> x = piece_of<S>(b, t, begin, end);
+    if (x.n > 0) return x;
+  }
+  return Piece<S>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
 }
 
 template <class Rule, class S>
 void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
-  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
-       t < b.n_tensors && b.offsets[t] < end; ++t) {
-    const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
-    const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
-    if (hi <= lo) continue;
-    run_tensor(rule, role_ptr<S>(b, kParam, t, lo), role_ptr<const S>(b, kGrad, t, lo),
-               role_ptr<S>(b, kState0, t, lo), role_ptr<S>(b, kState1, t, lo),
-               role_ptr<S>(b, kState2, t, lo), hi - lo);
+  int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+  Piece<S> x = next_piece<S>(b, t, begin, end);
+  if (x.n > 0) prefetch_head<Rule::kNumStates>(x);
+  while (x.n > 0) {
+    ++t;
+    const Piece<S> next = next_piece<S>(b, t, begin, end);
+    run_piece(rule, x, next);
+    x = next;
   }
 }
 
