@@ -1,0 +1,48 @@
+"""The CPU benchmark harness (fusedopt/_bench.py) end to end, on sizes that take a moment:
+it runs, writes CSV and JSON, and its rows carry what the README's tables are made of.
+Timings are not asserted (the machine is shared); the shape of the output is."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from fusedopt import _bench
+
+
+def test_harness_writes_rows_for_every_rule_size_and_thread_count(tmp_path):
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    rc = _bench.main(["--rules", "sgd,adam,adaptive_sgd", "--sizes", "2^10,3000",
+                      "--threads", "1,2", "--repeats", "2", "--ref-repeats", "1",
+                      "--peers", "numpy", "--min-batch-ms", "0.2", "--latency-calls", "50",
+                      "--no-progress", "--json", str(out_json), "--csv", str(out_csv)])
+    assert rc == 0
+    result = json.loads(out_json.read_text())
+    rows = result["results"]
+    for rule in ("sgd", "adam", "adaptive_sgd"):
+        for size in ("2^10", "3000"):
+            for threads in (1, 2):
+                kinds = {r["impl"] for r in rows
+                         if (r["rule"], r["size"], r["threads"]) == (rule, size, threads)}
+                assert {"roof", "fusedopt"} <= kinds, (rule, size, threads)
+    fo = [r for r in rows if r["impl"] == "fusedopt"]
+    assert all(r["pct_roof"] > 0 and r["melem_per_s"] > 0 and r["batch"] >= 1 for r in fo)
+    assert any(r["impl"] == "numpy-reference" for r in rows)
+    assert {lat["impl"] for lat in result["latency"]} >= {"fusedopt.adam_ (functional)",
+                                                          "fusedopt.optim.Adam.step"}
+    meta = result["metadata"]
+    assert meta["cpu_target_active"] in meta["cpu_targets_measured"]
+    assert meta["byte_table"]["adam"] == {"reads": 4, "writes": 3, "states": 2}
+    lines = [ln for ln in out_csv.read_text().splitlines() if not ln.startswith("#")]
+    header = next(csv.reader(lines))
+    assert header == _bench.CSV_FIELDS
+    assert len(lines) - 1 == len(rows) + len(result["latency"])  # latency rows follow
+
+
+def test_rounds_interleave_and_rewarm_after_a_pause():
+    calls = []
+    impls = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timed = _bench.time_rounds(impls, 3, 0.0005, {"a": "lib1", "b": "lib2"})
+    assert all(len(t.times) == 3 for t in timed.values())
+    # after the warm-up, each round times a then b; a switch of library re-warms first
+    assert calls.count("a") > 3 and calls.count("b") > 3
