@@ -1004,3 +1004,30 @@ def test_private_module_refuses_unsafe_calls(name):
     call = _core_calls()[name]
     with pytest.raises(ValueError):
         call()
+
+
+def test_fast_path_takes_one_array_per_role_and_refuses_mixes():
+    """The strict check behind the fast path (fusedopt._kernels._call) takes the arguments
+    as the caller passed them: every role one array, or every role a list, like prepare().
+    A mix comes back False with nothing written."""
+    from fusedopt import _coeffs, _core
+
+    c = _coeffs.sgd("sgd_", lr=0.5, momentum=0.9, dampening=0.0, nesterov=False,
+                    weight_decay=0.0, maximize=False, step=2, convention="torch")
+    p, g, buf = (np.full(8, 2.0, np.float32) for _ in range(3))
+    before = [p.copy(), buf.copy()]
+    refused = {
+        "params single, grads a list": (p, [g], [buf]),
+        "params a list, grads single": ([p], g, [[buf]]),
+        "a state a list among single arrays": (p, g, [[buf]]),
+        "a state single among lists": ([p], [g], [buf]),
+    }
+    for why, args in refused.items():
+        assert _core.sgd(*args, -1, *c, True) is False, why
+        np.testing.assert_array_equal(p, before[0])
+        np.testing.assert_array_equal(buf, before[1])
+    assert _core.sgd(p, g, [buf], -1, *c, True) is True
+    assert not np.array_equal(p, before[0])
+    p2, g2, buf2 = before[0].copy(), g.copy(), before[1].copy()
+    assert _core.sgd([p2], (g2,), [[buf2]], -1, *c, True) is True
+    np.testing.assert_array_equal(p2, p)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import fusedopt
+import fusedopt.optim
 import fusedopt.reference
 import numpy as np
 import pytest
@@ -436,3 +437,29 @@ def test_torch_tensors_numpy_cannot_view(kind):
     with pytest.raises(TypeError, match=match):
         fusedopt.sgd_(params, grads, lr=0.1)
     assert all(torch.equal(a, b) for a, b in zip(params, before))
+
+
+@pytest.mark.parametrize("cls, kwargs, fill", [
+    (fusedopt.optim.Adam, dict(lr=1e-3, amsgrad=True), 0.0),
+    (fusedopt.optim.Adagrad, dict(lr=1e-2, initial_accumulator_value=0.5), 0.5),
+])
+def test_optimizer_states_are_cut_from_one_block_per_role(cls, kwargs, fill):
+    """fusedopt.optim keeps each state role of all params in one block (the pieces of a
+    model's small tensors then stream like one array): every piece shaped like its param,
+    C-contiguous, writable, filled with the initial value, 64-byte padded, none overlapping."""
+    shapes = [(3,), (2, 5), (0,), (), (17,), (4, 1, 3)]
+    params = [np.ones(s, np.float64) for s in shapes]
+    opt = cls(params, **kwargs)
+    for name, arrays in opt.state.items():
+        assert len({id(a.base) for a in arrays}) == 1, name
+        for a, p in zip(arrays, params):
+            assert a.shape == p.shape and a.dtype == p.dtype, name
+            assert a.flags.c_contiguous and a.flags.writeable, name
+            assert np.all(a == fill), name
+        pieces = [a for a in arrays if a.size]  # an empty view's address means nothing
+        starts = [a.__array_interface__["data"][0] for a in pieces]
+        ends = [s + a.nbytes for s, a in zip(starts, pieces)]
+        assert all(e <= s for e, s in zip(ends, starts[1:])), name
+        assert all((s - starts[0]) % 64 == 0 for s in starts), name
+    opt.step([np.full(s, 0.25) for s in shapes])  # steps through the carved states
+    assert all(np.all(p < 1.0) for p in params)

@@ -52,9 +52,8 @@ class Optimizer:
         # The kernel validates the hyperparameters on an empty call (nothing is written).
         self._call([], [], {n: [] for n in self._state_names()}, step=1)
         prep = _arrays.prepare(name, self._params, None, written_only=True)
-        xp = prep.xp
         self._states = {
-            n: [self._initial_state(xp, p, n) for p in prep.params] for n in self._state_names()
+            n: _carve(prep.xp, prep.params, self._initial_value(n)) for n in self._state_names()
         }
         # The states are new arrays, so only params can clash with each other.
 
@@ -62,8 +61,8 @@ class Optimizer:
     def _state_names(self) -> list[str]:
         return []
 
-    def _initial_state(self, xp, p, name):
-        return xp.zeros_like(p)
+    def _initial_value(self, name: str) -> float:
+        return 0.0
 
     # --- public -------------------------------------------------------------------------
     @property
@@ -180,6 +179,26 @@ class Optimizer:
         return [states[n] for n in self._state_names()]
 
 
+def _carve(xp, like: list, value: float) -> list:
+    """One array shaped like each of ``like``, filled with ``value``, all cut from one block.
+
+    An optimizer's states for a model's many small tensors then lie in one block of memory,
+    not in a thousand small allocations whose 4 KiB pages lie scattered (a block of 4 MiB or
+    more gets huge pages: NumPy asks for them). On the benchmark's 1,000-tensor list, every
+    role carved so runs at 94-98% of one flat tensor, against 83% (SGD) and 94% (Adam) with
+    every array allocated on its own; carving the states alone moved Adam by about a point,
+    within the noise (bench/list_layout.py). Pieces are padded to multiples of 64 bytes.
+    """
+    dtype = like[0].dtype
+    align = max(1, 64 // dtype.itemsize)
+    starts, total = [], 0
+    for a in like:
+        starts.append(total)
+        total += -(-int(a.size) // align) * align
+    block = xp.full(total, value, dtype=dtype)
+    return [block[s:s + int(a.size)].reshape(a.shape) for s, a in zip(starts, like)]
+
+
 class SGD(Optimizer):
     """torch.optim.SGD semantics (``convention="keras"`` for the Keras form); see
     :func:`fusedopt.sgd_`."""
@@ -216,8 +235,8 @@ class Adagrad(Optimizer):
     def _state_names(self):
         return ["state_sums"]
 
-    def _initial_state(self, xp, p, name):
-        return xp.full_like(p, self._initial_accumulator)
+    def _initial_value(self, name: str) -> float:
+        return self._initial_accumulator
 
 
 class RMSprop(Optimizer):
