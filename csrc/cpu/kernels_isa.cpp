@@ -72,7 +72,7 @@ inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, 
 // divide per element) fills the reorder window and stalls the demand misses behind it.
 // Prefetching 2 KiB ahead brought the same-run ratio to 95-99% (bench/README.md). Issuing
 // the prefetches in small groups (every 256 bytes: four cache lines per stream) rather than
-// in bursts every 1 KiB raised Adam by 5-8%, from 90-93% to 97-99% of the traffic loop, at
+// in bursts every 1 KiB raised Adam by 5-8%, from 90-93% to 96-97% of the traffic loop, at
 // 2^24 and 2^27 elements on 1 and 2 threads (bench/prefetch_sweep.cpp, which sweeps blocks
 // of 64 B-1 KiB and distances of 1-8 KiB); blocks of 64-512 B were within noise of each
 // other, and the traffic loop itself hardly moved. It runs through this code too, so the

@@ -919,8 +919,12 @@ def write_plot(path: str, result: dict) -> str | None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(rules):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    legend = {}  # every panel's lines: DeepSpeed, say, is absent from the SGD panels
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=7,
+               frameon=False)
     meta = result["metadata"]
     fig.suptitle(f"fusedopt {meta['fusedopt']} on {meta['cpu_model']} ({meta['cores']} cores), "
                  f"{meta['date']}", fontsize=10)

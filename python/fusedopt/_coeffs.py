@@ -71,8 +71,9 @@ def _betas(fn: str, betas):
 
 
 def _pack(cls, values: tuple):
-    """cls(*values) for a coefficient NamedTuple, at a tenth of the constructor's cost (these
-    are built on every call; the field order is the kernels' argument order)."""
+    """cls(*values) for a coefficient NamedTuple at about half the constructor's cost (170
+    against 300 ns; one is built on every call). The field order is the kernels' argument
+    order."""
     return tuple.__new__(cls, values)
 
 
