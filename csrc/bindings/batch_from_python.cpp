@@ -105,7 +105,7 @@ bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle state
     if (type_num != kNpyFloat && type_num != kNpyDouble) return false;
   }
   batch_.dtype = type_num == kNpyFloat ? DType::kFloat32 : DType::kFloat64;
-  itemsize_ = type_num == kNpyFloat ? 4 : 8;
+  itemsize_ = itemsize_of(static_cast<int>(batch_.dtype));
 
   offsets_.assign(static_cast<size_t>(n) + 1, 0);
   for (int r = 0; r < n_roles; ++r) ptrs_[r].resize(static_cast<size_t>(n));
