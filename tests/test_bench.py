@@ -27,6 +27,8 @@ def test_harness_writes_rows_for_every_rule_size_and_thread_count(tmp_path):
                 assert {"roof", "fusedopt"} <= kinds, (rule, size, threads)
     fo = [r for r in rows if r["impl"] == "fusedopt"]
     assert all(r["pct_roof"] > 0 and r["melem_per_s"] > 0 and r["batch"] >= 1 for r in fo)
+    assert all(r["pct_roof_p10"] <= r["pct_roof"] <= r["pct_roof_p90"] for r in fo)
+    assert all(r["pct_roof_of_medians"] > 0 for r in fo)
     assert any(r["impl"] == "numpy-reference" for r in rows)
     assert {lat["impl"] for lat in result["latency"]} >= {"fusedopt.adam_ (functional)",
                                                           "fusedopt.optim.Adam.step"}
@@ -46,3 +48,14 @@ def test_rounds_interleave_and_rewarm_after_a_pause():
     assert all(len(t.times) == 3 for t in timed.values())
     # after the warm-up, each round times a then b; a switch of library re-warms first
     assert calls.count("a") > 3 and calls.count("b") > 3
+
+
+def test_paired_ratio_cancels_a_drift_shared_by_both_implementations():
+    # The machine slows 3x for two rounds; b always runs at 80% of a's speed in its round.
+    a = _bench.Timed(times=[1.0, 1.0, 1.0, 3.0, 3.0])
+    b = _bench.Timed(times=[1.25, 1.25, 1.25, 3.75, 3.75])
+    assert _bench.paired_ratio(a, b) == (0.8, 0.8, 0.8)
+    # One round where only b was disturbed shows in the spread, not in the median.
+    b.times[4] = 7.5
+    med, p10, p90 = _bench.paired_ratio(a, b)
+    assert med == 0.8 and p10 < 0.8 and p90 == 0.8

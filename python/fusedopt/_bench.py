@@ -3,8 +3,8 @@
 An optimizer step is bound by memory traffic, so every kernel is reported against the
 memory roof of its own byte pattern, measured in the same run: ``fusedopt._core.traffic``
 reads and writes the very arrays the rule reads and writes (param, grad and the rule's
-states) with one add each, on the same thread count. ``% roof`` is the roof's median time
-over the kernel's median time for the same arrays.
+states) with one add each, on the same thread count. ``% roof`` is the median over rounds
+of the roof's time over the kernel's time in the same round, for the same arrays.
 
 With no options this is the quick run (about half a minute on a 2-core machine): every
 rule, float32, 2^24 elements, all threads, the active CPU target, against the roof and the
@@ -21,8 +21,10 @@ How it measures:
   filled and warmed before, and the same arrays serve every implementation of a case.
 * Gradients are random and nonzero; states start positive and small.
 * The roof and every fusedopt target are timed in interleaved rounds, so a noisy neighbour
-  slows all of them alike. Each peer is timed in rounds alternating with fusedopt's kernel,
-  and its speedup is the ratio of the two medians from those rounds.
+  slows all of them alike, and every ratio is paired: the median over rounds of the two
+  times of one round (``paired_ratio``), with its p10 and p90. Each peer is timed in rounds
+  alternating with fusedopt's kernel, and its speedup is paired the same way. The ratio of
+  the two medians is kept in the CSV too (``pct_roof_of_medians``).
 * Calls shorter than --min-batch-ms (20 ms) are timed in batches of k calls (k is in the
   CSV); the latency lines time single calls. With 2 ms batches, a cache-sized case timed
   alternately with an OpenMP peer measured mostly the hand-over between the two thread
@@ -279,6 +281,19 @@ class Timed:
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.times, q))
+
+
+def paired_ratio(num: Timed, den: Timed) -> tuple[float, float, float]:
+    """Median, p10 and p90 over rounds of num's time over den's time in the same round.
+
+    The two were timed in the same interleaved rounds, one right after the other, so each
+    round's ratio cancels what the machine was doing during that round. On the shared
+    development VM, whose speed drifts by up to 1.7x within a minute, the ratio of the two
+    medians mixed rounds from different phases: a 2^24 Adam case read 94.6% of the roof
+    with a p10-p90 throughput spread of 44.5-55.3 GB/s.
+    """
+    r = np.asarray(num.times) / np.asarray(den.times)
+    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
 FAMILY_GAP_S = 0.003  # pause between calls of different libraries (see module docstring)
@@ -656,10 +671,12 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
             tm = timed[f"fusedopt:{t}"]
             extra = {}
             if flat is not None and t == active0:
-                extra["pct_of_flat"] = 100.0 * timed["flat"].median() / tm.median()
+                extra["pct_of_flat"] = 100.0 * paired_ratio(timed["flat"], tm)[0]
+            pct, p10, p90 = (100.0 * x for x in paired_ratio(timed["roof"], tm))
             rows.append(_row(rule, dtype, size, nt, "fusedopt", t, tm, n, nbytes,
-                             pct_roof=100.0 * roof_t / tm.median(), other_load_cores=other,
-                             **extra))
+                             pct_roof=pct, pct_roof_p10=p10, pct_roof_p90=p90,
+                             pct_roof_of_medians=100.0 * roof_t / tm.median(),
+                             other_load_cores=other, **extra))
 
         def peer_rows(impl, step_fn, repeats, threads_label, roof_t=roof_t):
             if cfg.wait_quiet_s > 0:
@@ -667,11 +684,14 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
             load = ForeignLoad()
             tm = time_rounds({impl: step_fn, "fusedopt": kernel}, repeats, cfg.min_batch_s,
                              {impl: impl.split("-")[0], "fusedopt": "fusedopt"}, progress.tick)
-            fo = tm["fusedopt"].median()
+            speedup, p10, p90 = paired_ratio(tm[impl], tm["fusedopt"])
+            # The roof was timed in other rounds, so this %roof is a ratio of medians.
             return _row(rule, dtype, size, threads_label, impl, "", tm[impl], n, nbytes,
                         pct_roof=100.0 * roof_t / tm[impl].median(),
-                        fusedopt_speedup=tm[impl].median() / fo,
-                        fusedopt_median_s_alongside=fo, other_load_cores=load.cores())
+                        fusedopt_speedup=speedup, fusedopt_speedup_p10=p10,
+                        fusedopt_speedup_p90=p90,
+                        fusedopt_median_s_alongside=tm["fusedopt"].median(),
+                        other_load_cores=load.cores())
 
         if "numpy" in cfg.peers:
             if nt == threads[-1] or len(threads) == 1:
@@ -835,8 +855,9 @@ def metadata(cfg: Config, targets, threads, torch, ds_version) -> dict:
 CSV_FIELDS = ["rule", "dtype", "size", "elements", "threads", "impl", "target",
               "bytes_per_element", "median_s", "p10_s", "p90_s", "min_s", "repeats", "batch",
               "melem_per_s", "gb_per_s", "gb_per_s_p10", "gb_per_s_p90", "pct_roof",
-              "pct_of_flat", "fusedopt_speedup", "fusedopt_median_s_alongside", "other_load_cores",
-              "unavailable"]
+              "pct_roof_p10", "pct_roof_p90", "pct_roof_of_medians", "pct_of_flat",
+              "fusedopt_speedup", "fusedopt_speedup_p10", "fusedopt_speedup_p90",
+              "fusedopt_median_s_alongside", "other_load_cores", "unavailable"]
 
 
 def write_csv(path: str, result: dict) -> None:
@@ -945,6 +966,10 @@ def _fmt_busy(x) -> str:
     return f"{x:5.2f}" if isinstance(x, float) else f"{'?':>5}"
 
 
+def _fmt_spread(lo, hi) -> str:
+    return f"{lo:5.1f}-{hi:<5.1f}" if lo is not None else f"{'':>11}"
+
+
 def quick_table(result: dict) -> str:
     rows = result["results"]
     out = []
@@ -952,7 +977,7 @@ def quick_table(result: dict) -> str:
     for r in rows:
         by.setdefault((r["rule"], r["dtype"], r["size"], r["threads"]), []).append(r)
     head = (f"{'rule':<13} {'dtype':<7} {'size':>8} {'thr':>3} {'B/el':>4}  {'Melem/s':>8} "
-            f"{'GB/s':>6} {'p10-p90 GB/s':>13} {'roof GB/s':>9} {'%roof':>6}  "
+            f"{'GB/s':>6} {'p10-p90 GB/s':>13} {'roof GB/s':>9} {'%roof':>6} {'p10-p90':>11}  "
             f"{'ref Melem/s':>11} {'speedup':>8} {'busy':>5}")
     out.append(head)
     out.append("-" * len(head))
@@ -965,7 +990,8 @@ def quick_table(result: dict) -> str:
             line = (f"{rule + tgt:<13} {dtype:<7} {size:>8} {thr:>3} {k['bytes_per_element']:>4}  "
                     f"{_fmt_rate(k['melem_per_s']):>8} {k['gb_per_s']:>6.1f} "
                     f"{k['gb_per_s_p10']:>6.1f}-{k['gb_per_s_p90']:<6.1f} "
-                    f"{roof['gb_per_s'] if roof else float('nan'):>9.1f} {k['pct_roof']:>5.1f}%")
+                    f"{roof['gb_per_s'] if roof else float('nan'):>9.1f} {k['pct_roof']:>5.1f}% "
+                    f"{_fmt_spread(k.get('pct_roof_p10'), k.get('pct_roof_p90'))}")
             if ref and "melem_per_s" in ref:
                 speed = ref["median_s"] / k["median_s"]
                 line += f"  {_fmt_rate(ref['melem_per_s']):>11} {speed:>7.1f}x"
@@ -1191,7 +1217,8 @@ def main(argv=None) -> int:
           + (f"  deepspeed {meta['deepspeed']}" if meta["deepspeed"] else "")
           + f"  {meta['date']}")
     print("GB/s counts bytes read + written per element (B/el, the table in fusedopt/_bench.py); "
-          "%roof = traffic-only loop of the same arrays and threads, same run; medians of "
+          "%roof = traffic-only loop of the same arrays and threads, same run, as the median "
+          "and p10-p90 over rounds of the two times of one round; medians of "
           f"{cfg.repeats} rounds, NumPy exact reference {cfg.ref_repeats}; busy = cores other "
           "processes used meanwhile.")
     print()
@@ -1199,7 +1226,8 @@ def main(argv=None) -> int:
     peers = peers_table(result)
     if peers:
         print()
-        print("peers (fusedopt is: the peer's median time / fusedopt's, timed alternately)")
+        print("peers (fusedopt is: the median over rounds of the peer's time / fusedopt's, "
+              "timed alternately)")
         print(peers)
     if result["latency"]:
         print()
