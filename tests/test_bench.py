@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from fusedopt import _bench
 
 
@@ -59,3 +60,26 @@ def test_paired_ratio_cancels_a_drift_shared_by_both_implementations():
     b.times[4] = 7.5
     med, p10, p90 = _bench.paired_ratio(a, b)
     assert med == 0.8 and p10 < 0.8 and p90 == 0.8
+
+
+def test_a_case_whose_gradients_change_is_refused():
+    arrays = _bench.Arrays("float32", 3000, seed=0)
+    arrays.check_grads_unchanged("untouched")
+    arrays.g[0][1234] += 1.0
+    with pytest.raises(RuntimeError, match="gradients changed during sgd 3000"):
+        arrays.check_grads_unchanged("sgd 3000")
+
+
+def test_peers_that_write_their_gradients_get_their_own(tmp_path):
+    # torch's foreach SGD with Nesterov adds the momentum into .grad in place; the harness
+    # hands each peer a private copy, so the case's gradients (checked at the end of every
+    # case) stay as they were for the rules measured after it.
+    pytest.importorskip("torch")
+    out_json = tmp_path / "b.json"
+    rc = _bench.main(["--rules", "sgd+nesterov,adaptive_sgd", "--sizes", "3000",
+                      "--threads", "1", "--repeats", "2", "--peer-repeats", "2",
+                      "--peers", "torch", "--min-batch-ms", "1", "--no-latency",
+                      "--no-progress", "--json", str(out_json)])
+    assert rc == 0
+    rows = json.loads(out_json.read_text())["results"]
+    assert any(r["impl"] == "torch-foreach=True" and "median_s" in r for r in rows)

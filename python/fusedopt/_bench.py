@@ -191,7 +191,22 @@ class Arrays:
         self.g_roof = [np.empty(k, dtype=t) for k in sizes]
         for x in self.g_roof:
             x.fill(0.0)
+        self._g_fingerprint = self.grads_fingerprint()
         self.reset_states()
+
+    def grads_fingerprint(self) -> list:
+        """The sum of each gradient's bit patterns: cheap (one read at memory speed), and
+        any write to a gradient changes it in practice."""
+        ints = np.uint32 if self.g[0].itemsize == 4 else np.uint64
+        return [int(x.view(ints).sum(dtype=np.uint64)) for x in self.g]
+
+    def check_grads_unchanged(self, case: str) -> None:
+        """Every implementation must leave the gradients as they were: later ones read
+        them. A peer that writes to its gradients works on its own copy (_TorchPeer)."""
+        if self.grads_fingerprint() != self._g_fingerprint:
+            raise RuntimeError(f"bench: the gradients changed during {case}; an implementation "
+                               "wrote to them, so the figures after it would be measured on "
+                               "other data")
 
     def reset_states(self) -> None:
         """States small and positive (valid for every rule), refreshed before each rule."""
@@ -400,21 +415,36 @@ def _deepspeed_version() -> str | None:
 
 
 class _TorchPeer:
-    """A torch (or DeepSpeed) optimizer over the case's own arrays (shared memory)."""
+    """A torch (or DeepSpeed) optimizer over the case's own params (shared memory) and a
+    private copy of its gradients, put back before each timed batch (``restore_grads``).
+
+    The copy is needed because torch's ``SGD(nesterov=True, foreach=True)`` adds the
+    momentum into ``.grad`` in place (``torch._foreach_add_(device_grads, bufs, ...)`` in
+    torch/optim/sgd.py, 2.13). On shared gradients that grew 2.4x per step, reached inf
+    within a sweep, and every rule measured after it ran on inf and NaN; the adaptive rate
+    fell to a subnormal float32 and ran at a quarter of its speed.
+    """
 
     def __init__(self, torch, opt_cls, kwargs, arrays: Arrays):
         self.params = []
-        for p, g in zip(arrays.p, arrays.g):
+        self._source = arrays.g
+        self.grads = [g.copy() for g in arrays.g]
+        for p, g in zip(arrays.p, self.grads):
             t = torch.nn.Parameter(torch.from_numpy(p))
             t.grad = torch.from_numpy(g)
             self.params.append(t)
         self.opt = opt_cls(self.params, **kwargs)
         self.step = self.opt.step
 
+    def restore_grads(self) -> None:
+        for mine, source in zip(self.grads, self._source):
+            np.copyto(mine, source)
+
     def close(self):
         self.opt = None
         self.step = None
         self.params = None
+        self.grads = None
 
 
 def _torch_peer(torch, rule, variant_kwargs, arrays):
@@ -678,12 +708,13 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                              pct_roof_of_medians=100.0 * roof_t / tm.median(),
                              other_load_cores=other, **extra))
 
-        def peer_rows(impl, step_fn, repeats, threads_label, roof_t=roof_t):
+        def peer_rows(impl, step_fn, repeats, threads_label, roof_t=roof_t, setup=None):
             if cfg.wait_quiet_s > 0:
                 wait_for_quiet(cfg.wait_quiet_s)
             load = ForeignLoad()
-            tm = time_rounds({impl: step_fn, "fusedopt": kernel}, repeats, cfg.min_batch_s,
-                             {impl: impl.split("-")[0], "fusedopt": "fusedopt"}, progress.tick)
+            tm = time_rounds({impl: (setup, step_fn), "fusedopt": kernel}, repeats,
+                             cfg.min_batch_s, {impl: impl.split("-")[0], "fusedopt": "fusedopt"},
+                             progress.tick)
             speedup, p10, p90 = paired_ratio(tm[impl], tm["fusedopt"])
             # The roof was timed in other rounds, so this %roof is a ratio of medians.
             return _row(rule, dtype, size, threads_label, impl, "", tm[impl], n, nbytes,
@@ -713,7 +744,8 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                                      unavailable=why))
                     progress.tick(cfg.peer_repeats)
                     continue
-                rows.append(peer_rows(impl, peer.step, cfg.peer_repeats, nt))
+                rows.append(peer_rows(impl, peer.step, cfg.peer_repeats, nt,
+                                      setup=peer.restore_grads))
                 peer.close()
                 del peer
                 gc.collect()
@@ -725,10 +757,12 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                                  unavailable=why))
                 progress.tick(cfg.peer_repeats)
             else:
-                rows.append(peer_rows("deepspeed", peer.step, cfg.peer_repeats, nt))
+                rows.append(peer_rows("deepspeed", peer.step, cfg.peer_repeats, nt,
+                                      setup=peer.restore_grads))
                 peer.close()
                 del peer
                 gc.collect()
+        arrays.check_grads_unchanged(f"{label} t={nt}")
         arrays.reset_states()
     return rows
 
