@@ -311,6 +311,12 @@ def paired_ratio(num: Timed, den: Timed) -> tuple[float, float, float]:
     return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
+# Rounds of the roof and fusedopt per case. On the shared development VM a single round's
+# %roof at 2^24 elements spreads over about 88-108% (p10-p90), so the median of 15 rounds
+# still moved by 2-3 points between sweeps; 41 rounds halve that. They cost little: the
+# sweep's time goes to the peers and the NumPy reference.
+ROUNDS = 41
+
 FAMILY_GAP_S = 0.003  # pause between calls of different libraries (see module docstring)
 
 
@@ -1229,7 +1235,7 @@ def config_from_args(args) -> Config:
         if p not in PEERS:
             raise SystemExit(f"bench: unknown peer {p!r}; choose from {', '.join(PEERS)}")
     return Config(rules=rules, dtypes=dtypes, sizes=sizes, threads=threads, targets=targets,
-                  peers=peers, repeats=args.repeats or (15 if full else 15),
+                  peers=peers, repeats=args.repeats or ROUNDS,
                   peer_repeats=args.peer_repeats or 7, ref_repeats=args.ref_repeats or 3,
                   min_batch_s=args.min_batch_ms / 1e3, latency=args.latency,
                   latency_calls=args.latency_calls, seed=args.seed, full=full,
