@@ -11,7 +11,7 @@ script times the same sizes in four layouts, in interleaved rounds with the traf
 * all carved: every role cut from one block (a flat-parameter model);
 * flat: one tensor of the same total size.
 
-    python bench/list_layout.py [--rules sgd,adam] [--repeats 15] [--threads N]
+    python bench/list_layout.py [--rules sgd,adam] [--repeats 41] [--threads N]
 
 It prints Melem/s and each layout's share of the flat case, for the rule and for the roof.
 """
@@ -50,7 +50,7 @@ def layout(sizes, rng, params_grads, states, n_states):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", default="sgd,adam")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=_bench.ROUNDS)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -59,7 +59,8 @@ def main() -> None:
     total = sum(sizes)
     rng = np.random.default_rng(0)
     print(f"{len(sizes)} tensors, {total} elements (median {int(np.median(sizes))}), float32, "
-          f"{fusedopt.get_num_threads()} threads, medians of {args.repeats} interleaved rounds")
+          f"{fusedopt.get_num_threads()} threads, medians of {args.repeats} interleaved rounds; "
+          "% of flat: median over rounds of flat's time / the layout's")
     for rule in args.rules.split(","):
         n_states = STATES[rule]
         layouts = {
@@ -75,14 +76,13 @@ def main() -> None:
             impls[f"{name} {rule}"] = (
                 lambda p=p, g=g, s=s, r=rule: _bench._call_fusedopt(r, fusedopt, p, g, s))
         timed = _bench.time_rounds(impls, args.repeats, 0.002)
-        flat = {kind: timed[f"flat {kind}"].median() for kind in ("roof", rule)}
         print(f"\n{'layout':14s} {'kind':6s} {'Melem/s':>8s} {'p10-p90':>13s} {'% of flat':>9s}")
         for name in layouts:
             for kind in ("roof", rule):
                 t = timed[f"{name} {kind}"]
                 print(f"{name:14s} {kind:6s} {total / t.median() / 1e6:8.0f} "
                       f"{total / t.pct(90) / 1e6:6.0f}-{total / t.pct(10) / 1e6:<6.0f} "
-                      f"{100 * flat[kind] / t.median():8.1f}%")
+                      f"{100 * _bench.paired_ratio(timed[f'flat {kind}'], t)[0]:8.1f}%")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from fusedopt import _bench
 
@@ -62,24 +63,38 @@ def test_paired_ratio_cancels_a_drift_shared_by_both_implementations():
     assert med == 0.8 and p10 < 0.8 and p90 == 0.8
 
 
-def test_a_case_whose_gradients_change_is_refused():
-    arrays = _bench.Arrays("float32", 3000, seed=0)
-    arrays.check_grads_unchanged("untouched")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_case_whose_gradients_change_or_params_overflow_is_refused(dtype):
+    arrays = _bench.Arrays(dtype, 3000, seed=0)
+    arrays.check_case_data("untouched")
+    saved = arrays.g[0][1234]
     arrays.g[0][1234] += 1.0
     with pytest.raises(RuntimeError, match="gradients changed during sgd 3000"):
-        arrays.check_grads_unchanged("sgd 3000")
+        arrays.check_case_data("sgd 3000")
+    arrays.g[0][1234] = saved
+    arrays.check_case_data("restored")
+    arrays.p[0][7] = np.inf
+    with pytest.raises(RuntimeError, match="params are no longer finite after sgd 3000"):
+        arrays.check_case_data("sgd 3000")
 
 
-def test_peers_that_write_their_gradients_get_their_own(tmp_path):
-    # torch's foreach SGD with Nesterov adds the momentum into .grad in place; the harness
-    # hands each peer a private copy, so the case's gradients (checked at the end of every
-    # case) stay as they were for the rules measured after it.
+def test_paired_ratio_refuses_times_from_different_rounds():
+    with pytest.raises(ValueError, match="same rounds"):
+        _bench.paired_ratio(_bench.Timed(times=[1.0, 2.0]), _bench.Timed(times=[1.0]))
+
+
+def test_peers_step_on_their_own_copies(tmp_path):
+    # torch's foreach SGD with Nesterov adds the momentum into .grad in place; on one fixed
+    # gradient that compounds to inf within about a hundred steps (a 5 ms batch at 3,000
+    # elements is more). Each case ends by checking that its gradients are unchanged and its
+    # params finite, so this sweep fails if a peer shares the case's arrays.
     pytest.importorskip("torch")
     out_json = tmp_path / "b.json"
     rc = _bench.main(["--rules", "sgd+nesterov,adaptive_sgd", "--sizes", "3000",
-                      "--threads", "1", "--repeats", "2", "--peer-repeats", "2",
-                      "--peers", "torch", "--min-batch-ms", "1", "--no-latency",
+                      "--threads", "1", "--repeats", "2", "--peer-repeats", "3",
+                      "--peers", "torch", "--min-batch-ms", "5", "--no-latency",
                       "--no-progress", "--json", str(out_json)])
     assert rc == 0
     rows = json.loads(out_json.read_text())["results"]
-    assert any(r["impl"] == "torch-foreach=True" and "median_s" in r for r in rows)
+    peer = [r for r in rows if r["impl"] == "torch-foreach=True" and r["rule"] == "sgd+nesterov"]
+    assert peer and peer[0]["batch"] > 100 and peer[0]["pct_roof"] > 0

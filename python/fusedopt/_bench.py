@@ -4,9 +4,9 @@ An optimizer step is bound by memory traffic, so every kernel is reported agains
 memory roof of its own byte pattern, measured in the same run: ``fusedopt._core.traffic``
 reads and writes the very arrays the rule reads and writes (param, grad and the rule's
 states) with one add each, on the same thread count. ``% roof`` is the median over rounds
-of the roof's time over the kernel's time in the same round, for the same arrays.
+of the ratio of the roof's time to the kernel's time in the same round, on the same arrays.
 
-With no options this is the quick run (about half a minute on a 2-core machine): every
+With no options this is the quick run (about 40 seconds on a 2-core machine): every
 rule, float32, 2^24 elements, all threads, the active CPU target, against the roof and the
 exact NumPy reference, plus the latency of one small call. ``--full`` is the sweep of
 bench/README.md: both dtypes, sizes 2^10 to 2^27 and a list of 1,000 tensors, 1 and all
@@ -21,10 +21,15 @@ How it measures:
   filled and warmed before, and the same arrays serve every implementation of a case.
 * Gradients are random and nonzero; states start positive and small.
 * The roof and every fusedopt target are timed in interleaved rounds, so a noisy neighbour
-  slows all of them alike, and every ratio is paired: the median over rounds of the two
-  times of one round (``paired_ratio``), with its p10 and p90. Each peer is timed in rounds
-  alternating with fusedopt's kernel, and its speedup is paired the same way. The ratio of
-  the two medians is kept in the CSV too (``pct_roof_of_medians``).
+  slows all of them alike, and their ratios are paired: the median over rounds of the
+  ratio of the two times of one round (``paired_ratio``), with its p10 and p90. Each peer
+  is timed in rounds alternating with fusedopt's kernel, and its speedup is paired the
+  same way; its %roof chains the two (fusedopt's %roof over the speedup). The ratio of the
+  two medians is kept in the CSV too (``pct_roof_of_medians``). The quick table's speedup
+  over NumPy is a ratio of medians: the reference is 20-50x slower, so a few percent of
+  drift does not matter there.
+* Peers step on private copies of the params and gradients (``_TorchPeer``), and every
+  case ends by checking that its gradients are unchanged and its params finite.
 * Calls shorter than --min-batch-ms (20 ms) are timed in batches of k calls (k is in the
   CSV); the latency lines time single calls. With 2 ms batches, a cache-sized case timed
   alternately with an OpenMP peer measured mostly the hand-over between the two thread
@@ -200,13 +205,15 @@ class Arrays:
         ints = np.uint32 if self.g[0].itemsize == 4 else np.uint64
         return [int(x.view(ints).sum(dtype=np.uint64)) for x in self.g]
 
-    def check_grads_unchanged(self, case: str) -> None:
-        """Every implementation must leave the gradients as they were: later ones read
-        them. A peer that writes to its gradients works on its own copy (_TorchPeer)."""
+    def check_case_data(self, case: str) -> None:
+        """After a case: the gradients must be as they were and the params finite, or the
+        figures after it would be measured on other data. fusedopt and the NumPy reference
+        only read the gradients; the peers step on their own copies (_TorchPeer)."""
         if self.grads_fingerprint() != self._g_fingerprint:
             raise RuntimeError(f"bench: the gradients changed during {case}; an implementation "
-                               "wrote to them, so the figures after it would be measured on "
-                               "other data")
+                               "wrote to them")
+        if not all(np.isfinite(p).all() for p in self.p):
+            raise RuntimeError(f"bench: the params are no longer finite after {case}")
 
     def reset_states(self) -> None:
         """States small and positive (valid for every rule), refreshed before each rule."""
@@ -307,14 +314,16 @@ def paired_ratio(num: Timed, den: Timed) -> tuple[float, float, float]:
     medians mixed rounds from different phases: a 2^24 Adam case read 94.6% of the roof
     with a p10-p90 throughput spread of 44.5-55.3 GB/s.
     """
+    if len(num.times) != len(den.times):
+        raise ValueError("paired_ratio: the two were not timed in the same rounds")
     r = np.asarray(num.times) / np.asarray(den.times)
     return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
 # Rounds of the roof and fusedopt per case. On the shared development VM a single round's
 # %roof at 2^24 elements spreads over about 88-108% (p10-p90), so the median of 15 rounds
-# still moved by 2-3 points between sweeps; 41 rounds halve that. They cost little: the
-# sweep's time goes to the peers and the NumPy reference.
+# still moved by 2-3 points between sweeps; 41 rounds cut the median's noise by about
+# sqrt(41/15) = 1.65x. They cost little next to the peers and the NumPy reference.
 ROUNDS = 41
 
 FAMILY_GAP_S = 0.003  # pause between calls of different libraries (see module docstring)
@@ -421,36 +430,33 @@ def _deepspeed_version() -> str | None:
 
 
 class _TorchPeer:
-    """A torch (or DeepSpeed) optimizer over the case's own params (shared memory) and a
-    private copy of its gradients, put back before each timed batch (``restore_grads``).
+    """A torch (or DeepSpeed) optimizer over private copies of the case's params and
+    gradients (its states are its own too), so nothing a peer does reaches the arrays that
+    fusedopt and the later rules are measured on.
 
-    The copy is needed because torch's ``SGD(nesterov=True, foreach=True)`` adds the
-    momentum into ``.grad`` in place (``torch._foreach_add_(device_grads, bufs, ...)`` in
-    torch/optim/sgd.py, 2.13). On shared gradients that grew 2.4x per step, reached inf
-    within a sweep, and every rule measured after it ran on inf and NaN; the adaptive rate
-    fell to a subnormal float32 and ran at a quarter of its speed.
+    The copies matter because torch's ``SGD(nesterov=True, foreach=True)`` adds the momentum
+    into ``.grad`` in place (``torch._foreach_add_(device_grads, bufs, ...)`` in
+    torch/optim/sgd.py, 2.13). With one fixed gradient that compounds: gradient, momentum
+    and params grow 2.4x per step and reach inf. When the peers shared the case's arrays,
+    every rule measured after it in a sweep ran on inf and NaN, and the adaptive rate, a
+    subnormal float32 by then, ran at 19-28% of its roof at 2^24. The peer's own figures
+    are unaffected by that growth: it never passes through subnormals, and inf and NaN
+    cost nothing extra in the vector units.
     """
 
     def __init__(self, torch, opt_cls, kwargs, arrays: Arrays):
         self.params = []
-        self._source = arrays.g
-        self.grads = [g.copy() for g in arrays.g]
-        for p, g in zip(arrays.p, self.grads):
-            t = torch.nn.Parameter(torch.from_numpy(p))
-            t.grad = torch.from_numpy(g)
+        for p, g in zip(arrays.p, arrays.g):
+            t = torch.nn.Parameter(torch.from_numpy(p.copy()))
+            t.grad = torch.from_numpy(g.copy())
             self.params.append(t)
         self.opt = opt_cls(self.params, **kwargs)
         self.step = self.opt.step
-
-    def restore_grads(self) -> None:
-        for mine, source in zip(self.grads, self._source):
-            np.copyto(mine, source)
 
     def close(self):
         self.opt = None
         self.step = None
         self.params = None
-        self.grads = None
 
 
 def _torch_peer(torch, rule, variant_kwargs, arrays):
@@ -703,28 +709,32 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
         roof_t = timed["roof"].median()
         rows.append(_row(rule, dtype, size, nt, "roof", active0, timed["roof"], n, nbytes,
                          pct_roof=100.0, other_load_cores=other))
+        fo_pct_roof = float("nan")  # the active target's, if it was measured
         for t in targets:
             tm = timed[f"fusedopt:{t}"]
             extra = {}
             if flat is not None and t == active0:
-                extra["pct_of_flat"] = 100.0 * paired_ratio(timed["flat"], tm)[0]
+                share, lo, hi = (100.0 * x for x in paired_ratio(timed["flat"], tm))
+                extra.update(pct_of_flat=share, pct_of_flat_p10=lo, pct_of_flat_p90=hi)
             pct, p10, p90 = (100.0 * x for x in paired_ratio(timed["roof"], tm))
+            if t == active0:
+                fo_pct_roof = pct  # the peers' %roof chains onto it
             rows.append(_row(rule, dtype, size, nt, "fusedopt", t, tm, n, nbytes,
                              pct_roof=pct, pct_roof_p10=p10, pct_roof_p90=p90,
                              pct_roof_of_medians=100.0 * roof_t / tm.median(),
                              other_load_cores=other, **extra))
 
-        def peer_rows(impl, step_fn, repeats, threads_label, roof_t=roof_t, setup=None):
+        def peer_rows(impl, step_fn, repeats, threads_label, fo_pct_roof=fo_pct_roof):
             if cfg.wait_quiet_s > 0:
                 wait_for_quiet(cfg.wait_quiet_s)
             load = ForeignLoad()
-            tm = time_rounds({impl: (setup, step_fn), "fusedopt": kernel}, repeats,
-                             cfg.min_batch_s, {impl: impl.split("-")[0], "fusedopt": "fusedopt"},
-                             progress.tick)
+            tm = time_rounds({impl: step_fn, "fusedopt": kernel}, repeats, cfg.min_batch_s,
+                             {impl: impl.split("-")[0], "fusedopt": "fusedopt"}, progress.tick)
             speedup, p10, p90 = paired_ratio(tm[impl], tm["fusedopt"])
-            # The roof was timed in other rounds, so this %roof is a ratio of medians.
+            # The peer's %roof chains two paired ratios: roof/fusedopt from the roof's
+            # rounds, fusedopt/peer from these.
             return _row(rule, dtype, size, threads_label, impl, "", tm[impl], n, nbytes,
-                        pct_roof=100.0 * roof_t / tm[impl].median(),
+                        pct_roof=fo_pct_roof / speedup,
                         fusedopt_speedup=speedup, fusedopt_speedup_p10=p10,
                         fusedopt_speedup_p90=p90,
                         fusedopt_median_s_alongside=tm["fusedopt"].median(),
@@ -750,8 +760,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                                      unavailable=why))
                     progress.tick(cfg.peer_repeats)
                     continue
-                rows.append(peer_rows(impl, peer.step, cfg.peer_repeats, nt,
-                                      setup=peer.restore_grads))
+                rows.append(peer_rows(impl, peer.step, cfg.peer_repeats, nt))
                 peer.close()
                 del peer
                 gc.collect()
@@ -763,12 +772,11 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                                  unavailable=why))
                 progress.tick(cfg.peer_repeats)
             else:
-                rows.append(peer_rows("deepspeed", peer.step, cfg.peer_repeats, nt,
-                                      setup=peer.restore_grads))
+                rows.append(peer_rows("deepspeed", peer.step, cfg.peer_repeats, nt))
                 peer.close()
                 del peer
                 gc.collect()
-        arrays.check_grads_unchanged(f"{label} t={nt}")
+        arrays.check_case_data(f"{label} t={nt}")
         arrays.reset_states()
     return rows
 
@@ -896,6 +904,7 @@ CSV_FIELDS = ["rule", "dtype", "size", "elements", "threads", "impl", "target",
               "bytes_per_element", "median_s", "p10_s", "p90_s", "min_s", "repeats", "batch",
               "melem_per_s", "gb_per_s", "gb_per_s_p10", "gb_per_s_p90", "pct_roof",
               "pct_roof_p10", "pct_roof_p90", "pct_roof_of_medians", "pct_of_flat",
+              "pct_of_flat_p10", "pct_of_flat_p90",
               "fusedopt_speedup", "fusedopt_speedup_p10", "fusedopt_speedup_p90",
               "fusedopt_median_s_alongside", "other_load_cores", "unavailable"]
 
@@ -1182,7 +1191,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="CPU targets: active, all, or names (baseline, avx2, avx512)")
     ap.add_argument("--peers", default=None,
                     help="comma list of numpy, torch, deepspeed; all; or none")
-    ap.add_argument("--repeats", type=int, default=None, help="timed rounds of roof and fusedopt")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"timed rounds of roof and fusedopt (default {ROUNDS})")
     ap.add_argument("--peer-repeats", type=int, default=None, help="timed rounds of each torch "
                     "or DeepSpeed peer")
     ap.add_argument("--ref-repeats", type=int, default=None,
@@ -1257,8 +1267,8 @@ def main(argv=None) -> int:
           + (f"  deepspeed {meta['deepspeed']}" if meta["deepspeed"] else "")
           + f"  {meta['date']}")
     print("GB/s counts bytes read + written per element (B/el, the table in fusedopt/_bench.py); "
-          "%roof = traffic-only loop of the same arrays and threads, same run, as the median "
-          "and p10-p90 over rounds of the two times of one round; medians of "
+          "%roof = traffic-only loop of the same arrays and threads, same run: the median "
+          "and p10-p90 over rounds of the ratio of the two times of one round; medians of "
           f"{cfg.repeats} rounds, NumPy exact reference {cfg.ref_repeats}; busy = cores other "
           "processes used meanwhile.")
     print()
