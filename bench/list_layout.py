@@ -23,17 +23,19 @@ import argparse
 import fusedopt
 import numpy as np
 from fusedopt import _bench, _core
+from fusedopt.optim import _carve
 
 STATES = {"sgd": 0, "adam": 2, "adagrad": 1}
 
 
 def carve(sizes, rng, fill=None):
-    """Arrays of the given sizes cut from one block, 64-byte padded (as fusedopt.optim)."""
-    pad = [-(-k // 16) * 16 for k in sizes]
-    block = np.empty(sum(pad), np.float32)
-    block[:] = rng.standard_normal(block.size, dtype=np.float32) if fill is None else fill
-    starts = np.concatenate([[0], np.cumsum(pad)[:-1]])
-    return [block[s:s + k] for s, k in zip(starts, sizes)]
+    """Arrays of the given sizes cut from one block by fusedopt.optim's own allocator."""
+    shapes = [np.empty(k, np.float32) for k in sizes]  # untouched: only shape and dtype count
+    pieces = _carve(np, shapes, 0.0 if fill is None else fill)
+    if fill is None:
+        for x in pieces:
+            x[:] = rng.standard_normal(x.size, dtype=np.float32)
+    return pieces
 
 
 def separate(sizes, rng, fill=None):
