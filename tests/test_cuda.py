@@ -1,8 +1,9 @@
 """The CUDA kernels against the exact CuPy reference and the CPU kernels, bit for bit.
 
 Every test here needs a GPU, CuPy and the fusedopt._cuda module; where any is missing the
-whole module is skipped with the reason (tests/test_cuda_plan.py covers what can be checked
-without a GPU). bench/gpu_check.sh runs these on a machine with one.
+whole module is skipped with the reason. Without a GPU, tests/test_cuda_plan.py checks the
+launch planning and tests/test_cuda_emulated.py runs the same kernel source on the CPU.
+bench/gpu_check.sh runs these on a machine with one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds fusedopt._core with AddressSanitizer + UndefinedBehaviorSanitizer
-# (-DFUSEDOPT_SANITIZE=ON) in a fresh venv and build folder, and runs tests under it.
+# Builds fusedopt._core, and the CUDA kernels' host emulation fusedopt._cuda_emulated, with
+# AddressSanitizer + UndefinedBehaviorSanitizer (-DFUSEDOPT_SANITIZE=ON) in a fresh venv and
+# build folder, and runs tests under them. Under the emulation, a kernel's load or store
+# past the end of a tensor is an ASan report here, where on a GPU it would pass unseen.
 # Exits non-zero on any sanitizer report, in the test process or in any child of it.
 #
 #   tools/sanitize.sh            the CI subset (below)
@@ -61,14 +63,19 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   -Ccmake.build-type=RelWithDebInfo \
   -Ccmake.define.FUSEDOPT_SANITIZE=ON \
   -Ccmake.define.FUSEDOPT_CUDA=OFF \
+  -Ccmake.define.FUSEDOPT_CUDA_EMULATION=ON \
   "$root"
-# The module must really be instrumented, or a clean run would mean nothing.
-# (Found on disk: importing it needs the sanitizer runtimes preloaded.)
-so=$(find "$work/venv" -name '_core*.so' -path '*fusedopt*' | head -1)
-if [ -z "$so" ] || ! nm -D "$so" 2>/dev/null | grep -q '__asan_\|__ubsan_'; then
-  echo "sanitize.sh: fusedopt._core is not instrumented ($so)" >&2
-  exit 1
-fi
+# The modules must really be instrumented, or a clean run would mean nothing.
+# (Found on disk: importing them needs the sanitizer runtimes preloaded.)
+for module in _core _cuda_emulated; do
+  so=$(find "$work/venv" -name "$module*.so" -path '*fusedopt*' | head -1)
+  # grep -c reads all of nm's output: grep -q would stop early and, under pipefail, nm's
+  # SIGPIPE would read as "not instrumented".
+  if [ -z "$so" ] || [ "$(nm -D "$so" 2>/dev/null | grep -c '__asan_\|__ubsan_')" -eq 0 ]; then
+    echo "sanitize.sh: fusedopt.$module is not instrumented (${so:-not found})" >&2
+    exit 1
+  fi
+done
 
 case "$mode" in
   subset)

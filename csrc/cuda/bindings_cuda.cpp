@@ -1,4 +1,6 @@
-// fusedopt._cuda: the CUDA kernels. Private; the Python package is the API.
+// The bindings of fusedopt._cuda (module_cuda.cpp), the CUDA kernels. Private; the Python
+// package is the API. The host emulation of the kernels (csrc/cuda_emulation/) registers
+// the same functions in its own module.
 //
 // The rule functions take the same arguments, in the same order, as those of fusedopt._core
 // (fusedopt/_coeffs.py's NamedTuples are that order), so fusedopt/_native.py calls either
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "common/steps.h"
+#include "cuda/bindings_cuda.h"
 #include "cuda/device.h"
 #include "cuda/device_batch.h"
 #include "cuda/kernels.h"
@@ -338,13 +341,13 @@ void register_runtime(py::module_& m) {
 }
 
 }  // namespace
+
+void register_module(py::module_& m) {
+  register_batch(m);
+  register_functions(m);
+  register_plan(m);
+  register_runtime(m);
+}
+
 }  // namespace cuda
 }  // namespace fusedopt
-
-PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "fusedopt CUDA kernels (private: use the fusedopt package)";
-  fusedopt::cuda::register_batch(m);
-  fusedopt::cuda::register_functions(m);
-  fusedopt::cuda::register_plan(m);
-  fusedopt::cuda::register_runtime(m);
-}

@@ -25,6 +25,7 @@
 #include "common/steps.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/launch.cuh"
 #include "cuda/plan.h"
 
 namespace fusedopt {
@@ -184,8 +185,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
       params.table.chunk_start[s] = plan.chunk_start[s];
     }
     params.table.chunk_start[slots] = plan.chunk_start[slots];
-    kernel<<<static_cast<unsigned>(plan.grid), kThreads, 0, stream>>>(params);
-    check(cudaGetLastError(), "launching an update kernel");
+    launch_kernel(kernel, plan.grid, kThreads, stream, "launching an update kernel", params);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "common/flag_dispatch.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/launch.cuh"
 #include "cuda/plan.h"
 #include "math/sumsq.h"
 
@@ -138,8 +139,7 @@ void launch_reduce(Kernel kernel, const Batch& b, void* out, int chunks_per_bloc
     }
     params.table.chunk_start[slots] = plan.chunk_start[slots];
     const int64_t grid = ceil_div(plan.grid, chunks_per_block);
-    kernel<<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(params);
-    check(cudaGetLastError(), "launching a reduction kernel");
+    launch_kernel(kernel, grid, kThreads, stream, "launching a reduction kernel", params);
   }
 }
 
@@ -151,8 +151,7 @@ void queue_block_sums(const Batch& b, double* partials, cudaStream_t stream) {
 }
 
 void queue_finish(const FinishArgs& args, cudaStream_t stream) {
-  finish_kernel<<<1, 32, 0, stream>>>(args);
-  check(cudaGetLastError(), "launching the norm's final sum");
+  launch_kernel(finish_kernel, 1, 32, stream, "launching the norm's final sum", args);
 }
 
 constexpr size_t kCoeffsBytes = 128;  // room for the adaptive coefficients ahead of the partials

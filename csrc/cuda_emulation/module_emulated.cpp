@@ -1,0 +1,33 @@
+// fusedopt._cuda_emulated: the CUDA backend's functions (the same bindings as fusedopt._cuda)
+// with the kernels run on the CPU, plus controls for the tests. Built only with
+// -DFUSEDOPT_CUDA_EMULATION=ON; tests/test_cuda_emulated.py uses it.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "cuda/bindings_cuda.h"
+#include "cuda_emulation/controls.h"
+
+namespace py = pybind11;
+namespace emu = fusedopt::cuda::emulation;
+
+PYBIND11_MODULE(_cuda_emulated, m) {
+  m.doc() = "fusedopt's CUDA kernels run on the CPU, for tests (arrays: host memory exposed "
+            "through __cuda_array_interface__)";
+  fusedopt::cuda::register_module(m);
+  m.def(
+      "set_device_shape",
+      [](int multiprocessors, int blocks_per_multiprocessor) {
+        const emu::DeviceShape old = emu::set_device_shape({multiprocessors, blocks_per_multiprocessor});
+        return py::make_tuple(old.multiprocessors, old.blocks_per_multiprocessor);
+      },
+      py::arg("multiprocessors"), py::arg("blocks_per_multiprocessor"),
+      "Sets how many blocks fit on the emulated device at once; returns the previous shape.");
+  m.def(
+      "take_launches",
+      [] {
+        py::list out;
+        for (const emu::LaunchRecord& r : emu::take_launches()) out.append(py::make_tuple(r.grid, r.threads));
+        return out;
+      },
+      "The (grid, threads) of every launch since the last call.");
+}

@@ -1,0 +1,326 @@
+"""The CUDA kernels, run on the CPU by the host emulation, against the CPU kernels bit for bit.
+
+fusedopt._cuda_emulated is the CUDA backend (csrc/cuda/: kernels, launch planning, parameter
+tables, bindings) compiled by the host compiler against stand-ins for the CUDA headers
+(csrc/cuda_emulation/). Its "device arrays" are host memory behind __cuda_array_interface__.
+This checks what a GPU test checks about indexing and order (chunk spans, peeled heads and
+tails, grid-stride loops over many chunks, tables split across launches, the norm's fixed
+order, device-side coefficients) on every machine; tests/test_cuda.py checks the real device.
+
+Each call takes its coefficients from the public API: the CPU call of the same step runs
+first with the CPU module wrapped so that it records the coefficient tuple it was given, and
+the emulated kernel gets exactly that tuple.
+
+The module is built only with FUSEDOPT_CUDA_EMULATION=ON (CI does); elsewhere this skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import fusedopt
+import numpy as np
+import pytest
+from conftest import CASES, CASES_BY_ID, Inputs, assert_bitwise, make_inputs, rng_for
+from fusedopt import _coeffs, _native
+
+emu = pytest.importorskip(
+    "fusedopt._cuda_emulated",
+    reason="fusedopt was built without FUSEDOPT_CUDA_EMULATION=ON (the CUDA kernels on the CPU)")
+
+_COEFFS = {"sgd": _coeffs.SgdCoeffs, "adagrad": _coeffs.AdagradCoeffs,
+           "rmsprop": _coeffs.RmspropCoeffs, "adam": _coeffs.AdamCoeffs}
+_CODE = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
+
+
+class HostAsDevice:
+    """A NumPy array presented as a CUDA device array (the emulation's device memory is
+    host memory)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False),
+                "strides": self.a.strides if not self.a.flags.c_contiguous else None, "version": 3}
+
+
+def dev(arrays):
+    return [HostAsDevice(a) for a in arrays]
+
+
+class _RecordingCore:
+    """The CPU module, recording the rule and coefficient tuple of every kernel call."""
+
+    def __init__(self, core):
+        self._core = core
+        self.calls = []
+
+    def __getattr__(self, name):
+        fn = getattr(self._core, name)
+        if name not in _COEFFS:
+            return fn
+
+        def call(*args):
+            n = len(_COEFFS[name]._fields)
+            self.calls.append((name, _COEFFS[name](*args[4:4 + n])))
+            return fn(*args)
+        return call
+
+
+@contextlib.contextmanager
+def recording(monkeypatch):
+    rec = _RecordingCore(_native.core())
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_core", rec)
+        yield rec
+
+
+@contextlib.contextmanager
+def device_shape(multiprocessors, blocks_per_multiprocessor):
+    old = emu.set_device_shape(multiprocessors, blocks_per_multiprocessor)
+    try:
+        yield
+    finally:
+        emu.set_device_shape(*old)
+
+
+def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs):
+    """Step k of `case` on the emulated device with the coefficients the CPU call used."""
+    params, grads, states = dev(inputs.params), dev(inputs.grads[k]), [dev(v) for v in inputs.states.values()]
+    code = _CODE[inputs.params[0].dtype]
+    if case.fn == "adaptive_sgd_":
+        # The whole adaptive step on the device: the norm, the rate, then SGD reading the
+        # rate from device memory. The base coefficients are the call's at lr0.
+        lr0 = case.kwargs["lr"]
+        base = coeffs._replace(lr=lr0, decay_factor=1.0 - lr0 * coeffs.weight_decay)
+        result = np.full(2, np.nan)
+        emu.adaptive_sgd(params, grads, states, code, *base, result=result.ctypes.data)
+        return result
+    getattr(emu, rule)(params, grads, states, code, *coeffs)
+    return None
+
+
+def check_case(monkeypatch, case, dtype, sizes, *, steps=3, key=()):
+    """Runs `steps` steps on the CPU and on the emulated device from the same inputs; every
+    array must agree bit for bit (and the adaptive rate and norm with them)."""
+    host = make_inputs(case, dtype, sizes, steps=steps, rng=rng_for("emulated", case.id, dtype, sizes, *key))
+    cpu, gpu = host.copy(), host.copy()
+    for k in range(steps):
+        with recording(monkeypatch) as rec:
+            out = case.call(*cpu.args(k), k + 1, backend="native")
+        assert len(rec.calls) == 1, rec.calls
+        result = emulated_step(case, gpu, k, *rec.calls[0])
+        if result is not None:
+            assert result[0] == out.lr, "the rate computed on the device has other bits"
+            assert result[1] ** 0.5 == out.grad_norm  # the norm, by the host path's operation
+    assert_bitwise(gpu, cpu)
+
+
+SIZES = [0, 1, 3, 4, 5, 17, 8191, 8192, 8193, 16384 + 3, 65537, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_rule_bitwise(monkeypatch, case, dtype):
+    check_case(monkeypatch, case, dtype, SIZES)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (64, 16)], ids=["1-block", "3-blocks", "1024-blocks"])
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad-wd", "sgd-nesterov",
+                                                           "asgd-mom-wd-max", "rmsprop-centered-mom-wd",
+                                                           "adagrad-decay")],
+                         ids=lambda c: c.id)
+def test_grid_shapes(monkeypatch, case, shape):
+    """One block walking every chunk, a few blocks, and more blocks than chunks."""
+    emu.take_launches()
+    with device_shape(*shape):
+        check_case(monkeypatch, case, np.float32, [200_003, 5, 70_001], steps=2, key=shape)
+    launches = emu.take_launches()
+    assert launches and all(grid <= shape[0] * shape[1] for grid, _ in launches)
+
+
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad", "sgd", "asgd", "rmsprop-mom")],
+                         ids=lambda c: c.id)
+def test_thousands_of_odd_tensors(monkeypatch, case):
+    """More tensors than one launch's table holds: the call is split over several launches."""
+    rng = rng_for("thousands", case.id)
+    sizes = [int(n) for n in rng.integers(0, 300, 2500) | 1]
+    sizes[::97] = [0] * len(sizes[::97])  # empty tensors take no slot
+    emu.take_launches()
+    check_case(monkeypatch, case, np.float32, sizes, steps=1, key=("thousands",))
+    roles = 2 + len(case.states)
+    per_launch = emu.update_capacity(roles)
+    expected = -(-sum(1 for n in sizes if n) // per_launch)
+    update_launches = [g for g, threads in emu.take_launches() if threads == emu.THREADS_PER_BLOCK]
+    if case.fn == "adaptive_sgd_":  # the norm's own launches come first, then the finish
+        update_launches = update_launches[-expected:]
+    assert len(update_launches) == expected > 1
+
+
+# --------------------------------------------------------------------------------------
+# Misaligned views: the same offset from a 16-byte boundary in every role (vectors with a
+# peeled head) and different offsets per role (the scalar path).
+def _aligned_view(x: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of x that starts `offset` elements past a 16-byte boundary."""
+    buf = np.empty(x.size + 64 // x.itemsize + offset, dtype=x.dtype)
+    skip = (-buf.ctypes.data % 16) // x.itemsize
+    v = buf[skip + offset: skip + offset + x.size]
+    v[...] = x
+    return v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("offsets", [(1, 1, 1, 1), (3, 3, 3, 3), (0, 1, 2, 3), (2, 0, 2, 2), (1, 0, 1, 1)],
+                         ids=lambda o: "-".join(map(str, o)))
+def test_misaligned_views(monkeypatch, dtype, offsets):
+    case = CASES_BY_ID["adam-amsgrad-wd"]
+    sizes = [1, 2, 5, 8192 + 3, 16384 + 3, 100_001]
+    host = make_inputs(case, dtype, sizes, steps=2, rng=rng_for("views", dtype, offsets), single=False)
+    roles = ["params", "grads", *host.states]
+    off = dict(zip(roles, offsets + (offsets[-1],) * 3))
+    views = Inputs(False, [_aligned_view(p, off["params"]) for p in host.params],
+                   {n: [_aligned_view(a, off[n]) for a in v] for n, v in host.states.items()},
+                   [[_aligned_view(g, off["grads"]) for g in gs] for gs in host.grads])
+    heads = {emu.vector_head([p.ctypes.data, g.ctypes.data,
+                              *(s[i].ctypes.data for s in views.states.values())], p.itemsize)
+             for i, (p, g) in enumerate(zip(views.params, views.grads[0]))}
+    # The case exercises the path it names: vectors if every role sits at the same offset
+    # from a 16-byte boundary, scalars if not.
+    same = len({o * np.dtype(dtype).itemsize % 16 for o in offsets}) == 1
+    assert (heads == {emu.SCALAR_ONLY}) != same
+    cpu = host.copy()
+    for k in range(2):
+        with recording(monkeypatch) as rec:
+            case.call(*cpu.args(k), k + 1, backend="native")
+        emulated_step(case, views, k, *rec.calls[0])
+    assert_bitwise(views, cpu)
+
+
+# --------------------------------------------------------------------------------------
+# Reductions
+@pytest.mark.parametrize("shape", [(1, 1), (4, 2), (100, 8)], ids=["1-block", "8-blocks", "800-blocks"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_grad_sum_of_squares_bitwise(dtype, shape):
+    rng = rng_for("sumsq", dtype)
+    sizes = [0, 1, 31, 32, 33, 65535, 65536, 65537, 3 * 65536 + 17, 0, 400_003]
+    host = [(rng.standard_normal(n) * 3).astype(dtype) for n in sizes]
+    code = _CODE[np.dtype(dtype)]
+    expected = _native.core().grad_sum_of_squares(host, code)
+    with device_shape(*shape):
+        assert emu.grad_sum_of_squares(dev(host), code) == expected
+        out = np.full(1, -1.0)
+        assert emu.grad_sum_of_squares(dev(host), code, out=out.ctypes.data) is None
+        assert out[0] == expected
+        zero = np.full(1, -1.0)
+        emu.grad_sum_of_squares(dev([np.empty(0, dtype)]), code, out=zero.ctypes.data)
+        assert zero[0] == 0.0
+
+
+def test_many_norm_blocks_over_several_launches():
+    """More gradients than the norm's table holds, each a few norm blocks long."""
+    rng = rng_for("sumsq-many")
+    sizes = [int(n) for n in rng.integers(1, 3 * 65536, emu.norm_capacity() + 40)]
+    host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    emu.take_launches()
+    assert emu.grad_sum_of_squares(dev(host), 0) == _native.core().grad_sum_of_squares(host, 0)
+    assert len(emu.take_launches()) == 3  # two launches of block sums, then the final sum
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 2)], ids=["1-block", "8-blocks"])
+def test_count_nonfinite(shape):
+    g = np.ones(200_003, dtype=np.float32)
+    where = [0, 5, 8191, 65535, 65536, 70_000, 200_002]
+    g[where] = [np.nan, np.inf, -np.inf, np.nan, np.inf, -np.inf, np.nan]
+    with device_shape(*shape):
+        assert emu.count_nonfinite(dev([g, np.ones(3, np.float32), np.empty(0, np.float32)]), 0) == 7
+        assert emu.count_nonfinite(dev([np.ones(70_000)]), 1) == 0
+
+
+def test_adaptive_rate_of_nonfinite_gradient_propagates():
+    """A NaN gradient gives a NaN rate on the device as on the host; the step still runs."""
+    g = np.full(1000, 0.01, np.float32)
+    g[17] = np.nan
+    p_emu, p_cpu = np.ones(1000, np.float32), np.ones(1000, np.float32)
+    base = _coeffs.sgd("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+                       weight_decay=0.0, maximize=False, step=1, convention="torch")
+    result = np.zeros(2)
+    emu.adaptive_sgd(dev([p_emu]), dev([g]), [], 0, *base, result=result.ctypes.data)
+    rate = fusedopt.adaptive_sgd_([p_cpu], [g], lr=0.5, backend="native")
+    assert np.isnan(result[0]) and np.isnan(rate.lr)
+    assert np.array_equal(p_emu, p_cpu, equal_nan=True) and np.isnan(p_emu).all()
+
+
+# --------------------------------------------------------------------------------------
+# Coefficients in device memory (a step a CUDA graph can replay)
+def test_device_coefficients_and_skip():
+    """Coefficients read from device memory give the bits of the same coefficients passed
+    by value, whatever the by-value ones say; skip != 0 writes nothing."""
+    rng = rng_for("device-coeffs")
+    c = _coeffs.adam("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
+                     amsgrad=False, maximize=False, decoupled=True)
+    wrong = c._replace(step_size=0.0, beta1=0.0)  # by-value numbers the kernel must ignore
+    arrays = [rng.standard_normal(10_007).astype(np.float32) for _ in range(4)]
+    arrays[3] = np.abs(arrays[3])
+    by_value = [a.copy() for a in arrays]
+    emu.adam(dev([by_value[0]]), dev([by_value[1]]), [dev([by_value[2]]), dev([by_value[3]])], 0, *c)
+    numeric = [float(v) for v in c[:9]]  # AdamCoeffs' numbers, then the skip word
+    skipped = [a.copy() for a in arrays]
+    dc = np.array(numeric + [1.0])
+    emu.adam(dev([skipped[0]]), dev([skipped[1]]), [dev([skipped[2]]), dev([skipped[3]])], 0, *wrong,
+             device_coeffs=dc.ctypes.data)
+    for a, b in zip(skipped, arrays):
+        assert np.array_equal(a, b)
+    dc = np.array(numeric + [0.0])
+    emu.adam(dev([arrays[0]]), dev([arrays[1]]), [dev([arrays[2]]), dev([arrays[3]])], 0, *wrong,
+             device_coeffs=dc.ctypes.data)
+    for a, b in zip(arrays, by_value):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(arrays[0], skipped[0])
+
+
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_states", [0, 1, 2, 3])
+def test_traffic_matches_cpu(n_states):
+    rng = rng_for("traffic", n_states)
+    sizes = [3, 8192 + 5, 40_001]
+    make = lambda: [rng.standard_normal(n).astype(np.float32) for n in sizes]  # noqa: E731
+    params, grads, states = make(), make(), [make() for _ in range(n_states)]
+    cpu = [[a.copy() for a in params], [[a.copy() for a in s] for s in states]]
+    emu.traffic(dev(params), dev(grads), [dev(s) for s in states], 0)
+    _native.core().traffic(cpu[0], grads, cpu[1], 0)
+    for a, b in zip(params + sum(states, []), cpu[0] + sum(cpu[1], [])):
+        assert np.array_equal(a, b)
+
+
+def test_empty_calls_launch_nothing():
+    emu.take_launches()
+    emu.sgd([], [], [], 0, *CASE_SGD)
+    emu.sgd(dev([np.empty(0, np.float32)] * 2), dev([np.empty(0, np.float32)] * 2), [], 0, *CASE_SGD)
+    assert emu.grad_sum_of_squares(dev([np.empty(0, np.float32)]), 0) == 0.0
+    assert emu.take_launches() == []
+
+
+CASE_SGD = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                       maximize=False, step=1, convention="torch")
+
+
+# --------------------------------------------------------------------------------------
+# The bindings' own checks (memory safety of a direct call into the private module)
+def test_bindings_refuse_mismatched_arrays():
+    p, g = np.ones(10, np.float32), np.ones(10, np.float32)
+    before = p.copy()
+    with pytest.raises(ValueError, match="grad 1 does not match its param"):
+        emu.sgd(dev([p, p[:5].copy()]), dev([g, g[:4].copy()]), [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match="grad 0 does not match its param"):
+        emu.sgd(dev([p]), dev([np.ones(10, np.float64)]), [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match="grad 0 does not match its param"):
+        emu.sgd(dev([p]), dev([np.ones(20, np.float32)[::2]]), [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match="grad 0 is not a CUDA device array"):
+        emu.sgd(dev([p]), [g], [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match="grads list length differs from params|grad list length"):
+        emu.sgd(dev([p]), dev([g, g]), [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match="need 1 state lists"):
+        emu.sgd(dev([p]), dev([g]), [], 0, *CASE_SGD._replace(momentum=0.9, momentum_mode=_coeffs.MOM_TORCH))
+    assert np.array_equal(p, before)
