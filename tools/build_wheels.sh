@@ -109,8 +109,9 @@ if [[ "$qemu" == on && -z "$qemu_bin" ]]; then die "--qemu on, but qemu-x86_64 i
 # Flags from the environment would end up in the wheel; a wheel must not depend on the
 # build machine's CPU.
 # The CUDA architectures are the variant's release list, or in --fast mode one.
+# The CUDA emulation is for tests only and never ships.
 unset CFLAGS CXXFLAGS CUDAFLAGS LDFLAGS CMAKE_ARGS SKBUILD_CMAKE_ARGS FUSEDOPT_CPU_TARGET PYTHONPATH \
-  FUSEDOPT_CUDA_ARCHS
+  FUSEDOPT_CUDA_ARCHS FUSEDOPT_CUDA_EMULATION
 
 echo "fusedopt wheels: source $repo, work $work, out $out, python $("$python" --version 2>&1)," \
      "mode $([[ $fast == 1 ]] && echo fast || echo full), nvcc ${nvcc_path:-none}, qemu ${qemu_bin:-none}"
@@ -221,6 +222,9 @@ fi
 phase "auditwheel repair, show, ISA check"
 repaired=()
 for raw in "$cpu_raw" $cuda_raw; do
+  if grep -qE '_cuda_emulated' <<< "$(unzip -Z1 "$raw")"; then
+    fail "$(basename "$raw") carries the tests' CUDA emulation (fusedopt/_cuda_emulated)"
+  fi
   name="$(basename "$raw" | cut -d- -f1)"
   rm -f "$out/$name"-*.whl
   auditwheel repair --exclude libcuda.so.1 -w "$out" "$raw" > "$work/repair-$name.log" 2>&1 \

@@ -40,6 +40,9 @@ using math::WeightDecay;
 // is kept for the life of the process (never destroyed after the interpreter is gone).
 cudaStream_t resolve_stream(const py::object& stream) {
   if (!stream.is_none()) return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
+#if defined(FUSEDOPT_CUDA_EMULATION)
+  return nullptr;  // the emulation has no streams, and CuPy may be present without a GPU
+#endif
   static py::object* current = []() -> py::object* {
     try {
       return new py::object(py::module_::import("cupy.cuda").attr("get_current_stream"));
@@ -116,7 +119,9 @@ long long nonfinite_now(const DeviceBatch& b, const py::object& stream) {
 void register_batch(py::module_& m) {
   using py::arg;
   const auto kw = py::kw_only();
-  py::class_<DeviceBatch>(m, "Batch",
+  // module_local: fusedopt._cuda and the tests' emulation (csrc/cuda_emulation/) both bind
+  // DeviceBatch; a global registration would make the second import fail.
+  py::class_<DeviceBatch>(m, "Batch", py::module_local(),
                           "Device pointers of one call's arrays, read once and reusable across steps. "
                           "The methods take the coefficient arguments of the module functions.")
       .def(py::init<const py::sequence&, const py::sequence&, const py::sequence&, int>(),

@@ -2,6 +2,8 @@
 // of cuda_runtime_api.h, and cuda/device.h (the real one, device.cpp, asks a driver).
 #include "emulation.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -32,6 +34,8 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // A warp operation that some lane never reaches would wait forever on the device too; here
 // it is reported. Generous, because the machine running the tests may be busy.
 constexpr auto kHangTimeout = std::chrono::seconds(60);
+// One block of the largest test tensors takes well under a second.
+constexpr auto kBlockTimeout = std::chrono::seconds(600);
 
 [[noreturn]] void fail(const char* what) {
   std::fprintf(stderr, "fusedopt CUDA emulation: %s\n", what);
@@ -71,17 +75,22 @@ class Device {
     if (grid < 1 || threads < 1 || threads % kWarpSize != 0 || threads > 1024)
       throw std::invalid_argument("emulated launch: bad grid or block size");
     std::lock_guard<std::mutex> one_launch(launch_mutex_);
+    if (owner_ != getpid()) {  // a forked child inherits the pool's records, not its threads
+      workers_.clear();
+      owner_ = getpid();
+    }
     grow(static_cast<unsigned>(threads));
     grid_dim = Dim3{static_cast<unsigned>(grid), 1, 1};
     block_dim = Dim3{static_cast<unsigned>(threads), 1, 1};
     for (int64_t b = 0; b < grid; ++b) {
       std::unique_lock<std::mutex> lock(mutex_);
-      block_index = Dim3{static_cast<unsigned>(b), 1, 1};
+      block_index = Dim3{static_cast<unsigned>(b), 0, 0};
       body_ = &body;
       active_ = remaining_ = static_cast<unsigned>(threads);
       ++generation_;
       start_.notify_all();
-      done_.wait(lock, [&] { return remaining_ == 0; });
+      if (!done_.wait_for(lock, kBlockTimeout, [&] { return remaining_ == 0; }))
+        fail("a block did not finish (a kernel loops forever, or waits for a lane that exited)");
     }
     record_launch(grid, threads);
   }
@@ -115,6 +124,7 @@ class Device {
   }
 
   std::mutex launch_mutex_;
+  pid_t owner_ = getpid();
   std::mutex mutex_;
   std::condition_variable start_, done_;
   std::vector<std::thread> workers_;
@@ -141,6 +151,10 @@ void check_mask(unsigned mask) {
 
 void run_grid(int64_t grid, int threads, const std::function<void()>& body) {
   device().run(grid, threads, body);
+}
+
+void check_width(int width) {
+  if (width != static_cast<int>(kWarpSize)) fail("a shuffle with width != 32 (not used by fusedopt)");
 }
 
 void warp_sync(unsigned mask) {
@@ -205,12 +219,12 @@ DeviceGuard::DeviceGuard(int) {}
 DeviceGuard::~DeviceGuard() = default;
 
 // Scratch starts as all-ones bytes (a NaN in every double), so a kernel that reads scratch
-// it never wrote gives NaN instead of a lucky zero.
+// it never wrote gives NaN instead of a lucky zero. Exactly `bytes` long (malloc aligns
+// for doubles), so that under ASan a read past its end is a report.
 StreamScratch::StreamScratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  ptr_ = std::aligned_alloc(256, rounded > 0 ? rounded : 256);
+  ptr_ = std::malloc(bytes > 0 ? bytes : 1);
   if (ptr_ == nullptr) throw std::bad_alloc();
-  std::memset(ptr_, 0xff, rounded);
+  std::memset(ptr_, 0xff, bytes);
 }
 
 StreamScratch::~StreamScratch() { std::free(ptr_); }

@@ -43,6 +43,9 @@ void warp_sync(unsigned mask);
 // Every lane offers `mine` and gets the value offered by lane `src` (0..31).
 uint64_t warp_exchange(unsigned mask, uint64_t mine, int src);
 
+// Shuffles over sub-warp segments (width < 32) are not emulated: the kernels use none.
+void check_width(int width);
+
 template <class T>
 T shfl(unsigned mask, T value, int src) {
   static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8, "shuffle of a word");
@@ -78,15 +81,17 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { ::fusedopt::cuda::emulatio
 
 template <class T>
 T __shfl_sync(unsigned mask, T value, int src, int width = 32) {
-  return ::fusedopt::cuda::emulation::shfl(mask, value, src % width);
+  ::fusedopt::cuda::emulation::check_width(width);
+  return ::fusedopt::cuda::emulation::shfl(mask, value, src & 31);
 }
 
 // Lanes whose source would be past the warp keep their own value, as on the device.
 template <class T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  ::fusedopt::cuda::emulation::check_width(width);
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int src = lane + static_cast<int>(delta);
-  return ::fusedopt::cuda::emulation::shfl(mask, value, src < width ? src : lane);
+  return ::fusedopt::cuda::emulation::shfl(mask, value, src < 32 ? src : lane);
 }
 
 inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
