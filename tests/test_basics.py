@@ -197,6 +197,36 @@ def test_read_only_grads_are_fine(case_id):
     assert_bitwise(inputs, expected)
 
 
+class _CupyFlags:
+    """CuPy 14's ndarray.flags: c_contiguous, f_contiguous and owndata, and no writeable."""
+
+    __slots__ = ("c_contiguous", "f_contiguous", "owndata")
+
+    def __init__(self):
+        self.c_contiguous, self.f_contiguous, self.owndata = True, True, True
+
+
+class _CupyLikeArray:
+    """What the checks read of a CuPy array, with CuPy's own attributes and no others."""
+
+    def __init__(self, a: np.ndarray):
+        self.dtype, self.shape, self.size, self.strides = a.dtype, a.shape, a.size, a.strides
+        self.nbytes, self.itemsize, self.flags = a.nbytes, a.itemsize, _CupyFlags()
+        self.data = type("MemoryPointer", (), {"ptr": a.ctypes.data, "device_id": 0})()
+
+
+_CupyLikeArray.__module__ = "cupy._core.core"
+
+
+def test_device_arrays_need_no_writeable_flag():
+    """CuPy arrays have no read-only flag; the checks must not ask for one (CuPy 14.2 raises
+    AttributeError for flags.writeable)."""
+    arrays = [np.ones(5, np.float32) for _ in range(3)]
+    prep = fusedopt._arrays.prepare("sgd_", [_CupyLikeArray(arrays[0])], [_CupyLikeArray(arrays[1])],
+                                    [("momentum_buffers", [_CupyLikeArray(arrays[2])])])
+    assert prep.device == "cuda" and prep.n_tensors == 1
+
+
 @pytest.mark.parametrize("single", [True, False], ids=["single", "list"])
 @pytest.mark.parametrize("case_id", FULL)
 def test_param_is_its_own_grad(case_id, single):

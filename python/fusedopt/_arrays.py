@@ -214,7 +214,7 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
                 raise ValueError(
                     f"{fn}: {label(name, i)} is not aligned to its {a.dtype.itemsize}-byte "
                     f"elements (address {_address(a):#x}); pass an aligned array")
-            if r != read_only and not a.flags.writeable:
+            if r != read_only and _read_only(a, lists[r][i]):
                 raise ValueError(f"{fn}: {label(name, i)} is read-only, but the kernel writes it")
     if n:
         _check_overlap(fn, native, names, label, device, read_only)
@@ -225,6 +225,19 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0],
                     native[1] if has_grads else None, native[first_state:],
                     names[first_state:], single)
+
+
+def _read_only(arr, original) -> bool:
+    """NumPy's writeable flag. CuPy arrays have none (CuPy 14's flags are c_contiguous,
+    f_contiguous and owndata: its arrays are always writable), and neither do torch
+    tensors; any other device array says so in the read-only bit of its
+    __cuda_array_interface__."""
+    if isinstance(arr, np.ndarray):
+        return not arr.flags.writeable
+    if type(original).__module__.split(".", 1)[0] in ("cupy", "torch"):
+        return False
+    interface = getattr(original, "__cuda_array_interface__", None)
+    return bool(interface is not None and interface["data"][1])
 
 
 def _check_overlap(fn, native, names, label, device, read_only):
