@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import zlib
 from dataclasses import dataclass, field
 
@@ -15,6 +16,23 @@ import fusedopt
 import fusedopt.reference
 import numpy as np
 import pytest
+
+# FUSEDOPT_TEST_CUDA_EMULATION=1: the CUDA tests run on the emulated kernels, with host
+# memory standing in for the device (tests/host_cupy.py); every other test module is left
+# out, since they take CuPy to be absent or real.
+CUDA_EMULATION = os.environ.get("FUSEDOPT_TEST_CUDA_EMULATION") == "1"
+if CUDA_EMULATION:
+    import fusedopt._cuda_emulated
+    import host_cupy
+
+    host_cupy.install(fusedopt._cuda_emulated)
+
+
+def pytest_ignore_collect(collection_path, config):
+    if CUDA_EMULATION and collection_path.suffix == ".py" and collection_path.name != "test_cuda.py":
+        return True
+    return None
+
 
 SEED = 20240229
 DTYPES = {"f32": np.float32, "f64": np.float64}

@@ -17,11 +17,16 @@ The module is built only with FUSEDOPT_CUDA_EMULATION=ON (CI does); elsewhere th
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import fusedopt
 import numpy as np
 import pytest
-from conftest import CASES, CASES_BY_ID, Inputs, assert_bitwise, make_inputs, rng_for
+from conftest import CASES, CASES_BY_ID, CUDA_EMULATION, Inputs, assert_bitwise, make_inputs, rng_for
 from fusedopt import _coeffs, _native
 
 emu = pytest.importorskip(
@@ -354,3 +359,35 @@ def test_bindings_refuse_mismatched_arrays():
     with pytest.raises(ValueError, match="need 1 state lists"):
         emu.sgd(dev([p]), dev([g]), [], 0, *CASE_SGD._replace(momentum=0.9, momentum_mode=_coeffs.MOM_TORCH))
     assert np.array_equal(p, before)
+
+
+# --------------------------------------------------------------------------------------
+# tests/test_cuda.py on the emulation: the public API's GPU path end to end (array checks,
+# fallbacks, the device-side adaptive rate, bindings, kernels), with tests/host_cupy.py as
+# CuPy. It replaces modules for the whole process, so it runs in a process of its own.
+def test_gpu_test_suite_on_the_emulation():
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, FUSEDOPT_TEST_CUDA_EMULATION="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tests / "test_cuda.py")],
+                         cwd=tests.parent, env=env, capture_output=True, text=True, timeout=900)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    assert run.returncode == 0, f"{summary}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert passed >= 150, summary  # the suite really ran, not skipped
+
+
+def test_host_cupy_names_are_cupy_names():
+    """Everything the stand-in offers exists in the real CuPy (run where CuPy is installed,
+    as on the GPU machines), so the GPU path cannot pass here by using a name CuPy lacks."""
+    if CUDA_EMULATION:
+        pytest.skip("cupy is the stand-in in this process")
+    cupy = pytest.importorskip("cupy")
+    import host_cupy
+
+    helpers = {"install", "annotations", "types", "np", "NDArrayOperatorsMixin"}
+    assert [n for n in dir(host_cupy) if not n.startswith("_") and n not in helpers
+            and not hasattr(cupy, n)] == []
+    assert [n for n in dir(host_cupy.ndarray) if not n.startswith("_") and not hasattr(cupy.ndarray, n)] == []
+    assert [n for n in host_cupy._Flags.__slots__ if not hasattr(cupy._core.flags.Flags, n)] == []
+    assert all(hasattr(cupy.cuda, n) for n in dir(host_cupy.cuda) if not n.startswith("_"))
