@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fusedopt
 import fusedopt.cuda
+import fusedopt.optim
 import numpy as np
 import pytest
 from conftest import CASES, CASES_BY_ID, Inputs, assert_bitwise, make_inputs, rng_for, run_steps
@@ -247,3 +248,68 @@ def test_over_2_31_elements():
     assert float(p[-1]) == 1.0 - 0.5 * 3.0
     del p, g, ref
     cupy.get_default_memory_pool().free_all_blocks()
+
+
+# --------------------------------------------------------------------------------------
+# Optimizers on device arrays: states allocated on the device, steps bit for bit with the
+# same optimizer on the CPU, state_dict round trips, and the non-finite skip.
+def _optimizer_pair(cls, sizes, key, **hyper):
+    rng = rng_for("optim", cls.__name__, key)
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    cpu = cls([p.copy() for p in host], **hyper)
+    gpu = cls([cupy.asarray(p) for p in host], backend="native", **hyper)
+    return rng, cpu, gpu
+
+
+@pytest.mark.parametrize("cls, hyper", [
+    (fusedopt.optim.Adam, dict(lr=1e-2, weight_decay=0.1, amsgrad=True)),
+    (fusedopt.optim.AdamW, dict(lr=1e-2)),
+    (fusedopt.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    (fusedopt.optim.AdaptiveSGD, dict(lr=0.5, momentum=0.9)),
+    (fusedopt.optim.Adagrad, dict(lr=0.1, initial_accumulator_value=0.1)),
+    (fusedopt.optim.RMSprop, dict(lr=0.01, centered=True, momentum=0.5)),
+], ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_optimizer_steps_match_cpu(cls, hyper):
+    sizes = [1, 5, 8193, 70_001]
+    rng, cpu, gpu = _optimizer_pair(cls, sizes, "steps", **hyper)
+    for _ in range(3):
+        grads = [rng.uniform(-1, 1, n).astype(np.float32) / 100 for n in sizes]
+        out_cpu = cpu.step(grads)
+        out_gpu = gpu.step([cupy.asarray(g) for g in grads])
+        if cls is fusedopt.optim.AdaptiveSGD:
+            assert float(out_gpu.lr) == out_cpu.lr
+    assert gpu.step_count == cpu.step_count == 3
+    for name, arrays in gpu.state.items():
+        assert all(isinstance(a, cupy.ndarray) for a in arrays), name
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), cpu.params + sum(cpu.state.values(), [])):
+        assert np.array_equal(cupy.asnumpy(a), b)
+
+
+def test_optimizer_state_dict_round_trip_on_device():
+    sizes = [3, 4097]
+    rng, _, gpu = _optimizer_pair(fusedopt.optim.Adam, sizes, "state", lr=1e-2)
+    grads = [cupy.asarray(rng.uniform(-1, 1, n).astype(np.float32)) for n in sizes]
+    gpu.step(grads)
+    saved = gpu.state_dict()
+    params_after_1 = [p.copy() for p in gpu.params]
+    gpu.step(grads)
+    expected = [p.copy() for p in gpu.params]
+    for p, q in zip(gpu.params, params_after_1):
+        p[...] = q
+    gpu.load_state_dict(saved)
+    assert gpu.step_count == 1
+    gpu.step(grads)
+    for p, e in zip(gpu.params, expected):
+        assert bool(cupy.array_equal(p, e))
+
+
+def test_optimizer_skips_nonfinite_step_on_device():
+    sizes = [10, 70_001]
+    rng, _, gpu = _optimizer_pair(fusedopt.optim.Adam, sizes, "skip", lr=1e-2, skip_if_nonfinite=True)
+    grads = [cupy.asarray(rng.uniform(-1, 1, n).astype(np.float32)) for n in sizes]
+    grads[1][65_537] = cupy.float32(np.nan)
+    before = [a.copy() for a in gpu.params + sum(gpu.state.values(), [])]
+    status = gpu.step(grads)
+    assert status.skipped and status.nonfinite == 1 and gpu.step_count == 0
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), before):
+        assert bool(cupy.array_equal(a, b))
