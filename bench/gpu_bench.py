@@ -7,8 +7,9 @@ a list of 1,000 tensors of mixed sizes totalling 2^26. Every figure is the media
 repeated timed steps, each timed with CUDA events on the stream the work runs on; the
 spread is the 10th and 90th percentiles. Events bracket one whole step as a caller sees
 it, so host time that leaves the GPU idle (Python, argument checks, launch overhead)
-counts too: for fusedopt the prepared call an optimizer reuses (`_cuda.Batch`), and the
-functional API with its per-call checks as a separate row.
+counts too: for fusedopt the prepared call (`_cuda.Batch`: pointers read and checked once,
+then reused every step), and the functional API with its per-call checks in Python as a
+separate row (fusedopt.optim takes that path today).
 
 Bytes are counted honestly: every array read plus every array written, per element (Adam
 reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per

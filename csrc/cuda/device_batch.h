@@ -4,7 +4,7 @@
 // direct call into the private module cannot write out of bounds.
 //
 // A DeviceBatch keeps references to its arrays, so one built once and kept (a prepared
-// call, as an optimizer makes) stays valid across steps at no per-step cost.
+// call, as bench/gpu_bench.py makes) stays valid across steps at no per-step cost.
 #pragma once
 
 #include <pybind11/pybind11.h>
