@@ -227,6 +227,20 @@ def test_device_arrays_need_no_writeable_flag():
     assert prep.device == "cuda" and prep.n_tensors == 1
 
 
+@pytest.mark.parametrize("read_only", [True, False])
+def test_read_only_bit_of_a_foreign_device_array(read_only):
+    """Objects that only offer __cuda_array_interface__ say whether they may be written."""
+    a = np.ones(4, np.float32)
+
+    class Foreign:
+        __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "version": 3,
+                                    "data": (a.ctypes.data, read_only)}
+
+    as_cupy = _CupyLikeArray(a)  # what CuPy would make of it
+    assert fusedopt._arrays._read_only(as_cupy, Foreign()) is read_only
+    assert fusedopt._arrays._read_only(as_cupy, as_cupy) is False  # CuPy arrays are writable
+
+
 @pytest.mark.parametrize("single", [True, False], ids=["single", "list"])
 @pytest.mark.parametrize("case_id", FULL)
 def test_param_is_its_own_grad(case_id, single):
