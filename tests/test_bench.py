@@ -84,17 +84,19 @@ def test_paired_ratio_refuses_times_from_different_rounds():
 
 
 def test_peers_step_on_their_own_copies(tmp_path):
-    # torch's foreach SGD with Nesterov adds the momentum into .grad in place; on one fixed
-    # gradient that compounds to inf within about a hundred steps (a 5 ms batch at 3,000
-    # elements is more). Each case ends by checking that its gradients are unchanged and its
-    # params finite, so this sweep fails if a peer shares the case's arrays.
+    # torch's foreach SGD with Nesterov adds the momentum into .grad in place, from its first
+    # step. Each case ends by comparing its gradients' bits with those it started from (and
+    # checking its params are finite), so this sweep fails if a peer shares the case's
+    # arrays, whatever the batch size: with the sharing put back, it raised "the gradients
+    # changed" at --min-batch-ms 0.01 as at 5. (It asserted a batch of over 100 steps
+    # before, which a slow phase of a shared machine broke: timing is not for tests.)
     pytest.importorskip("torch")
     out_json = tmp_path / "b.json"
     rc = _bench.main(["--rules", "sgd+nesterov,adaptive_sgd", "--sizes", "3000",
                       "--threads", "1", "--repeats", "2", "--peer-repeats", "3",
-                      "--peers", "torch", "--min-batch-ms", "5", "--no-latency",
+                      "--peers", "torch", "--min-batch-ms", "1", "--no-latency",
                       "--no-progress", "--json", str(out_json)])
     assert rc == 0
     rows = json.loads(out_json.read_text())["results"]
     peer = [r for r in rows if r["impl"] == "torch-foreach=True" and r["rule"] == "sgd+nesterov"]
-    assert peer and peer[0]["batch"] > 100 and peer[0]["pct_roof"] > 0
+    assert peer and peer[0]["batch"] >= 1 and peer[0]["pct_roof"] > 0
