@@ -163,6 +163,8 @@ def _relayout(a, layout, rng):
             return a.copy()
         v = np.zeros(a.shape, a.dtype)[(slice(None, None, -1),) * a.ndim]
     elif layout == "unaligned":
+        if a.dtype.hasobject:
+            return a  # an array of references cannot be a view of raw bytes
         raw = np.zeros(a.nbytes + 1, np.uint8)
         v = raw[1:].view(a.dtype).reshape(a.shape)
     elif layout == "broadcast":
