@@ -17,9 +17,7 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-float32, float64, float16, int32, int64, bool_, uint32, uint64 = (
-    np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_, np.uint32, np.uint64)
-dtype = np.dtype
+float32, float64 = np.float32, np.float64
 
 
 class _Flags:
@@ -80,7 +78,6 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     strides = property(lambda self: self._host.strides)
     flags = property(lambda self: _Flags(self._host))
     data = property(lambda self: _MemoryPointer(self._host.ctypes.data))
-    base = property(lambda self: None if self._host.base is None else ndarray(self._host.base))
 
     @property
     def __cuda_array_interface__(self):
@@ -135,18 +132,6 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     def reshape(self, *shape):
         return ndarray(self._host.reshape(*shape))
 
-    def view(self, dtype_=None):
-        return ndarray(self._host.view(dtype_))
-
-    def ravel(self):
-        return ndarray(self._host.ravel())
-
-    def fill(self, value):
-        self._host.fill(value)
-
-    def sum(self, *args, **kwargs):
-        return _wrap(self._host.sum(*args, **kwargs))
-
     def get(self):
         return self._host.copy()
 
@@ -165,9 +150,6 @@ def asarray(a, dtype=None):
     return ndarray(np.array(a, dtype=dtype))  # a host-to-device copy
 
 
-array = asarray
-
-
 def asnumpy(a):
     return a.get() if isinstance(a, ndarray) else np.asarray(a)
 
@@ -176,19 +158,10 @@ def _creator(fn):
     return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
 
 
-empty, zeros, ones, full, arange = (_creator(f) for f in (np.empty, np.zeros, np.ones, np.full, np.arange))
-
-
-def _like(fn):
-    return lambda a, *args, **kwargs: ndarray(fn(_unwrap(a), *args, **kwargs))
-
-
-empty_like, zeros_like, ones_like, full_like = (_like(f) for f in (np.empty_like, np.zeros_like,
-                                                                      np.ones_like, np.full_like))
+empty, zeros, ones, full = (_creator(f) for f in (np.empty, np.zeros, np.ones, np.full))
 # Ufuncs and array functions dispatch to ndarray.__array_ufunc__ / __array_function__.
-sqrt, maximum, isfinite, isnan, add, multiply, abs, where = (np.sqrt, np.maximum, np.isfinite, np.isnan,
-                                                              np.add, np.multiply, np.abs, np.where)
-count_nonzero, sum, all, any, array_equal = (np.count_nonzero, np.sum, np.all, np.any, np.array_equal)
+sqrt, maximum, isfinite, add, where = np.sqrt, np.maximum, np.isfinite, np.add, np.where
+count_nonzero, sum, all, array_equal = np.count_nonzero, np.sum, np.all, np.array_equal
 
 
 def from_dlpack(x):

@@ -75,8 +75,8 @@ class Device {
     if (grid < 1 || threads < 1 || threads % kWarpSize != 0 || threads > 1024)
       throw std::invalid_argument("emulated launch: bad grid or block size");
     std::lock_guard<std::mutex> one_launch(launch_mutex_);
-    if (owner_ != getpid()) {  // a forked child inherits the pool's records, not its threads
-      workers_.clear();
+    if (owner_ != getpid()) {  // a forked child inherits the pool's count, not its threads
+      workers_ = 0;
       owner_ = getpid();
     }
     grow(static_cast<unsigned>(threads));
@@ -101,10 +101,9 @@ class Device {
   void grow(unsigned threads) {
     while (warps_.size() * kWarpSize < threads) warps_.push_back(std::make_unique<Warp>());
     std::lock_guard<std::mutex> lock(mutex_);
-    while (workers_.size() < threads) {
-      const unsigned index = static_cast<unsigned>(workers_.size());
+    for (; workers_ < threads; ++workers_) {
       // Never joined: the workers wait for blocks until the process ends.
-      workers_.emplace_back([this, index, seen = generation_] { work(index, seen); }).detach();
+      std::thread([this, index = workers_, seen = generation_] { work(index, seen); }).detach();
     }
   }
 
@@ -127,7 +126,7 @@ class Device {
   pid_t owner_ = getpid();
   std::mutex mutex_;
   std::condition_variable start_, done_;
-  std::vector<std::thread> workers_;
+  unsigned workers_ = 0;  // threads started; worker i runs thread i of every block
   std::vector<std::unique_ptr<Warp>> warps_;
   const std::function<void()>* body_ = nullptr;
   uint64_t generation_ = 0;
