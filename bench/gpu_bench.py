@@ -7,9 +7,10 @@ a list of 1,000 tensors of mixed sizes totalling 2^26. Every figure is the media
 repeated timed steps, each timed with CUDA events on the stream the work runs on; the
 spread is the 10th and 90th percentiles. Events bracket one whole step as a caller sees
 it, so host time that leaves the GPU idle (Python, argument checks, launch overhead)
-counts too: for fusedopt the prepared call (`_cuda.Batch`: pointers read and checked once,
-then reused every step), and the functional API with its per-call checks in Python as a
-separate row (fusedopt.optim takes that path today).
+counts too. fusedopt has three rows: the prepared call (`_cuda.Batch`: pointers read and
+checked once, then reused every step), the functional API (every array checked in C++ on
+every call, csrc/cuda/device_batch.cpp), and `fusedopt.optim`'s step (params and states
+checked once, the gradients every step).
 
 Bytes are counted honestly: every array read plus every array written, per element (Adam
 reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per
@@ -248,6 +249,19 @@ class Case:
             return lambda: fusedopt.sgd_(p, g, s[0], lr=1e-3, momentum=0.9, step=2, backend="native")
         return lambda: fusedopt.adagrad_(p, g, s[0], step=1, lr=1e-2, backend="native")
 
+    def optimizer_step(self, fusedopt):
+        """fusedopt.optim's step over the case's params (its states are its own arrays);
+        the first step, which checks everything, is a warm-up step."""
+        import fusedopt.optim
+
+        if self.rule == "adam":
+            opt = fusedopt.optim.Adam(self.params, lr=1e-3, backend="native")
+        elif self.rule == "sgd_momentum":
+            opt = fusedopt.optim.SGD(self.params, lr=1e-3, momentum=0.9, backend="native")
+        else:
+            opt = fusedopt.optim.Adagrad(self.params, lr=1e-2, backend="native")
+        return lambda: opt.step(self.grads)
+
     def traffic_step(self, _cuda):
         batch = _cuda.Batch(self.params, self.grads, self.states, 0)
         return lambda: batch.traffic()
@@ -314,6 +328,7 @@ def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, r
 
     run("fusedopt (prepared Batch)", lambda: case.fusedopt_step(fusedopt, _cuda))
     run("fusedopt functional API", lambda: case.functional_step(fusedopt))
+    run("fusedopt optim step", lambda: case.optimizer_step(fusedopt))
     run("traffic roof (same loads/stores)", lambda: case.traffic_step(_cuda))
     if torch is not None:
         run("torch fused", lambda: case.torch_step(torch, fused=True))

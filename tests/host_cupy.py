@@ -17,7 +17,7 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-float32, float64 = np.float32, np.float64
+float16, float32, float64 = np.float16, np.float32, np.float64
 
 
 class _Flags:
@@ -77,6 +77,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     nbytes = property(lambda self: self._host.nbytes)
     strides = property(lambda self: self._host.strides)
     flags = property(lambda self: _Flags(self._host))
+    # CuPy's own field behind flags.c_contiguous, which the CUDA module's fast path reads
+    # (csrc/cuda/device_batch.cpp): flags builds an object on every read.
+    _c_contiguous = property(lambda self: self._host.flags.c_contiguous)
     data = property(lambda self: _MemoryPointer(self._host.ctypes.data))
 
     @property

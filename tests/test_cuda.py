@@ -313,3 +313,118 @@ def test_optimizer_skips_nonfinite_step_on_device():
     assert status.skipped and status.nonfinite == 1 and gpu.step_count == 0
     for a, b in zip(gpu.params + sum(gpu.state.values(), []), before):
         assert bool(cupy.array_equal(a, b))
+
+
+# --------------------------------------------------------------------------------------
+# The fast path for CuPy arrays (fusedopt._cuda.Batch.strict, csrc/cuda/device_batch.cpp):
+# plain calls never reach the Python checks, every call those checks refuse is refused by
+# it too (and then worded by prepare()), and an optimizer re-reads only its gradients.
+def _no_prepare(monkeypatch):
+    from fusedopt import _arrays
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the call went through _arrays.prepare(), not the fast path")
+
+    monkeypatch.setattr(_arrays, "prepare", refuse)
+
+
+def _device_lists(n_tensors=3, size=5, dtype=np.float32, value=1.0):
+    return [cupy.full(size + t, value, dtype) for t in range(n_tensors)]
+
+
+def test_fast_path_takes_plain_cupy_calls(monkeypatch):
+    p, g = _device_lists(), _device_lists(value=0.5)
+    m, v, buf, s = (_device_lists(value=0.0) for _ in range(4))
+    expected = [x.get() for x in p]
+    _no_prepare(monkeypatch)
+    fusedopt.sgd_(p, g, buf, lr=0.1, momentum=0.9)
+    fusedopt.adam_(tuple(p), tuple(g), m, v, step=1)
+    fusedopt.adagrad_(p, g, s, step=1)
+    fusedopt.rmsprop_(p[0], g[0], v[0], lr=0.1)  # one array per role
+    rate = fusedopt.adaptive_sgd_(p, g, lr=0.1)
+    assert isinstance(rate.lr, cupy.ndarray)  # computed on the device, no host sync
+    assert not any(np.array_equal(x.get(), e) for x, e in zip(p, expected))
+
+
+# Each of these breaks one rule of prepare(); the fast path must refuse it, and prepare()
+# must then raise the error named here, with nothing written.
+def _bad_calls():
+    f32 = cupy.float32
+
+    def base():
+        return ([cupy.ones(6, f32), cupy.ones(7, f32)], [cupy.full(6, 0.5, f32), cupy.full(7, 0.5, f32)])
+
+    def case(mutate):
+        p, g = base()
+        return mutate(p, g)
+
+    block = cupy.ones(12, f32)
+    return {
+        "grad of another dtype": (TypeError, r"grads\[1\] has dtype float64",
+                                  lambda: case(lambda p, g: (p, [g[0], g[1].astype(cupy.float64)]))),
+        "float16 params": (TypeError, "float16",
+                           lambda: ([cupy.ones(6, cupy.float16)], [cupy.ones(6, cupy.float16)])),
+        "same size, other shape": (ValueError, r"grads\[0\] has shape \(3, 2\)",
+                                   lambda: ([cupy.ones((2, 3), f32)], [cupy.ones((3, 2), f32)])),
+        "non-contiguous param": (ValueError, r"params\[0\] is not C-contiguous",
+                                 lambda: ([cupy.ones(12, f32)[::2]], [cupy.ones(6, f32)])),
+        "a param as its own grad": (ValueError, "share memory",
+                                    lambda: case(lambda p, g: (p, [p[0], g[1]]))),
+        "two params in one buffer": (ValueError, "share memory",
+                                     lambda: ([block[:7], block[5:]], [cupy.ones(7, f32)] * 2)),
+        "fewer grads than params": (ValueError, "grads has 1 arrays but params has 2",
+                                    lambda: case(lambda p, g: (p, g[:1]))),
+        "a host array among device arrays": (ValueError, r"grads\[1\] is a cpu array",
+                                             lambda: case(lambda p, g: (p, [g[0], np.ones(7, np.float32)]))),
+        "a list of grads for one param": (TypeError, "grads is a list but params is a single array",
+                                          lambda: case(lambda p, g: (p[0], [g[0]]))),
+    }
+
+
+@pytest.mark.parametrize("why", list(_bad_calls()) if _REASON is None else ["no GPU"])
+def test_fast_path_refuses_what_prepare_refuses(why):
+    error, match, make = _bad_calls()[why]
+    params, grads = make()
+    single = not isinstance(params, list)
+    plist = [params] if single else params
+    assert _cuda.Batch.strict(params, grads, []) is None
+    before = [x.copy() for x in plist]
+    with pytest.raises(error, match=match):
+        fusedopt.sgd_(params, grads, lr=0.1, backend="native")
+    for x, b in zip(plist, before):
+        assert bool(cupy.array_equal(x, b))
+
+
+def test_optimizer_rereads_only_its_gradients(monkeypatch):
+    """After the first step (checked in full) an optimizer on CuPy arrays keeps its Batch
+    and checks each step's gradients against it; bad gradients still get prepare()'s error
+    with nothing written and the step count unchanged, and a later good step goes on."""
+    sizes = [4, 4097]
+    rng, cpu, gpu = _optimizer_pair(fusedopt.optim.Adam, sizes, "held", lr=1e-2)
+    grads = lambda: [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]  # noqa: E731
+    g = grads()
+    cpu.step(g)
+    gpu.step([cupy.asarray(x) for x in g])
+    assert gpu._params.batch is not None
+    before = [a.copy() for a in gpu.params + sum(gpu.state.values(), [])]
+    bad = {
+        "a grad that is a param": ([gpu.params[0], cupy.ones(4097, cupy.float32)], "share memory"),
+        "a grad that is a state": ([cupy.ones(4, cupy.float32), gpu.state["exp_avgs"][1]], "share memory"),
+        "a grad of another dtype": ([cupy.ones(4, cupy.float64), cupy.ones(4097, cupy.float32)], "dtype"),
+        "a grad of another size": ([cupy.ones(5, cupy.float32), cupy.ones(4097, cupy.float32)], "shape"),
+        "one grad short": ([cupy.ones(4, cupy.float32)], "grads has 1 arrays"),
+    }
+    for why, (bad_grads, match) in bad.items():
+        assert gpu._params.batch.set_grads(bad_grads) is False, why
+        with pytest.raises((TypeError, ValueError), match=match):
+            gpu.step(bad_grads)
+        assert gpu.step_count == 1, why
+        for a, b in zip(gpu.params + sum(gpu.state.values(), []), before):
+            assert bool(cupy.array_equal(a, b)), why
+    _no_prepare(monkeypatch)
+    for _ in range(2):
+        g = grads()
+        cpu.step(g)
+        gpu.step([cupy.asarray(x) for x in g])
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), cpu.params + sum(cpu.state.values(), [])):
+        assert np.array_equal(cupy.asnumpy(a), b)

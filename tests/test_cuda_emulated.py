@@ -389,5 +389,6 @@ def test_host_cupy_names_are_cupy_names():
     assert [n for n in dir(host_cupy) if not n.startswith("_") and n not in helpers
             and not hasattr(cupy, n)] == []
     assert [n for n in dir(host_cupy.ndarray) if not n.startswith("_") and not hasattr(cupy.ndarray, n)] == []
+    assert hasattr(cupy.ndarray, "_c_contiguous")  # the one private field the fast path reads
     assert [n for n in host_cupy._Flags.__slots__ if not hasattr(cupy._core.flags.Flags, n)] == []
     assert all(hasattr(cupy.cuda, n) for n in dir(host_cupy.cuda) if not n.startswith("_"))

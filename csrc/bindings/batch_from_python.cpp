@@ -1,9 +1,10 @@
 #include "bindings/batch_from_python.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+
+#include "bindings/call_roles.h"
 
 namespace fusedopt {
 namespace bindings {
@@ -11,54 +12,8 @@ namespace bindings {
 namespace {
 const char* kRoleNames[kMaxRoles] = {"param", "grad", "state 0", "state 1", "state 2"};
 
-size_t itemsize_of(int dtype_code) {
-  switch (static_cast<DType>(dtype_code)) {
-    case DType::kFloat32: return 4;
-    case DType::kFloat64: return 8;
-  }
-  throw std::invalid_argument("unknown dtype code " + std::to_string(dtype_code));
-}
-}  // namespace
-
-std::pair<int64_t, int64_t> first_overlap(std::vector<ByteSpan>& spans) {
-  std::sort(spans.begin(), spans.end(), [](const ByteSpan& a, const ByteSpan& b) { return a.lo < b.lo; });
-  const ByteSpan* reach = nullptr;  // the span reaching furthest so far
-  for (const ByteSpan& s : spans) {
-    // Any span overlapping an earlier one overlaps the one reaching furthest.
-    if (reach != nullptr && s.lo < reach->hi && (s.written || reach->written))
-      return {static_cast<int64_t>(std::min(reach->index, s.index)),
-              static_cast<int64_t>(std::max(reach->index, s.index))};
-    if (reach == nullptr || s.hi > reach->hi) reach = &s;
-  }
-  return {-1, -1};
-}
-
-namespace {
 using npy = py::detail::npy_api;
 constexpr int kNpyFloat = 11, kNpyDouble = 12;  // NumPy type numbers
-
-// One role's arrays, read without a Python call per item: the items of a list or tuple, or
-// a single NumPy array standing for a one-tensor call (as prepare() reads one).
-struct Items {
-  PyObject* const* at = nullptr;
-  Py_ssize_t size = 0;
-  bool single = false;
-  PyObject* one = nullptr;
-  bool open(py::handle value) {
-    PyObject* o = value.ptr();
-    if (PyList_Check(o) || PyTuple_Check(o)) {
-      size = PySequence_Fast_GET_SIZE(o);
-      at = PySequence_Fast_ITEMS(o);
-      return true;
-    }
-    if (!npy::get().PyArray_Check_(o)) return false;
-    one = o;
-    at = &one;
-    size = 1;
-    single = true;
-    return true;
-  }
-};
 
 // prepare()'s checks on one array, which must match `like` in shape unless it is null.
 const py::detail::PyArray_Proxy* array_ok(PyObject* obj, const py::detail::PyArray_Proxy* like,
@@ -85,18 +40,12 @@ int64_t element_count(const py::detail::PyArray_Proxy* a) {
 }  // namespace
 
 bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
-  Items roles[kMaxRoles], state_roles;
-  if (!roles[kParam].open(params) || !roles[kGrad].open(grads) || !state_roles.open(states) ||
-      state_roles.single)
+  RoleItems roles[kMaxRoles];
+  int n_roles = 0;
+  if (!open_call(params, grads, states, [](PyObject* o) { return npy::get().PyArray_Check_(o); },
+                 roles, n_roles))
     return false;
-  const Py_ssize_t n = roles[kParam].size, n_states = state_roles.size;
-  if (n_states > kMaxStates) return false;
-  for (Py_ssize_t k = 0; k < n_states; ++k)
-    if (!roles[kState0 + k].open(state_roles.at[k])) return false;
-  const int n_roles = 2 + static_cast<int>(n_states);
-  // Every role a list of n arrays, or every role one array: prepare() refuses a mix.
-  for (int r = 1; r < n_roles; ++r)
-    if (roles[r].size != n || roles[r].single != roles[kParam].single) return false;
+  const Py_ssize_t n = roles[kParam].size;
 
   int type_num = kNpyFloat;
   if (n > 0) {

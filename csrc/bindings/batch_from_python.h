@@ -12,22 +12,12 @@
 #include <vector>
 
 #include "common/batch.h"
+#include "common/overlap.h"
 
 namespace fusedopt {
 namespace bindings {
 
 namespace py = pybind11;
-
-// Byte range of one contiguous array, for the overlap check.
-struct ByteSpan {
-  uintptr_t lo, hi;
-  size_t index;
-  bool written;
-};
-
-// The first pair of spans (by index, smaller first) that share bytes while at least one of
-// them is written, or {-1, -1}. Two read-only gradients may share memory. Sorts `spans`.
-std::pair<int64_t, int64_t> first_overlap(std::vector<ByteSpan>& spans);
 
 class PyBatch {
  public:

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 namespace fusedopt {
 
@@ -17,6 +19,15 @@ inline const char* dtype_name(DType d) {
     case DType::kFloat64: return "float64";
   }
   return "unknown";
+}
+
+// The element size of a dtype code as the bindings receive it (an int from Python).
+inline int itemsize_of(int dtype_code) {
+  switch (static_cast<DType>(dtype_code)) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat64: return 8;
+  }
+  throw std::invalid_argument("unknown dtype code " + std::to_string(dtype_code));
 }
 
 }  // namespace fusedopt

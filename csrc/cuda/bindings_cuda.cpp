@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/steps.h"
@@ -126,6 +127,21 @@ void register_batch(py::module_& m) {
                           "The methods take the coefficient arguments of the module functions.")
       .def(py::init<const py::sequence&, const py::sequence&, const py::sequence&, int>(),
            arg("params"), arg("grads"), arg("states"), arg("dtype"))
+      .def_static(
+          "strict",
+          [](py::handle params, py::handle grads, py::handle states) -> py::object {
+            DeviceBatch b;
+            if (!b.build_strict(params, grads, states)) return py::none();
+            return py::cast(std::move(b));
+          },
+          arg("params"), arg("grads"), arg("states"),
+          "The public API's fast path: a Batch if the arguments (lists of cupy.ndarray, or one "
+          "per role) pass every rule of fusedopt/_arrays.py's prepare(), else None, and "
+          "prepare() words the error. The dtype is read from the arrays.")
+      .def("set_grads", &DeviceBatch::set_grads, arg("grads"),
+           "New grads for a Batch from strict() (an optimizer's, kept across steps): True if they "
+           "pass prepare()'s rules against the held params and states, and replace the old ones; "
+           "False, with nothing changed, if not.")
       .def_property_readonly("n_tensors", [](const DeviceBatch& b) { return b.batch().n_tensors; })
       .def_property_readonly("n_elements", [](const DeviceBatch& b) { return b.batch().total(); })
       .def_property_readonly("device", &DeviceBatch::device)

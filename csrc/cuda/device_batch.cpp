@@ -2,9 +2,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "bindings/call_roles.h"
+#include "common/overlap.h"
 #include "cuda/device.h"
 
 namespace fusedopt {
@@ -12,6 +17,54 @@ namespace cuda {
 namespace {
 
 const char* kRoleNames[kMaxRoles] = {"param", "grad", "state 0", "state 1", "state 2"};
+
+// Attribute names, interned once: pybind11's attr("name") builds a new string per call,
+// which cost more than the read itself on a 4,000-array call. Never freed.
+struct Names {
+  PyObject* data = PyUnicode_InternFromString("data");
+  PyObject* ptr = PyUnicode_InternFromString("ptr");
+  PyObject* device_id = PyUnicode_InternFromString("device_id");
+  PyObject* size = PyUnicode_InternFromString("size");
+  PyObject* itemsize = PyUnicode_InternFromString("itemsize");
+  PyObject* dtype = PyUnicode_InternFromString("dtype");
+  PyObject* shape = PyUnicode_InternFromString("shape");
+  PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
+  PyObject* ndarray = PyUnicode_InternFromString("ndarray");
+};
+const Names& names() {
+  static const Names* n = new Names();
+  return *n;
+}
+
+// cupy.ndarray if CuPy has been imported (this never imports it), else None. Looked up per
+// call, not cached: it is a dict lookup, and the tests swap the module.
+py::object cupy_ndarray() {
+  PyObject* cupy = PyDict_GetItemString(PyImport_GetModuleDict(), "cupy");  // borrowed
+  if (cupy == nullptr) return py::none();
+  PyObject* type = PyObject_GetAttr(cupy, names().ndarray);
+  if (type == nullptr || !PyType_Check(type)) {
+    PyErr_Clear();
+    Py_XDECREF(type);
+    return py::none();
+  }
+  return py::reinterpret_steal<py::object>(type);
+}
+
+// An integer attribute; false, with the error cleared, if it is missing or not an integer.
+bool int_attr(PyObject* o, PyObject* name, long long& out) {
+  PyObject* v = PyObject_GetAttr(o, name);
+  if (v == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  out = PyLong_AsLongLong(v);  // a bool is an int too
+  Py_DECREF(v);
+  if (out == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
 
 struct ArrayFacts {
   uintptr_t ptr = 0;
@@ -21,25 +74,29 @@ struct ArrayFacts {
   int device = -1;  // -1: not known from the object itself
 };
 
-int itemsize_of(int dtype_code) {
-  switch (static_cast<DType>(dtype_code)) {
-    case DType::kFloat32: return 4;
-    case DType::kFloat64: return 8;
+// A cupy.ndarray's own fields: data.ptr, data.device_id, size and _c_contiguous are plain
+// reads of CuPy's C fields (tens of ns each); `flags` would build an object per read, and
+// the interface dict of other objects is built anew on every access. itemsize only if
+// asked (the strict path knows it from the dtype).
+bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize) {
+  const Names& n = names();
+  PyObject* data = PyObject_GetAttr(o, n.data);
+  if (data == nullptr) {
+    PyErr_Clear();
+    return false;
   }
-  throw std::invalid_argument("unknown dtype code " + std::to_string(dtype_code));
-}
-
-// CuPy arrays: plain attribute reads, about 0.1 us each. The interface dict of other
-// objects is built anew on every access, so it is the fallback, not the rule.
-bool read_cupy(py::handle h, ArrayFacts& f) {
-  if (!py::hasattr(h, "data")) return false;
-  py::object data = h.attr("data");
-  if (!py::hasattr(data, "ptr") || !py::hasattr(data, "device_id")) return false;
-  f.ptr = data.attr("ptr").cast<uintptr_t>();
-  f.device = data.attr("device_id").cast<int>();
-  f.size = h.attr("size").cast<int64_t>();
-  f.itemsize = h.attr("itemsize").cast<int>();
-  f.contiguous = h.attr("flags").attr("c_contiguous").cast<bool>();
+  long long ptr = 0, device = 0, size = 0, contiguous = 0, itemsize = 0;
+  const bool ok = int_attr(data, n.ptr, ptr) && int_attr(data, n.device_id, device);
+  Py_DECREF(data);
+  if (!ok || !int_attr(o, n.size, size) || !int_attr(o, n.c_contiguous, contiguous) ||
+      (with_itemsize && !int_attr(o, n.itemsize, itemsize)))
+    return false;
+  if (ptr < 0 || size < 0 || device < 0) return false;
+  f.ptr = static_cast<uintptr_t>(ptr);
+  f.device = static_cast<int>(device);
+  f.size = size;
+  f.itemsize = static_cast<int>(itemsize);
+  f.contiguous = contiguous != 0;
   return true;
 }
 
@@ -67,9 +124,11 @@ void read_interface(py::handle h, ArrayFacts& f) {
   }
 }
 
-ArrayFacts read_array(py::handle h) {
+ArrayFacts read_array(py::handle h, const py::object& ndarray) {
   ArrayFacts f;
-  if (!read_cupy(h, f)) read_interface(h, f);
+  if (!(!ndarray.is_none() && Py_TYPE(h.ptr()) == reinterpret_cast<PyTypeObject*>(ndarray.ptr()) &&
+        read_cupy(h.ptr(), f, true)))
+    read_interface(h, f);
   return f;
 }
 
@@ -81,6 +140,68 @@ int pointer_device(uintptr_t ptr) {
     throw std::invalid_argument("array memory is not device memory");
   return attributes.device;
 }
+
+// float32 and float64 as NumPy's dtype singletons, which CuPy's arrays carry. A dtype
+// that is equal but not one of these (a non-native byte order, say) is left to prepare().
+struct Dtypes {
+  PyObject* float32;
+  PyObject* float64;
+};
+const Dtypes& dtypes() {
+  static const Dtypes* d = [] {
+    py::object dtype = py::module_::import("numpy").attr("dtype");
+    return new Dtypes{dtype("float32").release().ptr(), dtype("float64").release().ptr()};
+  }();
+  return *d;
+}
+
+// prepare()'s rules on single CuPy arrays, for build_strict() and set_grads().
+struct StrictReader {
+  PyTypeObject* type;                // cupy.ndarray, exactly (a subclass goes to prepare())
+  PyObject* dtype = nullptr;         // the call's dtype: NumPy's float32 or float64 singleton
+  int itemsize = 0;
+
+  auto is_cupy() const {
+    return [t = type](PyObject* o) { return Py_TYPE(o) == t; };
+  }
+
+  // The call's dtype, from its first param; false unless float32 or float64.
+  bool take_dtype(PyObject* first) {
+    if (Py_TYPE(first) != type) return false;
+    PyObject* d = PyObject_GetAttr(first, names().dtype);
+    if (d == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    Py_DECREF(d);  // compared by identity only; the singletons live forever
+    if (d != dtypes().float32 && d != dtypes().float64) return false;
+    dtype = d;
+    itemsize = d == dtypes().float32 ? 4 : 8;
+    return true;
+  }
+
+  // One array: a cupy.ndarray of the call's dtype, shaped like `like` (its param's shape;
+  // null for a param, whose shape is then stored in *shape), C-contiguous, and aligned to
+  // its elements. The device and the overlaps are the caller's to check.
+  bool read(PyObject* a, PyObject* like, ArrayFacts& f, py::object* shape) const {
+    if (Py_TYPE(a) != type || !read_cupy(a, f, false)) return false;
+    PyObject* d = PyObject_GetAttr(a, names().dtype);
+    Py_XDECREF(d);
+    if (d != dtype) {
+      PyErr_Clear();
+      return false;
+    }
+    py::object s = py::reinterpret_steal<py::object>(PyObject_GetAttr(a, names().shape));
+    if (!s || (like != nullptr && PyObject_RichCompareBool(s.ptr(), like, Py_EQ) != 1)) {
+      PyErr_Clear();
+      return false;
+    }
+    if (!f.contiguous || (f.size > 0 && (f.ptr == 0 || f.ptr % static_cast<uintptr_t>(itemsize) != 0)))
+      return false;
+    if (shape != nullptr) *shape = std::move(s);
+    return true;
+  }
+};
 
 }  // namespace
 
@@ -111,13 +232,14 @@ void DeviceBatch::add_role(int role, const py::sequence& arrays) {
   const std::string name = kRoleNames[role];
   if (static_cast<size_t>(py::len(arrays)) != n)
     throw std::invalid_argument(name + " list length differs from params");
+  const py::object ndarray = cupy_ndarray();
   std::vector<void*>& ptrs = ptrs_[role];
   ptrs.resize(n);
   for (size_t t = 0; t < n; ++t) {
     py::object h = arrays[t];
     ArrayFacts f;
     try {
-      f = read_array(h);
+      f = read_array(h, ndarray);
     } catch (const py::error_already_set&) {
       throw std::invalid_argument(name + " " + std::to_string(t) + " is not a readable device array");
     } catch (const std::invalid_argument& e) {
@@ -137,9 +259,115 @@ void DeviceBatch::add_role(int role, const py::sequence& arrays) {
       device_ = f.device;
     }
     ptrs[t] = reinterpret_cast<void*>(f.ptr);
-    keep_.push_back(std::move(h));
+    keep_[role].push_back(std::move(h));
   }
   batch_.ptrs[role] = ptrs.data();
+}
+
+void DeviceBatch::reset() {
+  batch_ = Batch();
+  offsets_.assign(1, 0);  // a valid batch of no tensors
+  batch_.offsets = offsets_.data();
+  for (auto& p : ptrs_) p.clear();
+  for (auto& k : keep_) k.clear();
+  written_.clear();
+  strict_ = false;
+  itemsize_ = 0;
+  device_ = -1;
+  n_states_ = 0;
+}
+
+bool DeviceBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
+  reset();
+  if (read_strict(params, grads, states)) return true;
+  reset();
+  return false;
+}
+
+bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle states) {
+  const py::object ndarray = cupy_ndarray();
+  if (ndarray.is_none()) return false;
+  StrictReader reader{reinterpret_cast<PyTypeObject*>(ndarray.ptr())};
+  bindings::RoleItems roles[kMaxRoles];
+  int n_roles = 0;
+  if (!bindings::open_call(params, grads, states, reader.is_cupy(), roles, n_roles)) return false;
+  const Py_ssize_t n = roles[kParam].size;
+  if (n > 0 && !reader.take_dtype(roles[kParam].at[0])) return false;
+  batch_.dtype = reader.dtype == dtypes().float64 ? DType::kFloat64 : DType::kFloat32;
+  itemsize_ = itemsize_of(static_cast<int>(batch_.dtype));  // float32 for a call of no tensors
+
+  offsets_.assign(static_cast<size_t>(n) + 1, 0);
+  for (int r = 0; r < n_roles; ++r) {
+    ptrs_[r].resize(static_cast<size_t>(n));
+    keep_[r].reserve(static_cast<size_t>(n));
+  }
+  std::vector<ByteSpan> spans;
+  spans.reserve(static_cast<size_t>(n) * n_roles);
+  for (Py_ssize_t t = 0; t < n; ++t) {
+    py::object param_shape;
+    for (int r = 0; r < n_roles; ++r) {
+      PyObject* a = roles[r].at[t];
+      ArrayFacts f;
+      if (!reader.read(a, r == kParam ? nullptr : param_shape.ptr(), f, r == kParam ? &param_shape : nullptr))
+        return false;
+      if (r == kParam) offsets_[t + 1] = offsets_[t] + f.size;
+      if (f.size != offsets_[t + 1] - offsets_[t]) return false;
+      if (device_ >= 0 && f.device != device_) return false;  // prepare() lets the module say which
+      device_ = f.device;
+      ptrs_[r][t] = reinterpret_cast<void*>(f.ptr);
+      if (f.size > 0) spans.push_back({f.ptr, f.ptr + bytes(f.size), spans.size(), r != kGrad});
+      keep_[r].push_back(py::reinterpret_borrow<py::object>(a));
+    }
+  }
+  if (first_overlap(spans).first >= 0) return false;
+  for (const ByteSpan& span : spans)  // sorted now; disjoint, or the sweep had found a pair
+    if (span.written) written_.push_back(span);
+  strict_ = true;
+  n_states_ = n_roles - 2;
+  batch_.n_tensors = static_cast<int64_t>(n);
+  batch_.offsets = offsets_.data();
+  for (int r = 0; r < n_roles; ++r) batch_.ptrs[r] = ptrs_[r].data();
+  return true;
+}
+
+bool DeviceBatch::set_grads(py::handle grads) {
+  if (!strict_) return false;
+  const py::object ndarray = cupy_ndarray();
+  if (ndarray.is_none()) return false;
+  StrictReader reader{reinterpret_cast<PyTypeObject*>(ndarray.ptr())};
+  reader.dtype = batch_.dtype == DType::kFloat64 ? dtypes().float64 : dtypes().float32;
+  reader.itemsize = itemsize_;
+  bindings::RoleItems items;
+  const auto n = static_cast<Py_ssize_t>(batch_.n_tensors);
+  if (!items.open(grads.ptr(), [](PyObject*) { return false; }) || items.size != n) return false;
+  std::vector<void*> ptrs(static_cast<size_t>(n));
+  std::vector<py::object> keep(static_cast<size_t>(n));
+  for (Py_ssize_t t = 0; t < n; ++t) {
+    PyObject* a = items.at[t];
+    const py::object param_shape = py::reinterpret_steal<py::object>(
+        PyObject_GetAttr(keep_[kParam][static_cast<size_t>(t)].ptr(), names().shape));
+    if (!param_shape) {
+      PyErr_Clear();
+      return false;
+    }
+    ArrayFacts f;
+    if (!reader.read(a, param_shape.ptr(), f, nullptr) || f.size != batch_.size(t) || f.device != device_)
+      return false;
+    if (f.size > 0) {
+      // The written spans are sorted and disjoint, so their ends ascend too: the first one
+      // ending after this gradient starts is the only one that can overlap it.
+      const uintptr_t lo = f.ptr, hi = f.ptr + bytes(f.size);
+      const auto it = std::upper_bound(written_.begin(), written_.end(), lo,
+                                       [](uintptr_t v, const ByteSpan& s) { return v < s.hi; });
+      if (it != written_.end() && it->lo < hi) return false;
+    }
+    ptrs[static_cast<size_t>(t)] = reinterpret_cast<void*>(f.ptr);
+    keep[static_cast<size_t>(t)] = py::reinterpret_borrow<py::object>(a);
+  }
+  ptrs_[kGrad].swap(ptrs);
+  keep_[kGrad].swap(keep);
+  batch_.ptrs[kGrad] = ptrs_[kGrad].data();
+  return true;
 }
 
 }  // namespace cuda

@@ -1,7 +1,12 @@
 // Turns lists of device arrays (CuPy arrays, or anything with __cuda_array_interface__)
-// into a Batch of device pointers. fusedopt/_arrays.py has checked the arrays already; this
-// re-asserts what memory safety rests on (sizes, element size, contiguity, one device), so a
-// direct call into the private module cannot write out of bounds.
+// into a Batch of device pointers, in one of two ways:
+//
+// * the constructor, for arrays fusedopt/_arrays.py has checked already: it re-asserts
+//   what memory safety rests on (sizes, element size, contiguity, one device), so a direct
+//   call into the private module cannot write out of bounds, and throws if that fails;
+// * build_strict(), the fast path of the public API for CuPy arrays, like the CPU module's
+//   (csrc/bindings/batch_from_python.h): prepare()'s rules applied in C++, answering false
+//   (without a reason) where prepare() must run and word the error.
 //
 // A DeviceBatch keeps references to its arrays, so one built once and kept (a prepared
 // call, as bench/gpu_bench.py makes) stays valid across steps at no per-step cost.
@@ -12,6 +17,7 @@
 #include <vector>
 
 #include "common/batch.h"
+#include "common/overlap.h"
 
 namespace fusedopt {
 namespace cuda {
@@ -20,6 +26,7 @@ namespace py = pybind11;
 
 class DeviceBatch {
  public:
+  DeviceBatch() { reset(); }  // no tensors
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
   DeviceBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
               int dtype_code);
@@ -29,6 +36,21 @@ class DeviceBatch {
   DeviceBatch(DeviceBatch&&) = default;
   DeviceBatch& operator=(DeviceBatch&&) = default;
 
+  // True if every array is a cupy.ndarray (the exact type) and the call obeys the rules
+  // of _arrays.prepare(): params, grads and each of `states` a list or tuple of arrays of
+  // one length, or each one array (a one-tensor call); one dtype, float32 or float64;
+  // equal shapes per tensor; C-contiguous; aligned to the element size; one device; no
+  // written array (param or state) sharing memory with another array. CuPy arrays are
+  // always writable. False leaves this batch empty (no tensors, no references).
+  bool build_strict(py::handle params, py::handle grads, py::handle states);
+
+  // New gradients for a batch that build_strict() made (an optimizer's params and states,
+  // read once): true if `grads` (a list or tuple of cupy.ndarray, one per param) passes
+  // the same rules against the held arrays, and then they replace the old ones; false,
+  // with the batch unchanged, if not. The params' shapes are read again, the rest of what
+  // was checked cannot change: a CuPy array's pointer, size, dtype and device are fixed.
+  bool set_grads(py::handle grads);
+
   const Batch& batch() const { return batch_; }
   // The GPU of the arrays: from the arrays themselves (CuPy says), else asked of the driver
   // on first use (so that building a batch, and checking it, needs no device).
@@ -37,11 +59,18 @@ class DeviceBatch {
 
  private:
   void add_role(int role, const py::sequence& arrays);
+  bool read_strict(py::handle params, py::handle grads, py::handle states);
+  void reset();
+  uintptr_t bytes(int64_t elements) const {
+    return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize_);
+  }
 
   Batch batch_;
   std::vector<int64_t> offsets_;
   std::vector<void*> ptrs_[kMaxRoles];
-  std::vector<py::object> keep_;  // the arrays, alive as long as the pointers are used
+  std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
+  std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
+  bool strict_ = false;            // built by build_strict()
   int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;

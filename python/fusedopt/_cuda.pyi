@@ -23,6 +23,13 @@ class Batch:
 
     def __init__(self, params: _Arrays, grads: _Arrays, states: Sequence[_Arrays],
                  dtype: int) -> None: ...
+    @staticmethod
+    def strict(params: Any, grads: Any, states: Sequence[Any]) -> Batch | None:
+        """The public API's fast path: a Batch if the arguments (lists of cupy.ndarray, or
+        one per role) pass every rule of fusedopt._arrays.prepare(), else None."""
+    def set_grads(self, grads: _Arrays) -> bool:
+        """New grads for a Batch from strict(): True if they pass the same rules against the
+        held arrays (and replace the old ones), False with nothing changed if not."""
     @property
     def n_tensors(self) -> int: ...
     @property

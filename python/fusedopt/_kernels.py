@@ -192,6 +192,9 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
             c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
             core.sgd(*lists, dtype, *c)
             return AdaptiveRate(lr_t, sum_sq**0.5)
+        batch = _native.device_batch_strict(params, grads, values)
+        if batch is not None:
+            return AdaptiveRate(*_native.adaptive_sgd_device(batch, base))
     prep = _arrays.prepare(fn, params, grads, list(zip(names, values)))
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
@@ -203,7 +206,7 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     if native and prep.device == "cuda":
         # The norm, the rate and the update stay on the GPU (no host sync inside the step):
         # lr and grad_norm come back as 0-d CuPy arrays.
-        return AdaptiveRate(*_native.adaptive_sgd_device(prep, base))
+        return AdaptiveRate(*_native.adaptive_sgd_device(_native.device_batch(prep), base))
     if native:
         sum_sq = _native.grad_sum_of_squares(prep)
     elif backend == _FLOAT64:

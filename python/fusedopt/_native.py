@@ -46,11 +46,47 @@ def apply(rule: str, prep, coeffs) -> None:
 
 def apply_strict(rule: str, params, grads, state_values, coeffs) -> bool:
     """The fast path: runs rule on the arguments as the caller passed them (lists of NumPy
-    arrays, or one array per role) if the C++ checks pass; False (nothing written) if they
-    do not, and the caller falls back to _arrays.prepare()."""
-    if _core is None:
+    arrays, or of CuPy arrays, or one array per role) if the C++ checks of the module for
+    their device pass; False (nothing written) if they do not, and the caller falls back to
+    _arrays.prepare(), which words the error or takes the arrays the fast paths do not
+    (torch tensors, other device arrays, a fallback to the reference)."""
+    if _core is not None and getattr(_core, rule)(params, grads, state_values, -1, *coeffs, True):
+        return True
+    batch = device_batch_strict(params, grads, state_values)
+    if batch is None:
         return False
-    return getattr(_core, rule)(params, grads, state_values, -1, *coeffs, True)
+    getattr(batch, rule)(*coeffs)
+    return True
+
+
+class DeviceParams(list):
+    """An optimizer's own list of CuPy params (fusedopt.optim), carrying the
+    fusedopt._cuda.Batch that its first step's checks built over its params and states.
+    Later steps re-read only the gradients (Batch.set_grads): on a 1,000-tensor Adam that is
+    1,000 arrays read a step instead of 4,000. Nothing but the optimizer holds the list, so
+    nothing changes the params or states behind the Batch."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.batch = None
+
+
+def device_batch_strict(params, grads, state_values):
+    """A fusedopt._cuda.Batch of CuPy arguments that pass prepare()'s rules, or None (also
+    where no CUDA kernel can run, so that prepare() and the fallback decide)."""
+    if type(params) is DeviceParams and params.batch is not None:
+        return params.batch if params.batch.set_grads(grads) else None
+    from fusedopt import cuda
+
+    module = cuda.module()
+    if module is None or cuda.unavailable_reason() is not None:
+        return None
+    batch = module.Batch.strict(params, grads, state_values)
+    if type(params) is DeviceParams:
+        params.batch = batch
+    return batch
 
 
 def validate(lists) -> int:
@@ -71,9 +107,15 @@ def count_nonfinite(prep) -> int:
     return _module(prep).count_nonfinite(prep.grads, prep.dtype_code)
 
 
-def adaptive_sgd_device(prep, base):
-    """adaptive_sgd_ on CUDA arrays without leaving the device: the norm, lr_t and the update
-    are queued on the current stream; returns (lr_t, grad_norm) as 0-d CuPy arrays."""
+def adaptive_sgd_device(batch, base):
+    """adaptive_sgd_ on a fusedopt._cuda.Batch without leaving the device: the norm, lr_t and
+    the update are queued on the current stream; returns (lr_t, grad_norm) as 0-d CuPy
+    arrays."""
     from fusedopt import cuda
 
-    return cuda.adaptive_sgd(prep, base)
+    return cuda.adaptive_sgd(batch, base)
+
+
+def device_batch(prep):
+    """The fusedopt._cuda.Batch of a checked call on CUDA arrays."""
+    return _module(prep).Batch(prep.params, prep.grads, prep.states, prep.dtype_code)

@@ -65,15 +65,16 @@ def info() -> dict:
     return out
 
 
-def adaptive_sgd(prep, base):
-    """Adaptive-rate SGD entirely on the device: the norm, the rate and the update.
+def adaptive_sgd(batch, base):
+    """Adaptive-rate SGD entirely on the device: the norm, the rate and the update, over a
+    ``fusedopt._cuda.Batch``.
 
     Returns ``(lr_t, grad_norm)`` as 0-d CuPy float64 arrays, computed on the device in the
     same order as the host path, so the step does not wait for the GPU; ``float()`` of
     either waits for it. ``base`` holds the SGD coefficients at the base rate lr0.
     """
-    xp = prep.xp
-    result = xp.empty(2, dtype=xp.float64)
-    _cuda.adaptive_sgd(prep.params, prep.grads, prep.states, prep.dtype_code, *base,
-                       result=result.data.ptr, stream=xp.cuda.get_current_stream().ptr)
-    return result[0], xp.sqrt(result[1])
+    import cupy
+
+    result = cupy.empty(2, dtype=cupy.float64)
+    batch.adaptive_sgd(*base, result=result.data.ptr, stream=cupy.cuda.get_current_stream().ptr)
+    return result[0], cupy.sqrt(result[1])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fusedopt import _arrays, _coeffs, _kernels
+from fusedopt import _arrays, _coeffs, _kernels, _native
 
 __all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
@@ -56,6 +56,10 @@ class Optimizer:
             n: _carve(prep.xp, prep.params, self._initial_value(n)) for n in self._state_names()
         }
         # The states are new arrays, so only params can clash with each other.
+        if prep.device == "cuda":
+            # Steps on CuPy arrays then check the params and states once, and the grads
+            # each step (see _native.DeviceParams).
+            self._params = _native.DeviceParams(self._params)
 
     # --- subclass hooks ---------------------------------------------------------------
     def _state_names(self) -> list[str]:
