@@ -475,12 +475,16 @@ FUNCTION_CASES = function_cases()
 
 
 def _impls(case: Case):
-    """Which public entry points run a function case: the kernel, the reference, or both."""
+    """Which public entry points run a function case: the kernel, the reference, or both;
+    array cases also run the kernel with skip_if_nonfinite=True, whose fast path checks the
+    arrays apart from the update (fusedopt._native.check_fast)."""
     if "-hyper-backend-" in case.id:
         return ["kernel"]
     if "-hyper-mode-" in case.id:
         return ["reference"]
-    return ["kernel", "reference"]
+    if case.category == "hyper":
+        return ["kernel", "reference"]
+    return ["kernel", "kernel-skip", "reference"]
 
 
 FUNCTION_PARAMS = [pytest.param(c, impl, id=f"{c.id}-{impl}",
@@ -532,8 +536,10 @@ def assert_message(exc_info, names):
 # --------------------------------------------------------------------------------------
 def _invoke(spec: Spec, impl: str, arrays: dict, hyper: dict):
     hyper = dict(hyper)
-    fn = spec.kernel() if impl == "kernel" else spec.reference()
-    if impl == "kernel":
+    fn = spec.reference() if impl == "reference" else spec.kernel()
+    if impl == "kernel-skip":
+        hyper["skip_if_nonfinite"] = True
+    if impl != "reference":
         hyper.pop("mode", None)
     else:
         hyper.pop("backend", None)

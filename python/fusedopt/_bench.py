@@ -807,6 +807,8 @@ def run_latency(cfg: Config, torch) -> list:
     m, v = np.zeros(n, np.float32), np.full(n, 1e-4, np.float32)
     impls = {}
     impls["fusedopt.adam_ (functional)"] = lambda: fusedopt.adam_(p, g, m, v, step=STEP, lr=1e-3)
+    impls["fusedopt.adam_ skip_if_nonfinite=True"] = lambda: fusedopt.adam_(
+        p, g, m, v, step=STEP, lr=1e-3, skip_if_nonfinite=True)
     prep = _arrays.prepare("adam_", p, g, [("exp_avgs", m), ("exp_avg_sqs", v)])
     c = _coeffs.adam("adam_", step=STEP, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                      weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False)

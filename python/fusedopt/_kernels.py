@@ -81,38 +81,51 @@ def _count_nonfinite(prep, native: bool) -> int:
     return sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
 
 
+def _skip_or_run(skip: bool, count, run):
+    """The skip_if_nonfinite protocol, the same on every path: with skip, count the
+    gradients' NaN and inf first and write nothing if there is any."""
+    if skip:
+        n = count()
+        if n:
+            return StepStatus(True, n)
+    run()
+    return StepStatus(False, 0) if skip else None
+
+
 def _run(rule: str, prep, coeffs, backend: str, hyper, skip_if_nonfinite: bool):
     """Runs a checked call; ``hyper`` makes the raw hyperparameters (float64 mode only)."""
     skip = _coeffs._flag(prep.fn, "skip_if_nonfinite", skip_if_nonfinite)
     if prep.n_tensors == 0:
         return StepStatus(False, 0) if skip else None
     native = _use_native(prep.fn, prep, backend)
-    if skip:
-        count = _count_nonfinite(prep, native)
-        if count:
-            return StepStatus(True, count)
     if native:
-        _native.apply(rule, prep, coeffs)
+        run = lambda: _native.apply(rule, prep, coeffs)  # noqa: E731
     elif backend == _FLOAT64:
-        _ref.apply_float64(rule, prep, hyper())
+        run = lambda: _ref.apply_float64(rule, prep, hyper())  # noqa: E731
     else:
-        _ref.apply_exact(rule, prep, coeffs)
-    return StepStatus(False, 0) if skip else None
+        run = lambda: _ref.apply_exact(rule, prep, coeffs)  # noqa: E731
+    return _skip_or_run(skip, lambda: _count_nonfinite(prep, native), run)
 
 
 def _call(rule: str, fn: str, params, grads, state_names, state_values, coeffs, backend: str,
           hyper, skip_if_nonfinite):
-    """Checks and runs one call: the native fast path for plain NumPy arrays, else prepare().
+    """Checks and runs one call: a fast path for plain NumPy or CuPy arrays, else prepare().
 
     ``state_names`` and ``state_values`` are the state roles the rule uses, in rule order.
-    The fast path hands the arguments as they came to the CPU module, which checks them
-    against prepare()'s rules while it reads their pointers; anything it refuses, and every
-    argument it does not look at (an unknown backend, a non-bool skip_if_nonfinite), goes
-    down the checked path, which words the error.
+    The fast paths hand the arguments as they came to the module of their device, which
+    checks them against prepare()'s rules while it reads their pointers; anything it
+    refuses, and every argument it does not look at (an unknown backend, a non-bool
+    skip_if_nonfinite), goes down the checked path, which words the error. Without
+    skip_if_nonfinite the check and the update are one call into the module.
     """
-    if skip_if_nonfinite is False and (backend == "auto" or backend == "native"):
-        if _native.apply_strict(rule, params, grads, state_values, coeffs):
-            return None
+    if backend == "auto" or backend == "native":
+        if skip_if_nonfinite is False:
+            if _native.apply_strict(rule, params, grads, state_values, coeffs):
+                return None
+        elif skip_if_nonfinite is True:
+            call = _native.check_fast(params, grads, state_values)
+            if call is not None:
+                return _skip_or_run(True, call.count_nonfinite, lambda: call.run(rule, coeffs))
     backend = _backend(fn, backend)
     prep = _arrays.prepare(fn, params, grads, list(zip(state_names, state_values)))
     return _run(rule, prep, coeffs, backend, hyper, skip_if_nonfinite)
@@ -182,19 +195,19 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
                        convention=convention)
     names, values = _momentum_state(fn, base, momentum_buffers)
     skip = _coeffs._flag(fn, "skip_if_nonfinite", skip_if_nonfinite)
-    if not skip and backend != "reference" and backend != _FLOAT64 and _native.core() is not None:
-        lists = _arrays.numpy_fast_lists(params, grads, values)
-        dtype = _native.validate(lists) if lists is not None else -1
-        if dtype >= 0:
-            core = _native.core()
-            sum_sq = core.grad_sum_of_squares(lists[1], dtype) if lists[0] else 0.0
-            lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
-            c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
-            core.sgd(*lists, dtype, *c)
-            return AdaptiveRate(lr_t, sum_sq**0.5)
-        batch = _native.device_batch_strict(params, grads, values)
-        if batch is not None:
-            return AdaptiveRate(*_native.adaptive_sgd_device(batch, base))
+    if backend == "auto" or backend == "native":
+        call = _native.check_fast(params, grads, values)
+        if call is not None:
+            if skip:
+                count = call.count_nonfinite()
+                if count:
+                    return AdaptiveRate(0.0, float("nan"), True, count)
+            if call.device == "cuda":
+                return AdaptiveRate(*_native.adaptive_sgd_device(call.batch, base))
+            sum_sq = call.grad_sum_of_squares()
+            c = _adaptive_coeffs(base, sum_sq)
+            call.run("sgd", c)
+            return AdaptiveRate(c.lr, sum_sq**0.5)
     prep = _arrays.prepare(fn, params, grads, list(zip(names, values)))
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
@@ -213,16 +226,21 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
         sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
     else:
         sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
-    lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
-    # Only the rate changes. It is NaN when a gradient is NaN (inf gives 0.0): that is the
-    # gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
-    # of failing the lr check.
-    c = base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
+    c = _adaptive_coeffs(base, sum_sq)
     _run("sgd", prep, c, backend,
-         lambda: dict(lr=lr_t, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
+         lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
                       weight_decay=c.weight_decay, maximize=c.maximize, step=step,
                       convention=convention), False)
-    return AdaptiveRate(lr_t, sum_sq**0.5)
+    return AdaptiveRate(c.lr, sum_sq**0.5)
+
+
+def _adaptive_coeffs(base, sum_sq: float):
+    """SGD's coefficients at ``lr_t = lr0 / (1 + sum_sq)``: only the rate and the decay
+    factor change. lr_t is NaN when a gradient is NaN (inf gives 0.0): that is the
+    gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
+    of failing the lr check."""
+    lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
+    return base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fusedopt import _arrays
+
 try:
     from fusedopt import _core
 except ImportError as exc:  # pragma: no cover - only on a broken install
@@ -89,9 +91,44 @@ def device_batch_strict(params, grads, state_values):
     return batch
 
 
-def validate(lists) -> int:
-    """The call's dtype code if plain NumPy lists pass the C++ checks, else -1."""
-    return _core.validate(*lists)
+class CheckedCall:
+    """One call's arguments after a module's C++ checks passed (check_fast), ready to have
+    its gradients counted or normed and its rule run, without being read in Python."""
+
+    __slots__ = ("device", "_lists", "_dtype", "batch")
+
+    def __init__(self, device, lists=None, dtype=-1, batch=None):
+        self.device = device  # "cpu": NumPy lists for fusedopt._core; "cuda": a _cuda.Batch
+        self._lists, self._dtype, self.batch = lists, dtype, batch
+
+    def count_nonfinite(self) -> int:
+        if self.batch is not None:
+            return self.batch.count_nonfinite()
+        return _core.count_nonfinite(self._lists[1], self._dtype)
+
+    def grad_sum_of_squares(self) -> float:
+        """The CPU's norm (on CUDA the adaptive rate stays on the device: adaptive_sgd_device)."""
+        return _core.grad_sum_of_squares(self._lists[1], self._dtype) if self._lists[0] else 0.0
+
+    def run(self, rule: str, coeffs) -> None:
+        if self.batch is not None:
+            getattr(self.batch, rule)(*coeffs)
+        else:
+            getattr(_core, rule)(*self._lists, self._dtype, *coeffs)
+
+
+def check_fast(params, grads, state_values) -> CheckedCall | None:
+    """The fast paths' checks without running anything, for calls that must count, norm or
+    decide before the update (skip_if_nonfinite, the adaptive rate): a CheckedCall if the
+    arguments pass the C++ checks of the module for their device, else None, and the
+    caller goes to _arrays.prepare()."""
+    if _core is not None:
+        lists = _arrays.numpy_fast_lists(params, grads, state_values)
+        dtype = _core.validate(*lists) if lists is not None else -1
+        if dtype >= 0:
+            return CheckedCall("cpu", lists, dtype)
+    batch = device_batch_strict(params, grads, state_values)
+    return None if batch is None else CheckedCall("cuda", batch=batch)
 
 
 def grad_sum_of_squares(prep) -> float:
