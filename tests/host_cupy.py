@@ -70,7 +70,14 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
 
     # --- what fusedopt and the bindings read --------------------------------------------
     dtype = property(lambda self: self._host.dtype)
-    shape = property(lambda self: self._host.shape)
+    @property
+    def shape(self):
+        return self._host.shape
+
+    @shape.setter
+    def shape(self, value):  # CuPy sets a shape in place too (same size)
+        self._host.shape = value
+
     size = property(lambda self: self._host.size)
     ndim = property(lambda self: self._host.ndim)
     itemsize = property(lambda self: self._host.itemsize)

@@ -507,3 +507,27 @@ def test_optimizer_states_are_cut_from_one_block_per_role(cls, kwargs, fill):
         assert all((s - starts[0]) % 64 == 0 for s in starts), name
     opt.step([np.full(s, 0.25) for s in shapes])  # steps through the carved states
     assert all(np.all(p < 1.0) for p in params)
+
+
+def test_cpu_calls_never_ask_for_a_gpu(monkeypatch):
+    """A NumPy call that the CPU fast path refuses (a bad one here; torch CPU tensors
+    too) reaches the Python checks without asking CUDA anything: finding a GPU starts the
+    CUDA driver, which costs a CPU-only process memory and can break its later forks."""
+    import fusedopt.cuda
+
+    def asked(*args, **kwargs):
+        raise AssertionError("a call on host arrays asked for the GPU")
+
+    monkeypatch.setattr(fusedopt.cuda, "unavailable_reason", asked)
+    p, wrong = np.ones(4, np.float32), np.ones(4, np.float64)
+    with pytest.raises(TypeError, match="dtype"):
+        fusedopt.sgd_(p, wrong, lr=0.1)
+    with pytest.raises(TypeError, match="dtype"):
+        fusedopt.adam_(p, wrong, np.zeros(4, np.float32), np.zeros(4, np.float32), step=1,
+                       skip_if_nonfinite=True)
+    with pytest.raises(TypeError, match="dtype"):
+        fusedopt.adaptive_sgd_([p], [wrong], lr=0.1)
+    if HAVE_TORCH:
+        import torch
+
+        fusedopt.sgd_(torch.ones(4), torch.ones(4), lr=0.1)

@@ -402,6 +402,40 @@ def test_fast_path_refuses_what_prepare_refuses(why):
         assert bool(cupy.array_equal(x, b))
 
 
+def _bad_state_calls():
+    f32 = cupy.float32
+
+    def case(mutate):
+        p = [cupy.ones(6, f32), cupy.ones(7, f32)]
+        g = [cupy.full(6, 0.5, f32), cupy.full(7, 0.5, f32)]
+        return p, g, mutate(p, g, [cupy.zeros(6, f32), cupy.zeros(7, f32)])
+
+    return {
+        "a buffer of another dtype": (TypeError, r"momentum_buffers\[1\] has dtype float64",
+                                      lambda: case(lambda p, g, b: [b[0], b[1].astype(cupy.float64)])),
+        "a buffer that is a grad": (ValueError, "share memory", lambda: case(lambda p, g, b: [g[0], b[1]])),
+        "a buffer that is a param": (ValueError, "share memory", lambda: case(lambda p, g, b: [b[0], p[1]])),
+        "a non-contiguous buffer": (ValueError, r"momentum_buffers\[0\] is not C-contiguous",
+                                    lambda: case(lambda p, g, b: [cupy.zeros(12, f32)[::2], b[1]])),
+        "a buffer of another shape": (ValueError, r"momentum_buffers\[1\] has shape \(1, 7\)",
+                                      lambda: case(lambda p, g, b: [b[0], b[1].reshape(1, 7)])),
+        "one buffer short": (ValueError, "momentum_buffers has 1 arrays",
+                             lambda: case(lambda p, g, b: b[:1])),
+    }
+
+
+@pytest.mark.parametrize("why", list(_bad_state_calls()) if _REASON is None else ["no GPU"])
+def test_fast_path_refuses_bad_states(why):
+    error, match, make = _bad_state_calls()[why]
+    params, grads, buffers = make()
+    assert _cuda.Batch.strict(params, grads, [buffers]) is None
+    before = [x.copy() for x in params + buffers]
+    with pytest.raises(error, match=match):
+        fusedopt.sgd_(params, grads, buffers, lr=0.1, momentum=0.9, backend="native")
+    for x, b in zip(params + buffers, before):
+        assert bool(cupy.array_equal(x, b))
+
+
 def test_optimizer_rereads_only_its_gradients(monkeypatch):
     """After the first step (checked in full) an optimizer on CuPy arrays keeps its Batch
     and checks each step's gradients against it; bad gradients still get prepare()'s error
@@ -435,3 +469,88 @@ def test_optimizer_rereads_only_its_gradients(monkeypatch):
         gpu.step([cupy.asarray(x) for x in g])
     for a, b in zip(gpu.params + sum(gpu.state.values(), []), cpu.params + sum(cpu.state.values(), [])):
         assert np.array_equal(cupy.asnumpy(a), b)
+
+
+def test_optimizer_keeps_its_batch_across_steps_and_no_gradient(monkeypatch):
+    """Steps after the first use the Batch kept from it (no new one is built), and the
+    optimizer holds no reference to a step's gradients once the step is done."""
+    import sys
+
+    sizes = [3, 70_001]
+    rng, cpu, gpu = _optimizer_pair(fusedopt.optim.AdaptiveSGD, sizes, "keep", lr=0.5, momentum=0.9)
+    g = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    cpu.step(g)
+    gpu.step([cupy.asarray(x) for x in g])
+
+    def no_new_batch():
+        raise AssertionError("a step after the first built a new Batch")
+
+    monkeypatch.setattr(fusedopt.cuda, "module", no_new_batch)
+    for _ in range(2):
+        g = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+        dg = [cupy.asarray(x) for x in g]
+        counts = [sys.getrefcount(x) for x in dg]
+        cpu.step(g)
+        gpu.step(dg)
+        assert [sys.getrefcount(x) for x in dg] == counts
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), cpu.params + sum(cpu.state.values(), [])):
+        assert np.array_equal(cupy.asnumpy(a), b)
+
+
+def test_optimizer_after_load_state_dict_with_other_flags():
+    """load_state_dict may change a flag that changes which states a step uses (amsgrad
+    off with its max state kept); the next step must not use the Batch of the old states."""
+    sizes = [5, 4099]
+    rng, cpu, gpu = _optimizer_pair(fusedopt.optim.Adam, sizes, "flags", lr=1e-2, amsgrad=True)
+    for _ in range(2):
+        g = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+        cpu.step(g)
+        gpu.step([cupy.asarray(x) for x in g])
+        for opt in (cpu, gpu):
+            saved = opt.state_dict()
+            saved["hyperparameters"]["amsgrad"] = not saved["hyperparameters"]["amsgrad"]
+            opt.load_state_dict(saved)
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), cpu.params + sum(cpu.state.values(), [])):
+        assert np.array_equal(cupy.asnumpy(a), b)
+
+
+def test_optimizer_refuses_a_state_reshaped_in_place():
+    """CuPy can set an array's shape in place; a held state reshaped so is refused as
+    prepare() refuses it, with nothing written."""
+    sizes = [6, 10]
+    rng, _, gpu = _optimizer_pair(fusedopt.optim.Adam, sizes, "reshape", lr=1e-2)
+    grads = [cupy.asarray(rng.uniform(-1, 1, n).astype(np.float32)) for n in sizes]
+    gpu.step(grads)
+    gpu.state["exp_avgs"][0].shape = (2, 3)
+    before = [a.copy() for a in gpu.params + sum(gpu.state.values(), [])]
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\] has shape \(2, 3\)"):
+        gpu.step(grads)
+    assert gpu.step_count == 1
+    for a, b in zip(gpu.params + sum(gpu.state.values(), []), before):
+        assert bool(cupy.array_equal(a, b))
+
+
+def test_adaptive_sgd_on_empty_device_tensors():
+    """No element to norm or update: the rate is lr0 and the norm 0, as on the CPU (no kernel
+    runs, so the device result must be written all the same)."""
+    rate = fusedopt.adaptive_sgd_([cupy.zeros(0, cupy.float32)] * 2, [cupy.zeros(0, cupy.float32)] * 2,
+                                  lr=0.25, backend="native")
+    assert float(rate.lr) == 0.25 and float(rate.grad_norm) == 0.0
+
+
+def test_fast_path_survives_a_list_changed_while_it_reads(monkeypatch):
+    """The CUDA fast path calls into Python for every attribute it reads; a getter that
+    empties the list being read (a finalizer could) must not leave it reading freed memory."""
+    if not hasattr(cupy, "install"):  # real CuPy: its getters are C code and run no Python
+        pytest.skip("needs the CuPy stand-in, whose getters are Python")
+    params = [cupy.ones(4, cupy.float32) for _ in range(50)]
+    grads = [cupy.ones(4, cupy.float32) for _ in range(50)]
+    original = type(params[0]).shape
+
+    def emptying(self):
+        params.clear()
+        grads.clear()
+        return original.fget(self)
+
+    monkeypatch.setattr(type(params[0]), "shape", property(emptying))
+    assert _cuda.Batch.strict(params, grads, []) is not None  # read from its own copy

@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import fusedopt
@@ -359,6 +360,23 @@ def test_bindings_refuse_mismatched_arrays():
     with pytest.raises(ValueError, match="need 1 state lists"):
         emu.sgd(dev([p]), dev([g]), [], 0, *CASE_SGD._replace(momentum=0.9, momentum_mode=_coeffs.MOM_TORCH))
     assert np.array_equal(p, before)
+
+
+class _OnGpu(HostAsDevice):
+    """A device array that says which GPU it is on as CuPy's arrays do (data.device_id),
+    without being a cupy.ndarray (a subclass of one, say)."""
+
+    def __init__(self, a, device_id):
+        super().__init__(a)
+        self.data = types.SimpleNamespace(ptr=a.ctypes.data, device_id=device_id)
+        self.size, self.itemsize, self._c_contiguous = a.size, a.itemsize, a.flags.c_contiguous
+
+
+def test_bindings_refuse_arrays_of_two_gpus():
+    p, g = np.ones(10, np.float32), np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="grad 0 is on GPU 1 but the call's arrays are on GPU 0"):
+        emu.sgd([_OnGpu(p, 0)], [_OnGpu(g, 1)], [], 0, *CASE_SGD)
+    assert np.array_equal(p, np.ones(10, np.float32))
 
 
 # --------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ void expect_states(const DeviceBatch& b, int expected, const char* rule) {
 // Queues `kernel` on the arrays' device, without the GIL.
 template <class F>
 void on_device(const DeviceBatch& b, const py::object& stream, F&& kernel) {
+  if (!b.has_grads()) throw std::invalid_argument("this Batch's grads were dropped: set_grads() first");
   if (b.batch().total() == 0) return;  // nothing to do, and no reason to start CUDA
   const cudaStream_t s = resolve_stream(stream);
   py::gil_scoped_release release;
@@ -138,6 +139,9 @@ void register_batch(py::module_& m) {
           "The public API's fast path: a Batch if the arguments (lists of cupy.ndarray, or one "
           "per role) pass every rule of fusedopt/_arrays.py's prepare(), else None, and "
           "prepare() words the error. The dtype is read from the arrays.")
+      .def("drop_grads", &DeviceBatch::drop_grads,
+           "Lets go of the grads (a kept Batch then holds no gradient alive between steps); a "
+           "launch needs set_grads() first.")
       .def("set_grads", &DeviceBatch::set_grads, arg("grads"),
            "New grads for a Batch from strict() (an optimizer's, kept across steps): True if they "
            "pass prepare()'s rules against the held params and states, and replace the old ones; "
@@ -206,6 +210,16 @@ void register_batch(py::module_& m) {
                                           maximize, wd_mode, mom_mode, nesterov);
             expect_states(b, step.momentum == Momentum::kNone ? 0 : 1, "adaptive_sgd");
             if (result == 0) throw std::invalid_argument("adaptive_sgd: result must be a device address");
+            if (b.has_grads() && b.batch().total() == 0) {
+              // No kernel runs, but the caller reads the result: lr_t = lr, ||g||^2 = 0.
+              const double host[2] = {lr, 0.0};
+              const cudaStream_t s = resolve_stream(stream);
+              py::gil_scoped_release release;
+              check(cudaMemcpyAsync(reinterpret_cast<void*>(result), host, sizeof(host),
+                                    cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
+              check(cudaStreamSynchronize(s), "cudaStreamSynchronize");  // `host` is on this stack
+              return;
+            }
             on_device(b, stream, [&](cudaStream_t s) {
               cuda::adaptive_sgd(step, b.batch(), reinterpret_cast<double*>(result), s);
             });

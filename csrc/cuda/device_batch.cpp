@@ -124,11 +124,11 @@ void read_interface(py::handle h, ArrayFacts& f) {
   }
 }
 
-ArrayFacts read_array(py::handle h, const py::object& ndarray) {
+// CuPy's fields where the object has them (CuPy arrays and their subclasses, which say
+// which GPU they are on), else the interface.
+ArrayFacts read_array(py::handle h) {
   ArrayFacts f;
-  if (!(!ndarray.is_none() && Py_TYPE(h.ptr()) == reinterpret_cast<PyTypeObject*>(ndarray.ptr()) &&
-        read_cupy(h.ptr(), f, true)))
-    read_interface(h, f);
+  if (!read_cupy(h.ptr(), f, true)) read_interface(h, f);
   return f;
 }
 
@@ -173,8 +173,9 @@ struct StrictReader {
       PyErr_Clear();
       return false;
     }
-    Py_DECREF(d);  // compared by identity only; the singletons live forever
-    if (d != dtypes().float32 && d != dtypes().float64) return false;
+    const bool supported = d == dtypes().float32 || d == dtypes().float64;
+    Py_DECREF(d);  // kept by address: the singletons live forever
+    if (!supported) return false;
     dtype = d;
     itemsize = d == dtypes().float32 ? 4 : 8;
     return true;
@@ -186,8 +187,9 @@ struct StrictReader {
   bool read(PyObject* a, PyObject* like, ArrayFacts& f, py::object* shape) const {
     if (Py_TYPE(a) != type || !read_cupy(a, f, false)) return false;
     PyObject* d = PyObject_GetAttr(a, names().dtype);
+    const bool same_dtype = d != nullptr && d == dtype;
     Py_XDECREF(d);
-    if (d != dtype) {
+    if (!same_dtype) {
       PyErr_Clear();
       return false;
     }
@@ -232,14 +234,13 @@ void DeviceBatch::add_role(int role, const py::sequence& arrays) {
   const std::string name = kRoleNames[role];
   if (static_cast<size_t>(py::len(arrays)) != n)
     throw std::invalid_argument(name + " list length differs from params");
-  const py::object ndarray = cupy_ndarray();
   std::vector<void*>& ptrs = ptrs_[role];
   ptrs.resize(n);
   for (size_t t = 0; t < n; ++t) {
     py::object h = arrays[t];
     ArrayFacts f;
     try {
-      f = read_array(h, ndarray);
+      f = read_array(h);
     } catch (const py::error_already_set&) {
       throw std::invalid_argument(name + " " + std::to_string(t) + " is not a readable device array");
     } catch (const std::invalid_argument& e) {
@@ -272,6 +273,7 @@ void DeviceBatch::reset() {
   for (auto& k : keep_) k.clear();
   written_.clear();
   strict_ = false;
+  has_grads_ = true;
   itemsize_ = 0;
   device_ = -1;
   n_states_ = 0;
@@ -290,7 +292,8 @@ bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle st
   StrictReader reader{reinterpret_cast<PyTypeObject*>(ndarray.ptr())};
   bindings::RoleItems roles[kMaxRoles];
   int n_roles = 0;
-  if (!bindings::open_call(params, grads, states, reader.is_cupy(), roles, n_roles)) return false;
+  if (!bindings::open_call(params, grads, states, reader.is_cupy(), roles, n_roles, /*hold=*/true))
+    return false;
   const Py_ssize_t n = roles[kParam].size;
   if (n > 0 && !reader.take_dtype(roles[kParam].at[0])) return false;
   batch_.dtype = reader.dtype == dtypes().float64 ? DType::kFloat64 : DType::kFloat32;
@@ -339,16 +342,28 @@ bool DeviceBatch::set_grads(py::handle grads) {
   reader.itemsize = itemsize_;
   bindings::RoleItems items;
   const auto n = static_cast<Py_ssize_t>(batch_.n_tensors);
-  if (!items.open(grads.ptr(), [](PyObject*) { return false; }) || items.size != n) return false;
+  if (!items.open(grads.ptr(), [](PyObject*) { return false; }, /*hold=*/true) || items.size != n)
+    return false;
   std::vector<void*> ptrs(static_cast<size_t>(n));
   std::vector<py::object> keep(static_cast<size_t>(n));
   for (Py_ssize_t t = 0; t < n; ++t) {
     PyObject* a = items.at[t];
-    const py::object param_shape = py::reinterpret_steal<py::object>(
-        PyObject_GetAttr(keep_[kParam][static_cast<size_t>(t)].ptr(), names().shape));
+    // CuPy lets a shape be set in place (same size): the held arrays' shapes are read
+    // again, so that a step refuses what prepare() would.
+    const size_t i = static_cast<size_t>(t);
+    const py::object param_shape =
+        py::reinterpret_steal<py::object>(PyObject_GetAttr(keep_[kParam][i].ptr(), names().shape));
     if (!param_shape) {
       PyErr_Clear();
       return false;
+    }
+    for (int k = 0; k < n_states_; ++k) {
+      const py::object shape =
+          py::reinterpret_steal<py::object>(PyObject_GetAttr(keep_[kState0 + k][i].ptr(), names().shape));
+      if (!shape || PyObject_RichCompareBool(shape.ptr(), param_shape.ptr(), Py_EQ) != 1) {
+        PyErr_Clear();
+        return false;
+      }
     }
     ArrayFacts f;
     if (!reader.read(a, param_shape.ptr(), f, nullptr) || f.size != batch_.size(t) || f.device != device_)
@@ -367,7 +382,14 @@ bool DeviceBatch::set_grads(py::handle grads) {
   ptrs_[kGrad].swap(ptrs);
   keep_[kGrad].swap(keep);
   batch_.ptrs[kGrad] = ptrs_[kGrad].data();
+  has_grads_ = true;
   return true;
+}
+
+void DeviceBatch::drop_grads() {
+  keep_[kGrad].clear();
+  ptrs_[kGrad].assign(ptrs_[kGrad].size(), nullptr);
+  has_grads_ = false;
 }
 
 }  // namespace cuda

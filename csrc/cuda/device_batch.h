@@ -47,9 +47,16 @@ class DeviceBatch {
   // New gradients for a batch that build_strict() made (an optimizer's params and states,
   // read once): true if `grads` (a list or tuple of cupy.ndarray, one per param) passes
   // the same rules against the held arrays, and then they replace the old ones; false,
-  // with the batch unchanged, if not. The params' shapes are read again, the rest of what
-  // was checked cannot change: a CuPy array's pointer, size, dtype and device are fixed.
+  // with the batch unchanged, if not. The held arrays' shapes are read again (CuPy can set
+  // a shape in place); the rest of what was checked cannot change: a CuPy array's pointer,
+  // size, dtype and device are fixed.
   bool set_grads(py::handle grads);
+
+  // Lets go of the gradients (their references and pointers), so that a Batch kept between
+  // steps does not keep the last step's gradients alive; a launch then needs set_grads()
+  // first. Launched work is ordered on its stream, as CuPy orders the reuse of freed memory.
+  void drop_grads();
+  bool has_grads() const { return has_grads_; }
 
   const Batch& batch() const { return batch_; }
   // The GPU of the arrays: from the arrays themselves (CuPy says), else asked of the driver
@@ -71,6 +78,7 @@ class DeviceBatch {
   std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
   std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
   bool strict_ = false;            // built by build_strict()
+  bool has_grads_ = true;          // false after drop_grads(), until set_grads()
   int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;

@@ -105,8 +105,13 @@ class Optimizer:
                                 f"{type(grads).__name__}")
             grads = [grads]
         with self._lock:
-            result = self._call(self._params, list(grads), self._states, step=self._step + 1,
-                                skip_if_nonfinite=self._skip)
+            try:
+                result = self._call(self._params, list(grads), self._states, step=self._step + 1,
+                                    skip_if_nonfinite=self._skip)
+            finally:
+                # See _native.DeviceParams: the caller's gradients are not kept alive here.
+                if type(self._params) is _native.DeviceParams and self._params.batch is not None:
+                    self._params.batch.drop_grads()
             if not getattr(result, "skipped", False):
                 self._step += 1
         return result
