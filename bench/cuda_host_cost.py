@@ -11,6 +11,8 @@ arrays):
 * ``Batch.strict``: the fast path of a plain call on CuPy arrays (all 4 N arrays checked in
   C++);
 * ``set_grads``: an optimizer's step after its first (only the N gradients checked);
+* where torch is installed, ``Batch.strict`` and ``set_grads`` on torch tensors (CPU ones:
+  the emulation takes them for device tensors), read through torch's own methods;
 * for scale, where torch is installed: a whole ``torch.optim.Adam(fused=True).step()`` on
   N one-element CPU tensors, nearly all of it torch's host work per step (its Python
   bookkeeping and argument handling, which its CUDA step does too, plus N tiny kernels).
@@ -107,7 +109,15 @@ def main(argv=None) -> int:
     ]
     torch_step = _torch_fused_adam(args.tensors)
     if torch_step is not None:
-        rows.append(("torch fused Adam step, 1-element CPU", torch_step))
+        import torch
+
+        tp = [torch.nn.Parameter(torch.zeros(args.size)) for _ in range(args.tensors)]
+        tg, tm, tv = ([torch.zeros(args.size) for _ in range(args.tensors)] for _ in range(3))
+        held_torch = emulated.Batch.strict(tp, tg, [tm, tv])
+        assert held_torch is not None, "the fast path refused a plain torch call"
+        rows += [("Batch.strict, torch tensors", lambda: emulated.Batch.strict(tp, tg, [tm, tv])),
+                 ("set_grads, torch tensors", lambda: held_torch.set_grads(tg)),
+                 ("torch fused Adam step, 1-element CPU", torch_step)]
     print(f"Adam on {args.tensors} CuPy arrays per role ({4 * args.tensors} arrays), "
           f"CuPy {cupy.__version__}; median and p10-p90 of {args.repeats}, ms")
     base = None

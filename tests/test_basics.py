@@ -462,6 +462,28 @@ def test_torch_cpu_tensors_in_place(case_id):
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+@pytest.mark.parametrize("case_id", FULL)
+def test_torch_cpu_tensor_one_per_role(case_id):
+    """One tensor per role (not lists), as with NumPy arrays: the CPU module's fast path
+    must refuse a tensor quietly (it once raised pybind11's argument-type error), and the
+    checked path then runs it."""
+    import torch
+
+    case, inputs = _inputs(case_id, sizes=[37], single=True)
+    expected = inputs.copy()
+    ref = run_steps(case, expected, backend="native")
+    params = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in inputs.params]
+    states = {n: [torch.from_numpy(a.copy()) for a in v] for n, v in inputs.states.items()}
+    assert len(params) == 1
+    assert case.call(params[0], torch.from_numpy(inputs.grads[0][0]),
+                     {n: v[0] for n, v in states.items()}, 1, backend="native") == ref[0]
+    got = inputs.copy()
+    got.params = [t.detach().numpy() for t in params]
+    got.states = {n: [t.numpy() for t in v] for n, v in states.items()}
+    assert_bitwise(got, expected)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
 @pytest.mark.parametrize("kind", ["bfloat16", "int32", "negative-view"])
 def test_torch_tensors_numpy_cannot_view(kind):
     """A tensor NumPy cannot view in place is a TypeError naming the argument."""

@@ -232,6 +232,33 @@ def test_torch_cuda_tensors_in_place():
     assert torch.all(p < 1) and torch.all(m != 0)
 
 
+def test_torch_cuda_tensors_take_the_fast_path(monkeypatch):
+    """torch CUDA tensors (params as nn.Parameter) are checked in C++ like CuPy arrays, and
+    an optimizer over them steps bit for bit with the CPU; a negative-bit view is refused."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    sizes = [3, 4099]
+    rng = rng_for("torch-fast")
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    cpu = fusedopt.optim.Adam([h.copy() for h in host], lr=1e-2)
+    gpu = fusedopt.optim.Adam([torch.nn.Parameter(torch.from_numpy(h).cuda()) for h in host],
+                              lr=1e-2, backend="native")
+    for step in range(3):
+        g = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+        if step == 1:
+            _no_prepare(monkeypatch)
+        cpu.step(g)
+        gpu.step([torch.from_numpy(x).cuda() for x in g])
+    for a, b in zip(gpu.params, cpu.params):
+        assert np.array_equal(a.detach().cpu().numpy(), b)
+    monkeypatch.undo()
+    p = torch.ones(4, device="cuda")
+    with pytest.raises(TypeError, match="negative or conjugate bit"):
+        fusedopt.sgd_(p, torch._neg_view(torch.ones(4, device="cuda")), lr=0.1)
+    assert torch.all(p == 1)
+
+
 def test_over_2_31_elements():
     """One tensor past int32 indexing, against the exact CuPy reference."""
     n = 2**31 + 17
@@ -446,7 +473,8 @@ def test_optimizer_rereads_only_its_gradients(monkeypatch):
     g = grads()
     cpu.step(g)
     gpu.step([cupy.asarray(x) for x in g])
-    assert gpu._params.batch is not None
+    held = gpu._params.batch
+    assert held is not None
     before = [a.copy() for a in gpu.params + sum(gpu.state.values(), [])]
     bad = {
         "a grad that is a param": ([gpu.params[0], cupy.ones(4097, cupy.float32)], "share memory"),
@@ -456,7 +484,7 @@ def test_optimizer_rereads_only_its_gradients(monkeypatch):
         "one grad short": ([cupy.ones(4, cupy.float32)], "grads has 1 arrays"),
     }
     for why, (bad_grads, match) in bad.items():
-        assert gpu._params.batch.set_grads(bad_grads) is False, why
+        assert held.set_grads(bad_grads) is False, why
         with pytest.raises((TypeError, ValueError), match=match):
             gpu.step(bad_grads)
         assert gpu.step_count == 1, why

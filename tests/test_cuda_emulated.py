@@ -410,3 +410,114 @@ def test_host_cupy_names_are_cupy_names():
     assert hasattr(cupy.ndarray, "_c_contiguous")  # the one private field the fast path reads
     assert [n for n in host_cupy._Flags.__slots__ if not hasattr(cupy._core.flags.Flags, n)] == []
     assert all(hasattr(cupy.cuda, n) for n in dir(host_cupy.cuda) if not n.startswith("_"))
+
+
+# --------------------------------------------------------------------------------------
+# The fast path for torch tensors (Batch.strict reads them through their own C methods;
+# prepare() would go through CuPy). On the emulation, whose device memory is host memory,
+# CPU tensors stand in for CUDA ones; a real build refuses them (get_device() is -1).
+_ADAM = _coeffs.adam("adam_", step=1, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                     amsgrad=False, maximize=False, decoupled=False)
+
+
+def _torch_case(torch, sizes, key):
+    rng = rng_for("torch-fast-path", key)
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    grads = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    params = [torch.nn.Parameter(torch.from_numpy(h.copy())) for h in host]
+    return host, grads, params, [torch.from_numpy(g) for g in grads]
+
+
+def test_fast_path_takes_torch_tensors_bitwise(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import host_cupy
+
+    sizes = [1, 5, 8193, 20_001]
+    host, grads, params, tgrads = _torch_case(torch, sizes, "bitwise")
+    # States of the other library: prepare() lets torch and CuPy arrays share a call.
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy)
+    m = [host_cupy.zeros(n, np.float32) for n in sizes]
+    v = [torch.zeros(n) for n in sizes]
+    batch = emu.Batch.strict(params, tgrads, [m, v])
+    assert batch is not None
+    batch.adam(*_ADAM)
+    cpu_p, cpu_m, cpu_v = [h.copy() for h in host], [np.zeros(n, np.float32) for n in sizes], \
+        [np.zeros(n, np.float32) for n in sizes]
+    _native.core().adam(cpu_p, grads, [cpu_m, cpu_v], 0, *_ADAM)
+    got = [p.detach().numpy() for p in params] + [a.get() for a in m] + [a.numpy() for a in v]
+    for a, b in zip(got, cpu_p + cpu_m + cpu_v):
+        assert np.array_equal(a, b)
+
+
+def test_fast_path_refuses_torch_tensors_prepare_refuses():
+    torch = pytest.importorskip("torch")
+
+    class Sub(torch.Tensor):
+        pass
+
+    p, g = torch.ones(6), torch.ones(6)
+    block = torch.ones(12)
+    refused = {
+        "non-contiguous": ([torch.ones(4, 6).t()], [torch.ones(6, 4)]),
+        "negative bit": ([p], [torch._neg_view(torch.ones(6))]),
+        "float16": ([torch.ones(6, dtype=torch.float16)], [torch.ones(6, dtype=torch.float16)]),
+        "grad of another dtype": ([p], [torch.ones(6, dtype=torch.float64)]),
+        "same size, other shape": ([torch.ones(2, 3)], [torch.ones(3, 2)]),
+        "a param as its own grad": ([p], [p]),
+        "two params in one storage": ([block[:7], block[5:]], [torch.ones(7), torch.ones(7)]),
+        "a subclass": ([p.as_subclass(Sub)], [g]),
+        "a NumPy array among tensors": ([p], [np.ones(6, np.float32)]),
+    }
+    for why, (params, grads) in refused.items():
+        assert emu.Batch.strict(params, grads, []) is None, why
+    assert emu.Batch.strict([p], [g], []) is not None
+
+
+def test_held_torch_batch_sees_a_param_swap_its_memory():
+    """A torch param's memory can be swapped (.data =, set_()): a kept Batch then refuses
+    the next grads, and the caller checks the whole call again."""
+    torch = pytest.importorskip("torch")
+    _, _, params, tgrads = _torch_case(torch, [7, 300], "swap")
+    states = [[torch.zeros(7), torch.zeros(300)]]
+    batch = emu.Batch.strict(params, tgrads, states)
+    assert batch.set_grads(tgrads)
+    params[1].data = torch.zeros(300)
+    assert not batch.set_grads(tgrads)
+    fresh = emu.Batch.strict(params, tgrads, states)
+    assert fresh is not None and fresh.set_grads(tgrads)
+    with torch.no_grad():
+        params[0].set_(torch.zeros(7))
+    assert not fresh.set_grads(tgrads)
+
+
+def test_real_cupy_arrays_on_the_emulation():
+    """Real CuPy arrays (CuPy builds them over host memory without a driver) through the
+    fast path: CuPy's own fields read as the stand-in's are, and the update is bitwise the
+    CPU's. Runs where CuPy is installed (bench/cuda_host_cost.py's setting)."""
+    if CUDA_EMULATION:
+        pytest.skip("cupy is the stand-in in this process")
+    cupy = pytest.importorskip("cupy")
+    keep = []
+
+    def wrap(a):
+        keep.append(a)
+        memory = cupy.cuda.UnownedMemory(a.ctypes.data, a.nbytes, a, device_id=0)
+        return cupy.ndarray(a.shape, dtype=a.dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+    rng = rng_for("real-cupy")
+    sizes = [1, 7, 8193, 20_001]
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    grads = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    on_device = [[h.copy() for h in host], *([np.zeros(n, np.float32) for n in sizes] for _ in range(2))]
+    on_cpu = [[a.copy() for a in role] for role in on_device]
+    p, m, v = ([wrap(a) for a in role] for role in on_device)
+    batch = emu.Batch.strict(p, [wrap(g) for g in grads], [m, v])
+    assert batch is not None
+    batch.adam(*_ADAM)
+    _native.core().adam(on_cpu[0], grads, on_cpu[1:], 0, *_ADAM)
+    for a, b in zip(sum(on_device, []), sum(on_cpu, [])):
+        assert np.array_equal(a, b)
+    x = wrap(np.ones(12, np.float32))
+    assert emu.Batch.strict([x[::2]], [wrap(np.ones(6, np.float32))], []) is None  # non-contiguous
+    assert emu.Batch.strict([x], [x], []) is None  # a param as its own grad
+    assert emu.Batch.strict([x], [wrap(np.ones(12))], []) is None  # float64 grad

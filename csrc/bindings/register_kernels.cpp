@@ -26,15 +26,21 @@ namespace {
 // arrays are validated as fusedopt/_arrays.py would (the dtype is then read from them) and
 // false comes back, with nothing run, if any rule is broken; Python's prepare() then finds
 // the problem and words the error.
+//
+// params and grads are any objects here (a torch tensor is not a sequence to pybind11):
+// the strict check refuses what it does not take, and the checked call needs sequences.
 template <class Step>
-bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::sequence& params,
-         const py::sequence& grads, const py::sequence& states, int dtype, bool strict) {
+bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::object& params,
+         const py::object& grads, const py::sequence& states, int dtype, bool strict) {
   auto go = [&](const PyBatch& batch) {
     py::gil_scoped_release release;
     kernel(step, batch.batch());
   };
   if (!strict) {
-    go(PyBatch(params, grads, states, dtype));
+    if (!PySequence_Check(params.ptr()) || !PySequence_Check(grads.ptr()))
+      throw py::type_error("params and grads must be sequences of arrays");
+    go(PyBatch(py::reinterpret_borrow<py::sequence>(params), py::reinterpret_borrow<py::sequence>(grads),
+               states, dtype));
     return true;
   }
   PyBatch batch;
@@ -63,7 +69,7 @@ void register_kernels(py::module_& m) {
   using py::arg;
   m.def(
       "sgd",
-      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
+      [](py::object params, py::object grads, py::sequence states, int dtype, double lr,
          double weight_decay, double decay_factor, double momentum, double one_minus_dampening,
          bool maximize, int wd_mode, int momentum_mode, bool nesterov, bool strict) {
         if (momentum_mode < 0 || momentum_mode > 3) throw std::invalid_argument("bad momentum mode");
@@ -79,7 +85,7 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "adagrad",
-      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double clr,
+      [](py::object params, py::object grads, py::sequence states, int dtype, double clr,
          double weight_decay, double eps, bool maximize, int wd_mode, bool strict) {
         expect_states(states, 1, "adagrad");
         const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
@@ -90,7 +96,7 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "rmsprop",
-      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double lr,
+      [](py::object params, py::object grads, py::sequence states, int dtype, double lr,
          double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
          bool maximize, int wd_mode, bool centered, bool has_momentum, bool strict) {
         expect_states(states, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
@@ -104,7 +110,7 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "adam",
-      [](py::sequence params, py::sequence grads, py::sequence states, int dtype, double beta1,
+      [](py::object params, py::object grads, py::sequence states, int dtype, double beta1,
          double one_minus_beta1, double beta2, double one_minus_beta2, double step_size,
          double inv_sqrt_bc2, double eps, double weight_decay, double decay_factor, bool maximize,
          int wd_mode, bool amsgrad, bool strict) {

@@ -30,25 +30,62 @@ struct Names {
   PyObject* shape = PyUnicode_InternFromString("shape");
   PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
   PyObject* ndarray = PyUnicode_InternFromString("ndarray");
+  // torch
+  PyObject* Tensor = PyUnicode_InternFromString("Tensor");
+  PyObject* nn = PyUnicode_InternFromString("nn");
+  PyObject* Parameter = PyUnicode_InternFromString("Parameter");
+  PyObject* float32 = PyUnicode_InternFromString("float32");
+  PyObject* float64 = PyUnicode_InternFromString("float64");
+  PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
+  PyObject* get_device = PyUnicode_InternFromString("get_device");
+  PyObject* numel = PyUnicode_InternFromString("numel");
+  PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
+  PyObject* is_neg = PyUnicode_InternFromString("is_neg");
 };
 const Names& names() {
   static const Names* n = new Names();
   return *n;
 }
 
-// cupy.ndarray if CuPy has been imported (this never imports it), else None. Looked up per
-// call, not cached: it is a dict lookup, and the tests swap the module.
-py::object cupy_ndarray() {
-  PyObject* cupy = PyDict_GetItemString(PyImport_GetModuleDict(), "cupy");  // borrowed
-  if (cupy == nullptr) return py::none();
-  PyObject* type = PyObject_GetAttr(cupy, names().ndarray);
-  if (type == nullptr || !PyType_Check(type)) {
+// An attribute of a module that has been imported (this never imports one), or None.
+py::object imported_attr(const char* module, PyObject* name) {
+  PyObject* m = PyDict_GetItemString(PyImport_GetModuleDict(), module);  // borrowed
+  if (m == nullptr) return py::none();
+  PyObject* value = PyObject_GetAttr(m, name);
+  if (value == nullptr) {
     PyErr_Clear();
-    Py_XDECREF(type);
     return py::none();
   }
-  return py::reinterpret_steal<py::object>(type);
+  return py::reinterpret_steal<py::object>(value);
 }
+
+// The array types the fast path takes, exactly (a subclass goes to prepare()), where their
+// library has been imported: cupy.ndarray; torch.Tensor and torch.nn.Parameter. Looked up
+// per call, not cached: a few dict lookups, and the tests swap CuPy for a stand-in.
+enum class Kind { kNone, kCupy, kTorch };
+struct ArrayTypes {
+  py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64;
+
+  static ArrayTypes imported() {
+    const Names& n = names();
+    ArrayTypes t;
+    t.cupy_ndarray = imported_attr("cupy", n.ndarray);
+    t.torch_tensor = imported_attr("torch", n.Tensor);
+    if (!t.torch_tensor.is_none()) {
+      t.torch_parameter = imported_attr("torch.nn", n.Parameter);
+      t.torch_float32 = imported_attr("torch", n.float32);
+      t.torch_float64 = imported_attr("torch", n.float64);
+    }
+    return t;
+  }
+
+  Kind kind(PyObject* o) const {
+    auto* type = reinterpret_cast<PyObject*>(Py_TYPE(o));
+    if (type == cupy_ndarray.ptr()) return Kind::kCupy;
+    if (type == torch_tensor.ptr() || type == torch_parameter.ptr()) return Kind::kTorch;
+    return Kind::kNone;  // (None's type is never one of these)
+  }
+};
 
 // An integer attribute; false, with the error cleared, if it is missing or not an integer.
 bool int_attr(PyObject* o, PyObject* name, long long& out) {
@@ -96,6 +133,44 @@ bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize) {
   f.device = static_cast<int>(device);
   f.size = size;
   f.itemsize = static_cast<int>(itemsize);
+  f.contiguous = contiguous != 0;
+  return true;
+}
+
+// An integer (or bool) result of a method without arguments; false, with the error
+// cleared, if the call fails or gives something else.
+bool call_int(PyObject* o, PyObject* method, long long& out) {
+  PyObject* v = PyObject_CallMethodNoArgs(o, method);
+  if (v == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  out = PyLong_AsLongLong(v);
+  Py_DECREF(v);
+  if (out == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
+
+// A torch tensor's facts through its own C methods (about 0.1 us each); its
+// __cuda_array_interface__ is Python code that builds a dict. A tensor with the negative
+// bit (its memory holds -x) is refused, as prepare() refuses it.
+bool read_torch(PyObject* o, ArrayFacts& f) {
+  const Names& n = names();
+  long long ptr = 0, device = 0, numel = 0, contiguous = 0, negative = 0;
+  if (!call_int(o, n.data_ptr, ptr) || !call_int(o, n.get_device, device) ||
+      !call_int(o, n.numel, numel) || !call_int(o, n.is_contiguous, contiguous) ||
+      !call_int(o, n.is_neg, negative) || negative)
+    return false;
+#if defined(FUSEDOPT_CUDA_EMULATION)
+  if (device == -1) device = 0;  // the emulation's device memory is host memory: CPU tensors stand in
+#endif
+  if (ptr < 0 || numel < 0 || device < 0) return false;  // -1: a CPU tensor
+  f.ptr = static_cast<uintptr_t>(ptr);
+  f.device = static_cast<int>(device);
+  f.size = numel;
   f.contiguous = contiguous != 0;
   return true;
 }
@@ -155,44 +230,54 @@ const Dtypes& dtypes() {
   return *d;
 }
 
-// prepare()'s rules on single CuPy arrays, for build_strict() and set_grads().
+// prepare()'s rules on single arrays (CuPy arrays and torch tensors, mixed as prepare()
+// allows), for build_strict() and set_grads().
 struct StrictReader {
-  PyTypeObject* type;                // cupy.ndarray, exactly (a subclass goes to prepare())
-  PyObject* dtype = nullptr;         // the call's dtype: NumPy's float32 or float64 singleton
+  ArrayTypes types = ArrayTypes::imported();
+  int dtype_code = -1;  // the call's dtype: DType's code
   int itemsize = 0;
 
-  auto is_cupy() const {
-    return [t = type](PyObject* o) { return Py_TYPE(o) == t; };
+  auto is_array() const {
+    return [this](PyObject* o) { return types.kind(o) != Kind::kNone; };
+  }
+
+  // The code of an array's dtype if it is float32 or float64 (NumPy's singletons for CuPy,
+  // torch's for torch), else -1.
+  int dtype_of(PyObject* a, Kind kind) const {
+    PyObject* d = PyObject_GetAttr(a, names().dtype);
+    if (d == nullptr) {
+      PyErr_Clear();
+      return -1;
+    }
+    const bool cupy = kind == Kind::kCupy;
+    int code = -1;
+    if (d == (cupy ? dtypes().float32 : types.torch_float32.ptr())) code = static_cast<int>(DType::kFloat32);
+    if (d == (cupy ? dtypes().float64 : types.torch_float64.ptr())) code = static_cast<int>(DType::kFloat64);
+    Py_DECREF(d);
+    return code;
   }
 
   // The call's dtype, from its first param; false unless float32 or float64.
   bool take_dtype(PyObject* first) {
-    if (Py_TYPE(first) != type) return false;
-    PyObject* d = PyObject_GetAttr(first, names().dtype);
-    if (d == nullptr) {
-      PyErr_Clear();
-      return false;
-    }
-    const bool supported = d == dtypes().float32 || d == dtypes().float64;
-    Py_DECREF(d);  // kept by address: the singletons live forever
-    if (!supported) return false;
-    dtype = d;
-    itemsize = d == dtypes().float32 ? 4 : 8;
-    return true;
+    const Kind kind = types.kind(first);
+    if (kind == Kind::kNone) return false;
+    set_dtype(dtype_of(first, kind));
+    return dtype_code >= 0;
+  }
+  void set_dtype(int code) {
+    dtype_code = code;
+    itemsize = code >= 0 ? itemsize_of(code) : 0;
   }
 
-  // One array: a cupy.ndarray of the call's dtype, shaped like `like` (its param's shape;
-  // null for a param, whose shape is then stored in *shape), C-contiguous, and aligned to
-  // its elements. The device and the overlaps are the caller's to check.
+  // One array: a CuPy array or torch tensor of the call's dtype, shaped like `like` (its
+  // param's shape; null for a param, whose shape is then stored in *shape), C-contiguous,
+  // and aligned to its elements. The device and the overlaps are the caller's to check.
   bool read(PyObject* a, PyObject* like, ArrayFacts& f, py::object* shape) const {
-    if (Py_TYPE(a) != type || !read_cupy(a, f, false)) return false;
-    PyObject* d = PyObject_GetAttr(a, names().dtype);
-    const bool same_dtype = d != nullptr && d == dtype;
-    Py_XDECREF(d);
-    if (!same_dtype) {
-      PyErr_Clear();
+    const Kind kind = types.kind(a);
+    if (kind == Kind::kCupy ? !read_cupy(a, f, false) : kind != Kind::kTorch || !read_torch(a, f))
       return false;
-    }
+    if (dtype_of(a, kind) != dtype_code) return false;
+    // torch.Size is a tuple, so shapes compare across the two libraries.
     py::object s = py::reinterpret_steal<py::object>(PyObject_GetAttr(a, names().shape));
     if (!s || (like != nullptr && PyObject_RichCompareBool(s.ptr(), like, Py_EQ) != 1)) {
       PyErr_Clear();
@@ -287,17 +372,15 @@ bool DeviceBatch::build_strict(py::handle params, py::handle grads, py::handle s
 }
 
 bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle states) {
-  const py::object ndarray = cupy_ndarray();
-  if (ndarray.is_none()) return false;
-  StrictReader reader{reinterpret_cast<PyTypeObject*>(ndarray.ptr())};
+  StrictReader reader;
   bindings::RoleItems roles[kMaxRoles];
   int n_roles = 0;
-  if (!bindings::open_call(params, grads, states, reader.is_cupy(), roles, n_roles, /*hold=*/true))
+  if (!bindings::open_call(params, grads, states, reader.is_array(), roles, n_roles, /*hold=*/true))
     return false;
   const Py_ssize_t n = roles[kParam].size;
   if (n > 0 && !reader.take_dtype(roles[kParam].at[0])) return false;
-  batch_.dtype = reader.dtype == dtypes().float64 ? DType::kFloat64 : DType::kFloat32;
-  itemsize_ = itemsize_of(static_cast<int>(batch_.dtype));  // float32 for a call of no tensors
+  batch_.dtype = n > 0 ? static_cast<DType>(reader.dtype_code) : DType::kFloat32;
+  itemsize_ = itemsize_of(static_cast<int>(batch_.dtype));
 
   offsets_.assign(static_cast<size_t>(n) + 1, 0);
   for (int r = 0; r < n_roles; ++r) {
@@ -335,11 +418,8 @@ bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle st
 
 bool DeviceBatch::set_grads(py::handle grads) {
   if (!strict_) return false;
-  const py::object ndarray = cupy_ndarray();
-  if (ndarray.is_none()) return false;
-  StrictReader reader{reinterpret_cast<PyTypeObject*>(ndarray.ptr())};
-  reader.dtype = batch_.dtype == DType::kFloat64 ? dtypes().float64 : dtypes().float32;
-  reader.itemsize = itemsize_;
+  StrictReader reader;
+  reader.set_dtype(static_cast<int>(batch_.dtype));
   bindings::RoleItems items;
   const auto n = static_cast<Py_ssize_t>(batch_.n_tensors);
   if (!items.open(grads.ptr(), [](PyObject*) { return false; }, /*hold=*/true) || items.size != n)
@@ -348,21 +428,26 @@ bool DeviceBatch::set_grads(py::handle grads) {
   std::vector<py::object> keep(static_cast<size_t>(n));
   for (Py_ssize_t t = 0; t < n; ++t) {
     PyObject* a = items.at[t];
-    // CuPy lets a shape be set in place (same size): the held arrays' shapes are read
-    // again, so that a step refuses what prepare() would.
     const size_t i = static_cast<size_t>(t);
-    const py::object param_shape =
-        py::reinterpret_steal<py::object>(PyObject_GetAttr(keep_[kParam][i].ptr(), names().shape));
-    if (!param_shape) {
-      PyErr_Clear();
-      return false;
-    }
-    for (int k = 0; k < n_states_; ++k) {
-      const py::object shape =
-          py::reinterpret_steal<py::object>(PyObject_GetAttr(keep_[kState0 + k][i].ptr(), names().shape));
-      if (!shape || PyObject_RichCompareBool(shape.ptr(), param_shape.ptr(), Py_EQ) != 1) {
+    // What the held arrays can change between steps is read again: the shape (CuPy and
+    // torch set shapes in place, and a step must refuse what prepare() would), and a torch
+    // tensor's memory (.data = and set_() swap it). Any change: false, and the caller
+    // checks the whole call again.
+    py::object param_shape;
+    for (int r = 0; r < 2 + n_states_; ++r) {
+      if (r == kGrad) continue;
+      PyObject* held = keep_[r][i].ptr();
+      py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(held, names().shape));
+      if (!shape || (r != kParam && PyObject_RichCompareBool(shape.ptr(), param_shape.ptr(), Py_EQ) != 1)) {
         PyErr_Clear();
         return false;
+      }
+      if (r == kParam) param_shape = std::move(shape);
+      if (reader.types.kind(held) == Kind::kTorch) {
+        ArrayFacts now;
+        if (!read_torch(held, now) || now.ptr != reinterpret_cast<uintptr_t>(ptrs_[r][i]) ||
+            now.device != device_ || now.size != batch_.size(t))
+          return false;
       }
     }
     ArrayFacts f;

@@ -4,7 +4,8 @@
 // * the constructor, for arrays fusedopt/_arrays.py has checked already: it re-asserts
 //   what memory safety rests on (sizes, element size, contiguity, one device), so a direct
 //   call into the private module cannot write out of bounds, and throws if that fails;
-// * build_strict(), the fast path of the public API for CuPy arrays, like the CPU module's
+// * build_strict(), the fast path of the public API for CuPy arrays and torch CUDA tensors,
+//   like the CPU module's
 //   (csrc/bindings/batch_from_python.h): prepare()'s rules applied in C++, answering false
 //   (without a reason) where prepare() must run and word the error.
 //
@@ -36,20 +37,23 @@ class DeviceBatch {
   DeviceBatch(DeviceBatch&&) = default;
   DeviceBatch& operator=(DeviceBatch&&) = default;
 
-  // True if every array is a cupy.ndarray (the exact type) and the call obeys the rules
-  // of _arrays.prepare(): params, grads and each of `states` a list or tuple of arrays of
-  // one length, or each one array (a one-tensor call); one dtype, float32 or float64;
-  // equal shapes per tensor; C-contiguous; aligned to the element size; one device; no
-  // written array (param or state) sharing memory with another array. CuPy arrays are
-  // always writable. False leaves this batch empty (no tensors, no references).
+  // True if every array is a cupy.ndarray, torch.Tensor or torch.nn.Parameter (exactly
+  // those types; a torch tensor on a GPU, without the negative bit) and the call obeys the
+  // rules of _arrays.prepare(): params, grads and each of `states` a list or tuple of
+  // arrays of one length, or each one array (a one-tensor call); one dtype, float32 or
+  // float64; equal shapes per tensor; C-contiguous; aligned to the element size; one
+  // device; no written array (param or state) sharing memory with another array. CuPy
+  // arrays and torch tensors are always writable. False leaves this batch empty (no
+  // tensors, no references).
   bool build_strict(py::handle params, py::handle grads, py::handle states);
 
   // New gradients for a batch that build_strict() made (an optimizer's params and states,
-  // read once): true if `grads` (a list or tuple of cupy.ndarray, one per param) passes
+  // read once): true if `grads` (a list or tuple of such arrays, one per param) passes
   // the same rules against the held arrays, and then they replace the old ones; false,
   // with the batch unchanged, if not. The held arrays' shapes are read again (CuPy can set
-  // a shape in place); the rest of what was checked cannot change: a CuPy array's pointer,
-  // size, dtype and device are fixed.
+  // a shape in place); the rest of what was checked cannot change: the pointer, size,
+  // dtype and device of a CuPy array are fixed. (A torch tensor's can change, through
+  // set_() or .data =; an optimizer's params are its own, and fusedopt.optim says so.)
   bool set_grads(py::handle grads);
 
   // Lets go of the gradients (their references and pointers), so that a Batch kept between

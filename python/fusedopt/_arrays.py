@@ -73,6 +73,10 @@ def to_native(fn: str, label: str, x):
                 raise TypeError(f"{fn}: {label} is a torch tensor of dtype {dtype} that NumPy "
                                 f"cannot view in place ({exc}); supported: {SUPPORTED_DTYPES}, "
                                 "without a conjugate or negative bit") from None
+        if x.is_neg() or x.is_conj():  # NumPy refuses these views on the CPU; CuPy would not
+            raise TypeError(f"{fn}: {label} is a torch tensor with its negative or conjugate bit "
+                            "set (its memory does not hold its values); supported: "
+                            f"{SUPPORTED_DTYPES}, without a conjugate or negative bit")
         cupy = _cupy()
         if cupy is None:
             raise TypeError(f"{fn}: {label} is a torch tensor on {x.device}, and CuPy is not "

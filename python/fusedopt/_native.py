@@ -81,7 +81,9 @@ def device_batch_strict(params, grads, state_values):
     """A fusedopt._cuda.Batch of CuPy arguments that pass prepare()'s rules, or None (also
     where no CUDA kernel can run, so that prepare() and the fallback decide)."""
     if type(params) is DeviceParams and params.batch is not None and _same_lists(params.states, state_values):
-        return params.batch if params.batch.set_grads(grads) else None
+        if params.batch.set_grads(grads):
+            return params.batch
+        params.batch = None  # bad grads, or a held array changed (a torch param's .data): all again
     from fusedopt import cuda
 
     module = cuda.module()
