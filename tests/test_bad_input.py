@@ -1012,6 +1012,20 @@ def test_private_module_refuses_unsafe_calls(name):
         call()
 
 
+def test_private_module_takes_arrays_only_in_lists_or_tuples():
+    """A 2-D array is a sequence whose rows are made anew on each read: a pointer read from
+    one would outlive it (such calls crashed). A clean TypeError, nothing written."""
+    from fusedopt import _core
+
+    rows, grads = np.ones((4, 8), np.float32), np.ones((4, 8), np.float32)
+    sgd = (0.1, 0.0, 1.0, 0.0, 1.0, False, 0, 0, False)
+    with pytest.raises(TypeError, match="list or tuple"):
+        _core.sgd(rows, grads, [], 0, *sgd, False)
+    with pytest.raises(TypeError, match="list or tuple"):
+        _core.count_nonfinite(grads, 0)
+    assert np.all(rows == 1)
+
+
 def test_fast_path_takes_one_array_per_role_and_refuses_mixes():
     """The strict check behind the fast path (fusedopt._kernels._call) takes the arguments
     as the caller passed them: every role one array, or every role a list, like prepare().

@@ -449,8 +449,11 @@ def test_fast_path_takes_torch_tensors_bitwise(monkeypatch):
         assert np.array_equal(a, b)
 
 
-def test_fast_path_refuses_torch_tensors_prepare_refuses():
+def test_fast_path_refuses_torch_tensors_prepare_refuses(monkeypatch):
     torch = pytest.importorskip("torch")
+    import host_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy)
 
     class Sub(torch.Tensor):
         pass
@@ -473,10 +476,13 @@ def test_fast_path_refuses_torch_tensors_prepare_refuses():
     assert emu.Batch.strict([p], [g], []) is not None
 
 
-def test_held_torch_batch_sees_a_param_swap_its_memory():
-    """A torch param's memory can be swapped (.data =, set_()): a kept Batch then refuses
-    the next grads, and the caller checks the whole call again."""
+def test_held_torch_batch_sees_a_param_swap_its_memory(monkeypatch):
+    """A torch tensor can be changed in place (.data =, set_(), t_()): a kept Batch then
+    refuses the next grads, and the caller checks the whole call again."""
     torch = pytest.importorskip("torch")
+    import host_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy)
     _, _, params, tgrads = _torch_case(torch, [7, 300], "swap")
     states = [[torch.zeros(7), torch.zeros(300)]]
     batch = emu.Batch.strict(params, tgrads, states)
@@ -488,6 +494,23 @@ def test_held_torch_batch_sees_a_param_swap_its_memory():
     with torch.no_grad():
         params[0].set_(torch.zeros(7))
     assert not fresh.set_grads(tgrads)
+    # Re-typed or restrided over the same memory: the pointer is the held one, the rest not.
+    square = [torch.zeros(4, 4), torch.zeros(3)]
+    grads = [torch.zeros(4, 4), torch.zeros(3)]
+    for change in (lambda t: t.t_(), lambda t: setattr(t, "data", t.data.view(torch.int32))):
+        held = emu.Batch.strict(square, grads, [])
+        assert held.set_grads(grads)
+        change(square[0])
+        assert not held.set_grads(grads)
+        square[0] = torch.zeros(4, 4)
+
+
+def test_torch_tensors_need_cupy_as_the_checked_path_does(monkeypatch):
+    """Without CuPy, prepare() cannot reach a torch CUDA tensor's memory and refuses it;
+    the fast path leaves such calls to it."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    assert emu.Batch.strict([torch.ones(3)], [torch.ones(3)], []) is None
 
 
 def test_real_cupy_arrays_on_the_emulation():

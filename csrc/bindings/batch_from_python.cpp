@@ -98,7 +98,18 @@ PyBatch::PyBatch(const py::sequence& grads, int dtype_code) {
   add_role(kGrad, grads, false);
 }
 
+namespace {
+// The checked calls read one role's items by index, which for a list or tuple are owned by
+// it; another sequence (a 2-D array, say) makes each item anew, and the pointer read from
+// it would outlive it.
+void expect_list(const py::sequence& arrays) {
+  if (!PyList_Check(arrays.ptr()) && !PyTuple_Check(arrays.ptr()))
+    throw py::type_error("arrays must come in a list or tuple");
+}
+}  // namespace
+
 void PyBatch::set_sizes(const py::sequence& arrays, int dtype_code) {
+  expect_list(arrays);
   itemsize_ = itemsize_of(dtype_code);
   batch_.dtype = static_cast<DType>(dtype_code);
   const size_t n = py::len(arrays);
@@ -113,6 +124,7 @@ void PyBatch::set_sizes(const py::sequence& arrays, int dtype_code) {
 }
 
 void PyBatch::add_role(int role, const py::sequence& arrays, bool written) {
+  expect_list(arrays);
   const size_t n = static_cast<size_t>(batch_.n_tensors);
   if (static_cast<size_t>(py::len(arrays)) != n)
     throw std::invalid_argument(std::string(kRoleNames[role]) + " list length differs from params");

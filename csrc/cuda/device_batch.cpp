@@ -41,6 +41,8 @@ struct Names {
   PyObject* numel = PyUnicode_InternFromString("numel");
   PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
   PyObject* is_neg = PyUnicode_InternFromString("is_neg");
+  PyObject* is_cuda = PyUnicode_InternFromString("is_cuda");
+  PyObject* untyped_storage = PyUnicode_InternFromString("untyped_storage");
 };
 const Names& names() {
   static const Names* n = new Names();
@@ -70,7 +72,10 @@ struct ArrayTypes {
     const Names& n = names();
     ArrayTypes t;
     t.cupy_ndarray = imported_attr("cupy", n.ndarray);
-    t.torch_tensor = imported_attr("torch", n.Tensor);
+    // torch tensors only where CuPy is there too: the checked path reaches a torch CUDA
+    // tensor's memory through CuPy (and refuses the tensor without it), and the adaptive
+    // rate's result is a CuPy array.
+    if (!t.cupy_ndarray.is_none()) t.torch_tensor = imported_attr("torch", n.Tensor);
     if (!t.torch_tensor.is_none()) {
       t.torch_parameter = imported_attr("torch.nn", n.Parameter);
       t.torch_float32 = imported_attr("torch", n.float32);
@@ -109,6 +114,9 @@ struct ArrayFacts {
   int itemsize = 0;
   bool contiguous = false;
   int device = -1;  // -1: not known from the object itself
+  // A torch tensor's storage: it owns the memory at ptr, while the tensor can be pointed
+  // at other memory (.data =, set_()) between the check and the launch.
+  py::object memory;
 };
 
 // A cupy.ndarray's own fields: data.ptr, data.device_id, size and _c_contiguous are plain
@@ -154,20 +162,28 @@ bool call_int(PyObject* o, PyObject* method, long long& out) {
   return true;
 }
 
-// A torch tensor's facts through its own C methods (about 0.1 us each); its
-// __cuda_array_interface__ is Python code that builds a dict. A tensor with the negative
-// bit (its memory holds -x) is refused, as prepare() refuses it.
+// A torch tensor's facts through its own C methods and fields (about 0.1 us each); its
+// __cuda_array_interface__ is Python code that builds a dict. Refused, as prepare()
+// refuses them: a tensor that is not on a CUDA device (other accelerators number their
+// devices too), and one with the negative bit (its memory holds -x).
 bool read_torch(PyObject* o, ArrayFacts& f) {
   const Names& n = names();
-  long long ptr = 0, device = 0, numel = 0, contiguous = 0, negative = 0;
-  if (!call_int(o, n.data_ptr, ptr) || !call_int(o, n.get_device, device) ||
-      !call_int(o, n.numel, numel) || !call_int(o, n.is_contiguous, contiguous) ||
-      !call_int(o, n.is_neg, negative) || negative)
+  long long on_cuda = 0, ptr = 0, device = 0, numel = 0, contiguous = 0, negative = 0;
+  if (!int_attr(o, n.is_cuda, on_cuda) || !call_int(o, n.data_ptr, ptr) ||
+      !call_int(o, n.get_device, device) || !call_int(o, n.numel, numel) ||
+      !call_int(o, n.is_contiguous, contiguous) || !call_int(o, n.is_neg, negative) || negative)
     return false;
 #if defined(FUSEDOPT_CUDA_EMULATION)
-  if (device == -1) device = 0;  // the emulation's device memory is host memory: CPU tensors stand in
+  // The emulation's device memory is host memory: CPU tensors stand in for CUDA ones.
+  if (!on_cuda && device == -1) on_cuda = 1, device = 0;
 #endif
-  if (ptr < 0 || numel < 0 || device < 0) return false;  // -1: a CPU tensor
+  if (!on_cuda || ptr < 0 || numel < 0 || device < 0) return false;
+  PyObject* storage = PyObject_CallMethodNoArgs(o, n.untyped_storage);
+  if (storage == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  f.memory = py::reinterpret_steal<py::object>(storage);
   f.ptr = static_cast<uintptr_t>(ptr);
   f.device = static_cast<int>(device);
   f.size = numel;
@@ -356,6 +372,8 @@ void DeviceBatch::reset() {
   batch_.offsets = offsets_.data();
   for (auto& p : ptrs_) p.clear();
   for (auto& k : keep_) k.clear();
+  memory_.clear();
+  grad_memory_.clear();
   written_.clear();
   strict_ = false;
   has_grads_ = true;
@@ -403,6 +421,7 @@ bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle st
       ptrs_[r][t] = reinterpret_cast<void*>(f.ptr);
       if (f.size > 0) spans.push_back({f.ptr, f.ptr + bytes(f.size), spans.size(), r != kGrad});
       keep_[r].push_back(py::reinterpret_borrow<py::object>(a));
+      if (f.memory) (r == kGrad ? grad_memory_ : memory_).push_back(std::move(f.memory));
     }
   }
   if (first_overlap(spans).first >= 0) return false;
@@ -425,7 +444,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
   if (!items.open(grads.ptr(), [](PyObject*) { return false; }, /*hold=*/true) || items.size != n)
     return false;
   std::vector<void*> ptrs(static_cast<size_t>(n));
-  std::vector<py::object> keep(static_cast<size_t>(n));
+  std::vector<py::object> keep(static_cast<size_t>(n)), memory;
   for (Py_ssize_t t = 0; t < n; ++t) {
     PyObject* a = items.at[t];
     const size_t i = static_cast<size_t>(t);
@@ -437,18 +456,23 @@ bool DeviceBatch::set_grads(py::handle grads) {
     for (int r = 0; r < 2 + n_states_; ++r) {
       if (r == kGrad) continue;
       PyObject* held = keep_[r][i].ptr();
+      PyObject* like = r == kParam ? nullptr : param_shape.ptr();
+      if (reader.types.kind(held) == Kind::kTorch) {
+        // A torch tensor can be re-pointed, re-typed or restrided in place: every rule
+        // again, on the memory the Batch holds.
+        ArrayFacts now;
+        if (!reader.read(held, like, now, r == kParam ? &param_shape : nullptr) ||
+            now.ptr != reinterpret_cast<uintptr_t>(ptrs_[r][i]) || now.device != device_ ||
+            now.size != batch_.size(t))
+          return false;
+        continue;
+      }
       py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(held, names().shape));
-      if (!shape || (r != kParam && PyObject_RichCompareBool(shape.ptr(), param_shape.ptr(), Py_EQ) != 1)) {
+      if (!shape || (like != nullptr && PyObject_RichCompareBool(shape.ptr(), like, Py_EQ) != 1)) {
         PyErr_Clear();
         return false;
       }
       if (r == kParam) param_shape = std::move(shape);
-      if (reader.types.kind(held) == Kind::kTorch) {
-        ArrayFacts now;
-        if (!read_torch(held, now) || now.ptr != reinterpret_cast<uintptr_t>(ptrs_[r][i]) ||
-            now.device != device_ || now.size != batch_.size(t))
-          return false;
-      }
     }
     ArrayFacts f;
     if (!reader.read(a, param_shape.ptr(), f, nullptr) || f.size != batch_.size(t) || f.device != device_)
@@ -463,9 +487,11 @@ bool DeviceBatch::set_grads(py::handle grads) {
     }
     ptrs[static_cast<size_t>(t)] = reinterpret_cast<void*>(f.ptr);
     keep[static_cast<size_t>(t)] = py::reinterpret_borrow<py::object>(a);
+    if (f.memory) memory.push_back(std::move(f.memory));
   }
   ptrs_[kGrad].swap(ptrs);
   keep_[kGrad].swap(keep);
+  grad_memory_.swap(memory);
   batch_.ptrs[kGrad] = ptrs_[kGrad].data();
   has_grads_ = true;
   return true;
@@ -473,6 +499,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
 
 void DeviceBatch::drop_grads() {
   keep_[kGrad].clear();
+  grad_memory_.clear();
   ptrs_[kGrad].assign(ptrs_[kGrad].size(), nullptr);
   has_grads_ = false;
 }

@@ -51,9 +51,10 @@ class DeviceBatch {
   // read once): true if `grads` (a list or tuple of such arrays, one per param) passes
   // the same rules against the held arrays, and then they replace the old ones; false,
   // with the batch unchanged, if not. The held arrays' shapes are read again (CuPy can set
-  // a shape in place); the rest of what was checked cannot change: the pointer, size,
-  // dtype and device of a CuPy array are fixed. (A torch tensor's can change, through
-  // set_() or .data =; an optimizer's params are its own, and fusedopt.optim says so.)
+  // a shape in place), and a held torch tensor is checked in full again (.data =, set_(),
+  // t_() and the like change it in place) and must still point at the held memory; the
+  // rest of what was checked cannot change: a CuPy array's pointer, size, dtype and
+  // device are fixed.
   bool set_grads(py::handle grads);
 
   // Lets go of the gradients (their references and pointers), so that a Batch kept between
@@ -80,6 +81,9 @@ class DeviceBatch {
   std::vector<int64_t> offsets_;
   std::vector<void*> ptrs_[kMaxRoles];
   std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
+  // build_strict(): the storages of torch tensors (their memory, whatever the tensor objects
+  // are later pointed at), of the params and states, and of the grads.
+  std::vector<py::object> memory_, grad_memory_;
   std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
   bool strict_ = false;            // built by build_strict()
   bool has_grads_ = true;          // false after drop_grads(), until set_grads()

@@ -130,14 +130,16 @@ def numpy_fast_lists(params, grads, state_values):
         for value in state_values:
             if type(value) is not np.ndarray:
                 return None
-            lists.append([value])
-        return [params], [grads], lists
+            lists.append((value,))
+        return (params,), (grads,), lists
     if type(params) not in (list, tuple) or type(grads) not in (list, tuple):
         return None
     for value in state_values:
         if type(value) not in (list, tuple):
             return None
-    return params, grads, list(state_values)
+    # Tuples: the caller's lists could change (another thread) between the check and the
+    # update, whose reads then go unchecked; a tuple of our own cannot.
+    return tuple(params), tuple(grads), [tuple(v) for v in state_values]
 
 
 def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):

@@ -78,8 +78,9 @@ class DeviceParams(list):
 
 
 def device_batch_strict(params, grads, state_values):
-    """A fusedopt._cuda.Batch of CuPy arguments that pass prepare()'s rules, or None (also
-    where no CUDA kernel can run, so that prepare() and the fallback decide)."""
+    """A fusedopt._cuda.Batch of device arguments (CuPy arrays, torch CUDA tensors) that
+    pass prepare()'s rules, or None (also where no CUDA kernel can run, so that prepare()
+    and the fallback decide)."""
     if type(params) is DeviceParams and params.batch is not None and _same_lists(params.states, state_values):
         if params.batch.set_grads(grads):
             return params.batch

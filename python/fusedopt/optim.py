@@ -14,6 +14,11 @@ status saying so, and does not advance the step count (loss-scaling overflow ski
 
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
+
+On device arrays (CuPy arrays, torch CUDA tensors) an optimizer keeps what its first step
+read of its params and states; later steps check the gradients, and what the held arrays
+can change in place (shapes; every fact of a torch tensor), and check the whole call again
+if anything changed.
 """
 
 from __future__ import annotations
