@@ -544,3 +544,22 @@ def test_real_cupy_arrays_on_the_emulation():
     assert emu.Batch.strict([x[::2]], [wrap(np.ones(6, np.float32))], []) is None  # non-contiguous
     assert emu.Batch.strict([x], [x], []) is None  # a param as its own grad
     assert emu.Batch.strict([x], [wrap(np.ones(12))], []) is None  # float64 grad
+
+
+def test_batch_keeps_the_memory_of_a_swapped_torch_tensor(monkeypatch):
+    """A torch tensor pointed at other memory between the check and the launch (.data =;
+    another thread could, while the count runs without the GIL) leaves the Batch with the
+    old memory, which the Batch keeps alive: 16 MiB, which the allocator would otherwise
+    hand back to the system, so that writing it crashed."""
+    torch = pytest.importorskip("torch")
+    import gc
+
+    import host_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy)
+    param, grad = torch.nn.Parameter(torch.zeros(1 << 22)), torch.ones(1 << 22)
+    batch = emu.Batch.strict([param], [grad], [])
+    param.data = torch.zeros(8)
+    gc.collect()
+    batch.sgd(*CASE_SGD)
+    assert torch.all(param.data == 0)  # the new memory was not touched
