@@ -1023,7 +1023,25 @@ def test_private_module_takes_arrays_only_in_lists_or_tuples():
         _core.sgd(rows, grads, [], 0, *sgd, False)
     with pytest.raises(TypeError, match="list or tuple"):
         _core.count_nonfinite(grads, 0)
+
+    class FreshStates:  # a sequence whose items are made anew on each read
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            if i:
+                raise IndexError(i)
+            return [np.zeros(8, np.float32)]
+
+    with pytest.raises(TypeError, match="list or tuple"):
+        _core.sgd([rows[0]], [grads[0]], FreshStates(), 0, *sgd[:7], 1, False, False)
     assert np.all(rows == 1)
+
+    class FreshItems(list):  # a list whose indexing makes a new array on each read
+        def __getitem__(self, i):
+            return np.ones(1 << 22, np.float32)
+
+    assert _core.count_nonfinite(FreshItems([np.full(8, np.inf, np.float32)]), 0) == 8
 
 
 def test_fast_path_takes_one_array_per_role_and_refuses_mixes():

@@ -251,3 +251,29 @@ def test_load_state_dict_is_atomic_with_step():
     assert len(errors) == 1 and "lr" in str(errors[0])
     assert results == [None], f"the concurrent step saw the rejected hyperparameters: {results}"
     assert opt.step_count == 2 and opt.lr == 1e-2
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["update", "skip_if_nonfinite"])
+def test_a_list_changed_by_another_thread_during_a_call(skip):
+    """The kernel runs without the GIL, so another thread can replace an array in the
+    caller's list meanwhile and drop the last reference to it. The call must have kept
+    what it checked: it read its pointers from a copy of the list that owns the arrays (a
+    borrowed list once made this a write to freed memory, which crashed)."""
+    n = 1 << 20  # 4 MiB arrays: freed memory of this size goes back to the system
+    params = [np.ones(n, np.float32), np.ones(16, np.float32)]
+    grads = [np.full(n, 1e-3, np.float32), np.full(16, 1e-3, np.float32)]
+    stop = threading.Event()
+
+    def replace():
+        while not stop.is_set():
+            params[0] = np.ones(n, np.float32)
+
+    def call():
+        try:
+            for _ in range(300):
+                fusedopt.sgd_(params, grads, lr=0.1, skip_if_nonfinite=skip)
+        finally:
+            stop.set()
+
+    _run_threads([replace, call])
+    assert params[1][0] < 1  # the calls ran

@@ -511,6 +511,8 @@ def test_torch_tensors_need_cupy_as_the_checked_path_does(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.delitem(sys.modules, "cupy", raising=False)
     assert emu.Batch.strict([torch.ones(3)], [torch.ones(3)], []) is None
+    param = torch.nn.Parameter(torch.ones(3))
+    assert emu.Batch.strict([param], [torch.nn.Parameter(torch.ones(3), requires_grad=False)], []) is None
 
 
 def test_real_cupy_arrays_on_the_emulation():

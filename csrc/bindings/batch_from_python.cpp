@@ -42,9 +42,12 @@ int64_t element_count(const py::detail::PyArray_Proxy* a) {
 bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
   RoleItems roles[kMaxRoles];
   int n_roles = 0;
+  // hold: the kernel runs without the GIL, while another thread could change a list and
+  // drop the last reference to an array in it.
   if (!open_call(params, grads, states, [](PyObject* o) { return npy::get().PyArray_Check_(o); },
-                 roles, n_roles))
+                 roles, n_roles, /*hold=*/true))
     return false;
+  for (int r = 0; r < n_roles; ++r) held_.push_back(std::move(roles[r].held));
   const Py_ssize_t n = roles[kParam].size;
 
   int type_num = kNpyFloat;
@@ -84,38 +87,39 @@ bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle state
 
 PyBatch::PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
                  int dtype_code) {
-  set_sizes(params, dtype_code);
-  if (static_cast<size_t>(py::len(states)) > static_cast<size_t>(kMaxStates))
-    throw std::invalid_argument("too many state roles");
-  add_role(kParam, params, true);
-  add_role(kGrad, grads, false);
-  for (size_t k = 0; k < static_cast<size_t>(py::len(states)); ++k)
-    add_role(kState0 + static_cast<int>(k), py::reinterpret_borrow<py::sequence>(states[k]), true);
+  const py::tuple p = hold(params), g = hold(grads), state_lists = hold(states);
+  set_sizes(p, dtype_code);
+  if (state_lists.size() > static_cast<size_t>(kMaxStates)) throw std::invalid_argument("too many state roles");
+  add_role(kParam, p, true);
+  add_role(kGrad, g, false);
+  for (size_t k = 0; k < state_lists.size(); ++k)
+    add_role(kState0 + static_cast<int>(k), hold(state_lists[k]), true);
 }
 
 PyBatch::PyBatch(const py::sequence& grads, int dtype_code) {
-  set_sizes(grads, dtype_code);
-  add_role(kGrad, grads, false);
+  const py::tuple g = hold(grads);
+  set_sizes(g, dtype_code);
+  add_role(kGrad, g, false);
 }
 
-namespace {
-// The checked calls read one role's items by index, which for a list or tuple are owned by
-// it; another sequence (a 2-D array, say) makes each item anew, and the pointer read from
-// it would outlive it.
-void expect_list(const py::sequence& arrays) {
+py::tuple PyBatch::hold(py::handle arrays) {
+  // Only lists and tuples (and their subclasses): any other sequence of arrays (a 2-D
+  // array's rows, say) is far more likely a mistake than a list of tensors.
   if (!PyList_Check(arrays.ptr()) && !PyTuple_Check(arrays.ptr()))
     throw py::type_error("arrays must come in a list or tuple");
+  auto copy = py::reinterpret_steal<py::tuple>(PySequence_Tuple(arrays.ptr()));
+  if (!copy) throw py::error_already_set();
+  held_.push_back(copy);
+  return copy;
 }
-}  // namespace
 
-void PyBatch::set_sizes(const py::sequence& arrays, int dtype_code) {
-  expect_list(arrays);
+void PyBatch::set_sizes(const py::tuple& arrays, int dtype_code) {
   itemsize_ = itemsize_of(dtype_code);
   batch_.dtype = static_cast<DType>(dtype_code);
-  const size_t n = py::len(arrays);
+  const size_t n = arrays.size();
   offsets_.assign(n + 1, 0);
   for (size_t t = 0; t < n; ++t) {
-    py::handle h = arrays[t];
+    py::handle h = arrays[t];  // owned by the tuple
     if (!py::isinstance<py::array>(h)) throw std::invalid_argument("argument is not a NumPy array");
     offsets_[t + 1] = offsets_[t] + static_cast<int64_t>(py::reinterpret_borrow<py::array>(h).size());
   }
@@ -123,15 +127,14 @@ void PyBatch::set_sizes(const py::sequence& arrays, int dtype_code) {
   batch_.offsets = offsets_.data();
 }
 
-void PyBatch::add_role(int role, const py::sequence& arrays, bool written) {
-  expect_list(arrays);
+void PyBatch::add_role(int role, const py::tuple& arrays, bool written) {
   const size_t n = static_cast<size_t>(batch_.n_tensors);
-  if (static_cast<size_t>(py::len(arrays)) != n)
+  if (arrays.size() != n)
     throw std::invalid_argument(std::string(kRoleNames[role]) + " list length differs from params");
   std::vector<void*>& ptrs = ptrs_[role];
   ptrs.resize(n);
   for (size_t t = 0; t < n; ++t) {
-    py::handle h = arrays[t];
+    py::handle h = arrays[t];  // owned by the tuple
     if (!py::isinstance<py::array>(h))
       throw std::invalid_argument(std::string(kRoleNames[role]) + " is not a NumPy array");
     auto a = py::reinterpret_borrow<py::array>(h);

@@ -39,13 +39,17 @@ class PyBatch {
   bool build_strict(py::handle params, py::handle grads, py::handle states);
 
  private:
-  void set_sizes(const py::sequence& arrays, int dtype_code);
-  void add_role(int role, const py::sequence& arrays, bool written);
+  // A tuple copy of a list or tuple of arrays, kept: it owns the arrays while the kernel
+  // runs without the GIL, whatever happens to the caller's list.
+  py::tuple hold(py::handle arrays);
+  void set_sizes(const py::tuple& arrays, int dtype_code);
+  void add_role(int role, const py::tuple& arrays, bool written);
 
   Batch batch_;
   std::vector<int64_t> offsets_;
   std::vector<void*> ptrs_[kMaxRoles];
   size_t itemsize_ = 0;
+  std::vector<py::object> held_;  // what the pointers were read from (see hold())
 };
 
 }  // namespace bindings

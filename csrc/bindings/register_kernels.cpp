@@ -36,9 +36,7 @@ bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::
     py::gil_scoped_release release;
     kernel(step, batch.batch());
   };
-  if (!strict) {
-    if (!PySequence_Check(params.ptr()) || !PySequence_Check(grads.ptr()))
-      throw py::type_error("params and grads must be sequences of arrays");
+  if (!strict) {  // PyBatch takes lists and tuples only, and says so
     go(PyBatch(py::reinterpret_borrow<py::sequence>(params), py::reinterpret_borrow<py::sequence>(grads),
                states, dtype));
     return true;

@@ -74,8 +74,9 @@ struct ArrayTypes {
     t.cupy_ndarray = imported_attr("cupy", n.ndarray);
     // torch tensors only where CuPy is there too: the checked path reaches a torch CUDA
     // tensor's memory through CuPy (and refuses the tensor without it), and the adaptive
-    // rate's result is a CuPy array.
-    if (!t.cupy_ndarray.is_none()) t.torch_tensor = imported_attr("torch", n.Tensor);
+    // rate's result is a CuPy array. (The members stay null: no type is null.)
+    if (t.cupy_ndarray.is_none()) return t;
+    t.torch_tensor = imported_attr("torch", n.Tensor);
     if (!t.torch_tensor.is_none()) {
       t.torch_parameter = imported_attr("torch.nn", n.Parameter);
       t.torch_float32 = imported_attr("torch", n.float32);
@@ -444,7 +445,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
   if (!items.open(grads.ptr(), [](PyObject*) { return false; }, /*hold=*/true) || items.size != n)
     return false;
   std::vector<void*> ptrs(static_cast<size_t>(n));
-  std::vector<py::object> keep(static_cast<size_t>(n)), memory;
+  std::vector<py::object> keep(static_cast<size_t>(n)), memory, held_memory;
   for (Py_ssize_t t = 0; t < n; ++t) {
     PyObject* a = items.at[t];
     const size_t i = static_cast<size_t>(t);
@@ -457,7 +458,9 @@ bool DeviceBatch::set_grads(py::handle grads) {
       if (r == kGrad) continue;
       PyObject* held = keep_[r][i].ptr();
       PyObject* like = r == kParam ? nullptr : param_shape.ptr();
-      if (reader.types.kind(held) == Kind::kTorch) {
+      const Kind kind = reader.types.kind(held);
+      if (kind == Kind::kNone) return false;  // its library is gone from sys.modules
+      if (kind == Kind::kTorch) {
         // A torch tensor can be re-pointed, re-typed or restrided in place: every rule
         // again, on the memory the Batch holds.
         ArrayFacts now;
@@ -465,6 +468,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
             now.ptr != reinterpret_cast<uintptr_t>(ptrs_[r][i]) || now.device != device_ ||
             now.size != batch_.size(t))
           return false;
+        held_memory.push_back(std::move(now.memory));
         continue;
       }
       py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(held, names().shape));
@@ -492,6 +496,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
   ptrs_[kGrad].swap(ptrs);
   keep_[kGrad].swap(keep);
   grad_memory_.swap(memory);
+  memory_.swap(held_memory);
   batch_.ptrs[kGrad] = ptrs_[kGrad].data();
   has_grads_ = true;
   return true;
@@ -500,6 +505,7 @@ bool DeviceBatch::set_grads(py::handle grads) {
 void DeviceBatch::drop_grads() {
   keep_[kGrad].clear();
   grad_memory_.clear();
+  memory_.clear();  // set_grads() takes the held tensors' storages again
   ptrs_[kGrad].assign(ptrs_[kGrad].size(), nullptr);
   has_grads_ = false;
 }

@@ -57,8 +57,9 @@ class DeviceBatch {
   // device are fixed.
   bool set_grads(py::handle grads);
 
-  // Lets go of the gradients (their references and pointers), so that a Batch kept between
-  // steps does not keep the last step's gradients alive; a launch then needs set_grads()
+  // Lets go of the gradients (their references and pointers) and of the torch storages, so
+  // that a Batch kept between steps keeps neither the last step's gradients nor memory a
+  // held tensor has since let go of (.data =) alive; a launch then needs set_grads()
   // first. Launched work is ordered on its stream, as CuPy orders the reuse of freed memory.
   void drop_grads();
   bool has_grads() const { return has_grads_; }
@@ -81,8 +82,9 @@ class DeviceBatch {
   std::vector<int64_t> offsets_;
   std::vector<void*> ptrs_[kMaxRoles];
   std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
-  // build_strict(): the storages of torch tensors (their memory, whatever the tensor objects
-  // are later pointed at), of the params and states, and of the grads.
+  // The storages of the torch tensors, from build_strict() or set_grads() to drop_grads():
+  // the memory stays allocated even if a tensor object is pointed elsewhere (.data =) in
+  // between. (Not if the storage itself is resized: that is a race the caller owns.)
   std::vector<py::object> memory_, grad_memory_;
   std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
   bool strict_ = false;            // built by build_strict()
