@@ -85,8 +85,7 @@ bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle state
   return true;
 }
 
-PyBatch::PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-                 int dtype_code) {
+PyBatch::PyBatch(py::handle params, py::handle grads, py::handle states, int dtype_code) {
   const py::tuple p = hold(params), g = hold(grads), state_lists = hold(states);
   set_sizes(p, dtype_code);
   if (state_lists.size() > static_cast<size_t>(kMaxStates)) throw std::invalid_argument("too many state roles");
@@ -96,7 +95,7 @@ PyBatch::PyBatch(const py::sequence& params, const py::sequence& grads, const py
     add_role(kState0 + static_cast<int>(k), hold(state_lists[k]), true);
 }
 
-PyBatch::PyBatch(const py::sequence& grads, int dtype_code) {
+PyBatch::PyBatch(py::handle grads, int dtype_code) {
   const py::tuple g = hold(grads);
   set_sizes(g, dtype_code);
   add_role(kGrad, g, false);

@@ -22,11 +22,11 @@ namespace py = pybind11;
 class PyBatch {
  public:
   PyBatch() = default;
-  // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
-  PyBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-          int dtype_code);
+  // params, grads: lists or tuples of arrays; states: a list or tuple of such lists
+  // (role-major). Anything else is a TypeError.
+  PyBatch(py::handle params, py::handle grads, py::handle states, int dtype_code);
   // Only gradients (norms, non-finite counts): nothing is written.
-  PyBatch(const py::sequence& grads, int dtype_code);
+  PyBatch(py::handle grads, int dtype_code);
   const Batch& batch() const { return batch_; }
 
   // The native fast path of fusedopt/_arrays.py, in one pass over raw array structs: reads

@@ -28,7 +28,8 @@ namespace {
 // the problem and words the error.
 //
 // params and grads are any objects here (a torch tensor is not a sequence to pybind11):
-// the strict check refuses what it does not take, and the checked call needs sequences.
+// the strict check refuses what it does not take, and PyBatch refuses anything but lists
+// and tuples.
 template <class Step>
 bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::object& params,
          const py::object& grads, const py::sequence& states, int dtype, bool strict) {
@@ -36,9 +37,8 @@ bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::
     py::gil_scoped_release release;
     kernel(step, batch.batch());
   };
-  if (!strict) {  // PyBatch takes lists and tuples only, and says so
-    go(PyBatch(py::reinterpret_borrow<py::sequence>(params), py::reinterpret_borrow<py::sequence>(grads),
-               states, dtype));
+  if (!strict) {
+    go(PyBatch(params, grads, states, dtype));
     return true;
   }
   PyBatch batch;

@@ -136,9 +136,9 @@ void register_batch(py::module_& m) {
             return py::cast(std::move(b));
           },
           arg("params"), arg("grads"), arg("states"),
-          "The public API's fast path: a Batch if the arguments (lists of cupy.ndarray, or one "
-          "per role) pass every rule of fusedopt/_arrays.py's prepare(), else None, and "
-          "prepare() words the error. The dtype is read from the arrays.")
+          "The public API's fast path: a Batch if the arguments (lists of CuPy arrays or torch CUDA "
+          "tensors, or one per role) pass every rule of fusedopt/_arrays.py's prepare(), else "
+          "None, and prepare() words the error. The dtype is read from the arrays.")
       .def("drop_grads", &DeviceBatch::drop_grads,
            "Lets go of the grads (a kept Batch then holds no gradient alive between steps); a "
            "launch needs set_grads() first.")

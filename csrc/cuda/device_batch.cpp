@@ -32,7 +32,6 @@ struct Names {
   PyObject* ndarray = PyUnicode_InternFromString("ndarray");
   // torch
   PyObject* Tensor = PyUnicode_InternFromString("Tensor");
-  PyObject* nn = PyUnicode_InternFromString("nn");
   PyObject* Parameter = PyUnicode_InternFromString("Parameter");
   PyObject* float32 = PyUnicode_InternFromString("float32");
   PyObject* float64 = PyUnicode_InternFromString("float64");
@@ -93,9 +92,9 @@ struct ArrayTypes {
   }
 };
 
-// An integer attribute; false, with the error cleared, if it is missing or not an integer.
-bool int_attr(PyObject* o, PyObject* name, long long& out) {
-  PyObject* v = PyObject_GetAttr(o, name);
+// The integer (or bool) value of a new reference, which it releases; false, with the error
+// cleared, if the reference is null (a failed read or call) or not an integer.
+bool take_int(PyObject* v, long long& out) {
   if (v == nullptr) {
     PyErr_Clear();
     return false;
@@ -107,6 +106,10 @@ bool int_attr(PyObject* o, PyObject* name, long long& out) {
     return false;
   }
   return true;
+}
+bool int_attr(PyObject* o, PyObject* name, long long& out) { return take_int(PyObject_GetAttr(o, name), out); }
+bool call_int(PyObject* o, PyObject* method, long long& out) {
+  return take_int(PyObject_CallMethodNoArgs(o, method), out);
 }
 
 struct ArrayFacts {
@@ -143,23 +146,6 @@ bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize) {
   f.size = size;
   f.itemsize = static_cast<int>(itemsize);
   f.contiguous = contiguous != 0;
-  return true;
-}
-
-// An integer (or bool) result of a method without arguments; false, with the error
-// cleared, if the call fails or gives something else.
-bool call_int(PyObject* o, PyObject* method, long long& out) {
-  PyObject* v = PyObject_CallMethodNoArgs(o, method);
-  if (v == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  out = PyLong_AsLongLong(v);
-  Py_DECREF(v);
-  if (out == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return false;
-  }
   return true;
 }
 

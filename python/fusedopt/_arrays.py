@@ -114,13 +114,13 @@ def _dlpack_on_cuda(x) -> bool:
 
 
 def numpy_fast_lists(params, grads, state_values):
-    """(params, grads, state lists) as lists of arrays for the CPU module, or None.
+    """(params, grads, state lists) as tuples of arrays for the CPU module, or None.
 
     For plain NumPy calls that must pass the arrays to several native functions (the
     adaptive rate's norm, then its update; skip_if_nonfinite's count, then the update:
     fusedopt._native.check_fast); a call without either goes straight to the module's
-    strict check (fusedopt._native.apply_strict). Only the shape of the call is looked at here; the
-    module's validate() then applies prepare()'s rules in C++ (csrc/bindings/
+    strict check (fusedopt._native.apply_strict). Only the shape of the call is looked at
+    here; the module's validate() then applies prepare()'s rules in C++ (csrc/bindings/
     batch_from_python.cpp), and whatever it refuses goes to prepare(), which words the error.
     """
     if type(params) is np.ndarray:

@@ -25,11 +25,14 @@ class Batch:
                  dtype: int) -> None: ...
     @staticmethod
     def strict(params: Any, grads: Any, states: Sequence[Any]) -> Batch | None:
-        """The public API's fast path: a Batch if the arguments (lists of cupy.ndarray, or
-        one per role) pass every rule of fusedopt._arrays.prepare(), else None."""
+        """The public API's fast path: a Batch if the arguments (lists of CuPy arrays or torch
+        CUDA tensors, or one per role) pass every rule of fusedopt._arrays.prepare(), else
+        None."""
     def set_grads(self, grads: _Arrays) -> bool:
         """New grads for a Batch from strict(): True if they pass the same rules against the
         held arrays (and replace the old ones), False with nothing changed if not."""
+    def drop_grads(self) -> None:
+        """Lets go of the grads; a launch then needs set_grads() first."""
     @property
     def n_tensors(self) -> int: ...
     @property

@@ -62,8 +62,8 @@ class Optimizer:
         }
         # The states are new arrays, so only params can clash with each other.
         if prep.device == "cuda":
-            # Steps on CuPy arrays then check the params and states once, and the grads
-            # each step (see _native.DeviceParams).
+            # Steps on device arrays then check the params and states in full once, and
+            # the grads (and what can change in place) each step: _native.DeviceParams.
             self._params = _native.DeviceParams(self._params)
 
     # --- subclass hooks ---------------------------------------------------------------
