@@ -184,8 +184,12 @@ class _Stream:
 
     _current: list = []
 
-    def __init__(self, non_blocking=False, null=False):
-        self.ptr = 0
+    def __init__(self, non_blocking=False, null=False, ptr=0):
+        self.ptr = ptr
+
+    @classmethod
+    def from_external(cls, obj):  # the CUDA stream protocol: (version, cudaStream_t)
+        return cls(ptr=obj.__cuda_stream__()[1])
 
     def synchronize(self):
         pass
@@ -198,8 +202,21 @@ class _Stream:
         _Stream._current.pop()
 
 
-def _get_current_stream():
+def _get_current_stream(device_id=-1):
     return _Stream._current[-1] if _Stream._current else _Stream(null=True)
+
+
+class _Device:
+    """The one emulated GPU, as a context like cupy.cuda.Device's."""
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def _device_count():
@@ -212,6 +229,7 @@ def _mem_get_info():
 
 cuda = types.ModuleType("cupy.cuda")
 cuda.Stream = _Stream
+cuda.Device = _Device
 cuda.get_current_stream = _get_current_stream
 cuda.runtime = types.SimpleNamespace(getDeviceCount=_device_count, memGetInfo=_mem_get_info)
 

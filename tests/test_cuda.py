@@ -13,7 +13,16 @@ import fusedopt.cuda
 import fusedopt.optim
 import numpy as np
 import pytest
-from conftest import CASES, CASES_BY_ID, Inputs, assert_bitwise, make_inputs, rng_for, run_steps
+from conftest import (
+    CASES,
+    CASES_BY_ID,
+    CUDA_EMULATION,
+    Inputs,
+    assert_bitwise,
+    make_inputs,
+    rng_for,
+    run_steps,
+)
 from fusedopt import _coeffs, _kernels
 from fusedopt import _reference_impl as _ref
 
@@ -582,3 +591,108 @@ def test_fast_path_survives_a_list_changed_while_it_reads(monkeypatch):
 
     monkeypatch.setattr(type(params[0]), "shape", property(emptying))
     assert _cuda.Batch.strict(params, grads, []) is not None  # read from its own copy
+
+
+# --------------------------------------------------------------------------------------
+# Streams: a call runs on the current stream of its params' library (torch's for torch
+# tensors, else CuPy's), so it waits for the work that made its gradients there. Each test
+# queues a long sleep on a side stream and writes the gradients behind it: a call queued on
+# any other stream (the legacy default stream, which torch's side streams do not wait for)
+# would read them before they are written.
+SLEEP_CYCLES = 200_000_000  # about 0.1 s at 2 GHz
+N_STREAM = 1 << 20
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    return torch
+
+
+def test_torch_calls_run_on_torch_current_stream(monkeypatch):
+    torch = _torch_cuda()
+    from fusedopt import _native
+
+    side = torch.cuda.Stream()
+    half = torch.full((N_STREAM,), 0.5, device="cuda")
+    with_inf = half.clone()
+    with_inf[12345] = float("inf")
+    torch.cuda.synchronize()
+
+    def late(src):  # zeros now, src's values once the sleep on the current stream is over
+        g = torch.zeros(N_STREAM, device="cuda")
+        torch.cuda._sleep(SLEEP_CYCLES)
+        g.copy_(src)
+        return g
+
+    def ones():
+        return torch.nn.Parameter(torch.ones(N_STREAM, device="cuda"))
+
+    with torch.cuda.stream(side):
+        fast, checked, skipped, adaptive = ones(), ones(), ones(), ones()
+        fusedopt.sgd_(fast, late(half), lr=1.0)
+        status = fusedopt.sgd_(skipped, late(with_inf), lr=1.0, skip_if_nonfinite=True)
+        rate = fusedopt.adaptive_sgd_([adaptive], [late(half)], lr=0.5)
+        opt = fusedopt.optim.SGD([ones()], lr=0.25, momentum=0.5)
+        for _ in range(2):  # the first step checks all, the second only the new gradients
+            opt.step([late(half)])
+        with monkeypatch.context() as m:  # the checked path: prepare(), then CuPy views
+            m.setattr(_native, "device_batch_strict", lambda *args: None)
+            fusedopt.sgd_(checked, late(half), lr=1.0)
+    side.synchronize()
+    assert status.skipped and status.nonfinite == 1 and torch.all(skipped == 1)
+    assert torch.all(fast == 0.5) and torch.all(checked == 0.5)
+    cpu = np.ones(N_STREAM, np.float32)
+    cpu_rate = fusedopt.adaptive_sgd_([cpu], [np.full(N_STREAM, 0.5, np.float32)], lr=0.5)
+    assert isinstance(rate.lr, torch.Tensor) and float(rate.lr) == cpu_rate.lr
+    assert np.array_equal(adaptive.detach().cpu().numpy(), cpu)
+    # SGD with momentum, torch's convention: buf = g, then buf = 0.5 buf + g.
+    assert torch.all(opt.params[0] == 1.0 - 0.25 * 0.5 - 0.25 * 0.75)
+
+
+@pytest.mark.skipif(CUDA_EMULATION, reason="the emulation runs work when it is queued: no order to see")
+def test_cupy_calls_run_on_cupy_current_stream():
+    spin = cupy.RawKernel(r"""
+extern "C" __global__ void spin(long long cycles) {
+  const long long start = clock64();
+  while (clock64() - start < cycles) {}
+}""", "spin")
+    with cupy.cuda.Stream(non_blocking=True) as side:
+        p, q = cupy.ones(N_STREAM, cupy.float32), cupy.ones(N_STREAM, cupy.float32)
+        g = cupy.zeros(N_STREAM, cupy.float32)
+        spin((1,), (1,), (np.int64(SLEEP_CYCLES),))
+        g.fill(0.5)
+        fusedopt.sgd_(p, g, lr=1.0)
+        status = fusedopt.sgd_(q, g, lr=1.0, skip_if_nonfinite=True)
+    side.synchronize()
+    assert not status.skipped
+    assert bool((p == 0.5).all()) and bool((q == 0.5).all())
+
+
+def test_torch_cuda_graph_replays_a_step():
+    """A step on torch tensors captured by torch.cuda.graph (on torch's capture stream) and
+    replayed gives the bits of the same steps run eagerly. SGD with momentum past its first
+    step has the same coefficients every step, so the captured ones stay right."""
+    torch = _torch_cuda()
+    rng = rng_for("graph")
+    p = torch.from_numpy(rng.uniform(-1, 1, 10_007).astype(np.float32)).cuda()
+    g = torch.from_numpy(rng.uniform(-1, 1, 10_007).astype(np.float32)).cuda()
+    buf = torch.from_numpy(rng.uniform(-1, 1, 10_007).astype(np.float32)).cuda()
+    eager_p, eager_buf = p.clone(), buf.clone()
+    hyper = dict(lr=0.1, momentum=0.9, step=2)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch asks
+        for _ in range(2):
+            fusedopt.sgd_(p, g, buf, **hyper)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fusedopt.sgd_(p, g, buf, **hyper)
+    for _ in range(3):
+        graph.replay()
+    for _ in range(5):
+        fusedopt.sgd_(eager_p, g, eager_buf, **hyper)
+    torch.cuda.synchronize()
+    assert torch.equal(p, eager_p) and torch.equal(buf, eager_buf)

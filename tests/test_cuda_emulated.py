@@ -147,7 +147,7 @@ def test_grid_shapes(monkeypatch, case, shape):
     emu.take_launches()
     with device_shape(*shape):
         check_case(monkeypatch, case, np.float32, sizes, steps=1, key=shape)
-    [(grid, _)] = _update_launches(case, emu.take_launches())
+    [(grid, _, _)] = _update_launches(case, emu.take_launches())
     limit = shape[0] * shape[1]
     chunks = sum(emu.chunk_count(n, 0) for n in sizes)  # plus at most one per peeled head
     assert grid == limit if limit < chunks else chunks <= grid <= chunks + len(sizes)
@@ -173,7 +173,7 @@ def _update_launches(case, launches):
     block sums, then its final sum (the one 32-thread launch), then the update."""
     if case.fn != "adaptive_sgd_":
         return launches
-    finishes = [i for i, (_, threads) in enumerate(launches) if threads == 32]
+    finishes = [i for i, (_, threads, _) in enumerate(launches) if threads == 32]
     assert len(finishes) == 1, launches
     return launches[finishes[0] + 1:]
 
@@ -565,3 +565,115 @@ def test_batch_keeps_the_memory_of_a_swapped_torch_tensor(monkeypatch):
     gc.collect()
     batch.sgd(*CASE_SGD)
     assert torch.all(param.data == 0)  # the new memory was not touched
+
+
+# --------------------------------------------------------------------------------------
+# Streams. A call runs on the current stream of its params' library: torch's for torch
+# tensors, CuPy's otherwise. The emulation runs everything at once, so these tests turn on
+# the bindings' stream lookup (off by default: torch's CPU build and CuPy without a driver
+# cannot name a current stream), stand in for both libraries' current streams, and read
+# the stream each launch was queued on.
+CUPY_STREAM, TORCH_STREAM, TORCH_RAW_STREAM = 0x5A00, 0x7B00, 0x9C00
+_ADAPTIVE_BASE = _coeffs.sgd("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+                             weight_decay=0.0, maximize=False, step=1, convention="torch")
+
+
+@pytest.fixture
+def streams(monkeypatch):
+    """Stream lookup on, host_cupy as CuPy inside a stream of its own (CUPY_STREAM), and
+    torch's current stream on GPU d reported as TORCH_STREAM + d."""
+    torch = pytest.importorskip("torch")
+    import host_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy)
+    monkeypatch.delattr(torch._C, "_cuda_getCurrentRawStream", raising=False)  # CPU builds lack it
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: types.SimpleNamespace(cuda_stream=TORCH_STREAM + (device or 0)))
+    old = emu.set_stream_lookup(True)
+    emu.take_launches()
+    try:
+        with host_cupy.cuda.Stream(ptr=CUPY_STREAM):
+            yield torch, host_cupy
+    finally:
+        emu.set_stream_lookup(old)
+
+
+def _launch_streams():
+    return {stream for _, _, stream in emu.take_launches()}
+
+
+def test_cupy_calls_run_on_cupy_current_stream(streams):
+    _, host_cupy = streams
+    p, g, m = (host_cupy.asarray(np.full(5000, x, np.float32)) for x in (1.0, 0.5, 0.0))
+    batch = emu.Batch.strict([p], [g], [[m]])
+    assert not batch.torch_params
+    momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
+                           maximize=False, step=2, convention="torch")
+    batch.sgd(*momentum)
+    assert batch.count_nonfinite() == 0
+    lr, _ = fusedopt.cuda.adaptive_sgd(emu.Batch.strict([p], [g], []), _ADAPTIVE_BASE, p)
+    assert isinstance(lr, host_cupy.ndarray)
+    assert _launch_streams() == {CUPY_STREAM}
+    with host_cupy.cuda.Stream(ptr=CUPY_STREAM + 1):  # the current one, not the first seen
+        batch.sgd(*momentum)
+    batch.sgd(*momentum, stream=0x1234)  # a stream named by the caller wins
+    assert [s for _, _, s in emu.take_launches()] == [CUPY_STREAM + 1, 0x1234]
+    # Where CuPy was never imported: the legacy default stream (CuPy's default too).
+    del sys.modules["cupy"]  # the fixture puts it back
+    p, g = HostAsDevice(np.ones(9, np.float32)), HostAsDevice(np.ones(9, np.float32))
+    emu.Batch([p], [g], [], 0).sgd(*CASE_SGD)
+    assert _launch_streams() == {0}
+
+
+def test_torch_params_run_on_torch_current_stream(streams):
+    """torch params: torch's stream, even with CuPy states and a CuPy stream current; the
+    raw-stream function of torch's CUDA builds is preferred where it exists."""
+    torch, host_cupy = streams
+    params = [torch.nn.Parameter(torch.ones(3000)), torch.nn.Parameter(torch.ones(7))]
+    grads = [torch.full((3000,), 0.5), torch.full((7,), 0.5)]
+    states = [[host_cupy.zeros(3000, np.float32), torch.zeros(7)]]
+    batch = emu.Batch.strict(params, grads, states)
+    assert batch.torch_params
+    momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
+                           maximize=False, step=2, convention="torch")
+    batch.sgd(*momentum)
+    assert batch.count_nonfinite() == 0
+    batch.drop_grads()
+    assert batch.set_grads(grads)  # an optimizer's held Batch keeps its stream rule
+    batch.sgd(*momentum)
+    assert _launch_streams() == {TORCH_STREAM}
+    # The params decide: CuPy params with torch grads run on CuPy's stream.
+    emu.Batch.strict([host_cupy.ones(10, np.float32)], [torch.ones(10)], []).sgd(*CASE_SGD)
+    assert _launch_streams() == {CUPY_STREAM}
+    torch._C._cuda_getCurrentRawStream = lambda device: TORCH_RAW_STREAM + device  # the fixture undoes it
+    batch.sgd(*momentum)
+    assert _launch_streams() == {TORCH_RAW_STREAM}
+
+
+def test_adaptive_rate_of_torch_params_comes_back_as_torch_tensors(streams):
+    """The device-side rate and norm come back in the params' library, computed on its
+    stream, with the host path's bits."""
+    torch, _ = streams
+    rng = rng_for("torch-adaptive")
+    host = rng.uniform(-1, 1, 4099).astype(np.float32)
+    grad = rng.uniform(-1, 1, 4099).astype(np.float32)
+    param = torch.nn.Parameter(torch.from_numpy(host.copy()))
+    lr, norm = fusedopt.cuda.adaptive_sgd(emu.Batch.strict([param], [torch.from_numpy(grad)], []),
+                                          _ADAPTIVE_BASE, param)
+    assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float64 and lr.dim() == 0
+    assert _launch_streams() == {TORCH_STREAM}
+    cpu = host.copy()
+    rate = fusedopt.adaptive_sgd_([cpu], [grad], lr=0.5, backend="native")
+    assert float(lr) == rate.lr and float(norm) == rate.grad_norm
+    assert np.array_equal(param.detach().numpy(), cpu)
+
+
+def test_checked_calls_on_torch_params_enter_torch_stream(streams):
+    """fusedopt.cuda.params_stream: CuPy's current stream is torch's while a checked call
+    on torch params runs (prepare() saw their GPU), and is left alone otherwise."""
+    _, host_cupy = streams
+    with fusedopt.cuda.params_stream(1):
+        assert host_cupy.cuda.get_current_stream().ptr == TORCH_STREAM + 1
+    assert host_cupy.cuda.get_current_stream().ptr == CUPY_STREAM
+    with fusedopt.cuda.params_stream(None):
+        assert host_cupy.cuda.get_current_stream().ptr == CUPY_STREAM

@@ -5,9 +5,9 @@
 // The rule functions take the same arguments, in the same order, as those of fusedopt._core
 // (fusedopt/_coeffs.py's NamedTuples are that order), so fusedopt/_native.py calls either
 // module the same way. Two keyword-only extras: `stream`, a cudaStream_t as an int (default:
-// CuPy's current stream), and `device_coeffs`, the address of the coefficients in device
-// memory (kernels.h: DeviceCoeffs) for steps whose coefficients the device computes or that
-// a CUDA graph replays.
+// the current stream of the params' library, see resolve_stream), and `device_coeffs`, the
+// address of the coefficients in device memory (kernels.h: DeviceCoeffs) for steps whose
+// coefficients the device computes or that a CUDA graph replays.
 //
 // Importing the module touches no driver (the CUDA runtime is linked statically and starts
 // on first use), so it imports on machines without a GPU; unavailable_reason() says why
@@ -29,6 +29,10 @@
 #include "cuda/plan.h"
 #include "math/sumsq.h"
 
+#if defined(FUSEDOPT_CUDA_EMULATION)
+#include "cuda_emulation/controls.h"
+#endif
+
 namespace fusedopt {
 namespace cuda {
 namespace {
@@ -37,22 +41,29 @@ namespace py = pybind11;
 using math::Momentum;
 using math::WeightDecay;
 
-// CuPy's current stream, unless the caller names one. Looked up once; the function object
-// is kept for the life of the process (never destroyed after the interpreter is gone).
-cudaStream_t resolve_stream(const py::object& stream) {
+// The stream of a call whose caller names none: the current stream, on the arrays' GPU, of
+// the library its params come from (the first param decides a mixed list), so that the
+// call is ordered after the work that made its arrays and before the work that reads them,
+// as that library's own operations are. For torch tensors that is torch's current stream
+// (fusedopt/cuda.py: torch_stream): torch's side streams, a CUDA graph's capture stream
+// among them, do not wait for the legacy default stream, nor it for them. For every other
+// array it is CuPy's, or the legacy default stream where CuPy was never imported (CuPy's
+// default too).
+cudaStream_t resolve_stream(const py::object& stream, const DeviceBatch& b) {
   if (!stream.is_none()) return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
 #if defined(FUSEDOPT_CUDA_EMULATION)
-  return nullptr;  // the emulation has no streams, and CuPy may be present without a GPU
+  if (!emulation::stream_lookup()) return nullptr;
 #endif
-  static py::object* current = []() -> py::object* {
-    try {
-      return new py::object(py::module_::import("cupy.cuda").attr("get_current_stream"));
-    } catch (const py::error_already_set&) {
-      return nullptr;  // no CuPy: the legacy default stream, which is also CuPy's default
-    }
-  }();
-  if (current == nullptr) return nullptr;
-  return reinterpret_cast<cudaStream_t>((*current)().attr("ptr").cast<uintptr_t>());
+  const int device = b.device();
+  py::object ptr;
+  if (b.torch_params()) {
+    ptr = py::module_::import("fusedopt.cuda").attr("torch_stream")(device);
+  } else {
+    PyObject* cupy = PyDict_GetItemString(PyImport_GetModuleDict(), "cupy");  // borrowed
+    if (cupy == nullptr) return nullptr;
+    ptr = py::handle(cupy).attr("cuda").attr("get_current_stream")(device).attr("ptr");
+  }
+  return reinterpret_cast<cudaStream_t>(ptr.cast<uintptr_t>());
 }
 
 WeightDecay weight_decay_mode(int code) {
@@ -76,7 +87,7 @@ template <class F>
 void on_device(const DeviceBatch& b, const py::object& stream, F&& kernel) {
   if (!b.has_grads()) throw std::invalid_argument("this Batch's grads were dropped: set_grads() first");
   if (b.batch().total() == 0) return;  // nothing to do, and no reason to start CUDA
-  const cudaStream_t s = resolve_stream(stream);
+  const cudaStream_t s = resolve_stream(stream, b);
   py::gil_scoped_release release;
   DeviceGuard guard(b.device());
   kernel(s);
@@ -149,6 +160,9 @@ void register_batch(py::module_& m) {
       .def_property_readonly("n_tensors", [](const DeviceBatch& b) { return b.batch().n_tensors; })
       .def_property_readonly("n_elements", [](const DeviceBatch& b) { return b.batch().total(); })
       .def_property_readonly("device", &DeviceBatch::device)
+      .def_property_readonly("torch_params", &DeviceBatch::torch_params,
+                             "True if strict() took torch tensors for the params: calls then run on "
+                             "torch's current stream, else on CuPy's.")
       .def(
           "sgd",
           [](const DeviceBatch& b, double lr, double weight_decay, double decay_factor, double momentum,
@@ -213,7 +227,7 @@ void register_batch(py::module_& m) {
             if (b.has_grads() && b.batch().total() == 0) {
               // No kernel runs, but the caller reads the result: lr_t = lr, ||g||^2 = 0.
               const double host[2] = {lr, 0.0};
-              const cudaStream_t s = resolve_stream(stream);
+              const cudaStream_t s = resolve_stream(stream, b);
               py::gil_scoped_release release;
               check(cudaMemcpyAsync(reinterpret_cast<void*>(result), host, sizeof(host),
                                     cudaMemcpyHostToDevice, s), "cudaMemcpyAsync");
@@ -243,7 +257,7 @@ void register_batch(py::module_& m) {
             if (out == 0) return py::float_(sum_of_squares_now(b, stream));
             if (b.batch().total() == 0) {
               // Nothing to launch for the sums, but the caller still expects the zero.
-              const cudaStream_t s = resolve_stream(stream);
+              const cudaStream_t s = resolve_stream(stream, b);
               py::gil_scoped_release release;
               check(cudaMemsetAsync(reinterpret_cast<void*>(out), 0, sizeof(double), s), "cudaMemsetAsync");
               return py::none();

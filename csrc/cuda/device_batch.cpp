@@ -364,6 +364,7 @@ void DeviceBatch::reset() {
   written_.clear();
   strict_ = false;
   has_grads_ = true;
+  torch_params_ = false;
   itemsize_ = 0;
   device_ = -1;
   n_states_ = 0;
@@ -415,6 +416,7 @@ bool DeviceBatch::read_strict(py::handle params, py::handle grads, py::handle st
   for (const ByteSpan& span : spans)  // sorted now; disjoint, or the sweep had found a pair
     if (span.written) written_.push_back(span);
   strict_ = true;
+  torch_params_ = n > 0 && reader.types.kind(roles[kParam].at[0]) == Kind::kTorch;
   n_states_ = n_roles - 2;
   batch_.n_tensors = static_cast<int64_t>(n);
   batch_.offsets = offsets_.data();

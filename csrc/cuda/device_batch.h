@@ -69,6 +69,9 @@ class DeviceBatch {
   // on first use (so that building a batch, and checking it, needs no device).
   int device() const;
   int n_states() const { return n_states_; }
+  // Whether build_strict() took torch tensors for the params: the call then runs on torch's
+  // current stream (cuda/bindings_cuda.cpp: resolve_stream).
+  bool torch_params() const { return torch_params_; }
 
  private:
   void add_role(int role, const py::sequence& arrays);
@@ -89,6 +92,7 @@ class DeviceBatch {
   std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
   bool strict_ = false;            // built by build_strict()
   bool has_grads_ = true;          // false after drop_grads(), until set_grads()
+  bool torch_params_ = false;
   int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;

@@ -20,7 +20,7 @@ template <class... Params, class... Args>
 void launch_kernel(void (*kernel)(Params...), int64_t grid, int threads, cudaStream_t stream,
                    const char* what, const Args&... args) {
 #if defined(FUSEDOPT_CUDA_EMULATION)
-  emulation::run_grid(grid, threads, [&] { kernel(args...); });
+  emulation::run_grid(grid, threads, stream, [&] { kernel(args...); });
 #else
   kernel<<<static_cast<unsigned>(grid), static_cast<unsigned>(threads), 0, stream>>>(args...);
 #endif

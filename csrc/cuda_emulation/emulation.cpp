@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -71,7 +72,7 @@ class Warp {
 // Worker threads, one per thread of a block, kept across launches; one block at a time.
 class Device {
  public:
-  void run(int64_t grid, int threads, const std::function<void()>& body) {
+  void run(int64_t grid, int threads, uintptr_t stream, const std::function<void()>& body) {
     if (grid < 1 || threads < 1 || threads % kWarpSize != 0 || threads > 1024)
       throw std::invalid_argument("emulated launch: bad grid or block size");
     std::lock_guard<std::mutex> one_launch(launch_mutex_);
@@ -92,7 +93,7 @@ class Device {
       if (!done_.wait_for(lock, kBlockTimeout, [&] { return remaining_ == 0; }))
         fail("a block did not finish (a kernel loops forever, or waits for a lane that exited)");
     }
-    record_launch(grid, threads);
+    record_launch(grid, threads, stream);
   }
 
   Warp& warp_of(unsigned thread) { return *warps_[thread / kWarpSize]; }
@@ -141,6 +142,7 @@ Device& device() {
 std::mutex config_mutex;
 DeviceShape shape{4, 2};
 std::vector<LaunchRecord> launches;
+std::atomic<bool> lookup_streams{false};
 
 void check_mask(unsigned mask) {
   if (mask != kFullMask) fail("a warp operation with a partial lane mask (not used by fusedopt)");
@@ -148,8 +150,8 @@ void check_mask(unsigned mask) {
 
 }  // namespace
 
-void run_grid(int64_t grid, int threads, const std::function<void()>& body) {
-  device().run(grid, threads, body);
+void run_grid(int64_t grid, int threads, cudaStream_t stream, const std::function<void()>& body) {
+  device().run(grid, threads, reinterpret_cast<uintptr_t>(stream), body);
 }
 
 void check_width(int width) {
@@ -183,15 +185,18 @@ DeviceShape device_shape() {
   return shape;
 }
 
-void record_launch(int64_t grid, int threads) {
+void record_launch(int64_t grid, int threads, uintptr_t stream) {
   std::lock_guard<std::mutex> lock(config_mutex);
-  launches.push_back({grid, threads});
+  launches.push_back({grid, threads, stream});
 }
 
 std::vector<LaunchRecord> take_launches() {
   std::lock_guard<std::mutex> lock(config_mutex);
   return std::exchange(launches, {});
 }
+
+bool set_stream_lookup(bool on) { return lookup_streams.exchange(on); }
+bool stream_lookup() { return lookup_streams.load(); }
 
 }  // namespace emulation
 

@@ -21,6 +21,8 @@
 #include <functional>
 #include <type_traits>
 
+#include "cuda_runtime_api.h"  // cudaStream_t
+
 namespace fusedopt {
 namespace cuda {
 namespace emulation {
@@ -33,8 +35,9 @@ extern thread_local Dim3 thread_index;
 extern Dim3 block_index, grid_dim, block_dim;
 
 // Runs `body` as each thread of each block of a grid of `grid` blocks of `threads` threads
-// (a multiple of 32), blocks one after another; returns when all are done.
-void run_grid(int64_t grid, int threads, const std::function<void()>& body);
+// (a multiple of 32), blocks one after another; returns when all are done. The stream is
+// only recorded (controls.h: take_launches): the emulation runs everything when queued.
+void run_grid(int64_t grid, int threads, cudaStream_t stream, const std::function<void()>& body);
 
 // The warp of the calling thread: all 32 lanes wait for each other. `mask` must name all 32
 // (the kernels only use full warps).

@@ -26,8 +26,12 @@ PYBIND11_MODULE(_cuda_emulated, m) {
       "take_launches",
       [] {
         py::list out;
-        for (const emu::LaunchRecord& r : emu::take_launches()) out.append(py::make_tuple(r.grid, r.threads));
+        for (const emu::LaunchRecord& r : emu::take_launches())
+          out.append(py::make_tuple(r.grid, r.threads, r.stream));
         return out;
       },
-      "The (grid, threads) of every launch since the last call.");
+      "The (grid, threads, stream) of every launch since the last call.");
+  m.def("set_stream_lookup", &emu::set_stream_lookup, py::arg("on"),
+        "Whether calls look up the current stream as on a GPU (off: the null stream); returns "
+        "the previous setting.");
 }

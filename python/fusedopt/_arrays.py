@@ -23,9 +23,10 @@ class Prepared:
     """A checked call: lists of arrays per role, all of one dtype and device."""
 
     __slots__ = ("fn", "device", "xp", "dtype", "dtype_code", "params", "grads", "states",
-                 "state_names", "single")
+                 "state_names", "single", "torch_device")
 
-    def __init__(self, fn, device, xp, dtype, params, grads, states, state_names, single):
+    def __init__(self, fn, device, xp, dtype, params, grads, states, state_names, single,
+                 torch_device=None):
         self.fn = fn
         self.device = device  # "cpu" or "cuda"
         self.xp = xp  # numpy or cupy: the array module of the arrays
@@ -36,6 +37,10 @@ class Prepared:
         self.states = states  # list of lists, in the rule's state order
         self.state_names = state_names
         self.single = single
+        # The GPU of the params if they are torch CUDA tensors (seen here as CuPy views),
+        # else None: device work on torch params runs on torch's current stream there
+        # (fusedopt.cuda.params_stream).
+        self.torch_device = torch_device
 
     @property
     def n_tensors(self) -> int:
@@ -62,7 +67,7 @@ def to_native(fn: str, label: str, x):
     """Returns (array, device) for a NumPy array, CuPy array or torch tensor, no copy."""
     if isinstance(x, np.ndarray):
         return x, "cpu"
-    module = type(x).__module__.split(".", 1)[0]
+    module = _library(x)
     if module == "torch":
         if x.device.type == "cpu":
             # detach(): parameters require grad; the NumPy view shares the tensor's memory.
@@ -229,9 +234,17 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     if device == "cuda":
         xp = _cupy()
     first_state = 2 if has_grads else 1
+    torch_device = None
+    if device == "cuda" and _library(lists[0][0]) == "torch":
+        torch_device = int(native[0][0].device.id)
     return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0],
                     native[1] if has_grads else None, native[first_state:],
-                    names[first_state:], single)
+                    names[first_state:], single, torch_device)
+
+
+def _library(x) -> str:
+    """The top-level module of an array's type: "numpy", "cupy", "torch", ..."""
+    return type(x).__module__.split(".", 1)[0]
 
 
 def _read_only(arr, original) -> bool:
@@ -241,7 +254,7 @@ def _read_only(arr, original) -> bool:
     __cuda_array_interface__."""
     if isinstance(arr, np.ndarray):
         return not arr.flags.writeable
-    if type(original).__module__.split(".", 1)[0] in ("cupy", "torch"):
+    if _library(original) in ("cupy", "torch"):
         return False
     interface = getattr(original, "__cuda_array_interface__", None)
     return bool(interface is not None and interface["data"][1])

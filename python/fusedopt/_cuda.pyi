@@ -2,8 +2,9 @@
 
 The rule functions take fusedopt._core's arguments in the same order, with lists of device
 arrays (CuPy arrays or objects with ``__cuda_array_interface__``), plus keyword-only
-``stream`` (a cudaStream_t as an int; default: CuPy's current stream) and
-``device_coeffs`` (the address of the coefficients in device memory, or 0).
+``stream`` (a cudaStream_t as an int; default: the current stream of the params' library,
+torch's for a Batch whose params are torch tensors, else CuPy's) and ``device_coeffs`` (the
+address of the coefficients in device memory, or 0).
 """
 
 from collections.abc import Sequence
@@ -39,6 +40,10 @@ class Batch:
     def n_elements(self) -> int: ...
     @property
     def device(self) -> int: ...
+    @property
+    def torch_params(self) -> bool:
+        """True if strict() took torch tensors for the params: calls then run on torch's
+        current stream, else on CuPy's."""
     def sgd(self, lr: float, weight_decay: float, decay_factor: float, momentum: float,
             one_minus_dampening: float, maximize: bool, wd_mode: int, momentum_mode: int,
             nesterov: bool, *, stream: int | None = None, device_coeffs: int = 0) -> None: ...

@@ -22,7 +22,7 @@ import threading
 import warnings
 from typing import NamedTuple
 
-from fusedopt import _arrays, _coeffs, _native
+from fusedopt import _arrays, _coeffs, _native, cuda
 from fusedopt import _reference_impl as _ref
 
 BACKENDS = ("auto", "native", "reference")
@@ -104,7 +104,8 @@ def _run(rule: str, prep, coeffs, backend: str, hyper, skip_if_nonfinite: bool):
         run = lambda: _ref.apply_float64(rule, prep, hyper())  # noqa: E731
     else:
         run = lambda: _ref.apply_exact(rule, prep, coeffs)  # noqa: E731
-    return _skip_or_run(skip, lambda: _count_nonfinite(prep, native), run)
+    with cuda.params_stream(prep.torch_device):
+        return _skip_or_run(skip, lambda: _count_nonfinite(prep, native), run)
 
 
 def _call(rule: str, fn: str, params, grads, state_names, state_values, coeffs, backend: str,
@@ -203,7 +204,7 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
                 if count:
                     return AdaptiveRate(0.0, float("nan"), True, count)
             if call.device == "cuda":
-                return AdaptiveRate(*_native.adaptive_sgd_device(call.batch, base))
+                return AdaptiveRate(*_native.adaptive_sgd_device(call.batch, base, _first(params)))
             sum_sq = call.grad_sum_of_squares()
             c = _adaptive_coeffs(base, sum_sq)
             call.run("sgd", c)
@@ -212,26 +213,35 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     if prep.n_tensors == 0:
         return AdaptiveRate(base.lr, 0.0)
     native = _use_native(fn, prep, backend)
-    if skip:
-        count = _count_nonfinite(prep, native)
-        if count:
-            return AdaptiveRate(0.0, float("nan"), True, count)
-    if native and prep.device == "cuda":
-        # The norm, the rate and the update stay on the GPU (no host sync inside the step):
-        # lr and grad_norm come back as 0-d CuPy arrays.
-        return AdaptiveRate(*_native.adaptive_sgd_device(_native.device_batch(prep), base))
-    if native:
-        sum_sq = _native.grad_sum_of_squares(prep)
-    elif backend == _FLOAT64:
-        sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
-    else:
-        sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
-    c = _adaptive_coeffs(base, sum_sq)
-    _run("sgd", prep, c, backend,
-         lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
-                      weight_decay=c.weight_decay, maximize=c.maximize, step=step,
-                      convention=convention), False)
+    with cuda.params_stream(prep.torch_device):
+        if skip:
+            count = _count_nonfinite(prep, native)
+            if count:
+                return AdaptiveRate(0.0, float("nan"), True, count)
+        if native and prep.device == "cuda":
+            # The norm, the rate and the update stay on the GPU (no host sync inside the
+            # step): lr and grad_norm come back as 0-d arrays of the params' library.
+            batch = _native.device_batch(prep)
+            return AdaptiveRate(*_native.adaptive_sgd_device(batch, base, _first(params)))
+        if native:
+            sum_sq = _native.grad_sum_of_squares(prep)
+        elif backend == _FLOAT64:
+            sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
+        else:
+            sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
+        c = _adaptive_coeffs(base, sum_sq)
+        _run("sgd", prep, c, backend,
+             lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
+                          weight_decay=c.weight_decay, maximize=c.maximize, step=step,
+                          convention=convention), False)
     return AdaptiveRate(c.lr, sum_sq**0.5)
+
+
+def _first(params):
+    """The first param of a call (a list or one array), or None for an empty list."""
+    if isinstance(params, (list, tuple)):
+        return params[0] if params else None
+    return params
 
 
 def _adaptive_coeffs(base, sum_sq: float):

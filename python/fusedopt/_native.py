@@ -161,13 +161,13 @@ def count_nonfinite(prep) -> int:
     return _module(prep).count_nonfinite(prep.grads, prep.dtype_code)
 
 
-def adaptive_sgd_device(batch, base):
+def adaptive_sgd_device(batch, base, first_param):
     """adaptive_sgd_ on a fusedopt._cuda.Batch without leaving the device: the norm, lr_t and
-    the update are queued on the current stream; returns (lr_t, grad_norm) as 0-d CuPy
-    arrays."""
+    the update are queued on the stream of the params' library; returns (lr_t, grad_norm)
+    as 0-d arrays of that library (fusedopt.cuda.adaptive_sgd)."""
     from fusedopt import cuda
 
-    return cuda.adaptive_sgd(batch, base)
+    return cuda.adaptive_sgd(batch, base, first_param)
 
 
 def device_batch(prep):

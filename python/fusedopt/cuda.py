@@ -1,17 +1,27 @@
-"""The CUDA backend: availability, the compiled module fusedopt._cuda, and its device-side
-adaptive-rate step.
+"""The CUDA backend: availability, the compiled module fusedopt._cuda, the stream a call
+runs on, and the device-side adaptive-rate step.
 
 ``fusedopt._cuda`` links the CUDA runtime statically, so it imports on machines without a
 driver or a GPU; :func:`unavailable_reason` then says which is missing, and calls on CuPy
 arrays with ``backend="auto"`` fall back to the CuPy reference (once warned), while
-``backend="native"`` raises. Kernels run on CuPy's current stream and never wait for the
-device, except where a host value is asked for (``count_nonfinite``, the float that
+``backend="native"`` raises.
+
+Streams. A call runs where the library of its params runs its own operations: on torch's
+current stream (:func:`torch_stream`) when the params are torch tensors, else on CuPy's
+current stream. So a step on torch tensors is ordered after the backward pass that made
+its gradients and before the next forward pass, on whatever stream torch is using,
+including the capture stream of ``torch.cuda.graph``; torch's side streams do not wait
+for CuPy's default stream, nor it for them. Kernels never wait for the device, except
+where a host value is asked for (``count_nonfinite``, the float that
 ``_cuda.grad_sum_of_squares`` returns).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+
+from fusedopt import _arrays
 
 _NOT_BUILT = "fusedopt was built without its CUDA module (fusedopt._cuda)"
 
@@ -65,16 +75,68 @@ def info() -> dict:
     return out
 
 
-def adaptive_sgd(batch, base):
-    """Adaptive-rate SGD entirely on the device: the norm, the rate and the update, over a
-    ``fusedopt._cuda.Batch``.
+def torch_stream(device: int) -> int:
+    """torch's current stream on GPU ``device``, as a ``cudaStream_t`` int: where calls on
+    torch tensors run (the CUDA module asks this for the fast path)."""
+    import torch
 
-    Returns ``(lr_t, grad_norm)`` as 0-d CuPy float64 arrays, computed on the device in the
-    same order as the host path, so the step does not wait for the GPU; ``float()`` of
-    either waits for it. ``base`` holds the SGD coefficients at the base rate lr0.
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what torch's compiler uses
+    if raw is not None:
+        return int(raw(device))
+    return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+class _RawStream:
+    """A stream handle in the CUDA stream protocol, for cupy.cuda.Stream.from_external."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def params_stream(torch_device):
+    """A context for device work outside the CUDA module's fast path (a checked call, the
+    CuPy reference, an optimizer's states): with ``torch_device`` the GPU of torch params
+    (``Prepared.torch_device``), CuPy's current stream is torch's current stream there while
+    it lasts, so that the work runs where the fast path's would; with None (any other
+    params) it changes nothing."""
+    return contextlib.nullcontext() if torch_device is None else _on_torch_stream(torch_device)
+
+
+@contextlib.contextmanager
+def _on_torch_stream(device: int):
+    import cupy
+
+    ptr = torch_stream(device)
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    # CuPy 14 deprecates ExternalStream for from_external; older CuPy has only the former.
+    stream = from_external(_RawStream(ptr)) if from_external else cupy.cuda.ExternalStream(ptr, device)
+    with cupy.cuda.Device(device), stream:
+        yield
+
+
+def adaptive_sgd(batch, base, first_param):
+    """Adaptive-rate SGD entirely on the device: the norm, the rate and the update, over a
+    ``fusedopt._cuda.Batch``, on the stream of the params' library.
+
+    Returns ``(lr_t, grad_norm)`` as 0-d float64 arrays of that library (torch tensors when
+    ``first_param``, the call's first param, is a torch tensor; else CuPy arrays), computed
+    on the device in the same order as the host path, so the step does not wait for the
+    GPU; ``float()`` of either waits for it, on the stream that computed it. ``base`` holds
+    the SGD coefficients at the base rate lr0.
     """
+    if _arrays._library(first_param) == "torch":
+        import torch
+
+        result = torch.empty(2, dtype=torch.float64, device=first_param.device)
+        batch.adaptive_sgd(*base, result=result.data_ptr())
+        return result[0], result[1].sqrt()
     import cupy
 
     result = cupy.empty(2, dtype=cupy.float64)
-    batch.adaptive_sgd(*base, result=result.data.ptr, stream=cupy.cuda.get_current_stream().ptr)
+    batch.adaptive_sgd(*base, result=result.data.ptr)
     return result[0], cupy.sqrt(result[1])

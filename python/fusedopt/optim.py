@@ -18,7 +18,8 @@ Hyperparameters are read-only attributes except ``lr``, which may be set between
 On device arrays (CuPy arrays, torch CUDA tensors) an optimizer keeps what its first step
 read of its params and states; later steps check the gradients, and what the held arrays
 can change in place (shapes; every fact of a torch tensor), and check the whole call again
-if anything changed.
+if anything changed. Its states are CuPy arrays, and everything it does on the device runs
+on the current stream of the params' library: torch's for torch tensors, else CuPy's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fusedopt import _arrays, _coeffs, _kernels, _native
+from fusedopt import _arrays, _coeffs, _kernels, _native, cuda
 
 __all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
@@ -57,9 +58,13 @@ class Optimizer:
         # The kernel validates the hyperparameters on an empty call (nothing is written).
         self._call([], [], {n: [] for n in self._state_names()}, step=1)
         prep = _arrays.prepare(name, self._params, None, written_only=True)
-        self._states = {
-            n: _carve(prep.xp, prep.params, self._initial_value(n)) for n in self._state_names()
-        }
+        # Work on the states (made here, copied by state_dict, written by load_state_dict)
+        # runs where the steps do: on torch's current stream for torch CUDA params.
+        self._torch_device = prep.torch_device
+        with cuda.params_stream(self._torch_device):
+            self._states = {
+                n: _carve(prep.xp, prep.params, self._initial_value(n)) for n in self._state_names()
+            }
         # The states are new arrays, so only params can clash with each other.
         if prep.device == "cuda":
             # Steps on device arrays then check the params and states in full once, and
@@ -123,7 +128,7 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, hyperparameters and copies of the state arrays."""
-        with self._lock:
+        with self._lock, cuda.params_stream(self._torch_device):
             return {
                 "optimizer": type(self).__name__,
                 "step": self._step,
@@ -174,9 +179,10 @@ class Optimizer:
             except (TypeError, ValueError):
                 self._hyper = old
                 raise
-            for n, arrays in self._states.items():
-                for own, src in zip(arrays, state[n]):
-                    own[...] = src
+            with cuda.params_stream(self._torch_device):
+                for n, arrays in self._states.items():
+                    for own, src in zip(arrays, state[n]):
+                        own[...] = src
             self._step = step
 
     # --- the one call -------------------------------------------------------------------
