@@ -16,6 +16,10 @@ Bytes are counted honestly: every array read plus every array written, per eleme
 reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per
 float32 element (read + write).
 
+A second, smaller table sweeps the chunk size of the update launches (_cuda.set_chunk_elements)
+for Adam's prepared step on both layouts: the data to tune the default (8192, chosen by a
+model of the list, not yet measured) by, in the same run.
+
     python bench/gpu_bench.py --out DIR       # writes DIR/gpu_report.md and gpu_bench.json
     python bench/gpu_bench.py --selftest      # the report logic on made-up timings, no GPU
 """
@@ -147,11 +151,27 @@ def acceptance(results: list[Result], copy_gbps: float) -> list[tuple[str, bool 
     return out
 
 
-def format_report(results, copy_gbps, meta) -> str:
+def format_sweep(sweep: list[Result], copy_gbps: float, default_chunk: int) -> str:
+    """The chunk-size sweep as a Markdown table, the default chunk size marked."""
+    lines = ["| Adam, prepared Batch | chunk elements | median ms | p10–p90 ms | GB/s | % of copy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sweep:
+        chunk = int(r.impl.split()[-1])
+        mark = " (default)" if chunk == default_chunk else ""
+        share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+        lines.append(f"| {r.layout} | {chunk}{mark} | {_fmt(r.median_ms)} | {_fmt(r.percentile_ms(0.1))}–"
+                     f"{_fmt(r.percentile_ms(0.9))} | {_fmt(r.gbps, 0)} | {_fmt(share, 1)} |")
+    return "\n".join(lines)
+
+
+def format_report(results, copy_gbps, meta, sweep=(), default_chunk=0) -> str:
     checks = acceptance(results, copy_gbps)
     mark = {True: "PASS", False: "FAIL", None: "n/a"}
     lines = [f"# fusedopt GPU benchmark, {meta.get('date', '?')}, {meta.get('gpu', '?')}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("date", "gpu")]
+    if sweep:
+        lines += ["", "Chunk sizes (the same bits at every size; the data to tune the default by):", "",
+                  format_sweep(list(sweep), copy_gbps, default_chunk)]
     lines += ["", format_table(results, copy_gbps), ""]
     lines += [f"- {mark[ok]}: {what} ({fig})" for what, ok, fig in checks]
     return "\n".join(lines) + "\n"
@@ -166,7 +186,12 @@ def selftest() -> int:
                        step_bytes("adam", 2**26)))
     fake.append(Result("adagrad", TENSOR_LIST, "torch fused", [], 0, "not supported on CUDA"))
     copy_gbps = fake[0].gbps
-    report = format_report(fake, copy_gbps, {"date": "2000-01-01", "gpu": "none", "torch": "x"})
+    sweep = [Result("adam", ONE_TENSOR, f"chunk {c}", [1.9 + c / 1e5], step_bytes("adam", 2**28))
+             for c in SWEEP_CHUNKS]
+    report = format_report(fake, copy_gbps, {"date": "2000-01-01", "gpu": "none", "torch": "x"},
+                           sweep, default_chunk=8192)
+    assert "| one tensor, 2^28 | 8192 (default) | 1.982 |" in report, report
+    assert report.index("chunk elements") < report.index("| case | implementation"), report
     assert "| Adam, one tensor, 2^28 | fusedopt (prepared Batch) | 1.900 |" in report, report
     assert "1.16x" in report and "PASS: Adam f32 2^28 >= torch fused Adam" in report, report
     assert "n/a: Adam f32 1,000-tensor list" in report, report
@@ -312,6 +337,32 @@ def measure_copy(cupy, n, warmup, reps) -> Result:
                   time_steps(cupy, copy, warmup=warmup, reps=reps), 2 * src.nbytes)
 
 
+# Chunk sizes to sweep: powers of two around the default, each a multiple of 2048.
+SWEEP_CHUNKS = (2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def sweep_chunk_sizes(cupy, _cuda, layouts, *, warmup, reps) -> list[Result]:
+    """Adam's prepared step at each chunk size (_cuda.set_chunk_elements), per layout: the
+    data to tune the default chunk size (csrc/cuda/plan.h: kChunkElements) by."""
+    out = []
+    for layout, sizes in layouts.items():
+        case = Case(cupy, "adam", sizes, seed=len(out))
+        step = case.fusedopt_step(None, _cuda)
+        nbytes = step_bytes("adam", case.n_elements)
+        for chunk in SWEEP_CHUNKS:
+            old = _cuda.set_chunk_elements(chunk)
+            try:
+                out.append(Result("adam", layout, f"chunk {chunk}",
+                                  time_steps(cupy, step, warmup=warmup, reps=reps), nbytes))
+            finally:
+                _cuda.set_chunk_elements(old)
+            print(f"  adam          {layout:20s} chunk {chunk:<28d} {out[-1].median_ms:9.3f} ms",
+                  file=sys.stderr, flush=True)
+        del case, step
+        cupy.get_default_memory_pool().free_all_blocks()
+    return out
+
+
 def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, reps, seed):
     case = Case(cupy, rule, sizes, seed=seed)
     nbytes = step_bytes(rule, case.n_elements)
@@ -375,6 +426,8 @@ def measure(args) -> int:
             if torch is not None:
                 torch.cuda.empty_cache()
 
+    sweep = sweep_chunk_sizes(cupy, _cuda, layouts, warmup=warmup, reps=reps)
+
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     info = fusedopt.info()["cuda"]
@@ -391,13 +444,14 @@ def measure(args) -> int:
         "copy bandwidth": f"{copy_gbps:.0f} GB/s (read + write)",
         "elapsed": f"{time.perf_counter() - t0:.0f} s",
     }
-    report = format_report(results, copy_gbps, meta)
+    report = format_report(results, copy_gbps, meta, sweep, default_chunk=_cuda.CHUNK_ELEMENTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_report.md").write_text(report)
     (out / "gpu_bench.json").write_text(json.dumps(
         {"meta": meta, "copy_gbps": copy_gbps,
-         "results": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in results]},
+         "results": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in results],
+         "chunk_sweep": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in sweep]},
         indent=1, default=str))
     print(report)
     return 0

@@ -40,3 +40,37 @@ def test_mixed_sizes(gpu_bench):
     assert len(sizes) == 1000 and sum(sizes) == 2**26 and min(sizes) >= 1
     assert max(sizes) > 20 * sorted(sizes)[500]  # mixed: a few large, many small
     assert sizes == gpu_bench.mixed_sizes(1000, 2**26)  # the same list every run
+
+
+def test_chunk_sweep_runs_on_the_emulation(gpu_bench):
+    """The sweep's measuring code, which otherwise runs only on a GPU, on the emulated
+    kernels with host_cupy's arrays and wall-clock events: a result per layout and chunk
+    size, and the module's chunk size put back."""
+    emu = pytest.importorskip("fusedopt._cuda_emulated", reason="built without FUSEDOPT_CUDA_EMULATION=ON")
+    import time
+    import types
+
+    import host_cupy
+    import numpy as np
+
+    class Event:
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    rng = np.random.default_rng(0)
+    fake = types.SimpleNamespace(
+        float32=np.float32, zeros=host_cupy.zeros,
+        random=types.SimpleNamespace(RandomState=lambda seed: types.SimpleNamespace(
+            standard_normal=lambda n, dtype: host_cupy.asarray(rng.standard_normal(n).astype(dtype)))),
+        cuda=types.SimpleNamespace(get_current_stream=host_cupy.cuda.get_current_stream, Event=Event,
+                                   get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t)),
+        get_default_memory_pool=host_cupy.get_default_memory_pool)
+    layouts = {"one": [70_001], "list": gpu_bench.mixed_sizes(20, 50_000)}
+    sweep = gpu_bench.sweep_chunk_sizes(fake, emu, layouts, warmup=1, reps=2)
+    assert [(r.layout, r.impl) for r in sweep] == [(layout, f"chunk {c}") for layout in layouts
+                                                   for c in gpu_bench.SWEEP_CHUNKS]
+    assert all(len(r.samples_ms) == 2 and r.bytes_moved == 28 * sum(layouts[r.layout]) for r in sweep)
+    assert emu.chunk_elements() == emu.CHUNK_ELEMENTS

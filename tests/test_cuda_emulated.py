@@ -153,6 +153,38 @@ def test_grid_shapes(monkeypatch, case, shape):
     assert grid == limit if limit < chunks else chunks <= grid <= chunks + len(sizes)
 
 
+@contextlib.contextmanager
+def chunk_elements(n):
+    old = emu.set_chunk_elements(n)
+    try:
+        yield
+    finally:
+        emu.set_chunk_elements(old)
+
+
+@pytest.mark.parametrize("chunk", [2048, 4096, 65536])
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad-wd", "sgd-nesterov",
+                                                           "asgd-mom-wd-max")], ids=lambda c: c.id)
+def test_chunk_sizes_give_the_same_bits(monkeypatch, case, chunk):
+    """The chunk size (tunable for benchmarks, _cuda.set_chunk_elements) changes how the
+    work is cut, never the results; the launches are planned with it."""
+    sizes = [1, 2047, 2048, 2049, 6147, 0, 70_001, 131_075]
+    emu.take_launches()
+    with chunk_elements(chunk), device_shape(64, 8):
+        check_case(monkeypatch, case, np.float32, sizes, steps=1, key=("chunk", chunk))
+    [(grid, _, _)] = _update_launches(case, emu.take_launches())
+    chunks = sum(emu.chunk_count(n, 0, chunk) for n in sizes)  # plus at most one per peeled head
+    assert chunks <= grid <= chunks + len(sizes)
+    assert emu.chunk_elements() == emu.CHUNK_ELEMENTS
+
+
+def test_chunk_size_must_be_a_multiple_of_a_block_pass():
+    for bad in (0, -2048, 1000, 2049):
+        with pytest.raises(ValueError, match="multiple of 2048"):
+            emu.set_chunk_elements(bad)
+    assert emu.chunk_elements() == emu.CHUNK_ELEMENTS
+
+
 @pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad", "sgd", "asgd", "rmsprop-mom")],
                          ids=lambda c: c.id)
 def test_thousands_of_odd_tensors(monkeypatch, case):

@@ -309,7 +309,7 @@ void register_functions(py::module_& m) {
 // the kernels run (cuda/plan.h).
 void register_plan(py::module_& m) {
   using py::arg;
-  m.attr("CHUNK_ELEMENTS") = kChunkElements;
+  m.attr("CHUNK_ELEMENTS") = kChunkElements;  // the default; chunk_elements() says the one in use
   m.attr("NORM_BLOCK") = math::kNormBlock;
   m.attr("VECTOR_BYTES") = kVectorBytes;
   m.attr("SCALAR_ONLY") = kScalarOnly;
@@ -347,6 +347,10 @@ void register_plan(py::module_& m) {
     return out;
   }, arg("sizes"), arg("heads") = py::none(), py::kw_only(), arg("chunk") = kChunkElements,
      arg("capacity"), arg("max_grid"));
+  m.def("chunk_elements", &chunk_elements, "Elements per chunk of the update launches.");
+  m.def("set_chunk_elements", &set_chunk_elements, arg("n"),
+        "For tuning on a GPU (bench/gpu_bench.py): the chunk size of later update launches, a "
+        "positive multiple of 2048; returns the previous one. Results do not depend on it.");
   m.def("update_capacity", &update_capacity, arg("n_roles"));
   m.def("update_param_bytes", &update_param_bytes, arg("n_roles"));
   m.def("norm_capacity", &norm_capacity);
@@ -370,7 +374,7 @@ void register_runtime(py::module_& m) {
                     py::arg("architectures") = FUSEDOPT_CUDA_ARCHS_STR,
                     py::arg("kernel_param_bytes") = kParamLimit,
                     py::arg("tensors_per_launch") = update_capacity(4),
-                    py::arg("chunk_elements") = kChunkElements,
+                    py::arg("chunk_elements") = chunk_elements(),
                     py::arg("threads_per_block") = kThreads,
                     py::arg("numerics") = "--fmad=false, IEEE div/sqrt (-prec-div=true -prec-sqrt=true), "
                                           "no fast-math, no flush-to-zero");

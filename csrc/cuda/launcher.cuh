@@ -39,6 +39,7 @@ struct UpdateParams {
   C coeffs;
   const DeviceCoeffs<C>* device_coeffs;  // null: use `coeffs`
   int64_t n_chunks;
+  int64_t chunk;  // elements per chunk (cuda/plan.h: chunk_elements)
   int32_t n_slots;
 };
 
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t chunk = blockIdx.x; chunk < P.n_chunks; chunk += gridDim.x) {
     const int slot = locate(P.table.chunk_start, P.n_slots, chunk);
-    const ChunkSpan s = chunk_span(P.table.size[slot], P.table.head[slot], kChunkElements, V,
+    const ChunkSpan s = chunk_span(P.table.size[slot], P.table.head[slot], P.chunk, V,
                                    chunk - P.table.chunk_start[slot]);
     S* ptr[kRoles];
 #pragma unroll
@@ -167,12 +168,14 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
     heads[t] = vector_head(addresses, kRoles, sizeof(S));
   }
   const auto kernel = update_kernel<Rule, S, C, kRoles>;
-  const auto plans = plan_launches(sizes.data(), heads.data(), n, kChunkElements, kCap,
+  const int64_t chunk = chunk_elements();
+  const auto plans = plan_launches(sizes.data(), heads.data(), n, chunk, kCap,
                                    max_resident_blocks(reinterpret_cast<const void*>(kernel), kThreads));
   if (plans.empty()) return;
   Params params{};
   params.coeffs = coeffs;
   params.device_coeffs = static_cast<const DeviceCoeffs<C>*>(device_coeffs);
+  params.chunk = chunk;
   for (const LaunchPlan& plan : plans) {
     const int slots = static_cast<int>(plan.tensors.size());
     params.n_slots = slots;

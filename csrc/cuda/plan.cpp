@@ -1,10 +1,24 @@
 #include "cuda/plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
+#include <string>
 
 namespace fusedopt {
 namespace cuda {
+namespace {
+std::atomic<int64_t> g_chunk_elements{kChunkElements};
+}  // namespace
+
+int64_t chunk_elements() { return g_chunk_elements.load(std::memory_order_relaxed); }
+
+int64_t set_chunk_elements(int64_t n) {
+  if (n <= 0 || n % kChunkQuantum != 0)
+    throw std::invalid_argument("chunk size must be a positive multiple of " +
+                                std::to_string(kChunkQuantum) + ", got " + std::to_string(n));
+  return g_chunk_elements.exchange(n);
+}
 
 int32_t vector_head(const uintptr_t* addresses, int n_roles, int itemsize) {
   if (itemsize <= 0 || kVectorBytes % itemsize != 0) return kScalarOnly;

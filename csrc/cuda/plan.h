@@ -36,6 +36,17 @@ constexpr int32_t kScalarOnly = -1;
 // A model of the 1,000-tensor benchmark list (bench/gpu_bench.py, 528 resident blocks)
 // puts the busiest block at 0.88 of the average work with 16384, 0.94 with 8192.
 constexpr int64_t kChunkElements = 8192;
+// Chunk sizes must be multiples of this (a float32 block pass), so that every chunk after a
+// tensor's head starts on a 16-byte boundary for every element size.
+constexpr int64_t kChunkQuantum = 2048;
+
+// The chunk size the update launches use: kChunkElements, unless set_chunk_elements() chose
+// another for the process. That is for tuning on a GPU (bench/gpu_bench.py sweeps it), not
+// for users: results are the same bits for every chunk size, only the time differs.
+int64_t chunk_elements();
+// Sets it (a positive multiple of kChunkQuantum, else std::invalid_argument); returns the
+// previous size. Launches already queued keep theirs.
+int64_t set_chunk_elements(int64_t n);
 
 // Kernel parameter space: 4 KiB before CUDA 12.1; 32764 bytes from 12.1 on Volta and newer
 // (every architecture this module builds is Turing or newer). CMake sets the limit from the
