@@ -484,6 +484,22 @@ def test_torch_cpu_tensor_one_per_role(case_id):
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_tensor_subclasses_are_torch_tensors():
+    """A torch.Tensor subclass defined outside torch is a torch tensor (it was refused, as
+    its type's module is not torch's); on a GPU that also puts its calls on torch's stream."""
+    import torch
+
+    class Scaled(torch.Tensor):
+        pass
+
+    p = torch.ones(5).as_subclass(Scaled)
+    g = torch.full((5,), 0.5).as_subclass(Scaled)
+    fusedopt.sgd_([p], [g], lr=1.0)
+    fusedopt.sgd_(p, g, lr=1.0)
+    assert torch.all(p == 0.0)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
 @pytest.mark.parametrize("kind", ["bfloat16", "int32", "negative-view"])
 def test_torch_tensors_numpy_cannot_view(kind):
     """A tensor NumPy cannot view in place is a TypeError naming the argument."""

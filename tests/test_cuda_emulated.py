@@ -657,7 +657,7 @@ def test_cupy_calls_run_on_cupy_current_stream(streams):
     assert _launch_streams() == {0}
 
 
-def test_torch_params_run_on_torch_current_stream(streams):
+def test_torch_params_run_on_torch_current_stream(streams, monkeypatch):
     """torch params: torch's stream, even with CuPy states and a CuPy stream current; the
     raw-stream function of torch's CUDA builds is preferred where it exists."""
     torch, host_cupy = streams
@@ -677,7 +677,8 @@ def test_torch_params_run_on_torch_current_stream(streams):
     # The params decide: CuPy params with torch grads run on CuPy's stream.
     emu.Batch.strict([host_cupy.ones(10, np.float32)], [torch.ones(10)], []).sgd(*CASE_SGD)
     assert _launch_streams() == {CUPY_STREAM}
-    torch._C._cuda_getCurrentRawStream = lambda device: TORCH_RAW_STREAM + device  # the fixture undoes it
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: TORCH_RAW_STREAM + device,
+                        raising=False)
     batch.sgd(*momentum)
     assert _launch_streams() == {TORCH_RAW_STREAM}
 

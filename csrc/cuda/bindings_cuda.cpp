@@ -57,7 +57,11 @@ cudaStream_t resolve_stream(const py::object& stream, const DeviceBatch& b) {
   const int device = b.device();
   py::object ptr;
   if (b.torch_params()) {
-    ptr = py::module_::import("fusedopt.cuda").attr("torch_stream")(device);
+    // Looked up once (a Python function of this package; never destroyed after the
+    // interpreter is gone): importing it on every call cost more than the call.
+    static py::object* torch_stream =
+        new py::object(py::module_::import("fusedopt.cuda").attr("torch_stream"));
+    ptr = (*torch_stream)(device);
   } else {
     PyObject* cupy = PyDict_GetItemString(PyImport_GetModuleDict(), "cupy");  // borrowed
     if (cupy == nullptr) return nullptr;

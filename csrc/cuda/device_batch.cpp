@@ -72,8 +72,8 @@ struct ArrayTypes {
     ArrayTypes t;
     t.cupy_ndarray = imported_attr("cupy", n.ndarray);
     // torch tensors only where CuPy is there too: the checked path reaches a torch CUDA
-    // tensor's memory through CuPy (and refuses the tensor without it), and the adaptive
-    // rate's result is a CuPy array. (The members stay null: no type is null.)
+    // tensor's memory through CuPy (and refuses the tensor without it), and the fast path
+    // takes only what the checked path would. (The members stay null: no type is null.)
     if (t.cupy_ndarray.is_none()) return t;
     t.torch_tensor = imported_attr("torch", n.Tensor);
     if (!t.torch_tensor.is_none()) {

@@ -9,6 +9,7 @@ a copy of an output would silently lose the update.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,8 +68,7 @@ def to_native(fn: str, label: str, x):
     """Returns (array, device) for a NumPy array, CuPy array or torch tensor, no copy."""
     if isinstance(x, np.ndarray):
         return x, "cpu"
-    module = _library(x)
-    if module == "torch":
+    if is_torch_tensor(x):
         if x.device.type == "cpu":
             # detach(): parameters require grad; the NumPy view shares the tensor's memory.
             try:
@@ -87,7 +87,7 @@ def to_native(fn: str, label: str, x):
             raise TypeError(f"{fn}: {label} is a torch tensor on {x.device}, and CuPy is not "
                             "installed to reach its memory (pip install 'fusedopt[cuda]')")
         return cupy.asarray(x.detach()), "cuda"
-    if module == "cupy":
+    if type(x).__module__.split(".", 1)[0] == "cupy":
         return x, "cuda"
     if hasattr(x, "__cuda_array_interface__"):
         cupy = _cupy()
@@ -235,16 +235,18 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
         xp = _cupy()
     first_state = 2 if has_grads else 1
     torch_device = None
-    if device == "cuda" and _library(lists[0][0]) == "torch":
+    if device == "cuda" and is_torch_tensor(lists[0][0]):
         torch_device = int(native[0][0].device.id)
     return Prepared(fn, device or "cpu", xp, dtype or np.dtype(np.float32), native[0],
                     native[1] if has_grads else None, native[first_state:],
                     names[first_state:], single, torch_device)
 
 
-def _library(x) -> str:
-    """The top-level module of an array's type: "numpy", "cupy", "torch", ..."""
-    return type(x).__module__.split(".", 1)[0]
+def is_torch_tensor(x) -> bool:
+    """A torch.Tensor, subclasses (nn.Parameter, ones defined elsewhere) included; never
+    imports torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _read_only(arr, original) -> bool:
@@ -254,7 +256,7 @@ def _read_only(arr, original) -> bool:
     __cuda_array_interface__."""
     if isinstance(arr, np.ndarray):
         return not arr.flags.writeable
-    if _library(original) in ("cupy", "torch"):
+    if type(original).__module__.split(".", 1)[0] == "cupy" or is_torch_tensor(original):
         return False
     interface = getattr(original, "__cuda_array_interface__", None)
     return bool(interface is not None and interface["data"][1])

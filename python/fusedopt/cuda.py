@@ -113,10 +113,11 @@ def _on_torch_stream(device: int):
 
     ptr = torch_stream(device)
     from_external = getattr(cupy.cuda.Stream, "from_external", None)
-    # CuPy 14 deprecates ExternalStream for from_external; older CuPy has only the former.
-    stream = from_external(_RawStream(ptr)) if from_external else cupy.cuda.ExternalStream(ptr, device)
-    with cupy.cuda.Device(device), stream:
-        yield
+    with cupy.cuda.Device(device):  # a stream made here belongs to this GPU, whatever CuPy's rule
+        # CuPy 14 deprecates ExternalStream for from_external; older CuPy has only the former.
+        stream = from_external(_RawStream(ptr)) if from_external else cupy.cuda.ExternalStream(ptr, device)
+        with stream:
+            yield
 
 
 def adaptive_sgd(batch, base, first_param):
@@ -125,11 +126,12 @@ def adaptive_sgd(batch, base, first_param):
 
     Returns ``(lr_t, grad_norm)`` as 0-d float64 arrays of that library (torch tensors when
     ``first_param``, the call's first param, is a torch tensor; else CuPy arrays), computed
-    on the device in the same order as the host path, so the step does not wait for the
-    GPU; ``float()`` of either waits for it, on the stream that computed it. ``base`` holds
-    the SGD coefficients at the base rate lr0.
+    on the device in the same order as the host path and on the same stream as the step,
+    so the step does not wait for the GPU. ``float()`` of either waits for that stream when
+    called with it current (as a step's caller usually is); from another stream, wait for
+    it first. ``base`` holds the SGD coefficients at the base rate lr0.
     """
-    if _arrays._library(first_param) == "torch":
+    if _arrays.is_torch_tensor(first_param):
         import torch
 
         result = torch.empty(2, dtype=torch.float64, device=first_param.device)
@@ -137,6 +139,7 @@ def adaptive_sgd(batch, base, first_param):
         return result[0], result[1].sqrt()
     import cupy
 
-    result = cupy.empty(2, dtype=cupy.float64)
-    batch.adaptive_sgd(*base, result=result.data.ptr)
-    return result[0], cupy.sqrt(result[1])
+    with cupy.cuda.Device(batch.device):  # the arrays' GPU, whose current stream the step used
+        result = cupy.empty(2, dtype=cupy.float64)
+        batch.adaptive_sgd(*base, result=result.data.ptr)
+        return result[0], cupy.sqrt(result[1])

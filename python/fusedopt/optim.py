@@ -19,7 +19,10 @@ On device arrays (CuPy arrays, torch CUDA tensors) an optimizer keeps what its f
 read of its params and states; later steps check the gradients, and what the held arrays
 can change in place (shapes; every fact of a torch tensor), and check the whole call again
 if anything changed. Its states are CuPy arrays, and everything it does on the device runs
-on the current stream of the params' library: torch's for torch tensors, else CuPy's.
+on the current stream of the params' library: torch's for torch tensors, else CuPy's. As
+with torch's own tensors, the states' memory belongs to the stream current when the
+optimizer was made: if steps run on another stream, wait for it before dropping the
+optimizer.
 """
 
 from __future__ import annotations
