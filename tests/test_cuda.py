@@ -696,3 +696,15 @@ def test_torch_cuda_graph_replays_a_step():
         fusedopt.sgd_(eager_p, g, eager_buf, **hyper)
     torch.cuda.synchronize()
     assert torch.equal(p, eager_p) and torch.equal(buf, eager_buf)
+
+
+def test_verify_command_on_the_device(monkeypatch, capsys):
+    """python -m fusedopt verify --device cuda: every case on the GPU is identical to the
+    exact reference and to the CPU kernels on the same inputs."""
+    from fusedopt import _verify
+
+    if CUDA_EMULATION:  # the emulated kernels are slow; the sizes still cover heads and tails
+        monkeypatch.setattr(_verify, "SIZES", [0, 1, 17, 1023, 20_003])
+    assert _verify.main(["--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert f"{2 * len(_verify.CASES)} passed, 0 failed" in out and "DIFFERENT" not in out

@@ -1,4 +1,9 @@
-"""python -m fusedopt verify: every kernel against its exact and float64 references."""
+"""python -m fusedopt verify: every kernel against its exact and float64 references.
+
+``--device cuda`` runs the CUDA kernels on CuPy arrays instead and also compares them with
+the CPU kernels on the same inputs: the numerics contract says float32 results are the
+same bits on both, so a GPU (or a build for it) that breaks it shows here.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +59,10 @@ def _run(fn, params, states, state_names, hyper, takes_step, grads_per_step, ste
         fn(params, grads, **dict(zip(state_names, states)), **kwargs)
 
 
-def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0):
+def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0, device="cpu"):
+    """One case: the native kernel on `device` ("cpu", or "cuda" on CuPy arrays) against the
+    exact reference (bitwise), the float64 formula (within tolerance) and, on "cuda", the
+    CPU kernel (bitwise)."""
     rng = np.random.default_rng(seed)
     params, states = _arrays(rng, dtype, len(state_names))
     grads = [[rng.standard_normal(n).astype(dtype) for n in SIZES] for _ in range(STEPS)]
@@ -68,24 +76,48 @@ def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0):
     f64_s = [[a.astype(np.float64) for a in st] for st in states]
     f64_g = [[g.astype(np.float64) for g in step] for step in grads]
 
-    _run(getattr(_kernels, kernel), native_p, native_s, state_names, hyper, takes_step, grads,
-         {"backend": "native"})
+    native = getattr(_kernels, kernel)
+    if device == "cuda":
+        import cupy
+
+        put = lambda arrays: [cupy.asarray(a) for a in arrays]  # noqa: E731
+        dev_p, dev_s = put(native_p), [put(st) for st in native_s]
+        _run(native, dev_p, dev_s, state_names, hyper, takes_step, [put(g) for g in grads],
+             {"backend": "native"})
+        device_outs = [cupy.asnumpy(a) for a in dev_p + [a for st in dev_s for a in st]]
+    _run(native, native_p, native_s, state_names, hyper, takes_step, grads, {"backend": "native"})
     _run(getattr(reference, kernel), exact_p, exact_s, state_names, hyper, takes_step, grads,
          {"mode": "exact"})
     _run(getattr(reference, kernel), f64_p, f64_s, state_names, hyper, takes_step, f64_g,
          {"mode": "float64"})
 
-    outs = native_p + [a for st in native_s for a in st]
+    cpu_outs = native_p + [a for st in native_s for a in st]
+    outs = device_outs if device == "cuda" else cpu_outs
     exact = exact_p + [a for st in exact_s for a in st]
     identical = all(np.array_equal(a, b) for a, b in zip(outs, exact))
+    same_as_cpu = all(np.array_equal(a, b) for a, b in zip(outs, cpu_outs))
     exact_err = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(outs, exact)
                      if a.size), default=0.0)
     scale = max(float(np.max(np.abs(p))) for p in f64_p if p.size)
-    f64_err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(native_p, f64_p)
-                  if a.size) / scale
-    ok = identical and f64_err <= FLOAT64_TOLERANCE[dtype]
+    f64_err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in
+                  zip(outs[:len(f64_p)], f64_p) if a.size) / scale
+    ok = identical and same_as_cpu and f64_err <= FLOAT64_TOLERANCE[dtype]
     return dict(case=name, dtype=np.dtype(dtype).name, identical=identical, exact_err=exact_err,
-                f64_rel_err=f64_err, ok=ok)
+                same_as_cpu=same_as_cpu, f64_rel_err=f64_err, ok=ok)
+
+
+def _cuda_reason():
+    """Why the CUDA kernels cannot be verified here, or None."""
+    from fusedopt import cuda
+
+    reason = cuda.unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "CuPy is not installed (pip install 'fusedopt[cuda]')"
+    return None
 
 
 def main(argv=None) -> int:
@@ -94,21 +126,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusedopt verify",
                                      description="Runs every kernel on random data against its "
                                      "exact reference (bitwise) and the float64 textbook formula.")
-    parser.parse_args(argv)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the CUDA kernels on CuPy arrays, also compared with the CPU "
+                        "kernels bit for bit (default: cpu)")
+    args = parser.parse_args(argv)
     from fusedopt import info
 
-    cpu = info()["cpu"]
-    print(f"fusedopt verify: CPU target {cpu.get('target')}, {cpu.get('threads')} threads, "
-          f"{len(SIZES)} tensors per call (sizes {SIZES}), {STEPS} steps")
-    header = f"{'case':28s} {'dtype':8s} {'vs exact':>12s} {'vs float64 (rel)':>17s}  result"
+    found = info()
+    cpu = found["cpu"]
+    where = f"CPU target {cpu.get('target')}, {cpu.get('threads')} threads"
+    if args.device == "cuda":
+        reason = _cuda_reason()
+        if reason is not None:
+            print(f"fusedopt verify: cannot run the CUDA kernels: {reason}", file=sys.stderr)
+            return 2
+        gpu = found["cuda"].get("device") or {}
+        where = (f"CUDA on {gpu.get('name', 'the GPU')} (compute capability "
+                 f"{gpu.get('compute_capability', '?')}), against the {where}")
+    print(f"fusedopt verify: {where}, {len(SIZES)} tensors per call (sizes {SIZES}), {STEPS} steps")
+    cpu_column = f" {'vs CPU':>10s}" if args.device == "cuda" else ""
+    header = f"{'case':28s} {'dtype':8s} {'vs exact':>12s}{cpu_column} {'vs float64 (rel)':>17s}  result"
     print(header)
     print("-" * len(header))
     failures = 0
     for name, kernel, hyper, states, takes_step in CASES:
         for dtype in (np.float32, np.float64):
-            r = verify_case(name, kernel, hyper, states, takes_step, dtype)
+            r = verify_case(name, kernel, hyper, states, takes_step, dtype, device=args.device)
             exact = "identical" if r["identical"] else f"{r['exact_err']:.3g}"
-            print(f"{r['case']:28s} {r['dtype']:8s} {exact:>12s} {r['f64_rel_err']:>17.3g}  "
+            vs_cpu = f" {'identical' if r['same_as_cpu'] else 'DIFFERENT':>10s}" if cpu_column else ""
+            print(f"{r['case']:28s} {r['dtype']:8s} {exact:>12s}{vs_cpu} {r['f64_rel_err']:>17.3g}  "
                   f"{'PASS' if r['ok'] else 'FAIL'}")
             failures += not r["ok"]
     total = 2 * len(CASES)
