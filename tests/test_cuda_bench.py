@@ -1,27 +1,17 @@
-"""The GPU benchmark's report logic (bench/gpu_bench.py), which runs without a GPU: the
-table, the acceptance checks and the mixed tensor sizes the device check will use."""
+"""The GPU benchmark's report logic (fusedopt/_gpu_bench.py, which bench/gpu_bench.py and
+`python -m fusedopt bench --device cuda` run), which runs without a GPU: the table, the
+acceptance checks, the mixed tensor sizes the device check will use, the chunk sweep on
+the emulated kernels, and the command's answer where no GPU is."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "gpu_bench.py"
+from fusedopt import _gpu_bench
 
 
 @pytest.fixture(scope="module")
 def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+    return _gpu_bench
 
 
 def test_selftest(gpu_bench, capsys):
@@ -74,3 +64,14 @@ def test_chunk_sweep_runs_on_the_emulation(gpu_bench):
                                                    for c in gpu_bench.SWEEP_CHUNKS]
     assert all(len(r.samples_ms) == 2 and r.bytes_moved == 28 * sum(layouts[r.layout]) for r in sweep)
     assert emu.chunk_elements() == emu.CHUNK_ELEMENTS
+
+
+def test_command_without_a_gpu_says_why(capsys):
+    import fusedopt.cuda
+
+    if fusedopt.cuda.unavailable_reason() is None:
+        pytest.skip("a GPU is here: bench/gpu_check.sh runs the benchmark")
+    from fusedopt import _bench
+
+    assert _bench.main(["--device", "cuda"]) == 2
+    assert fusedopt.cuda.unavailable_reason() in capsys.readouterr().err

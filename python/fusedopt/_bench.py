@@ -1179,6 +1179,11 @@ def _parser() -> argparse.ArgumentParser:
                     "float32, 2^24 elements, all threads, the active CPU target, NumPy "
                     "reference). --full: the sweep of bench/README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the GPU benchmark instead (Adam, SGD with momentum and Adagrad "
+                         "against torch's fused optimizers, a CuPy kernel and the copy bandwidth; "
+                         "2^24 elements, or 2^28 with --full); of the other options it takes "
+                         "--full, --repeats and --out")
     ap.add_argument("--full", action="store_true",
                     help="every rule, float32+float64, sizes 2^10..2^27 and list1000, threads 1 "
                          "and all, every CPU target, every installed peer, latency; writes "
@@ -1256,6 +1261,10 @@ def config_from_args(args) -> Config:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.device == "cuda":
+        from fusedopt import _gpu_bench
+
+        return _gpu_bench.measure(quick=not args.full, reps=args.repeats or 20, out=args.out)
     cfg = config_from_args(args)
     if _native.core() is None:
         print(f"bench: the compiled module did not import: {_native.core_error()}",

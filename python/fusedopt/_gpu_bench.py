@@ -1,0 +1,477 @@
+"""GPU benchmark: fusedopt's CUDA kernels against torch's fused optimizers, a CuPy
+ElementwiseKernel of the same rule, the traffic-only roof and the device-to-device copy
+bandwidth, all measured in one run.
+
+Cases: Adam, SGD with momentum and Adagrad, float32, as one tensor of 2^28 elements and as
+a list of 1,000 tensors of mixed sizes totalling 2^26 (the quick run: 2^24, and 1,000
+tensors totalling 2^22). Every figure is the median of
+repeated timed steps, each timed with CUDA events on the stream the work runs on; the
+spread is the 10th and 90th percentiles. Events bracket one whole step as a caller sees
+it, so host time that leaves the GPU idle (Python, argument checks, launch overhead)
+counts too. fusedopt has three rows: the prepared call (`_cuda.Batch`: pointers read and
+checked once, then reused every step), the functional API (every array checked in C++ on
+every call, csrc/cuda/device_batch.cpp), and `fusedopt.optim`'s step (params and states
+checked once, the gradients every step).
+
+Bytes are counted honestly: every array read plus every array written, per element (Adam
+reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per
+float32 element (read + write).
+
+A second, smaller table sweeps the chunk size of the update launches (_cuda.set_chunk_elements)
+for Adam's prepared step on both layouts: the data to tune the default (8192, chosen by a
+model of the list, not yet measured) by, in the same run.
+
+    python -m fusedopt bench --device cuda [--full] [--out DIR]   # quick, or the 2^28 run
+    python bench/gpu_bench.py --out DIR       # the full run; writes DIR/gpu_report.md and gpu_bench.json
+    python bench/gpu_bench.py --selftest      # the report logic on made-up timings, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ELEMENT_BYTES = 4  # float32
+# Arrays read and written per element by each rule (param, grad, states).
+RULE_TRAFFIC = {
+    "adam": {"read": 4, "written": 3, "states": 2},
+    "sgd_momentum": {"read": 3, "written": 2, "states": 1},
+    "adagrad": {"read": 3, "written": 2, "states": 1},
+}
+RULE_TITLES = {"adam": "Adam", "sgd_momentum": "SGD momentum", "adagrad": "Adagrad"}
+ONE_TENSOR = "one tensor, 2^28"
+TENSOR_LIST = "1,000 tensors, 2^26"
+
+
+@dataclass
+class Result:
+    rule: str  # a RULE_TRAFFIC key, or "copy"
+    layout: str
+    impl: str
+    samples_ms: list = field(default_factory=list)
+    bytes_moved: int = 0
+    note: str = ""
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.samples_ms:
+            return float("nan")
+        s = sorted(self.samples_ms)
+        return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+    @property
+    def gbps(self) -> float:
+        m = self.median_ms
+        return self.bytes_moved / (m * 1e-3) / 1e9 if self.samples_ms and m > 0 else float("nan")
+
+
+def step_bytes(rule: str, n_elements: int) -> int:
+    t = RULE_TRAFFIC[rule]
+    return (t["read"] + t["written"]) * ELEMENT_BYTES * n_elements
+
+
+def mixed_sizes(n_tensors: int, total: int, seed: int = 0) -> list[int]:
+    """n_tensors sizes, log-normally mixed (a few large, many small, every one >= 1), that
+    add up to exactly `total`."""
+    import random
+
+    rng = random.Random(seed)
+    raw = [rng.lognormvariate(0.0, 1.5) for _ in range(n_tensors)]
+    scale = (total - n_tensors) / sum(raw)
+    sizes = [1 + int(r * scale) for r in raw]
+    sizes[sizes.index(max(sizes))] += total - sum(sizes)
+    assert sum(sizes) == total and min(sizes) >= 1
+    return sizes
+
+
+# --------------------------------------------------------------------------------------
+# The report (pure Python: runs without a GPU, see --selftest)
+# --------------------------------------------------------------------------------------
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def format_table(results: list[Result], copy_gbps: float) -> str:
+    """A Markdown table: one row per case and implementation, with GB/s, the share of the
+    measured copy bandwidth, and the speed relative to torch's fused (or foreach) step."""
+    torch_ms = {}
+    for r in results:
+        if r.impl.startswith("torch") and r.samples_ms:
+            torch_ms.setdefault((r.rule, r.layout), r.median_ms)
+    lines = ["| case | implementation | median ms | p10–p90 ms | GB/s | % of copy | vs torch |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        case = "device-to-device copy" if r.rule == "copy" else f"{RULE_TITLES[r.rule]}, {r.layout}"
+        if not r.samples_ms:
+            lines.append(f"| {case} | {r.impl} | n/a | | | | {r.note} |")
+            continue
+        share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+        ref = torch_ms.get((r.rule, r.layout))
+        vs = f"{ref / r.median_ms:.2f}x" if ref and not r.impl.startswith("torch") else ""
+        lines.append(f"| {case} | {r.impl} | {_fmt(r.median_ms)} | {_fmt(r.percentile_ms(0.1))}–"
+                     f"{_fmt(r.percentile_ms(0.9))} | {_fmt(r.gbps, 0)} | {_fmt(share, 1)} | {vs} |")
+    return "\n".join(lines)
+
+
+def find(results, rule, layout, prefix):
+    for r in results:
+        if r.rule == rule and r.layout == layout and r.impl.startswith(prefix) and r.samples_ms:
+            return r
+    return None
+
+
+def acceptance(results: list[Result], copy_gbps: float) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets: (what, passed or None if not measurable, figures)."""
+    out = []
+    ours = find(results, "adam", ONE_TENSOR, "fusedopt (prepared")
+    torch_one = find(results, "adam", ONE_TENSOR, "torch fused")
+    ours_list = find(results, "adam", TENSOR_LIST, "fusedopt (prepared")
+    torch_list = find(results, "adam", TENSOR_LIST, "torch fused")
+    if ours and copy_gbps == copy_gbps:
+        share = ours.gbps / copy_gbps
+        out.append(("Adam f32 2^28 >= 90% of copy bandwidth", share >= 0.9, f"{100 * share:.1f}%"))
+    else:
+        out.append(("Adam f32 2^28 >= 90% of copy bandwidth", None, "not measured"))
+    for what, a, b, need in (("Adam f32 2^28 >= torch fused Adam", ours, torch_one, 1.0),
+                             ("Adam f32 1,000-tensor list >= 1.3x torch fused Adam", ours_list,
+                              torch_list, 1.3)):
+        if a and b:
+            ratio = b.median_ms / a.median_ms
+            out.append((what, ratio >= need, f"{ratio:.2f}x"))
+        else:
+            out.append((what, None, "not measured"))
+    return out
+
+
+def format_sweep(sweep: list[Result], copy_gbps: float, default_chunk: int) -> str:
+    """The chunk-size sweep as a Markdown table, the default chunk size marked."""
+    lines = ["| Adam, prepared Batch | chunk elements | median ms | p10–p90 ms | GB/s | % of copy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sweep:
+        chunk = int(r.impl.split()[-1])
+        mark = " (default)" if chunk == default_chunk else ""
+        share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+        lines.append(f"| {r.layout} | {chunk}{mark} | {_fmt(r.median_ms)} | {_fmt(r.percentile_ms(0.1))}–"
+                     f"{_fmt(r.percentile_ms(0.9))} | {_fmt(r.gbps, 0)} | {_fmt(share, 1)} |")
+    return "\n".join(lines)
+
+
+def format_report(results, copy_gbps, meta, sweep=(), default_chunk=0) -> str:
+    checks = acceptance(results, copy_gbps)
+    mark = {True: "PASS", False: "FAIL", None: "n/a"}
+    lines = [f"# fusedopt GPU benchmark, {meta.get('date', '?')}, {meta.get('gpu', '?')}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("date", "gpu")]
+    if sweep:
+        lines += ["", "Chunk sizes (the same bits at every size; the data to tune the default by):", "",
+                  format_sweep(list(sweep), copy_gbps, default_chunk)]
+    lines += ["", format_table(results, copy_gbps), ""]
+    lines += [f"- {mark[ok]}: {what} ({fig})" for what, ok, fig in checks]
+    return "\n".join(lines) + "\n"
+
+
+def selftest() -> int:
+    fake = [Result("copy", "2^28 float32", "cudaMemcpyAsync", [0.5, 0.51, 0.49], 2 * 4 * 2**28)]
+    fake.append(Result("adam", ONE_TENSOR, "fusedopt (prepared Batch)", [1.9, 1.8, 2.0],
+                       step_bytes("adam", 2**28)))
+    fake.append(Result("adam", ONE_TENSOR, "torch fused", [2.2, 2.3, 2.1], step_bytes("adam", 2**28)))
+    fake.append(Result("adam", TENSOR_LIST, "fusedopt (prepared Batch)", [0.5, 0.6],
+                       step_bytes("adam", 2**26)))
+    fake.append(Result("adagrad", TENSOR_LIST, "torch fused", [], 0, "not supported on CUDA"))
+    copy_gbps = fake[0].gbps
+    sweep = [Result("adam", ONE_TENSOR, f"chunk {c}", [1.9 + c / 1e5], step_bytes("adam", 2**28))
+             for c in SWEEP_CHUNKS]
+    report = format_report(fake, copy_gbps, {"date": "2000-01-01", "gpu": "none", "torch": "x"},
+                           sweep, default_chunk=8192)
+    assert "| one tensor, 2^28 | 8192 (default) | 1.982 |" in report, report
+    assert report.index("chunk elements") < report.index("| case | implementation"), report
+    assert "| Adam, one tensor, 2^28 | fusedopt (prepared Batch) | 1.900 |" in report, report
+    assert "1.16x" in report and "PASS: Adam f32 2^28 >= torch fused Adam" in report, report
+    assert "n/a: Adam f32 1,000-tensor list" in report, report
+    assert sum(mixed_sizes(1000, 2**26)) == 2**26
+    print(report)
+    print("selftest passed")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Measuring (needs a GPU, CuPy and fusedopt._cuda)
+# --------------------------------------------------------------------------------------
+def time_steps(cupy, fn, *, warmup: int, reps: int) -> list[float]:
+    """Milliseconds of each of `reps` calls of fn, each bracketed by CUDA events on CuPy's
+    current stream (the stream fusedopt, CuPy and torch's default all use here)."""
+    for _ in range(warmup):
+        fn()
+    stream = cupy.cuda.get_current_stream()
+    stream.synchronize()
+    out = []
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record(stream)
+        fn()
+        end.record(stream)
+        end.synchronize()
+        out.append(cupy.cuda.get_elapsed_time(start, end))
+    return out
+
+
+ELEMENTWISE = {
+    # The same operation order as csrc/math/ (CuPy compiles with its own flags, so these
+    # are timing peers, not bitwise ones).
+    "adam": ("T g, T b1, T omb1, T b2, T omb2, T step_size, T inv_sqrt_bc2, T eps",
+             "T p, T m, T v",
+             "m = b1 * m + omb1 * g; v = b2 * v + omb2 * (g * g);"
+             "p = p - step_size * (m / (sqrt(v) * inv_sqrt_bc2 + eps));"),
+    "sgd_momentum": ("T g, T lr, T mom, T omd", "T p, T buf",
+                     "buf = mom * buf + omd * g; p = p - lr * buf;"),
+    "adagrad": ("T g, T clr, T eps", "T p, T s", "s = s + g * g; p = p - clr * (g / (sqrt(s) + eps));"),
+}
+
+
+class Case:
+    """The arrays of one case, allocated once and shared by every implementation (torch
+    sees them through DLPack, without a copy)."""
+
+    def __init__(self, cupy, rule, sizes, seed):
+        self.rule, self.sizes = rule, sizes
+        n_states = RULE_TRAFFIC[rule]["states"]
+        rs = cupy.random.RandomState(seed)
+        f32 = cupy.float32
+        self.params = [rs.standard_normal(n, dtype=f32) for n in sizes]
+        self.grads = [rs.standard_normal(n, dtype=f32) * f32(0.01) for n in sizes]
+        self.states = [[cupy.zeros(n, f32) for n in sizes] for _ in range(n_states)]
+        self.n_elements = sum(sizes)
+
+    def fusedopt_step(self, fusedopt, _cuda):
+        """The prepared call: pointers read once, one plan and one or two launches a step."""
+        from fusedopt import _coeffs
+
+        batch = _cuda.Batch(self.params, self.grads, self.states, 0)
+        if self.rule == "adam":
+            c = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False)
+            return lambda: batch.adam(*c)
+        if self.rule == "sgd_momentum":
+            c = _coeffs.sgd("sgd_", lr=1e-3, momentum=0.9, dampening=0.0, nesterov=False,
+                            weight_decay=0.0, maximize=False, step=2, convention="torch")
+            return lambda: batch.sgd(*c)
+        c = _coeffs.adagrad("adagrad_", step=1, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                            eps=1e-10, maximize=False)
+        return lambda: batch.adagrad(*c)
+
+    def functional_step(self, fusedopt):
+        p, g, s = self.params, self.grads, self.states
+        if self.rule == "adam":
+            return lambda: fusedopt.adam_(p, g, s[0], s[1], step=1, lr=1e-3, backend="native")
+        if self.rule == "sgd_momentum":
+            return lambda: fusedopt.sgd_(p, g, s[0], lr=1e-3, momentum=0.9, step=2, backend="native")
+        return lambda: fusedopt.adagrad_(p, g, s[0], step=1, lr=1e-2, backend="native")
+
+    def optimizer_step(self, fusedopt):
+        """fusedopt.optim's step over the case's params (its states are its own arrays);
+        the first step, which checks everything, is a warm-up step."""
+        import fusedopt.optim
+
+        if self.rule == "adam":
+            opt = fusedopt.optim.Adam(self.params, lr=1e-3, backend="native")
+        elif self.rule == "sgd_momentum":
+            opt = fusedopt.optim.SGD(self.params, lr=1e-3, momentum=0.9, backend="native")
+        else:
+            opt = fusedopt.optim.Adagrad(self.params, lr=1e-2, backend="native")
+        return lambda: opt.step(self.grads)
+
+    def traffic_step(self, _cuda):
+        batch = _cuda.Batch(self.params, self.grads, self.states, 0)
+        return lambda: batch.traffic()
+
+    def elementwise_step(self, cupy):
+        inputs, outputs, body = ELEMENTWISE[self.rule]
+        kernel = cupy.ElementwiseKernel(inputs, outputs, body, f"fusedopt_bench_{self.rule}")
+        f = cupy.float32
+        if self.rule == "adam":
+            coeffs = (f(0.9), f(0.1), f(0.999), f(0.001), f(1e-2), f(1.0 / (1 - 0.999) ** 0.5), f(1e-8))
+        elif self.rule == "sgd_momentum":
+            coeffs = (f(1e-3), f(0.9), f(1.0))
+        else:
+            coeffs = (f(1e-2), f(1e-10))
+        tensors = list(zip(self.params, self.grads, *self.states))
+
+        def step():
+            for p, g, *states in tensors:
+                kernel(g, *coeffs, p, *states)
+
+        return step
+
+    def torch_step(self, torch, fused: bool):
+        params = [torch.from_dlpack(p) for p in self.params]
+        for p, g in zip(params, self.grads):
+            p.grad = torch.from_dlpack(g)
+        kw = dict(fused=True) if fused else dict(foreach=True)
+        if self.rule == "adam":
+            opt = torch.optim.Adam(params, lr=1e-3, **kw)
+        elif self.rule == "sgd_momentum":
+            opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, **kw)
+        else:
+            opt = torch.optim.Adagrad(params, lr=1e-2, **kw)
+        opt.step()  # fails here, not in the timing loop, where torch lacks this variant
+        return opt.step
+
+
+def measure_copy(cupy, n, warmup, reps) -> Result:
+    """The memory roof of the machine: a device-to-device copy of n float32."""
+    src = cupy.ones(n, cupy.float32)
+    dst = cupy.empty_like(src)
+    stream = cupy.cuda.get_current_stream()
+
+    def copy():
+        cupy.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes, 3, stream.ptr)
+
+    return Result("copy", f"{n} float32", "cudaMemcpyAsync device to device",
+                  time_steps(cupy, copy, warmup=warmup, reps=reps), 2 * src.nbytes)
+
+
+# Chunk sizes to sweep: powers of two around the default, each a multiple of 2048.
+SWEEP_CHUNKS = (2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def sweep_chunk_sizes(cupy, _cuda, layouts, *, warmup, reps) -> list[Result]:
+    """Adam's prepared step at each chunk size (_cuda.set_chunk_elements), per layout: the
+    data to tune the default chunk size (csrc/cuda/plan.h: kChunkElements) by."""
+    out = []
+    for layout, sizes in layouts.items():
+        case = Case(cupy, "adam", sizes, seed=len(out))
+        step = case.fusedopt_step(None, _cuda)
+        nbytes = step_bytes("adam", case.n_elements)
+        for chunk in SWEEP_CHUNKS:
+            old = _cuda.set_chunk_elements(chunk)
+            try:
+                out.append(Result("adam", layout, f"chunk {chunk}",
+                                  time_steps(cupy, step, warmup=warmup, reps=reps), nbytes))
+            finally:
+                _cuda.set_chunk_elements(old)
+            print(f"  adam          {layout:20s} chunk {chunk:<28d} {out[-1].median_ms:9.3f} ms",
+                  file=sys.stderr, flush=True)
+        del case, step
+        cupy.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, reps, seed):
+    case = Case(cupy, rule, sizes, seed=seed)
+    nbytes = step_bytes(rule, case.n_elements)
+    out: list[Result] = []
+
+    def run(impl, make):
+        try:
+            samples = time_steps(cupy, make(), warmup=warmup, reps=reps)
+            out.append(Result(rule, layout, impl, samples, nbytes))
+        except Exception as exc:  # a peer this machine lacks: a row that says so
+            out.append(Result(rule, layout, impl, [], 0, f"{type(exc).__name__}: {exc}"[:120]))
+        print(f"  {rule:13s} {layout:20s} {impl:34s} {out[-1].median_ms:9.3f} ms",
+              file=sys.stderr, flush=True)
+
+    run("fusedopt (prepared Batch)", lambda: case.fusedopt_step(fusedopt, _cuda))
+    run("fusedopt functional API", lambda: case.functional_step(fusedopt))
+    run("fusedopt optim step", lambda: case.optimizer_step(fusedopt))
+    run("traffic roof (same loads/stores)", lambda: case.traffic_step(_cuda))
+    if torch is not None:
+        run("torch fused", lambda: case.torch_step(torch, fused=True))
+        if not out[-1].samples_ms:  # torch has no fused variant of this rule on CUDA
+            run("torch foreach", lambda: case.torch_step(torch, fused=False))
+    run("CuPy ElementwiseKernel", lambda: case.elementwise_step(cupy))
+    return out
+
+
+def measure(*, quick: bool, reps: int = 20, out: str | None = None) -> int:
+    """Runs the benchmark and prints the report; with `out`, also writes gpu_report.md and
+    gpu_bench.json there. 2 if no CUDA kernel can run here."""
+    import fusedopt
+    import fusedopt.cuda
+
+    reason = fusedopt.cuda.unavailable_reason()
+    if reason:
+        print(f"fusedopt GPU benchmark: CUDA kernels unavailable: {reason}", file=sys.stderr)
+        return 2
+    import cupy
+
+    from fusedopt import _cuda
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        if not torch.cuda.is_available():
+            torch = None
+    except ImportError:
+        torch, torch_version = None, "not installed"
+
+    big = 2**24 if quick else 2**28
+    small_total = 2**22 if quick else 2**26
+    reps, warmup = (min(reps, 5), 2) if quick else (reps, 3)
+    layouts = {ONE_TENSOR: [big], TENSOR_LIST: mixed_sizes(1000, small_total)}
+    results: list[Result] = []
+    t0 = time.perf_counter()
+
+    results.append(measure_copy(cupy, big, warmup, reps))
+    copy_gbps = results[0].gbps
+    for rule in RULE_TRAFFIC:
+        for layout, sizes in layouts.items():
+            results += measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes,
+                                    warmup=warmup, reps=reps, seed=len(results))
+            # Each case's arrays are gone with measure_case's frame: hand the memory back.
+            cupy.get_default_memory_pool().free_all_blocks()
+            if torch is not None:
+                torch.cuda.empty_cache()
+
+    sweep = sweep_chunk_sizes(cupy, _cuda, layouts, warmup=warmup, reps=reps)
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    info = fusedopt.info()["cuda"]
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": name,
+        "driver": cupy.cuda.runtime.driverGetVersion(),
+        "fusedopt": f"{fusedopt.__version__}, CUDA {info.get('cuda_runtime')} (static), "
+                    f"architectures {info.get('architectures')}",
+        "cupy": cupy.__version__,
+        "torch": torch_version,
+        "python": platform.python_version(),
+        "timing": f"median of {reps} steps after {warmup} warm-up, CUDA events per step",
+        "copy bandwidth": f"{copy_gbps:.0f} GB/s (read + write)",
+        "elapsed": f"{time.perf_counter() - t0:.0f} s",
+    }
+    report = format_report(results, copy_gbps, meta, sweep, default_chunk=_cuda.CHUNK_ELEMENTS)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "gpu_report.md").write_text(report)
+        (folder / "gpu_bench.json").write_text(json.dumps(
+            {"meta": meta, "copy_gbps": copy_gbps,
+             "results": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in results],
+             "chunk_sweep": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in sweep]},
+            indent=1, default=str))
+    print(report)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/results/gpu", help="folder for gpu_report.md and gpu_bench.json")
+    ap.add_argument("--reps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
+    ap.add_argument("--selftest", action="store_true", help="check the report logic; no GPU needed")
+    args = ap.parse_args(argv)
+    return selftest() if args.selftest else measure(quick=args.quick, reps=args.reps, out=args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
