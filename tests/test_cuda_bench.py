@@ -58,8 +58,30 @@ def test_chunk_sweep_runs_on_the_emulation(gpu_bench):
         cuda=types.SimpleNamespace(get_current_stream=host_cupy.cuda.get_current_stream, Event=Event,
                                    get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t)),
         get_default_memory_pool=host_cupy.get_default_memory_pool)
+    class Recording:  # the emulated module, noting every chunk size set and the launches' grids
+        def __init__(self):
+            self.sizes = []
+
+        def __getattr__(self, name):
+            return getattr(emu, name)
+
+        def set_chunk_elements(self, n):
+            self.sizes.append(n)
+            return emu.set_chunk_elements(n)
+
+    module = Recording()
     layouts = {"one": [70_001], "list": gpu_bench.mixed_sizes(20, 50_000)}
-    sweep = gpu_bench.sweep_chunk_sizes(fake, emu, layouts, warmup=1, reps=2)
+    emu.take_launches()
+    shape = emu.set_device_shape(64, 16)  # one block per chunk: the grid shows the chunk size used
+    try:
+        sweep = gpu_bench.sweep_chunk_sizes(fake, module, layouts, warmup=1, reps=2)
+    finally:
+        emu.set_device_shape(*shape)
+    grids = [grid for grid, _, _ in emu.take_launches()]
+    assert module.sizes[0::2] == list(gpu_bench.SWEEP_CHUNKS) * 2  # each set, then put back
+    # One tensor of 70,001: 3 steps (1 warm-up, 2 timed) per size; fewer blocks as chunks grow.
+    one = [grids[3 * k] for k in range(len(gpu_bench.SWEEP_CHUNKS))]
+    assert one == sorted(one, reverse=True) and one[0] > one[-1]
     assert [(r.layout, r.impl) for r in sweep] == [(layout, f"chunk {c}") for layout in layouts
                                                    for c in gpu_bench.SWEEP_CHUNKS]
     assert all(len(r.samples_ms) == 2 and r.bytes_moved == 28 * sum(layouts[r.layout]) for r in sweep)

@@ -310,7 +310,8 @@ void register_functions(py::module_& m) {
 }
 
 // Launch planning, exposed so that tests/test_cuda_plan.py checks on the CPU the very code
-// the kernels run (cuda/plan.h).
+// the kernels run (cuda/plan.h). Its helpers default to CHUNK_ELEMENTS, not to a size
+// set_chunk_elements() chose; the tests pass the size they mean.
 void register_plan(py::module_& m) {
   using py::arg;
   m.attr("CHUNK_ELEMENTS") = kChunkElements;  // the default; chunk_elements() says the one in use
@@ -353,7 +354,7 @@ void register_plan(py::module_& m) {
      arg("capacity"), arg("max_grid"));
   m.def("chunk_elements", &chunk_elements, "Elements per chunk of the update launches.");
   m.def("set_chunk_elements", &set_chunk_elements, arg("n"),
-        "For tuning on a GPU (bench/gpu_bench.py): the chunk size of later update launches, a "
+        "For tuning on a GPU (fusedopt/_gpu_bench.py): the chunk size of later update launches, a "
         "positive multiple of 2048; returns the previous one. Results do not depend on it.");
   m.def("update_capacity", &update_capacity, arg("n_roles"));
   m.def("update_param_bytes", &update_param_bytes, arg("n_roles"));

@@ -11,7 +11,8 @@ USAGE = """usage: python -m fusedopt {info,verify,bench} [options]
   verify   every kernel against its exact (bitwise) and float64 references
            (--device cuda: the CUDA kernels, also against the CPU kernels)
   bench    throughput of every rule against the memory roof and the NumPy reference
-           (quick by default; 'python -m fusedopt bench --help' for the full sweep)
+           (quick by default; 'python -m fusedopt bench --help' for the full sweep;
+           --device cuda: the GPU benchmark)
 """
 
 

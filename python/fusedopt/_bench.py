@@ -1183,7 +1183,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="cuda: the GPU benchmark instead (Adam, SGD with momentum and Adagrad "
                          "against torch's fused optimizers, a CuPy kernel and the copy bandwidth; "
                          "2^24 elements, or 2^28 with --full); of the other options it takes "
-                         "--full, --repeats and --out")
+                         "--full, --repeats (timed steps per case: 5, or 20 with --full) and "
+                         "--out (a folder for gpu_report.md and gpu_bench.json; nothing is "
+                         "written without it)")
     ap.add_argument("--full", action="store_true",
                     help="every rule, float32+float64, sizes 2^10..2^27 and list1000, threads 1 "
                          "and all, every CPU target, every installed peer, latency; writes "
@@ -1264,7 +1266,7 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         from fusedopt import _gpu_bench
 
-        return _gpu_bench.measure(quick=not args.full, reps=args.repeats or 20, out=args.out)
+        return _gpu_bench.measure(quick=not args.full, reps=args.repeats, out=args.out)
     cfg = config_from_args(args)
     if _native.core() is None:
         print(f"bench: the compiled module did not import: {_native.core_error()}",
