@@ -87,7 +87,7 @@ def to_native(fn: str, label: str, x):
             raise TypeError(f"{fn}: {label} is a torch tensor on {x.device}, and CuPy is not "
                             "installed to reach its memory (pip install 'fusedopt[cuda]')")
         return cupy.asarray(x.detach()), "cuda"
-    if type(x).__module__.split(".", 1)[0] == "cupy":
+    if _is_cupy_array(x):
         return x, "cuda"
     if hasattr(x, "__cuda_array_interface__"):
         cupy = _cupy()
@@ -242,6 +242,11 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
                     names[first_state:], single, torch_device)
 
 
+def _is_cupy_array(x) -> bool:
+    """An array of CuPy's own types (by module: CuPy may not be importable here)."""
+    return type(x).__module__.split(".", 1)[0] == "cupy"
+
+
 def is_torch_tensor(x) -> bool:
     """A torch.Tensor, subclasses (nn.Parameter, ones defined elsewhere) included; never
     imports torch."""
@@ -256,7 +261,7 @@ def _read_only(arr, original) -> bool:
     __cuda_array_interface__."""
     if isinstance(arr, np.ndarray):
         return not arr.flags.writeable
-    if type(original).__module__.split(".", 1)[0] == "cupy" or is_torch_tensor(original):
+    if _is_cupy_array(original) or is_torch_tensor(original):
         return False
     interface = getattr(original, "__cuda_array_interface__", None)
     return bool(interface is not None and interface["data"][1])

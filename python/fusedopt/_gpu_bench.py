@@ -414,7 +414,7 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None) -> 
     import fusedopt
     import fusedopt.cuda
 
-    reason = fusedopt.cuda.unavailable_reason()
+    reason = fusedopt.cuda.cupy_arrays_reason()
     if reason:
         print(f"fusedopt GPU benchmark: CUDA kernels unavailable: {reason}", file=sys.stderr)
         return 2

@@ -106,20 +106,6 @@ def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0, dev
                 same_as_cpu=same_as_cpu, f64_rel_err=f64_err, ok=ok)
 
 
-def _cuda_reason():
-    """Why the CUDA kernels cannot be verified here, or None."""
-    from fusedopt import cuda
-
-    reason = cuda.unavailable_reason()
-    if reason is not None:
-        return reason
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return "CuPy is not installed (pip install 'fusedopt[cuda]')"
-    return None
-
-
 def main(argv=None) -> int:
     import argparse
 
@@ -130,13 +116,13 @@ def main(argv=None) -> int:
                         help="cuda: the CUDA kernels on CuPy arrays, also compared with the CPU "
                         "kernels bit for bit (default: cpu)")
     args = parser.parse_args(argv)
-    from fusedopt import info
+    from fusedopt import cuda, info
 
     found = info()
     cpu = found["cpu"]
     where = f"CPU target {cpu.get('target')}, {cpu.get('threads')} threads"
     if args.device == "cuda":
-        reason = _cuda_reason()
+        reason = cuda.cupy_arrays_reason()
         if reason is not None:
             print(f"fusedopt verify: cannot run the CUDA kernels: {reason}", file=sys.stderr)
             return 2

@@ -61,6 +61,20 @@ def module():
     return _cuda
 
 
+def cupy_arrays_reason() -> str | None:
+    """Why the CUDA kernels cannot run on CuPy arrays here (None if they can): the kernels'
+    reason (unavailable_reason), or CuPy missing. For the commands that make CuPy arrays
+    themselves (verify and bench with --device cuda)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        importlib.import_module("cupy")
+    except ImportError:
+        return "CuPy is not installed (pip install 'fusedopt[cuda]')"
+    return None
+
+
 def info() -> dict:
     """CUDA build and device facts for fusedopt.info()."""
     out = {"built": is_built()}
