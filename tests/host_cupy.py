@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 float16, float32, float64 = np.float16, np.float32, np.float64
+int64, uint64 = np.int64, np.uint64
 
 
 class _Flags:

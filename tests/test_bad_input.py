@@ -731,6 +731,14 @@ def _construct_cases(opt: str) -> list[Case]:
     for k, v in {"cuda": "cuda", "None": None}.items():
         add(f"hyper-backend-{k}", _set_hyper(backend=v), ValueError, "backend")
     add("hyper-unknown-keyword", _set_hyper(learning_rate=0.1), TypeError, "learning_rate")
+    for k, v in {"int": 1, "str": "yes", "None": None}.items():
+        add(f"hyper-capturable-{k}", _set_hyper(capturable=v), TypeError, "capturable")
+    if opt in ("Adam", "AdamW"):  # host arrays: nothing for a CUDA graph to capture
+        add("hyper-capturable-host-arrays", _set_hyper(capturable=True), ValueError,
+            "capturable", "device arrays")
+    else:  # the same coefficients every step: captured as they are
+        add("hyper-capturable-other-rule", _set_hyper(capturable=True), TypeError,
+            "capturable", "Adam")
     if opt == "Adagrad":
         for k, v in {"negative": -0.1, "nan": float("nan")}.items():
             add(f"hyper-initial_accumulator_value-{k}", _set_hyper(initial_accumulator_value=v),

@@ -569,3 +569,25 @@ def test_cpu_calls_never_ask_for_a_gpu(monkeypatch):
         import torch
 
         fusedopt.sgd_(torch.ones(4), torch.ones(4), lr=0.1)
+
+
+@pytest.mark.parametrize("betas, decoupled", [((0.9, 0.999), False), ((0.5, 0.6), True),
+                                              ((0.0, 0.99), False), ((0.0, 0.0), True)])
+def test_adam_coefficient_table_rows_are_the_steps_coefficients(betas, decoupled):
+    """A capturable Adam's table (fusedopt._coeffs.adam_table): row t-1 has the bits of
+    adam() at step t, and the last row those of every later step too."""
+    from fusedopt import _coeffs
+
+    hyper = dict(lr=3e-3, betas=betas, eps=1e-8, weight_decay=0.05, amsgrad=False,
+                 maximize=True, decoupled=decoupled)
+    first, table = _coeffs.adam_table("adam_", **hyper)
+    n = len(table)
+    assert n == _coeffs.adam_table_steps("adam_", *betas)
+    assert first == _coeffs.adam("adam_", step=1, **hyper)
+    for t in sorted({1, 2, 3, n // 2 + 1, n - 1, n, n + 1, 10 * n, 10**9} - {0}):
+        c = _coeffs.adam("adam_", step=t, **hyper)
+        row = table[min(t, n) - 1]
+        assert [float(x) for x in row] == list(c[:9]), t
+        assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64))
+    if n > 2:  # the table is not longer than it needs to be by much: its rows still change
+        assert not np.array_equal(table[n // 2], table[-1])

@@ -352,6 +352,107 @@ def test_optimizer_skips_nonfinite_step_on_device():
 
 
 # --------------------------------------------------------------------------------------
+# Capturable Adam: the step count and the coefficient table on the device
+# (fusedopt.cuda.StepSchedule). Its steps must have the bits of the same steps taken eagerly,
+# past the end of its table too, after lr changes and skipped steps.
+def _capturable_trio(cls, sizes, key, **hyper):
+    rng = rng_for("capturable", cls.__name__, key)
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]
+    cpu = cls([p.copy() for p in host], **hyper)
+    eager = cls([cupy.asarray(p) for p in host], backend="native", **hyper)
+    captured = cls([cupy.asarray(p) for p in host], capturable=True, **hyper)
+    return rng, cpu, eager, captured
+
+
+def _assert_same_arrays(a, b):
+    for x, y in zip(a.params + sum(a.state.values(), []), b.params + sum(b.state.values(), [])):
+        x = x if isinstance(x, np.ndarray) else cupy.asnumpy(x)
+        y = y if isinstance(y, np.ndarray) else cupy.asnumpy(y)
+        assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("cls, hyper, steps", [
+    (fusedopt.optim.Adam, dict(lr=1e-2, weight_decay=0.1, amsgrad=True), 4),
+    # betas whose powers underflow within 83 steps: steps past the table's last row
+    (fusedopt.optim.AdamW, dict(lr=1e-2, betas=(0.5, 0.6)), 90),
+], ids=["Adam-amsgrad", "AdamW-short-table"])
+def test_capturable_steps_match_eager_steps(cls, hyper, steps):
+    sizes = [1, 5, 8193, 20_001]
+    rng, cpu, eager, captured = _capturable_trio(cls, sizes, "steps", **hyper)
+    table_rows = captured._schedule.table.shape[0]
+    assert table_rows < steps or steps < 10
+    for k in range(steps):
+        grads = [rng.uniform(-1, 1, n).astype(np.float32) / 100 for n in sizes]
+        if k == steps // 2:  # a schedule's change of rate rewrites the table in place
+            table = captured._schedule.table
+            for o in (cpu, eager, captured):
+                o.lr = hyper["lr"] / 3
+            assert captured._schedule.table is table
+        assert captured.step([cupy.asarray(g) for g in grads]) is None
+        eager.step([cupy.asarray(g) for g in grads])
+        cpu.step(grads)
+    assert captured.capturable and not eager.capturable
+    assert captured.step_count == eager.step_count == cpu.step_count == steps
+    _assert_same_arrays(captured, eager)
+    _assert_same_arrays(captured, cpu)
+
+
+def test_capturable_skip_and_state_dict():
+    """With skip_if_nonfinite the device counts NaN and inf: such a step writes nothing and
+    does not count. state_dict and load_state_dict carry the device's step count."""
+    sizes = [10, 70_001]
+    hyper = dict(lr=1e-2, skip_if_nonfinite=True)
+    rng, _, eager, captured = _capturable_trio(fusedopt.optim.Adam, sizes, "skip", **hyper)
+    good = [cupy.asarray(rng.uniform(-1, 1, n).astype(np.float32)) for n in sizes]
+    bad = [g.copy() for g in good]
+    bad[1][65_537] = cupy.float32(np.inf)
+    before = [a.copy() for a in captured.params + sum(captured.state.values(), [])]
+    assert captured.step(bad) is None
+    assert captured.step_count == 0
+    for a, b in zip(captured.params + sum(captured.state.values(), []), before):
+        assert bool(cupy.array_equal(a, b))
+    captured.step(good)
+    eager.step(good)
+    assert captured.step_count == 1
+    _assert_same_arrays(captured, eager)
+
+    saved = captured.state_dict()
+    assert saved["step"] == 1
+    params_1 = [p.copy() for p in captured.params]
+    captured.step(good)  # step 2
+    expected = [a.copy() for a in captured.params + sum(captured.state.values(), [])]
+    captured.load_state_dict(saved)
+    for p, q in zip(captured.params, params_1):
+        p[...] = q
+    assert captured.step_count == 1
+    captured.step(good)  # step 2 again: the device's count came back with the states
+    for a, b in zip(captured.params + sum(captured.state.values(), []), expected):
+        assert bool(cupy.array_equal(a, b))
+    eager.step(good)
+    _assert_same_arrays(captured, eager)
+    assert captured.step_count == eager.step_count == 2
+
+
+def test_capturable_refusals():
+    params = [cupy.ones(3, cupy.float32)]
+    with pytest.raises(ValueError, match="0.99996"):
+        fusedopt.optim.Adam(params, betas=(0.9, 0.99999), capturable=True)
+    with pytest.raises(ValueError, match="backend='reference'"):
+        fusedopt.optim.Adam(params, capturable=True, backend="reference")
+    with pytest.raises(TypeError, match="capturable"):
+        fusedopt.optim.RMSprop(params, capturable=True)
+    opt = fusedopt.optim.Adam(params, capturable=True)
+    with pytest.raises(ValueError, match="another number of steps"):
+        bad = opt.state_dict()
+        bad["hyperparameters"]["betas"] = (0.9, 0.9)
+        opt.load_state_dict(bad)
+    assert opt.hyperparameters["betas"] == (0.9, 0.999) and opt.step_count == 0
+    with pytest.raises(ValueError, match="grads"):
+        opt.step([cupy.ones(4, cupy.float32)])
+    assert opt.step_count == 0
+
+
+# --------------------------------------------------------------------------------------
 # The fast path for CuPy arrays (fusedopt._cuda.Batch.strict, csrc/cuda/device_batch.cpp):
 # plain calls never reach the Python checks, every call those checks refuse is refused by
 # it too (and then worded by prepare()), and an optimizer re-reads only its gradients.
@@ -696,6 +797,40 @@ def test_torch_cuda_graph_replays_a_step():
         fusedopt.sgd_(eager_p, g, eager_buf, **hyper)
     torch.cuda.synchronize()
     assert torch.equal(p, eager_p) and torch.equal(buf, eager_buf)
+
+
+def test_torch_cuda_graph_replays_capturable_adam():
+    """A capturable Adam step captured by torch.cuda.graph and replayed: every replay is the
+    next step, with its own bias corrections, and the bits of the same steps taken eagerly,
+    also across a change of lr between replays."""
+    torch = _torch_cuda()
+    rng = rng_for("graph-adam")
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in (10_007, 3)]
+    grads = [torch.from_numpy(rng.uniform(-1, 1, p.size).astype(np.float32)).cuda() for p in host]
+    captured = fusedopt.optim.AdamW([torch.from_numpy(p).cuda() for p in host], lr=1e-2,
+                                    capturable=True)
+    eager = fusedopt.optim.AdamW([torch.from_numpy(p).cuda() for p in host], lr=1e-2)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch asks
+        captured.step(grads)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured.step(grads)
+    for k in range(4):  # steps 2 to 5; steps 4 and 5 at the new rate
+        if k == 2:
+            captured.lr = 3e-3
+        graph.replay()
+    for k in range(5):
+        if k == 3:
+            eager.lr = 3e-3
+        eager.step(grads)
+    torch.cuda.synchronize()
+    assert captured.step_count == eager.step_count == 5
+    for a, b in zip(captured.params + sum(captured.state.values(), []),
+                    eager.params + sum(eager.state.values(), [])):
+        assert bool((cupy.asarray(a) == cupy.asarray(b)).all())
 
 
 def test_verify_command_on_the_device(monkeypatch, capsys):

@@ -348,6 +348,37 @@ def test_device_coefficients_and_skip():
     assert not np.array_equal(arrays[0], skipped[0])
 
 
+def test_select_coeffs_counts_steps_and_clamps_to_the_last_row():
+    """Batch.select_coeffs, what a capturable step runs before its update: the step count
+    goes up by one and that step's row is copied, the last row for every later step; a
+    nonzero NaN/inf count sets the skip word instead and leaves the count."""
+    doubles = emu.DEVICE_COEFFS_DOUBLES["adam"]
+    assert doubles == 10  # AdamCoeffs' 9 numbers and the skip word
+    table = np.arange(3 * doubles, dtype=np.float64).reshape(3, doubles)
+    table[:, -1] = 0.0
+    step = np.zeros(1, np.int64)
+    out = np.full(doubles, -1.0)
+    nonfinite = np.zeros(1, np.uint64)
+    arrays = [np.ones(4, np.float32) for _ in range(4)]
+    batch = emu.Batch(dev(arrays[:1]), dev(arrays[1:2]), [dev(arrays[2:3]), dev(arrays[3:])], 0)
+    kw = dict(table=table.ctypes.data, n_entries=3, step=step.ctypes.data, out=out.ctypes.data)
+    for t in range(1, 6):
+        batch.select_coeffs("adam", **kw, nonfinite=nonfinite.ctypes.data)
+        assert step[0] == t and np.array_equal(out, table[min(t, 3) - 1])
+    nonfinite[0] = 2
+    batch.select_coeffs("adam", **kw, nonfinite=nonfinite.ctypes.data)
+    assert step[0] == 5 and out[-1] == 1.0 and np.array_equal(out[:-1], table[2, :-1])
+    for bad, match in [(dict(kw, n_entries=0), "at least one"), (dict(kw, step=0), "device addresses")]:
+        with pytest.raises(ValueError, match=match):
+            batch.select_coeffs("adam", **bad)
+    with pytest.raises(ValueError, match="no rule named 'adamw'"):
+        batch.select_coeffs("adamw", **kw)
+    assert step[0] == 5
+    # The count into device memory, which the selection reads: no wait for the device.
+    arrays[1][2] = np.nan
+    assert batch.count_nonfinite(out=nonfinite.ctypes.data) is None and nonfinite[0] == 1
+
+
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_states", [0, 1, 2, 3])
 def test_traffic_matches_cpu(n_states):

@@ -122,6 +122,34 @@ double sum_of_squares_now(const DeviceBatch& b, const py::object& stream) {
   return host;
 }
 
+// The doubles of a rule's DeviceCoeffs (its coefficients, then the skip word), by the
+// names of the Batch methods; 0 for any other name.
+int device_coeffs_doubles(const std::string& rule) {
+  size_t bytes = 0;
+  if (rule == "sgd") bytes = sizeof(DeviceCoeffs<math::SgdCoeffs<double>>);
+  if (rule == "adagrad") bytes = sizeof(DeviceCoeffs<math::AdagradCoeffs<double>>);
+  if (rule == "rmsprop") bytes = sizeof(DeviceCoeffs<math::RmspropCoeffs<double>>);
+  if (rule == "adam") bytes = sizeof(DeviceCoeffs<math::AdamCoeffs<double>>);
+  return static_cast<int>(bytes / sizeof(double));
+}
+
+// Batch.select_coeffs: queued even for a batch of empty tensors (no update runs, but the
+// step count on the device still advances, as an optimizer's does).
+void select_coeffs_on_device(const DeviceBatch& b, const std::string& rule, uintptr_t table,
+                             int64_t n_entries, uintptr_t step, uintptr_t out, uintptr_t nonfinite,
+                             const py::object& stream) {
+  const int doubles = device_coeffs_doubles(rule);
+  if (doubles == 0) throw std::invalid_argument("select_coeffs: no rule named '" + rule + "'");
+  if (table == 0 || step == 0 || out == 0)
+    throw std::invalid_argument("select_coeffs: table, step and out must be device addresses");
+  if (n_entries < 1) throw std::invalid_argument("select_coeffs: the table needs at least one entry");
+  const cudaStream_t s = resolve_stream(stream, b);
+  py::gil_scoped_release release;
+  DeviceGuard guard(b.device());
+  select_coeffs(reinterpret_cast<const double*>(table), n_entries, doubles, reinterpret_cast<int64_t*>(step),
+                reinterpret_cast<const unsigned long long*>(nonfinite), reinterpret_cast<double*>(out), s);
+}
+
 long long nonfinite_now(const DeviceBatch& b, const py::object& stream) {
   unsigned long long host = 0;
   on_device(b, stream, [&](cudaStream_t s) {
@@ -274,8 +302,30 @@ void register_batch(py::module_& m) {
           kw, arg("out") = 0, arg("stream") = py::none(),
           "Sum of squares of the grads in the fixed blocking; out=0 waits and returns a float, "
           "out=address writes a float64 there and waits for nothing.")
-      .def("count_nonfinite", &nonfinite_now, kw, arg("stream") = py::none(),
-           "How many grad values are NaN or infinite (waits for the result).");
+      .def(
+          "count_nonfinite",
+          [](const DeviceBatch& b, uintptr_t out, py::object stream) -> py::object {
+            if (out == 0) return py::int_(nonfinite_now(b, stream));
+            auto* count = reinterpret_cast<unsigned long long*>(out);
+            if (b.has_grads() && b.batch().total() == 0) {  // nothing to count, but a 0 to write
+              const cudaStream_t s = resolve_stream(stream, b);
+              py::gil_scoped_release release;
+              check(cudaMemsetAsync(count, 0, sizeof(*count), s), "cudaMemsetAsync");
+              return py::none();
+            }
+            on_device(b, stream, [&](cudaStream_t s) { cuda::count_nonfinite(b.batch(), count, s); });
+            return py::none();
+          },
+          kw, arg("out") = 0, arg("stream") = py::none(),
+          "How many grad values are NaN or infinite; out=0 waits and returns an int, "
+          "out=address writes a uint64 there and waits for nothing.")
+      .def("select_coeffs", &select_coeffs_on_device, arg("rule"), kw, arg("table"), arg("n_entries"),
+           arg("step"), arg("out"), arg("nonfinite") = 0, arg("stream") = py::none(),
+           "For steps a CUDA graph replays: on the device, adds one to the int64 step count at "
+           "`step` and copies that step's entry of `table` (n_entries float64 DeviceCoeffs rows of "
+           "`rule`, for steps 1, 2, ...; the last row serves every later step) to `out`, the "
+           "device_coeffs of the update that follows. If the uint64 at `nonfinite` (count_nonfinite's "
+           "out) is not 0, it sets out's skip word instead and leaves the step count.");
 }
 
 // The module-level functions take (params, grads, states, dtype, *coefficients) like
@@ -320,6 +370,9 @@ void register_plan(py::module_& m) {
   m.attr("SCALAR_ONLY") = kScalarOnly;
   m.attr("THREADS_PER_BLOCK") = kThreads;
   m.attr("PARAM_LIMIT") = kParamLimit;
+  py::dict coeff_doubles;
+  for (const char* rule : {"sgd", "adagrad", "rmsprop", "adam"}) coeff_doubles[rule] = device_coeffs_doubles(rule);
+  m.attr("DEVICE_COEFFS_DOUBLES") = coeff_doubles;
   m.def("vector_head", [](const std::vector<uintptr_t>& addresses, int itemsize) {
     if (addresses.empty() || addresses.size() > kMaxRoles) throw std::invalid_argument("1 to 5 addresses");
     return vector_head(addresses.data(), static_cast<int>(addresses.size()), itemsize);

@@ -41,6 +41,15 @@ void grad_sum_of_squares(const Batch& batch, double* out, cudaStream_t stream);
 // result[1] = sumsq. A NaN gradient gives a NaN rate that propagates, as on the host.
 void adaptive_sgd(const SgdStep& base, const Batch& batch, double* result, cudaStream_t stream);
 
+// A step whose coefficients come from the device, for a CUDA graph to replay
+// (coeff_schedule.cu): `table` holds n_entries DeviceCoeffs of a rule (entry_doubles doubles
+// each), the coefficients of steps 1, 2, ..., n_entries, the last one also those of every
+// later step. Advances the step count at *step by one and copies the new step's entry to
+// `out`, the update's device_coeffs; if `nonfinite` is not null and the count there is not 0,
+// sets out's skip word instead and leaves the step count.
+void select_coeffs(const double* table, int64_t n_entries, int entry_doubles, int64_t* step,
+                   const unsigned long long* nonfinite, double* out, cudaStream_t stream);
+
 // How many gradient values are NaN or infinite, into *out in device memory.
 void count_nonfinite(const Batch& batch, unsigned long long* out, cudaStream_t stream);
 

@@ -191,17 +191,67 @@ def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
     weight_decay = _number(fn, "weight_decay", weight_decay)
     amsgrad = _flag(fn, "amsgrad", amsgrad)
     maximize = _flag(fn, "maximize", maximize)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
     if weight_decay == 0.0:
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if decoupled else WD_COUPLED
-    return _pack(AdamCoeffs, (
-        beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-        lr / bias_correction1, 1.0 / math.sqrt(bias_correction2),
-        eps, weight_decay, 1.0 - lr * weight_decay, maximize, wd_mode, amsgrad,
-    ))
+    return _pack(AdamCoeffs, _adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1**step,
+                                           beta2**step, math.sqrt) + (maximize, wd_mode, amsgrad))
+
+
+def _adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1_t, beta2_t, sqrt) -> tuple:
+    """Adam's numbers (AdamCoeffs without its flags) from beta1^t and beta2^t: for one step
+    (floats, sqrt=math.sqrt), or for many at once (float64 NumPy arrays of the powers,
+    sqrt=numpy.sqrt). Each operation is one IEEE double operation either way, so a row of
+    the table has the bits of the one step."""
+    bias_correction1 = 1.0 - beta1_t
+    bias_correction2 = 1.0 - beta2_t
+    return (beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1,
+            1.0 / sqrt(bias_correction2), eps, weight_decay, 1.0 - lr * weight_decay)
+
+
+# Where a table of coefficients by step can stop: once beta^t <= 2^-60 (pow is within an
+# ulp of that, and far below 2^-54, half the spacing of doubles under 1.0), 1 - beta^t is
+# exactly 1.0 in double, at that step and every later one, so their coefficients are equal.
+_UNDERFLOW_LOG2 = 60
+MAX_TABLE_STEPS = 1 << 20  # 80 MiB of Adam rows: beta2 up to about 0.99996
+
+
+def adam_table_steps(fn: str, beta1: float, beta2: float) -> int:
+    """How many steps' coefficients differ: from this step on, every step has this step's."""
+    n = 1
+    for b in (beta1, beta2):
+        if b > 0.0:
+            n = max(n, math.ceil(_UNDERFLOW_LOG2 * math.log(2.0) / -math.log(b)) + 1)
+    if n > MAX_TABLE_STEPS:
+        raise ValueError(f"{fn}: with betas ({beta1}, {beta2}) the coefficients change for {n:,} "
+                         f"steps; capturable=True keeps them all on the device and takes at most "
+                         f"{MAX_TABLE_STEPS:,} (beta2 up to about 0.99996)")
+    return n
+
+
+def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+    """Adam's coefficients for every step at once, for steps a CUDA graph replays: (the
+    coefficients of step 1, whose flags pick the kernel; a float64 array whose row t-1 holds
+    the numbers of :func:`adam` at step t, for t = 1 .. adam_table_steps(), the last row
+    also those of every later step)."""
+    import numpy as np
+
+    first = adam(fn, step=1, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                 amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
+    lr = _number(fn, "lr", lr)
+    beta1, beta2 = first.beta1, first.beta2
+    steps = range(1, adam_table_steps(fn, beta1, beta2) + 1)
+    # The powers one by one, as adam() takes them (Python's float ** int is C's pow);
+    # NumPy's power may take another algorithm.
+    beta1_t = np.array([beta1**t for t in steps], dtype=np.float64)
+    beta2_t = np.array([beta2**t for t in steps], dtype=np.float64)
+    numbers = _adam_numbers(lr, beta1, beta2, first.eps, first.weight_decay, beta1_t, beta2_t,
+                            np.sqrt)
+    table = np.empty((len(steps), len(numbers)), dtype=np.float64)
+    for k, column in enumerate(numbers):
+        table[:, k] = column
+    return first, table
 
 
 def adaptive_lr(lr0: float, sum_of_squares: float) -> float:

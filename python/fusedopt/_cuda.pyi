@@ -18,6 +18,7 @@ VECTOR_BYTES: int
 SCALAR_ONLY: int
 THREADS_PER_BLOCK: int
 PARAM_LIMIT: int
+DEVICE_COEFFS_DOUBLES: dict[str, int]  # per rule: its coefficients, then the skip word
 
 class Batch:
     """Device pointers of one call's arrays, read once and reusable across steps."""
@@ -63,7 +64,15 @@ class Batch:
                      stream: int | None = None) -> None: ...
     def traffic(self, *, stream: int | None = None) -> None: ...
     def grad_sum_of_squares(self, *, out: int = 0, stream: int | None = None) -> float | None: ...
-    def count_nonfinite(self, *, stream: int | None = None) -> int: ...
+    def count_nonfinite(self, *, out: int = 0, stream: int | None = None) -> int | None:
+        """How many grad values are NaN or infinite; with ``out`` (a device address) the
+        count goes there as a uint64 and nothing waits."""
+    def select_coeffs(self, rule: str, *, table: int, n_entries: int, step: int, out: int,
+                      nonfinite: int = 0, stream: int | None = None) -> None:
+        """On the device: step count at ``step`` (int64) plus one, and that step's row of
+        ``table`` (``n_entries`` rows of DEVICE_COEFFS_DOUBLES[rule] float64; the last row
+        serves every later step) copied to ``out``, the next update's device_coeffs. A
+        nonzero uint64 at ``nonfinite`` sets out's skip word instead and leaves the count."""
 
 def sgd(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, lr: float,
         weight_decay: float, decay_factor: float, momentum: float, one_minus_dampening: float,

@@ -305,6 +305,23 @@ class Case:
             opt = fusedopt.optim.Adagrad(self.params, lr=1e-2, backend="native")
         return lambda: opt.step(self.grads)
 
+    def graph_step(self, fusedopt, cupy):
+        """A capturable Adam's step captured once in a CUDA graph (CuPy's stream capture),
+        then replayed: every replay is the next step, with no host work per step."""
+        import fusedopt.optim
+
+        opt = fusedopt.optim.Adam(self.params, lr=1e-3, backend="native", capturable=True)
+        opt.step(self.grads)  # the first step checks everything, outside the capture
+        cupy.cuda.get_current_stream().synchronize()
+        capture = cupy.cuda.Stream(non_blocking=True)
+        with capture:
+            capture.begin_capture()
+            try:
+                opt.step(self.grads)
+            finally:
+                graph = capture.end_capture()
+        return lambda: graph.launch(cupy.cuda.get_current_stream())
+
     def traffic_step(self, _cuda):
         batch = _cuda.Batch(self.params, self.grads, self.states, 0)
         return lambda: batch.traffic()
@@ -398,6 +415,8 @@ def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, r
     run("fusedopt (prepared Batch)", lambda: case.fusedopt_step(fusedopt, _cuda))
     run("fusedopt functional API", lambda: case.functional_step(fusedopt))
     run("fusedopt optim step", lambda: case.optimizer_step(fusedopt))
+    if rule == "adam":
+        run("fusedopt capturable, graph replay", lambda: case.graph_step(fusedopt, cupy))
     run("traffic roof (same loads/stores)", lambda: case.traffic_step(_cuda))
     if torch is not None:
         run("torch fused", lambda: case.torch_step(torch, fused=True))

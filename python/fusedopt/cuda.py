@@ -157,3 +157,84 @@ def adaptive_sgd(batch, base, first_param):
         result = cupy.empty(2, dtype=cupy.float64)
         batch.adaptive_sgd(*base, result=result.data.ptr)
         return result[0], cupy.sqrt(result[1])
+
+
+class StepSchedule:
+    """A rule's coefficients for every step, in device memory, and the step count on the
+    device: what a step captured in a CUDA graph needs to replay as the step it is, with no
+    host work per step (fusedopt.optim's ``capturable=True``).
+
+    ``table`` is a float64 array from fusedopt._coeffs (row t-1: the rule's numbers at step
+    t; the last row also serves every later step). Before each update, :meth:`queue` has the
+    device add one to the step count and copy that step's row to where the update reads its
+    coefficients (``_cuda.Batch.select_coeffs``); with ``skip``, the device counts the
+    gradients' NaN and inf first, and a step with any writes nothing and is not counted. The
+    arrays are made, and later written, on the params' stream (:func:`params_stream`), on
+    GPU ``device``.
+    """
+
+    def __init__(self, rule: str, table, *, device: int, torch_device):
+        import cupy
+
+        self.rule, self._device, self._torch_device = rule, device, torch_device
+        self._doubles = _cuda.DEVICE_COEFFS_DOUBLES[rule]
+        with self._here():
+            self.table = cupy.asarray(self._rows(table))
+            self.step = cupy.zeros(1, dtype=cupy.int64)
+            self.coeffs = cupy.zeros(self._doubles, dtype=cupy.float64)
+            self.nonfinite = cupy.zeros(1, dtype=cupy.uint64)
+
+    def _here(self):
+        import cupy
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(cupy.cuda.Device(self._device))
+        stack.enter_context(params_stream(self._torch_device))
+        return stack
+
+    def _rows(self, table):
+        """The device layout (the rule's DeviceCoeffs): each row's numbers, then the skip
+        word 0."""
+        import numpy as np
+
+        if table.ndim != 2 or table.shape[1] != self._doubles - 1:
+            raise AssertionError(f"a {self.rule} table has {self._doubles - 1} numbers a row, "
+                                 f"not {table.shape[1:]}")
+        return np.concatenate([table, np.zeros((len(table), 1))], axis=1)
+
+    def rewrite(self, table) -> bool:
+        """New coefficients (after a change of lr, say) into the same device memory, so that
+        a graph already captured replays with them; False (nothing written) if the table has
+        another number of rows, which needs a new capture."""
+        import cupy
+
+        if table.shape[0] != self.table.shape[0]:
+            return False
+        with self._here():
+            self.table[...] = cupy.asarray(self._rows(table))
+        return True
+
+    def queue(self, batch, skip: bool) -> int:
+        """Queues the count (with skip) and the selection on the stream of ``batch``'s
+        params; returns the address of the selected coefficients, the device_coeffs of the
+        update to queue next."""
+        nonfinite = 0
+        if skip:
+            nonfinite = self.nonfinite.data.ptr
+            batch.count_nonfinite(out=nonfinite)
+        batch.select_coeffs(self.rule, table=self.table.data.ptr, n_entries=self.table.shape[0],
+                            step=self.step.data.ptr, out=self.coeffs.data.ptr, nonfinite=nonfinite)
+        return self.coeffs.data.ptr
+
+    @property
+    def steps_taken(self) -> int:
+        """The step count on the device (waits for the steps queued on the params' stream)."""
+        with self._here():
+            return int(self.step.get()[0])
+
+    @steps_taken.setter
+    def steps_taken(self, value: int) -> None:
+        import cupy
+
+        with self._here():
+            self.step[...] = cupy.asarray([value], dtype=cupy.int64)

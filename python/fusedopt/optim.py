@@ -15,6 +15,11 @@ status saying so, and does not advance the step count (loss-scaling overflow ski
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
 
+``Adam(..., capturable=True)`` and ``AdamW(..., capturable=True)`` (device arrays only)
+keep the step count on the device, with the coefficients of every step in a table there,
+so that a step captured in a CUDA graph replays as the step it is, with the bits of the
+same step taken eagerly (see :class:`Adam`).
+
 On device arrays (CuPy arrays, torch CUDA tensors) an optimizer keeps what its first step
 read of its params and states; later steps check the gradients, and what the held arrays
 can change in place (shapes; every fact of a torch tensor), and check the whole call again
@@ -41,11 +46,17 @@ class Optimizer:
     _kernel: Any = None  # the functional kernel, e.g. fusedopt.adam_
     _takes_step = True  # whether the kernel takes step=
     _defaults: dict[str, Any] = {}
+    _rule: str | None = None  # the CUDA module's rule, for optimizers that can be capturable
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
-                 **hyper):
+                 capturable: bool = False, **hyper):
         name = type(self).__name__
         self._skip = _coeffs._flag(name, "skip_if_nonfinite", skip_if_nonfinite)
+        capturable = _coeffs._flag(name, "capturable", capturable)
+        if capturable and self._rule is None:
+            raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients "
+                            f"change every step; {name}'s are the same every step (SGD's from "
+                            "its second), so its steps can be captured as they are")
         if not isinstance(params, (list, tuple)):
             params = [params]
         if len(params) == 0:
@@ -73,6 +84,7 @@ class Optimizer:
             # Steps on device arrays then check the params and states in full once, and
             # the grads (and what can change in place) each step: _native.DeviceParams.
             self._params = _native.DeviceParams(self._params)
+        self._schedule = self._make_schedule(prep) if capturable else None
 
     # --- subclass hooks ---------------------------------------------------------------
     def _state_names(self) -> list[str]:
@@ -80,6 +92,42 @@ class Optimizer:
 
     def _initial_value(self, name: str) -> float:
         return 0.0
+
+    def _table(self):
+        """(the coefficients of step 1, the table of every step's numbers): _coeffs."""
+        raise NotImplementedError
+
+    # --- capturable steps -------------------------------------------------------------
+    def _make_schedule(self, prep):
+        name = type(self).__name__
+        if prep.device != "cuda":
+            raise ValueError(f"{name}: capturable=True is for device arrays (CuPy arrays, torch "
+                             "CUDA tensors), whose steps a CUDA graph can capture; these "
+                             "params are host arrays")
+        if self._backend == "reference":
+            raise ValueError(f"{name}: capturable=True needs the CUDA kernels; the CuPy "
+                             "reference (backend='reference') computes every step on the host")
+        reason = _native.unavailable(prep)
+        if reason is not None:
+            raise RuntimeError(f"{name}: capturable=True needs the CUDA kernels: {reason}")
+        self._first_coeffs, table = self._table()
+        return cuda.StepSchedule(self._rule, table, device=prep.params[0].data.device_id,
+                                 torch_device=self._torch_device)
+
+    def _captured_step(self, grads):
+        """A step that waits for nothing and leaves nothing per step on the host: the
+        device counts the step and picks its coefficients, then the update reads them
+        (cuda.StepSchedule). The arrays are checked as every step's are."""
+        names = self._state_names()
+        values = [self._states[n] for n in names]
+        batch = _native.device_batch_strict(self._params, grads, values)
+        if batch is None:  # prepare() words what is wrong, or takes what strict() does not read
+            prep = _arrays.prepare(f"{type(self).__name__}.step", self._params, grads,
+                                   list(zip(names, values)))
+            batch = _native.device_batch(prep)
+        with cuda.params_stream(self._torch_device):
+            device_coeffs = self._schedule.queue(batch, self._skip)
+            getattr(batch, self._rule)(*self._first_coeffs, device_coeffs=device_coeffs)
 
     # --- public -------------------------------------------------------------------------
     @property
@@ -89,7 +137,11 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         _coeffs._number(type(self).__name__, "lr", value)
-        self._hyper["lr"] = float(value)
+        with self._lock:
+            self._hyper["lr"] = float(value)
+            if self._schedule is not None:
+                # Into the same device memory: a graph captured before replays with it.
+                self._schedule.rewrite(self._table()[1])
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -97,8 +149,15 @@ class Optimizer:
 
     @property
     def step_count(self) -> int:
-        """Steps taken so far (the next step is step_count + 1)."""
+        """Steps taken so far (the next step is step_count + 1). A capturable optimizer
+        keeps it on the device, and reading it waits for the steps queued there."""
+        if self._schedule is not None:
+            return self._schedule.steps_taken
         return self._step
+
+    @property
+    def capturable(self) -> bool:
+        return self._schedule is not None
 
     @property
     def params(self) -> list:
@@ -110,7 +169,10 @@ class Optimizer:
         return {n: list(arrays) for n, arrays in self._states.items()}
 
     def step(self, grads):
-        """Takes one step with one gradient per param (a list, or one array for one param)."""
+        """Takes one step with one gradient per param (a list, or one array for one param).
+
+        A capturable optimizer returns None: whether a step with ``skip_if_nonfinite`` was
+        skipped is on the device (``step_count`` does not advance)."""
         if not isinstance(grads, (list, tuple)):
             if len(self._params) != 1:
                 raise TypeError(f"{type(self).__name__}.step: grads must be a list of "
@@ -119,6 +181,8 @@ class Optimizer:
             grads = [grads]
         with self._lock:
             try:
+                if self._schedule is not None:
+                    return self._captured_step(list(grads))
                 result = self._call(self._params, list(grads), self._states, step=self._step + 1,
                                     skip_if_nonfinite=self._skip)
             finally:
@@ -134,7 +198,7 @@ class Optimizer:
         with self._lock, cuda.params_stream(self._torch_device):
             return {
                 "optimizer": type(self).__name__,
-                "step": self._step,
+                "step": self.step_count,
                 "hyperparameters": dict(self._hyper),
                 "state": {n: [a.copy() for a in arrays] for n, arrays in self._states.items()},
             }
@@ -179,14 +243,24 @@ class Optimizer:
             self._hyper = dict(hyper)
             try:
                 self._call([], [], {n: [] for n in self._state_names()}, step=1)
+                table = self._table() if self._schedule is not None else None
             except (TypeError, ValueError):
                 self._hyper = old
                 raise
+            if table is not None and table[1].shape[0] != self._schedule.table.shape[0]:
+                self._hyper = old
+                raise ValueError(f"{name}.load_state_dict: these betas change the coefficients "
+                                 "for another number of steps than this capturable optimizer's; "
+                                 "make a new optimizer (and capture its step again)")
             with cuda.params_stream(self._torch_device):
                 for n, arrays in self._states.items():
                     for own, src in zip(arrays, state[n]):
                         own[...] = src
             self._step = step
+            if table is not None:
+                self._first_coeffs = table[0]
+                self._schedule.rewrite(table[1])
+                self._schedule.steps_taken = step
 
     # --- the one call -------------------------------------------------------------------
     def _call(self, params, grads, states, *, step, skip_if_nonfinite=False):
@@ -283,11 +357,30 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam semantics; see :func:`fusedopt.adam_`."""
+    """torch.optim.Adam semantics; see :func:`fusedopt.adam_`.
+
+    ``capturable=True`` (device arrays and the CUDA kernels only) makes every step one that
+    a CUDA graph can capture and replay, as torch's ``capturable`` does: the step count
+    lives on the device, and the coefficients of every step (bias corrections and step
+    sizes) are computed on the host once, into a table on the device that stops where
+    ``beta^t`` underflows and they stop changing (41,570 rows of 80 bytes for the default
+    betas; beta2 up to about 0.99996). Before each update a one-thread kernel advances the
+    count and picks the row. So a replayed step has the bits of the same step taken
+    eagerly; nothing is computed on the device that the host computes otherwise. Setting
+    ``lr`` rewrites the table in place (a few milliseconds), so graphs captured earlier
+    replay at the new rate; do it outside a capture. With ``skip_if_nonfinite`` the NaN
+    and inf count stays on the device too: a step with any writes nothing and is not
+    counted, and ``step()`` returns None.
+    """
 
     _kernel = staticmethod(_kernels.adam_)
     _defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                      maximize=False)
+    _rule = "adam"
+    _decoupled = False
+
+    def _table(self):
+        return _coeffs.adam_table(type(self).__name__, decoupled=self._decoupled, **self._hyper)
 
     def _state_names(self):
         return ["exp_avgs", "exp_avg_sqs"] + (["max_exp_avg_sqs"] if self._hyper["amsgrad"] else [])
@@ -301,3 +394,4 @@ class AdamW(Adam):
 
     _kernel = staticmethod(_kernels.adamw_)
     _defaults = dict(Adam._defaults, weight_decay=1e-2)
+    _decoupled = True
