@@ -833,6 +833,36 @@ def test_torch_cuda_graph_replays_capturable_adam():
         assert bool((cupy.asarray(a) == cupy.asarray(b)).all())
 
 
+@pytest.mark.skipif(CUDA_EMULATION, reason="the emulation has no stream capture")
+def test_cupy_graph_replays_capturable_adam():
+    """The same with CuPy arrays and CuPy's stream capture, AMSGrad and the device-side
+    NaN/inf skip included: a replay on gradients holding an inf writes nothing and is not
+    counted."""
+    rng = rng_for("cupy-graph-adam")
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in (70_001, 5)]
+    grads = [cupy.asarray(rng.uniform(-1, 1, p.size).astype(np.float32)) for p in host]
+    hyper = dict(lr=1e-2, amsgrad=True, skip_if_nonfinite=True)
+    captured = fusedopt.optim.Adam([cupy.asarray(p) for p in host], capturable=True, **hyper)
+    eager = fusedopt.optim.Adam([cupy.asarray(p) for p in host], **hyper)
+    captured.step(grads)
+    cupy.cuda.get_current_stream().synchronize()
+    capture = cupy.cuda.Stream(non_blocking=True)
+    with capture:
+        capture.begin_capture()
+        captured.step(grads)
+        graph = capture.end_capture()
+    saved = grads[1][3].copy()
+    for k in range(4):  # steps 2 and 3, a skipped replay, step 4
+        grads[1][3] = cupy.float32(np.inf) if k == 2 else saved
+        graph.launch()
+    grads[1][3] = saved
+    for _ in range(4):
+        eager.step(grads)
+    cupy.cuda.get_current_stream().synchronize()
+    assert captured.step_count == eager.step_count == 4
+    _assert_same_arrays(captured, eager)
+
+
 def test_verify_command_on_the_device(monkeypatch, capsys):
     """python -m fusedopt verify --device cuda: every case on the GPU is identical to the
     exact reference and to the CPU kernels on the same inputs."""
