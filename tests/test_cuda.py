@@ -374,7 +374,7 @@ def _assert_same_arrays(a, b):
 @pytest.mark.parametrize("cls, hyper, steps", [
     (fusedopt.optim.Adam, dict(lr=1e-2, weight_decay=0.1, amsgrad=True), 4),
     # betas whose powers underflow within 83 steps: steps past the table's last row
-    (fusedopt.optim.AdamW, dict(lr=1e-2, betas=(0.5, 0.6)), 90),
+    (fusedopt.optim.AdamW, dict(lr=1e-2, betas=(0.5, 0.6), maximize=True), 90),
 ], ids=["Adam-amsgrad", "AdamW-short-table"])
 def test_capturable_steps_match_eager_steps(cls, hyper, steps):
     sizes = [1, 5, 8193, 20_001]
@@ -441,15 +441,41 @@ def test_capturable_refusals():
         fusedopt.optim.Adam(params, capturable=True, backend="reference")
     with pytest.raises(TypeError, match="capturable"):
         fusedopt.optim.RMSprop(params, capturable=True)
-    opt = fusedopt.optim.Adam(params, capturable=True)
-    with pytest.raises(ValueError, match="another number of steps"):
+    opt = fusedopt.optim.Adam(params, lr=0.5, capturable=True)
+    opt.step([cupy.ones(3, cupy.float32)])
+    saved = opt.state_dict()
+    assert saved["step"] == 1
+    # Loads that a graph captured before could not follow, or that are bad: nothing changes,
+    # not the step count on the device, nor the table, nor the host's hyperparameters.
+    refused = [(dict(betas=(0.9, 0.9)), {}, "length of its coefficient table"),
+               (dict(maximize=True), {}, "kernel"),
+               (dict(weight_decay=0.1), {}, "kernel"),
+               ({}, dict(step=2**63), "step"),
+               (dict(lr=-1.0), dict(step=5), "lr")]
+    table = opt._schedule.table.copy()
+    for hyper, top, match in refused:
         bad = opt.state_dict()
-        bad["hyperparameters"]["betas"] = (0.9, 0.9)
-        opt.load_state_dict(bad)
-    assert opt.hyperparameters["betas"] == (0.9, 0.999) and opt.step_count == 0
+        bad["hyperparameters"].update(hyper)
+        bad.update(top)
+        bad["state"]["exp_avgs"] = [cupy.full(3, 7.0, cupy.float32)]
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(bad)
+        assert opt.hyperparameters == saved["hyperparameters"] and opt.step_count == 1
+        assert bool(cupy.array_equal(opt._schedule.table, table))
+        assert not (cupy.asnumpy(opt.state["exp_avgs"][0]) == 7.0).any()
+    before = opt.params[0].copy()
     with pytest.raises(ValueError, match="grads"):
         opt.step([cupy.ones(4, cupy.float32)])
-    assert opt.step_count == 0
+    assert opt.step_count == 1 and bool(cupy.array_equal(opt.params[0], before))
+    ok = opt.state_dict()  # a load that keeps the kernel and the table's length is taken
+    ok["hyperparameters"].update(lr=0.25, betas=(0.8, 0.999), weight_decay=0.0)
+    ok["step"] = 7
+    opt.load_state_dict(ok)
+    assert opt.step_count == 7 and opt.lr == 0.25
+    first, rows = _coeffs.adam_table("Adam", lr=0.25, betas=(0.8, 0.999), eps=1e-8,
+                                     weight_decay=0.0, amsgrad=False, maximize=False,
+                                     decoupled=False)
+    assert np.array_equal(cupy.asnumpy(opt._schedule.table)[:, :-1], rows)
 
 
 # --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ That is what lets the two agree bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -230,6 +231,22 @@ def adam_table_steps(fn: str, beta1: float, beta2: float) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=4)
+def _powers(beta1: float, beta2: float, n: int):
+    """beta1^t and beta2^t for t = 1..n, read-only float64 arrays, one by one as adam() takes
+    them (Python's float ** int is C's pow; NumPy's power may take another algorithm). The
+    slow part of a table (0.4 s for a million steps), so kept for the next (a change of
+    lr rebuilds the table)."""
+    import numpy as np
+
+    out = []
+    for b in (beta1, beta2):
+        powers = np.array([b**t for t in range(1, n + 1)], dtype=np.float64)
+        powers.flags.writeable = False
+        out.append(powers)
+    return tuple(out)
+
+
 def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
     """Adam's coefficients for every step at once, for steps a CUDA graph replays: (the
     coefficients of step 1, whose flags pick the kernel; a float64 array whose row t-1 holds
@@ -240,15 +257,11 @@ def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
     first = adam(fn, step=1, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                  amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
     lr = _number(fn, "lr", lr)
-    beta1, beta2 = first.beta1, first.beta2
-    steps = range(1, adam_table_steps(fn, beta1, beta2) + 1)
-    # The powers one by one, as adam() takes them (Python's float ** int is C's pow);
-    # NumPy's power may take another algorithm.
-    beta1_t = np.array([beta1**t for t in steps], dtype=np.float64)
-    beta2_t = np.array([beta2**t for t in steps], dtype=np.float64)
-    numbers = _adam_numbers(lr, beta1, beta2, first.eps, first.weight_decay, beta1_t, beta2_t,
-                            np.sqrt)
-    table = np.empty((len(steps), len(numbers)), dtype=np.float64)
+    beta1_t, beta2_t = _powers(first.beta1, first.beta2,
+                               adam_table_steps(fn, first.beta1, first.beta2))
+    numbers = _adam_numbers(lr, first.beta1, first.beta2, first.eps, first.weight_decay,
+                            beta1_t, beta2_t, np.sqrt)
+    table = np.empty((len(beta1_t), len(numbers)), dtype=np.float64)
     for k, column in enumerate(numbers):
         table[:, k] = column
     return first, table

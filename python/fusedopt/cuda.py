@@ -206,12 +206,10 @@ class StepSchedule:
         """New coefficients (after a change of lr, say) into the same device memory, so that
         a graph already captured replays with them; False (nothing written) if the table has
         another number of rows, which needs a new capture."""
-        import cupy
-
         if table.shape[0] != self.table.shape[0]:
             return False
         with self._here():
-            self.table[...] = cupy.asarray(self._rows(table))
+            self.table.set(self._rows(table))  # straight into the table, on the current stream
         return True
 
     def queue(self, batch, skip: bool) -> int:

@@ -55,8 +55,9 @@ class Optimizer:
         capturable = _coeffs._flag(name, "capturable", capturable)
         if capturable and self._rule is None:
             raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients "
-                            f"change every step; {name}'s are the same every step (SGD's from "
-                            "its second), so its steps can be captured as they are")
+                            "change every step. SGD's from its second step, RMSprop's and "
+                            "Adagrad's with lr_decay=0 are the same every step, so those steps "
+                            "can be captured as they are")
         if not isinstance(params, (list, tuple)):
             params = [params]
         if len(params) == 0:
@@ -93,8 +94,9 @@ class Optimizer:
     def _initial_value(self, name: str) -> float:
         return 0.0
 
-    def _table(self):
-        """(the coefficients of step 1, the table of every step's numbers): _coeffs."""
+    def _table(self, hyper):
+        """(the coefficients of step 1, the table of every step's numbers) for the
+        hyperparameters ``hyper``: fusedopt._coeffs."""
         raise NotImplementedError
 
     # --- capturable steps -------------------------------------------------------------
@@ -110,9 +112,24 @@ class Optimizer:
         reason = _native.unavailable(prep)
         if reason is not None:
             raise RuntimeError(f"{name}: capturable=True needs the CUDA kernels: {reason}")
-        self._first_coeffs, table = self._table()
+        self._first_coeffs, table = self._table(self._hyper)
         return cuda.StepSchedule(self._rule, table, device=prep.params[0].data.device_id,
                                  torch_device=self._torch_device)
+
+    def _load_schedule(self, name: str, step: int) -> None:
+        """load_state_dict's part for a capturable optimizer: the table of the (adopted)
+        hyperparameters and the step count, into the device memory that graphs captured
+        before read. Those keep their kernel, which the flags chose, and the table's
+        length: hyperparameters that change either are refused, with nothing written."""
+        first, table = self._table(self._hyper)
+        flags = lambda c: tuple(v for v in c if type(v) is not float)  # noqa: E731
+        if flags(first) != flags(self._first_coeffs) or table.shape[0] != self._schedule.table.shape[0]:
+            raise ValueError(f"{name}.load_state_dict: a capturable optimizer takes only "
+                             "hyperparameters that keep its kernel (maximize, weight decay on or "
+                             "off) and the length of its coefficient table (betas); make a new "
+                             "optimizer for these (and capture its step again)")
+        self._schedule.rewrite(table)
+        self._schedule.steps_taken = step
 
     def _captured_step(self, grads):
         """A step that waits for nothing and leaves nothing per step on the host: the
@@ -138,10 +155,10 @@ class Optimizer:
     def lr(self, value: float) -> None:
         _coeffs._number(type(self).__name__, "lr", value)
         with self._lock:
-            self._hyper["lr"] = float(value)
             if self._schedule is not None:
                 # Into the same device memory: a graph captured before replays with it.
-                self._schedule.rewrite(self._table()[1])
+                self._schedule.rewrite(self._table(dict(self._hyper, lr=float(value)))[1])
+            self._hyper["lr"] = float(value)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -213,8 +230,9 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: the dict is from "
                              f"{state_dict.get('optimizer')!r}, not {name}")
         step = state_dict.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"{name}.load_state_dict: step must be an int >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
+            raise ValueError(f"{name}.load_state_dict: step must be an int in [0, 2**63), "
+                             f"got {step!r}")
         hyper = state_dict.get("hyperparameters", {})
         if set(hyper) != set(self._hyper):
             raise ValueError(f"{name}.load_state_dict: hyperparameters {sorted(hyper)} do not match "
@@ -243,24 +261,16 @@ class Optimizer:
             self._hyper = dict(hyper)
             try:
                 self._call([], [], {n: [] for n in self._state_names()}, step=1)
-                table = self._table() if self._schedule is not None else None
-            except (TypeError, ValueError):
+                if self._schedule is not None:
+                    self._load_schedule(name, step)
+            except BaseException:
                 self._hyper = old
                 raise
-            if table is not None and table[1].shape[0] != self._schedule.table.shape[0]:
-                self._hyper = old
-                raise ValueError(f"{name}.load_state_dict: these betas change the coefficients "
-                                 "for another number of steps than this capturable optimizer's; "
-                                 "make a new optimizer (and capture its step again)")
             with cuda.params_stream(self._torch_device):
                 for n, arrays in self._states.items():
                     for own, src in zip(arrays, state[n]):
                         own[...] = src
             self._step = step
-            if table is not None:
-                self._first_coeffs = table[0]
-                self._schedule.rewrite(table[1])
-                self._schedule.steps_taken = step
 
     # --- the one call -------------------------------------------------------------------
     def _call(self, params, grads, states, *, step, skip_if_nonfinite=False):
@@ -366,10 +376,14 @@ class Adam(Optimizer):
     ``beta^t`` underflows and they stop changing (41,570 rows of 80 bytes for the default
     betas; beta2 up to about 0.99996). Before each update a one-thread kernel advances the
     count and picks the row. So a replayed step has the bits of the same step taken
-    eagerly; nothing is computed on the device that the host computes otherwise. Setting
-    ``lr`` rewrites the table in place (a few milliseconds), so graphs captured earlier
-    replay at the new rate; do it outside a capture. With ``skip_if_nonfinite`` the NaN
-    and inf count stays on the device too: a step with any writes nothing and is not
+    eagerly; nothing is computed on the device that the host computes otherwise.
+
+    Setting ``lr`` rewrites the table in place (2.4 ms on the host for the default betas:
+    the powers of the betas are kept), so graphs captured earlier replay at the new rate;
+    do it outside a capture. ``load_state_dict`` takes hyperparameters that keep the
+    kernel and the table's length, and refuses others (they need a new optimizer and a new
+    capture). With ``skip_if_nonfinite`` the NaN and inf count stays on the device too: a
+    step with any writes nothing and is not
     counted, and ``step()`` returns None.
     """
 
@@ -379,8 +393,8 @@ class Adam(Optimizer):
     _rule = "adam"
     _decoupled = False
 
-    def _table(self):
-        return _coeffs.adam_table(type(self).__name__, decoupled=self._decoupled, **self._hyper)
+    def _table(self, hyper):
+        return _coeffs.adam_table(type(self).__name__, decoupled=self._decoupled, **hyper)
 
     def _state_names(self):
         return ["exp_avgs", "exp_avg_sqs"] + (["max_exp_avg_sqs"] if self._hyper["amsgrad"] else [])
