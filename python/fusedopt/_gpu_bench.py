@@ -11,7 +11,9 @@ it, so host time that leaves the GPU idle (Python, argument checks, launch overh
 counts too. fusedopt has three rows: the prepared call (`_cuda.Batch`: pointers read and
 checked once, then reused every step), the functional API (every array checked in C++ on
 every call, csrc/cuda/device_batch.cpp), and `fusedopt.optim`'s step (params and states
-checked once, the gradients every step).
+checked once, the gradients every step). For Adam, two more rows time a step captured in a
+CUDA graph and replayed, which leaves no host work per step: fusedopt's capturable Adam
+(captured by CuPy's stream capture) and torch's fused capturable Adam (torch.cuda.graph).
 
 Bytes are counted honestly: every array read plus every array written, per element (Adam
 reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per
@@ -359,6 +361,24 @@ class Case:
         return opt.step
 
 
+    def torch_graph_step(self, torch):
+        """torch's fused capturable Adam, captured once by torch.cuda.graph and replayed:
+        the peer of graph_step."""
+        params = [torch.from_dlpack(p) for p in self.params]
+        for p, g in zip(params, self.grads):
+            p.grad = torch.from_dlpack(g)
+        opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=True)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as torch asks
+            opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+        return graph.replay
+
+
 def measure_copy(cupy, n, warmup, reps) -> Result:
     """The memory roof of the machine: a device-to-device copy of n float32."""
     src = cupy.ones(n, cupy.float32)
@@ -422,6 +442,8 @@ def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, r
         run("torch fused", lambda: case.torch_step(torch, fused=True))
         if not out[-1].samples_ms:  # torch has no fused variant of this rule on CUDA
             run("torch foreach", lambda: case.torch_step(torch, fused=False))
+        if rule == "adam":
+            run("torch fused capturable, graph replay", lambda: case.torch_graph_step(torch))
     run("CuPy ElementwiseKernel", lambda: case.elementwise_step(cupy))
     return out
 
