@@ -7,7 +7,8 @@
 # Budget: under 6 minutes on an H200. The build compiles for this machine's GPU only
 # (FUSEDOPT_CUDA_ARCHS overrides), the tests and the benchmark each run under a timeout,
 # and a failing step does not stop the later ones, so one run reports everything; the exit
-# status is non-zero if any step failed.
+# status is non-zero if any step failed. The benchmark writes its report after every case,
+# so one cut off by its timeout still leaves (and prints) what it measured.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -97,3 +97,75 @@ def test_command_without_a_gpu_says_why(capsys):
 
     assert _bench.main(["--device", "cuda"]) == 2
     assert fusedopt.cuda.unavailable_reason() in capsys.readouterr().err
+
+
+_END_TO_END = r"""
+import ctypes, sys, time, types
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import fusedopt, fusedopt._cuda_emulated as emu, host_cupy
+from fusedopt import _gpu_bench
+
+host_cupy.install(emu)
+cupy = host_cupy
+
+class Event:  # wall-clock stand-ins for CUDA events: the emulation runs work when queued
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+    def synchronize(self):
+        pass
+
+rng = np.random.default_rng(0)
+cupy.cuda.Event = Event
+cupy.cuda.get_elapsed_time = lambda a, b: 1e3 * (b.t - a.t)
+cupy.random = types.SimpleNamespace(RandomState=lambda seed: types.SimpleNamespace(
+    standard_normal=lambda n, dtype: cupy.asarray(rng.standard_normal(n).astype(dtype))))
+cupy.empty_like = lambda a: cupy.asarray(np.empty_like(a.get()))
+cupy.cuda.runtime.memcpyAsync = lambda dst, src, n, kind, stream: ctypes.memmove(dst, src, n)
+cupy.cuda.runtime.getDeviceProperties = lambda device: {"name": b"host emulation"}
+cupy.cuda.runtime.driverGetVersion = lambda: 0
+cupy.__version__ = "host stand-in"
+if sys.argv[3] == "cut":  # a run stopped after its cases, as by gpu_check.sh's timeout
+    def cut(*args, **kwargs):
+        raise SystemExit(124)
+    _gpu_bench.sweep_chunk_sizes = cut
+sys.exit(_gpu_bench.measure(quick=True, reps=2, out=sys.argv[2], sizes=(70_001, 50_000)))
+"""
+
+
+def test_measure_end_to_end_on_the_emulation(tmp_path):
+    """The whole benchmark run (fusedopt/_gpu_bench.py: measure), which otherwise runs only
+    on a GPU, on the emulated kernels with host_cupy's arrays at small sizes: every case
+    and row it can make without a GPU measured, the rest (CuPy's ElementwiseKernel, stream
+    capture, torch on CUDA) a row saying why, and the report and JSON written, also (marked
+    "not finished") by a run stopped before its end."""
+    pytest.importorskip("fusedopt._cuda_emulated", reason="built without FUSEDOPT_CUDA_EMULATION=ON")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    cut = subprocess.run([sys.executable, "-c", _END_TO_END, str(tests), str(tmp_path), "cut"],
+                         capture_output=True, text=True, timeout=600)
+    assert cut.returncode == 124, cut.stderr[-3000:]
+    partial = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert "not finished" in partial["meta"]["elapsed"] and not partial["chunk_sweep"]
+    assert "not finished" in (tmp_path / "gpu_report.md").read_text()
+    run = subprocess.run([sys.executable, "-c", _END_TO_END, str(tests), str(tmp_path), "whole"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(partial["results"]) == len(json.loads((tmp_path / "gpu_bench.json").read_text())["results"])
+    report = (tmp_path / "gpu_report.md").read_text()
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert "not finished" not in data["meta"]["elapsed"] and report in run.stdout
+    rows = {(r["rule"], r["layout"], r["impl"]): r for r in data["results"]}
+    one, many = _gpu_bench.one_tensor_label(70_001), _gpu_bench.tensor_list_label(50_000)
+    for rule in ("adam", "sgd_momentum", "adagrad"):
+        for layout in (one, many):
+            for impl in ("fusedopt (prepared Batch)", "fusedopt functional API", "fusedopt optim step",
+                         "traffic roof (same loads/stores)"):
+                assert len(rows[rule, layout, impl]["samples_ms"]) == 2, (rule, layout, impl)
+            assert rows[rule, layout, "CuPy ElementwiseKernel"]["note"]
+    assert rows["adam", one, "fusedopt capturable, graph replay"]["note"]
+    assert len(data["chunk_sweep"]) == 2 * len(_gpu_bench.SWEEP_CHUNKS)

@@ -448,9 +448,12 @@ def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, r
     return out
 
 
-def measure(*, quick: bool, reps: int | None = None, out: str | None = None) -> int:
+def measure(*, quick: bool, reps: int | None = None, out: str | None = None,
+            sizes: tuple[int, int] | None = None) -> int:
     """Runs the benchmark and prints the report; with `out`, also writes gpu_report.md and
-    gpu_bench.json there. `reps` timed steps per measurement (default 5 quick, 20 full).
+    gpu_bench.json there (after every case, so a run cut short leaves what it measured).
+    `reps` timed steps per measurement (default 5 quick, 20 full); `sizes` (the one
+    tensor's elements, the 1,000-tensor list's total) replaces the quick or full ones.
     2 if no CUDA kernel can run here. The targets are scored on the full run's sizes only."""
     import fusedopt
     import fusedopt.cuda
@@ -471,26 +474,9 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None) -> 
     except ImportError:
         torch, torch_version = None, "not installed"
 
-    big = 2**24 if quick else 2**28
-    small_total = 2**22 if quick else 2**26
+    big, small_total = sizes or ((2**24, 2**22) if quick else (2**28, 2**26))
     reps, warmup = (reps or 5, 2) if quick else (reps or 20, 3)
     layouts = {one_tensor_label(big): [big], tensor_list_label(small_total): mixed_sizes(1000, small_total)}
-    results: list[Result] = []
-    t0 = time.perf_counter()
-
-    results.append(measure_copy(cupy, big, warmup, reps))
-    copy_gbps = results[0].gbps
-    for rule in RULE_TRAFFIC:
-        for layout, sizes in layouts.items():
-            results += measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes,
-                                    warmup=warmup, reps=reps, seed=len(results))
-            # Each case's arrays are gone with measure_case's frame: hand the memory back.
-            cupy.get_default_memory_pool().free_all_blocks()
-            if torch is not None:
-                torch.cuda.empty_cache()
-
-    sweep = sweep_chunk_sizes(cupy, _cuda, layouts, warmup=warmup, reps=reps)
-
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     info = fusedopt.info()["cuda"]
@@ -504,20 +490,42 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None) -> 
         "torch": torch_version,
         "python": platform.python_version(),
         "timing": f"median of {reps} steps after {warmup} warm-up, CUDA events per step",
-        "copy bandwidth": f"{copy_gbps:.0f} GB/s (read + write)",
-        "elapsed": f"{time.perf_counter() - t0:.0f} s",
     }
-    report = format_report(results, copy_gbps, meta, sweep, default_chunk=_cuda.CHUNK_ELEMENTS)
-    if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "gpu_report.md").write_text(report)
-        (folder / "gpu_bench.json").write_text(json.dumps(
-            {"meta": meta, "copy_gbps": copy_gbps,
-             "results": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in results],
-             "chunk_sweep": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in sweep]},
-            indent=1, default=str))
-    print(report)
+    results: list[Result] = []
+    sweep: list[Result] = []
+
+    def report(done: bool) -> str:
+        """The report so far, written to `out` after every case: a run cut off by a
+        timeout still leaves the cases it finished."""
+        meta["copy bandwidth"] = f"{copy_gbps:.0f} GB/s (read + write)"
+        meta["elapsed"] = f"{time.perf_counter() - t0:.0f} s" + ("" if done else ", not finished")
+        text = format_report(results, copy_gbps, meta, sweep, default_chunk=_cuda.CHUNK_ELEMENTS)
+        if out is not None:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "gpu_report.md").write_text(text)
+            (folder / "gpu_bench.json").write_text(json.dumps(
+                {"meta": meta, "copy_gbps": copy_gbps,
+                 "results": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in results],
+                 "chunk_sweep": [dict(asdict(r), median_ms=r.median_ms, gbps=r.gbps) for r in sweep]},
+                indent=1, default=str))
+        return text
+
+    t0 = time.perf_counter()
+    results.append(measure_copy(cupy, big, warmup, reps))
+    copy_gbps = results[0].gbps
+    for rule in RULE_TRAFFIC:
+        for layout, sizes in layouts.items():
+            results += measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes,
+                                    warmup=warmup, reps=reps, seed=len(results))
+            # Each case's arrays are gone with measure_case's frame: hand the memory back.
+            cupy.get_default_memory_pool().free_all_blocks()
+            if torch is not None:
+                torch.cuda.empty_cache()
+            report(done=False)
+
+    sweep += sweep_chunk_sizes(cupy, _cuda, layouts, warmup=warmup, reps=reps)
+    print(report(done=True))
     return 0
 
 
