@@ -736,7 +736,13 @@ def _construct_cases(opt: str) -> list[Case]:
     if opt in ("Adam", "AdamW"):  # host arrays: nothing for a CUDA graph to capture
         add("hyper-capturable-host-arrays", _set_hyper(capturable=True), ValueError,
             "capturable", "device arrays")
-    else:  # the same coefficients every step: captured as they are
+        for k, v, exc in [("str", "0.5", TypeError), ("int", 5, TypeError), ("dict", {1: 2.0}, TypeError),
+                          ("strings", ["a"], TypeError), ("empty", [], ValueError),
+                          ("2-D", [[1.0]], ValueError), ("negative", [1.0, -0.5], ValueError),
+                          ("nan", [float("nan")], ValueError), ("inf", [1.0, float("inf")], ValueError)]:
+            add(f"hyper-lr_factors-{k}", _set_hyper(lr_factors=v), exc, "lr_factors")
+    else:  # lr_factors is Adam's; the others have the same coefficients every step
+        add("hyper-lr_factors-other-rule", _set_hyper(lr_factors=[1.0]), TypeError, "lr_factors")
         add("hyper-capturable-other-rule", _set_hyper(capturable=True), TypeError,
             "capturable", "Adam")
     if opt == "Adagrad":
@@ -810,6 +816,9 @@ def _load_cases(opt: str) -> list[Case]:
     add("hyper-lr-negative", sd(lambda s: s["hyperparameters"].update(lr=-1.0)), ValueError,
         "lr")
     add("hyper-lr-str", sd(lambda s: s["hyperparameters"].update(lr="x")), TypeError, "lr")
+    if opt in ("Adam", "AdamW"):
+        add("hyper-lr_factors-negative", sd(lambda s: s["hyperparameters"].update(lr_factors=[-1.0])),
+            ValueError, "lr_factors")
     add("hyper-extra-key", sd(lambda s: s["hyperparameters"].update(foo=1)), ValueError,
         "hyperparameters")
     add("hyper-missing-key", sd(lambda s: s["hyperparameters"].pop("lr")), ValueError,

@@ -591,3 +591,49 @@ def test_adam_coefficient_table_rows_are_the_steps_coefficients(betas, decoupled
         assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64))
     if n > 2:  # the table is not longer than it needs to be by much: its rows still change
         assert not np.array_equal(table[n // 2], table[-1])
+
+
+@pytest.mark.parametrize("cls", [fusedopt.optim.Adam, fusedopt.optim.AdamW])
+def test_lr_factors_are_a_schedule_given_ahead(cls):
+    """lr_factors: step t runs at lr * lr_factors[t-1], the last factor after the end;
+    the same bits as setting lr before each step, and kept by state_dict."""
+    rng = rng_for("lr-factors", cls.__name__)
+    factors = [0.25, 0.5, 1.0, 0.75]
+    host = [rng.uniform(-1, 1, n).astype(np.float32) for n in (7, 300)]
+    scheduled = cls([p.copy() for p in host], lr=0.01, lr_factors=factors)
+    by_hand = cls([p.copy() for p in host], lr=0.01)
+    factors[0] = 100.0  # the optimizer keeps a copy
+    for t in range(1, 8):
+        grads = [rng.uniform(-1, 1, p.size).astype(np.float32) for p in host]
+        by_hand.lr = 0.01 * [0.25, 0.5, 1.0, 0.75][min(t, 4) - 1]
+        scheduled.step(grads)
+        by_hand.step(grads)
+        for a, b in zip(scheduled.params, by_hand.params):
+            assert np.array_equal(a, b), t
+    assert scheduled.lr == 0.01
+    saved = scheduled.state_dict()
+    assert list(saved["hyperparameters"]["lr_factors"]) == [0.25, 0.5, 1.0, 0.75]
+    other = cls([p.copy() for p in host], lr=0.01)
+    other.load_state_dict(saved)
+    assert list(other.hyperparameters["lr_factors"]) == [0.25, 0.5, 1.0, 0.75]
+    old = dict(saved, hyperparameters={k: v for k, v in saved["hyperparameters"].items()
+                                       if k != "lr_factors"})
+    other.load_state_dict(old)  # a state_dict saved before lr_factors existed
+    assert other.hyperparameters["lr_factors"] is None
+
+
+def test_adam_coefficient_table_follows_lr_factors():
+    """With lr_factors the table's row t-1 has adam()'s bits at step t and rate
+    lr * lr_factors[t-1]; it runs to the longer of the schedule and the betas' steps."""
+    from fusedopt import _coeffs
+
+    hyper = dict(betas=(0.5, 0.6), eps=1e-8, weight_decay=0.05, amsgrad=False, maximize=False,
+                 decoupled=True)
+    for n_factors in (5, 200):
+        factors = _coeffs.lr_factors("f", np.linspace(0.1, 1.3, n_factors))
+        _, table = _coeffs.adam_table("adam_", lr=3e-3, lr_factors=factors, **hyper)
+        assert len(table) == max(n_factors, _coeffs.adam_table_steps("adam_", 0.5, 0.6))
+        for t in (1, 2, n_factors, n_factors + 1, len(table), len(table) + 5):
+            c = _coeffs.adam("adam_", step=t, lr=_coeffs.rate_at(3e-3, factors, t), **hyper)
+            row = table[min(t, len(table)) - 1]
+            assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64)), t

@@ -375,12 +375,16 @@ def _assert_same_arrays(a, b):
     (fusedopt.optim.Adam, dict(lr=1e-2, weight_decay=0.1, amsgrad=True), 4),
     # betas whose powers underflow within 83 steps: steps past the table's last row
     (fusedopt.optim.AdamW, dict(lr=1e-2, betas=(0.5, 0.6), maximize=True), 90),
-], ids=["Adam-amsgrad", "AdamW-short-table"])
+    # a warm-up and decay given ahead, longer than the betas' 83 steps, then held
+    (fusedopt.optim.AdamW, dict(lr=1e-2, betas=(0.5, 0.6),
+                                lr_factors=[min(t / 10, 1.0) * (1.0 - t / 200) for t in range(1, 101)]), 110),
+], ids=["Adam-amsgrad", "AdamW-short-table", "AdamW-lr-factors"])
 def test_capturable_steps_match_eager_steps(cls, hyper, steps):
     sizes = [1, 5, 8193, 20_001]
     rng, cpu, eager, captured = _capturable_trio(cls, sizes, "steps", **hyper)
     table_rows = captured._schedule.table.shape[0]
     assert table_rows < steps or steps < 10
+    assert table_rows == max(len(hyper.get("lr_factors", [])), 83) or steps < 10
     for k in range(steps):
         grads = [rng.uniform(-1, 1, n).astype(np.float32) / 100 for n in sizes]
         if k == steps // 2:  # a schedule's change of rate rewrites the table in place
@@ -861,13 +865,13 @@ def test_torch_cuda_graph_replays_capturable_adam():
 
 @pytest.mark.skipif(CUDA_EMULATION, reason="the emulation has no stream capture")
 def test_cupy_graph_replays_capturable_adam():
-    """The same with CuPy arrays and CuPy's stream capture, AMSGrad and the device-side
-    NaN/inf skip included: a replay on gradients holding an inf writes nothing and is not
-    counted."""
+    """The same with CuPy arrays and CuPy's stream capture, AMSGrad, a rate schedule
+    (lr_factors) and the device-side NaN/inf skip included: a replay on gradients holding an
+    inf writes nothing and is not counted."""
     rng = rng_for("cupy-graph-adam")
     host = [rng.uniform(-1, 1, n).astype(np.float32) for n in (70_001, 5)]
     grads = [cupy.asarray(rng.uniform(-1, 1, p.size).astype(np.float32)) for p in host]
-    hyper = dict(lr=1e-2, amsgrad=True, skip_if_nonfinite=True)
+    hyper = dict(lr=1e-2, amsgrad=True, skip_if_nonfinite=True, lr_factors=[0.5, 1.0, 0.25])
     captured = fusedopt.optim.Adam([cupy.asarray(p) for p in host], capturable=True, **hyper)
     eager = fusedopt.optim.Adam([cupy.asarray(p) for p in host], **hyper)
     captured.step(grads)

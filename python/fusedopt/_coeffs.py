@@ -247,18 +247,65 @@ def _powers(beta1: float, beta2: float, n: int):
     return tuple(out)
 
 
-def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+def lr_factors(fn: str, value):
+    """None, or ``value`` as a read-only float64 array of the learning rate's factors by
+    step (the rate of step t is lr * value[t-1], and lr * value[-1] after its end); a
+    TypeError or ValueError naming lr_factors if it is not a non-empty sequence of finite
+    numbers >= 0."""
+    if value is None:
+        return None
+    import numpy as np
+
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{fn}: lr_factors must be a sequence of numbers (the factors of lr at "
+                        f"steps 1, 2, ...), got {type(value).__name__}")
+    try:
+        factors = np.array(value, dtype=np.float64)  # a copy: later edits of `value` do nothing
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: lr_factors must be a sequence of numbers") from None
+    if factors.ndim != 1 or factors.size == 0:
+        raise ValueError(f"{fn}: lr_factors must be a non-empty flat sequence, got shape "
+                         f"{factors.shape}")
+    bad = np.flatnonzero(~(np.isfinite(factors) & (factors >= 0.0)))
+    if bad.size:
+        raise ValueError(f"{fn}: lr_factors must be finite numbers >= 0; lr_factors[{bad[0]}] "
+                         f"is {factors[bad[0]]!r}")
+    factors.flags.writeable = False
+    return factors
+
+
+def rate_at(lr: float, factors, step: int) -> float:
+    """The learning rate of ``step`` under per-step ``factors`` (lr_factors, or None)."""
+    if factors is None:
+        return lr
+    return lr * float(factors[min(step, len(factors)) - 1])
+
+
+def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled,
+               lr_factors=None):
     """Adam's coefficients for every step at once, for steps a CUDA graph replays: (the
     coefficients of step 1, whose flags pick the kernel; a float64 array whose row t-1 holds
-    the numbers of :func:`adam` at step t, for t = 1 .. adam_table_steps(), the last row
-    also those of every later step)."""
+    the numbers of :func:`adam` at step t, at the rate rate_at(lr, lr_factors, t), for
+    t = 1 .. n, the last row also those of every later step). n is the number of steps over
+    which the coefficients change: adam_table_steps(), or the length of lr_factors."""
     import numpy as np
 
     first = adam(fn, step=1, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                  amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
     lr = _number(fn, "lr", lr)
-    beta1_t, beta2_t = _powers(first.beta1, first.beta2,
-                               adam_table_steps(fn, first.beta1, first.beta2))
+    n = adam_table_steps(fn, first.beta1, first.beta2)
+    if lr_factors is not None:
+        if len(lr_factors) > MAX_TABLE_STEPS:
+            raise ValueError(f"{fn}: lr_factors has {len(lr_factors):,} steps; capturable=True "
+                             f"keeps every step's coefficients on the device and takes at most "
+                             f"{MAX_TABLE_STEPS:,}")
+        n = max(n, len(lr_factors))
+        factors = np.full(n, lr_factors[-1])
+        factors[:len(lr_factors)] = lr_factors
+        lr = lr * factors  # each rate as rate_at() computes it: one IEEE product
+        if not np.isfinite(lr).all():
+            raise ValueError(f"{fn}: lr * lr_factors overflows to inf")
+    beta1_t, beta2_t = _powers(first.beta1, first.beta2, n)
     numbers = _adam_numbers(lr, first.beta1, first.beta2, first.eps, first.weight_decay,
                             beta1_t, beta2_t, np.sqrt)
     table = np.empty((len(beta1_t), len(numbers)), dtype=np.float64)

@@ -65,7 +65,7 @@ class Optimizer:
         unknown = set(hyper) - set(self._defaults)
         if unknown:
             raise TypeError(f"{name}: unexpected argument(s) {sorted(unknown)}")
-        self._hyper = {**self._defaults, **hyper}
+        self._hyper = self._normalized(name, {**self._defaults, **hyper})
         self._backend = _kernels._backend(name, backend)
         self._params = list(params)
         self._step = 0
@@ -93,6 +93,13 @@ class Optimizer:
 
     def _initial_value(self, name: str) -> float:
         return 0.0
+
+    def _normalized(self, name: str, hyper: dict) -> dict:
+        """``hyper`` with lr_factors (where the class takes it) as _coeffs.lr_factors
+        gives it: checked, a read-only array."""
+        if "lr_factors" in hyper:
+            hyper = dict(hyper, lr_factors=_coeffs.lr_factors(name, hyper["lr_factors"]))
+        return hyper
 
     def _table(self, hyper):
         """(the coefficients of step 1, the table of every step's numbers) for the
@@ -233,7 +240,9 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
             raise ValueError(f"{name}.load_state_dict: step must be an int in [0, 2**63), "
                              f"got {step!r}")
-        hyper = state_dict.get("hyperparameters", {})
+        hyper = dict(state_dict.get("hyperparameters", {}))
+        if "lr_factors" in self._hyper:
+            hyper.setdefault("lr_factors", None)  # a state_dict from before lr_factors
         if set(hyper) != set(self._hyper):
             raise ValueError(f"{name}.load_state_dict: hyperparameters {sorted(hyper)} do not match "
                              f"{sorted(self._hyper)}")
@@ -258,8 +267,8 @@ class Optimizer:
         # with the matching states, never the new ones being tried out.
         with self._lock:
             old = self._hyper
-            self._hyper = dict(hyper)
             try:
+                self._hyper = self._normalized(name, hyper)
                 self._call([], [], {n: [] for n in self._state_names()}, step=1)
                 if self._schedule is not None:
                     self._load_schedule(name, step)
@@ -275,6 +284,9 @@ class Optimizer:
     # --- the one call -------------------------------------------------------------------
     def _call(self, params, grads, states, *, step, skip_if_nonfinite=False):
         kwargs = dict(self._hyper)
+        factors = kwargs.pop("lr_factors", None)
+        if factors is not None:
+            kwargs["lr"] = _coeffs.rate_at(kwargs["lr"], factors, step)
         if skip_if_nonfinite:
             kwargs["skip_if_nonfinite"] = True
         if self._takes_step:
@@ -369,6 +381,12 @@ class RMSprop(Optimizer):
 class Adam(Optimizer):
     """torch.optim.Adam semantics; see :func:`fusedopt.adam_`.
 
+    ``lr_factors`` (optional) is a learning-rate schedule given ahead, as torch's LambdaLR
+    gives it: the rate of step t is ``lr * lr_factors[t-1]``, and ``lr * lr_factors[-1]``
+    after its end. Eager and capturable steps follow it alike; for a capturable optimizer
+    it is part of the table, so a graph replays a warm-up or a cosine decay with no host
+    work per step (up to 1,048,576 steps). ``lr`` is then the base rate.
+
     ``capturable=True`` (device arrays and the CUDA kernels only) makes every step one that
     a CUDA graph can capture and replay, as torch's ``capturable`` does: the step count
     lives on the device, and the coefficients of every step (bias corrections and step
@@ -389,7 +407,7 @@ class Adam(Optimizer):
 
     _kernel = staticmethod(_kernels.adam_)
     _defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                     maximize=False)
+                     maximize=False, lr_factors=None)
     _rule = "adam"
     _decoupled = False
 
