@@ -156,6 +156,7 @@ class Optimizer:
     # --- public -------------------------------------------------------------------------
     @property
     def lr(self) -> float:
+        """The learning rate; with Adam's lr_factors, the base rate they scale."""
         return self._hyper["lr"]
 
     @lr.setter
