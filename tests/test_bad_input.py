@@ -739,8 +739,12 @@ def _construct_cases(opt: str) -> list[Case]:
         for k, v, exc in [("str", "0.5", TypeError), ("int", 5, TypeError), ("dict", {1: 2.0}, TypeError),
                           ("strings", ["a"], TypeError), ("empty", [], ValueError),
                           ("2-D", [[1.0]], ValueError), ("negative", [1.0, -0.5], ValueError),
-                          ("nan", [float("nan")], ValueError), ("inf", [1.0, float("inf")], ValueError)]:
+                          ("nan", [float("nan")], ValueError), ("inf", [1.0, float("inf")], ValueError),
+                          ("bools", [True, False], TypeError), ("numeric-str", ["0.5"], TypeError),
+                          ("huge-int", [1.0, 2**2000], TypeError), ("complex", [1j], TypeError)]:
             add(f"hyper-lr_factors-{k}", _set_hyper(lr_factors=v), exc, "lr_factors")
+        add("hyper-lr_factors-rate-overflows", _set_hyper(lr=1e300, lr_factors=[1.0, 1e10]),
+            ValueError, "lr_factors")
     else:  # lr_factors is Adam's; the others have the same coefficients every step
         add("hyper-lr_factors-other-rule", _set_hyper(lr_factors=[1.0]), TypeError, "lr_factors")
         add("hyper-capturable-other-rule", _set_hyper(capturable=True), TypeError,

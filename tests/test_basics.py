@@ -616,10 +616,28 @@ def test_lr_factors_are_a_schedule_given_ahead(cls):
     other = cls([p.copy() for p in host], lr=0.01)
     other.load_state_dict(saved)
     assert list(other.hyperparameters["lr_factors"]) == [0.25, 0.5, 1.0, 0.75]
+    assert other.state_dict()["hyperparameters"] == saved["hyperparameters"]  # tuples compare
     old = dict(saved, hyperparameters={k: v for k, v in saved["hyperparameters"].items()
                                        if k != "lr_factors"})
     other.load_state_dict(old)  # a state_dict saved before lr_factors existed
     assert other.hyperparameters["lr_factors"] is None
+    big = cls([p.copy() for p in host], lr=0.01, lr_factors=[1.0, 1e10])
+    with pytest.raises(ValueError, match="lr_factors"):  # a rate that overflows
+        big.lr = 1e300
+    assert big.lr == 0.01
+
+
+def test_lr_factors_with_a_float32_lr():
+    """A NumPy float32 lr: eager rates are double products, as the table's are."""
+    from fusedopt import _coeffs
+
+    lr, factors = np.float32(1e-3), _coeffs.lr_factors("f", np.linspace(0.1, 1.0, 50))
+    hyper = dict(betas=(0.5, 0.6), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                 decoupled=False)
+    _, table = _coeffs.adam_table("adam_", lr=lr, lr_factors=factors, **hyper)
+    for t in range(1, 60):
+        c = _coeffs.adam("adam_", step=t, lr=_coeffs.rate_at(lr, factors, t), **hyper)
+        assert table[min(t, len(table)) - 1][4] == c.step_size, t
 
 
 def test_adam_coefficient_table_follows_lr_factors():

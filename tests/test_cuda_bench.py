@@ -167,5 +167,5 @@ def test_measure_end_to_end_on_the_emulation(tmp_path):
                          "traffic roof (same loads/stores)"):
                 assert len(rows[rule, layout, impl]["samples_ms"]) == 2, (rule, layout, impl)
             assert rows[rule, layout, "CuPy ElementwiseKernel"]["note"]
-    assert rows["adam", one, "fusedopt capturable, graph replay"]["note"]
+    assert rows["adam", one, _gpu_bench.GRAPH + "fusedopt capturable Adam"]["note"]
     assert len(data["chunk_sweep"]) == 2 * len(_gpu_bench.SWEEP_CHUNKS)

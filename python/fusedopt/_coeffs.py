@@ -256,29 +256,40 @@ def lr_factors(fn: str, value):
         return None
     import numpy as np
 
+    what = f"{fn}: lr_factors must be a sequence of real numbers (the factors of lr at steps 1, 2, ...)"
     if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
-        raise TypeError(f"{fn}: lr_factors must be a sequence of numbers (the factors of lr at "
-                        f"steps 1, 2, ...), got {type(value).__name__}")
+        raise TypeError(f"{what}, got {type(value).__name__}")
     try:
-        factors = np.array(value, dtype=np.float64)  # a copy: later edits of `value` do nothing
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: lr_factors must be a sequence of numbers") from None
-    if factors.ndim != 1 or factors.size == 0:
+        given = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(what) from None
+    if given.dtype.kind not in "iuf":  # no strings, bools, objects (ints too large), complex
+        raise TypeError(f"{what}, got elements of dtype {given.dtype}")
+    if given.ndim != 1 or given.size == 0:
         raise ValueError(f"{fn}: lr_factors must be a non-empty flat sequence, got shape "
-                         f"{factors.shape}")
+                         f"{given.shape}")
+    factors = given.astype(np.float64)  # a copy: later edits of `value` change nothing here
     bad = np.flatnonzero(~(np.isfinite(factors) & (factors >= 0.0)))
     if bad.size:
         raise ValueError(f"{fn}: lr_factors must be finite numbers >= 0; lr_factors[{bad[0]}] "
-                         f"is {factors[bad[0]]!r}")
+                         f"is {float(factors[bad[0]])!r}")
     factors.flags.writeable = False
     return factors
+
+
+def check_rates(fn: str, lr, factors) -> None:
+    """That every rate lr * factor is finite (a ValueError naming lr_factors if not)."""
+    if factors is not None and not math.isfinite(_number(fn, "lr", lr) * float(factors.max())):
+        raise ValueError(f"{fn}: lr * lr_factors overflows: lr is {float(lr)!r} and the largest "
+                         f"factor {float(factors.max())!r}")
 
 
 def rate_at(lr: float, factors, step: int) -> float:
     """The learning rate of ``step`` under per-step ``factors`` (lr_factors, or None)."""
     if factors is None:
         return lr
-    return lr * float(factors[min(step, len(factors)) - 1])
+    # float(lr): a NumPy float32 lr would make the product float32; the table's is float64.
+    return float(lr) * float(factors[min(step, len(factors)) - 1])
 
 
 def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled,
@@ -302,9 +313,8 @@ def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
         n = max(n, len(lr_factors))
         factors = np.full(n, lr_factors[-1])
         factors[:len(lr_factors)] = lr_factors
-        lr = lr * factors  # each rate as rate_at() computes it: one IEEE product
-        if not np.isfinite(lr).all():
-            raise ValueError(f"{fn}: lr * lr_factors overflows to inf")
+        check_rates(fn, lr, lr_factors)
+        lr = lr * factors  # each rate as rate_at() computes it: one IEEE double product
     beta1_t, beta2_t = _powers(first.beta1, first.beta2, n)
     numbers = _adam_numbers(lr, first.beta1, first.beta2, first.eps, first.weight_decay,
                             beta1_t, beta2_t, np.sqrt)

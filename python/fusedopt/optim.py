@@ -96,10 +96,20 @@ class Optimizer:
 
     def _normalized(self, name: str, hyper: dict) -> dict:
         """``hyper`` with lr_factors (where the class takes it) as _coeffs.lr_factors
-        gives it: checked, a read-only array."""
+        gives it: checked, a read-only array (shown as a tuple: _shown), every rate finite."""
         if "lr_factors" in hyper:
-            hyper = dict(hyper, lr_factors=_coeffs.lr_factors(name, hyper["lr_factors"]))
+            factors = _coeffs.lr_factors(name, hyper["lr_factors"])
+            _coeffs.check_rates(name, hyper["lr"], factors)
+            hyper = dict(hyper, lr_factors=factors)
         return hyper
+
+    def _shown(self) -> dict:
+        """The hyperparameters as the public sees them: lr_factors as a tuple of floats (the
+        optimizer's own array stays its own; dicts of them compare)."""
+        factors = self._hyper.get("lr_factors")
+        if factors is None:
+            return dict(self._hyper)
+        return dict(self._hyper, lr_factors=tuple(factors.tolist()))
 
     def _table(self, hyper):
         """(the coefficients of step 1, the table of every step's numbers) for the
@@ -133,8 +143,9 @@ class Optimizer:
         if flags(first) != flags(self._first_coeffs) or table.shape[0] != self._schedule.table.shape[0]:
             raise ValueError(f"{name}.load_state_dict: a capturable optimizer takes only "
                              "hyperparameters that keep its kernel (maximize, weight decay on or "
-                             "off) and the length of its coefficient table (betas); make a new "
-                             "optimizer for these (and capture its step again)")
+                             "off) and the length of its coefficient table (betas, the length of "
+                             "lr_factors); make a new optimizer for these (and capture its step "
+                             "again)")
         self._schedule.rewrite(table)
         self._schedule.steps_taken = step
 
@@ -162,6 +173,7 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         _coeffs._number(type(self).__name__, "lr", value)
+        _coeffs.check_rates(type(self).__name__, value, self._hyper.get("lr_factors"))
         with self._lock:
             if self._schedule is not None:
                 # Into the same device memory: a graph captured before replays with it.
@@ -170,7 +182,7 @@ class Optimizer:
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        return dict(self._hyper)
+        return self._shown()
 
     @property
     def step_count(self) -> int:
@@ -224,7 +236,7 @@ class Optimizer:
             return {
                 "optimizer": type(self).__name__,
                 "step": self.step_count,
-                "hyperparameters": dict(self._hyper),
+                "hyperparameters": self._shown(),
                 "state": {n: [a.copy() for a in arrays] for n, arrays in self._states.items()},
             }
 
@@ -386,7 +398,9 @@ class Adam(Optimizer):
     gives it: the rate of step t is ``lr * lr_factors[t-1]``, and ``lr * lr_factors[-1]``
     after its end. Eager and capturable steps follow it alike; for a capturable optimizer
     it is part of the table, so a graph replays a warm-up or a cosine decay with no host
-    work per step (up to 1,048,576 steps). ``lr`` is then the base rate.
+    work per step (up to 1,048,576 steps with ``capturable=True``). ``lr`` is then the base
+    rate. A step skipped for NaN or inf (``skip_if_nonfinite``) is not counted, so the
+    schedule does not move on either.
 
     ``capturable=True`` (device arrays and the CUDA kernels only) makes every step one that
     a CUDA graph can capture and replay, as torch's ``capturable`` does: the step count
