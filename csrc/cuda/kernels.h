@@ -14,7 +14,8 @@ namespace cuda {
 // Coefficients that a kernel reads from device memory instead of its parameters: the rule's
 // double coefficients in the order of its math::*Coeffs struct, then `skip` (nonzero: the
 // kernel writes nothing). A step whose rate is computed on the device (adaptive SGD) uses
-// this, and so can a step captured in a CUDA graph whose coefficients change every replay.
+// this, and so does capturable Adam, whose entry select_coeffs copies from a table before
+// each update, so that a step captured in a CUDA graph replays with its own coefficients.
 template <class C>
 struct DeviceCoeffs {
   C c;

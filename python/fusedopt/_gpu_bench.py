@@ -154,7 +154,7 @@ def find(results, rule, layout, prefix):
 
 
 def acceptance(results: list[Result], copy_gbps: float) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets: (what, passed or None if not measurable, figures)."""
+    """The benchmark's targets: (what, passed or None if not measurable, figures)."""
     out = []
     ours = find(results, "adam", ONE_TENSOR, "fusedopt (prepared")
     torch_one = find(results, "adam", ONE_TENSOR, "torch fused")

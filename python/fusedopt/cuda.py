@@ -1,5 +1,6 @@
 """The CUDA backend: availability, the compiled module fusedopt._cuda, the stream a call
-runs on, and the device-side adaptive-rate step.
+runs on, the device-side adaptive-rate step, and the step schedule of capturable
+optimizers (:class:`StepSchedule`).
 
 ``fusedopt._cuda`` links the CUDA runtime statically, so it imports on machines without a
 driver or a GPU; :func:`unavailable_reason` then says which is missing, and calls on CuPy
@@ -12,8 +13,8 @@ current stream. So a step on torch tensors is ordered after the backward pass th
 its gradients and before the next forward pass, on whatever stream torch is using,
 including the capture stream of ``torch.cuda.graph``; torch's side streams do not wait
 for CuPy's default stream, nor it for them. Kernels never wait for the device, except
-where a host value is asked for (``count_nonfinite``, the float that
-``_cuda.grad_sum_of_squares`` returns).
+where a host value is asked for (``count_nonfinite`` and ``grad_sum_of_squares`` without
+``out``, :attr:`StepSchedule.steps_taken`).
 """
 
 from __future__ import annotations

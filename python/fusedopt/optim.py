@@ -10,7 +10,8 @@ in place; the states (moments, buffers) are arrays of the same shapes created he
 A step that raises (bad gradients, say) changes nothing and does not advance the step
 count. Two threads stepping one optimizer are serialised by a lock. With
 ``skip_if_nonfinite=True`` a step whose gradients hold NaN or inf writes nothing, returns a
-status saying so, and does not advance the step count (loss-scaling overflow skip).
+status saying so (a capturable step returns None: see :class:`Adam`), and does not advance
+the step count (loss-scaling overflow skip).
 
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
@@ -416,8 +417,7 @@ class Adam(Optimizer):
     do it outside a capture. ``load_state_dict`` takes hyperparameters that keep the
     kernel and the table's length, and refuses others (they need a new optimizer and a new
     capture). With ``skip_if_nonfinite`` the NaN and inf count stays on the device too: a
-    step with any writes nothing and is not
-    counted, and ``step()`` returns None.
+    step with any writes nothing and is not counted, and ``step()`` returns None.
     """
 
     _kernel = staticmethod(_kernels.adam_)
@@ -437,7 +437,8 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """torch.optim.AdamW semantics; see :func:`fusedopt.adamw_`."""
+    """torch.optim.AdamW semantics; see :func:`fusedopt.adamw_`. ``lr_factors`` and
+    ``capturable`` as in :class:`Adam`."""
 
     _kernel = staticmethod(_kernels.adamw_)
     _defaults = dict(Adam._defaults, weight_decay=1e-2)
