@@ -86,15 +86,27 @@ void expect_states(const DeviceBatch& b, int expected, const char* rule) {
                                 " state lists, got " + std::to_string(b.n_states()));
 }
 
-// Queues `kernel` on the arrays' device, without the GIL.
+// Queues `work` on the arrays' device and the call's stream, without the GIL.
+template <class F>
+void queue_on(const DeviceBatch& b, const py::object& stream, F&& work) {
+  const cudaStream_t s = resolve_stream(stream, b);
+  py::gil_scoped_release release;
+  DeviceGuard guard(b.device());
+  work(s);
+}
+
+// queue_on for the kernels over the grads: none for a batch of empty tensors.
 template <class F>
 void on_device(const DeviceBatch& b, const py::object& stream, F&& kernel) {
   if (!b.has_grads()) throw std::invalid_argument("this Batch's grads were dropped: set_grads() first");
   if (b.batch().total() == 0) return;  // nothing to do, and no reason to start CUDA
-  const cudaStream_t s = resolve_stream(stream, b);
-  py::gil_scoped_release release;
-  DeviceGuard guard(b.device());
-  kernel(s);
+  queue_on(b, stream, kernel);
+}
+
+// A reduction's result at `out` in device memory when every tensor is empty: no kernel
+// runs, but the caller reads the zero.
+void zero_result(const DeviceBatch& b, const py::object& stream, void* out, size_t bytes) {
+  queue_on(b, stream, [&](cudaStream_t s) { check(cudaMemsetAsync(out, 0, bytes, s), "cudaMemsetAsync"); });
 }
 
 template <class Step, class Kernel>
@@ -143,11 +155,10 @@ void select_coeffs_on_device(const DeviceBatch& b, const std::string& rule, uint
   if (table == 0 || step == 0 || out == 0)
     throw std::invalid_argument("select_coeffs: table, step and out must be device addresses");
   if (n_entries < 1) throw std::invalid_argument("select_coeffs: the table needs at least one entry");
-  const cudaStream_t s = resolve_stream(stream, b);
-  py::gil_scoped_release release;
-  DeviceGuard guard(b.device());
-  select_coeffs(reinterpret_cast<const double*>(table), n_entries, doubles, reinterpret_cast<int64_t*>(step),
-                reinterpret_cast<const unsigned long long*>(nonfinite), reinterpret_cast<double*>(out), s);
+  queue_on(b, stream, [&](cudaStream_t s) {
+    select_coeffs(reinterpret_cast<const double*>(table), n_entries, doubles, reinterpret_cast<int64_t*>(step),
+                  reinterpret_cast<const unsigned long long*>(nonfinite), reinterpret_cast<double*>(out), s);
+  });
 }
 
 long long nonfinite_now(const DeviceBatch& b, const py::object& stream) {
@@ -288,10 +299,7 @@ void register_batch(py::module_& m) {
           [](const DeviceBatch& b, uintptr_t out, py::object stream) -> py::object {
             if (out == 0) return py::float_(sum_of_squares_now(b, stream));
             if (b.batch().total() == 0) {
-              // Nothing to launch for the sums, but the caller still expects the zero.
-              const cudaStream_t s = resolve_stream(stream, b);
-              py::gil_scoped_release release;
-              check(cudaMemsetAsync(reinterpret_cast<void*>(out), 0, sizeof(double), s), "cudaMemsetAsync");
+              zero_result(b, stream, reinterpret_cast<void*>(out), sizeof(double));
               return py::none();
             }
             on_device(b, stream, [&](cudaStream_t s) {
@@ -307,10 +315,8 @@ void register_batch(py::module_& m) {
           [](const DeviceBatch& b, uintptr_t out, py::object stream) -> py::object {
             if (out == 0) return py::int_(nonfinite_now(b, stream));
             auto* count = reinterpret_cast<unsigned long long*>(out);
-            if (b.has_grads() && b.batch().total() == 0) {  // nothing to count, but a 0 to write
-              const cudaStream_t s = resolve_stream(stream, b);
-              py::gil_scoped_release release;
-              check(cudaMemsetAsync(count, 0, sizeof(*count), s), "cudaMemsetAsync");
+            if (b.has_grads() && b.batch().total() == 0) {
+              zero_result(b, stream, count, sizeof(*count));
               return py::none();
             }
             on_device(b, stream, [&](cudaStream_t s) { cuda::count_nonfinite(b.batch(), count, s); });

@@ -203,15 +203,14 @@ class StepSchedule:
                                  f"not {table.shape[1:]}")
         return np.concatenate([table, np.zeros((len(table), 1))], axis=1)
 
-    def rewrite(self, table) -> bool:
+    def rewrite(self, table) -> None:
         """New coefficients (after a change of lr, say) into the same device memory, so that
-        a graph already captured replays with them; False (nothing written) if the table has
-        another number of rows, which needs a new capture."""
+        a graph already captured replays with them. The number of rows must stay (another
+        needs a new capture: the optimizer refuses it before calling this)."""
         if table.shape[0] != self.table.shape[0]:
-            return False
+            raise AssertionError(f"a table of {table.shape[0]} rows for {self.table.shape[0]}")
         with self._here():
             self.table.set(self._rows(table))  # straight into the table, on the current stream
-        return True
 
     def queue(self, batch, skip: bool) -> int:
         """Queues the count (with skip) and the selection on the stream of ``batch``'s
