@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The device check for a machine with an NVIDIA GPU, in one go: build fusedopt with its
 # CUDA module (no build isolation: such machines have no package index), run the CUDA
-# tests, then the GPU benchmark. Logs and results go to $OUT (default bench/results/gpu);
+# tests, then the GPU benchmark, then tools/check_cuda_binary.py on the module it built
+# (registers and local memory beside the measured bandwidth). Logs and results go to $OUT
+# (default bench/results/gpu);
 # the report is $OUT/gpu_report.md, and its table is the last thing printed.
 #
 # Budget: under 6 minutes on an H200. The build compiles for this machine's GPU only
@@ -16,8 +18,8 @@ OUT="${OUT:-$PWD/bench/results/gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 # Seconds per step, as caps: a build for one architecture took 57-70 s on 2 cores here,
-# the tests and the benchmark should take about a minute each; the caps sum to 7 minutes
-# so that a slow step is cut off, not the whole check.
+# the tests and the benchmark should take about a minute each, the device code check
+# seconds; the caps sum to 8 minutes so that a slow step is cut off, not the whole check.
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-150}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-180}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-110}"
@@ -74,6 +76,14 @@ if timeout "$BENCH_TIMEOUT" "$PY" bench/gpu_bench.py --out "$OUT" > "$OUT/bench.
 else
   fail "benchmark (tail of $OUT/bench.log follows)"
   tail -n 30 "$OUT/bench.log" >&2
+fi
+
+# --- the device code, as built here (after the benchmark, so it cannot cut it short) --
+log "device code check (log: $OUT/cuda_binary.txt)"
+if timeout 45 "$PY" tools/check_cuda_binary.py --archs "$FUSEDOPT_CUDA_ARCHS" > "$OUT/cuda_binary.txt" 2>&1; then
+  log "device code check passed"
+else
+  fail "device code check: $(tail -n 1 "$OUT/cuda_binary.txt")"
 fi
 
 log "done in $((SECONDS - started)) s, status $status"
