@@ -29,7 +29,7 @@ CLEAN_PTX = ["ld.global.v4.f32", "mul.rn.f32", "add.rn.f32", "sub.rn.f64", "div.
 CLEAN_SASS = ["LDC", "LDG.E.128", "FMUL", "FFMA", "MUFU.RSQ", "STG.E.128", "EXIT"]
 
 
-def listing(kernels: dict, sm: int = 90, ptx: bool = True):
+def listing(kernels: dict, sm: str = "90", ptx: bool = True, maxntid: int = 256):
     """cuobjdump's -ptx, -res-usage and -sass output for `kernels`:
     name -> dict(ptx=[opcodes], sass=[opcodes], reg=, stack=, local=)."""
     head = ("\nFatbin {kind} code:\n================\narch = sm_{sm}\ncode version = [1,8]\n"
@@ -39,7 +39,7 @@ def listing(kernels: dict, sm: int = 90, ptx: bool = True):
         ptx_text = head.format(kind="ptx", sm=sm) + f"\n.version 9.0\n.target sm_{sm}\n.address_size 64\n"
         for name, k in kernels.items():
             ptx_text += (f"\n.visible .entry {name}(\n.param .align 8 .b8 {name}_param_0[64]\n)\n"
-                         ".maxntid 256, 1, 1\n{\n")
+                         f".maxntid {maxntid}, 1, 1\n{{\n")
             ptx_text += ".reg .f32 %f<8>;\n"
             for i, op in enumerate(k.get("ptx", CLEAN_PTX)):
                 pred = "@%p1 " if i % 3 == 1 else ""
@@ -63,7 +63,7 @@ def listing(kernels: dict, sm: int = 90, ptx: bool = True):
 
 
 def findings_of(kernels, **kw):
-    return ccb.evaluate("probe", *listing(kernels, **{k: v for k, v in kw.items() if k in ("sm", "ptx")}),
+    return ccb.evaluate("probe", *listing(kernels, **{k: v for k, v in kw.items() if k != "archs"}),
                         archs_spec=kw.get("archs"), quiet=True)
 
 
@@ -76,11 +76,14 @@ def problems_of(kernels, **kw):
     ("sub.rz.f32", None), ("add.rn.f16x2", None), ("cvt.rn.f32.f64", None), ("cvt.rzi.s32.f32", None),
     ("setp.lt.f32", None), ("neg.f32", None), ("abs.f64", None), ("max.f32", None), ("ld.global.f32", None),
     ("add.s32", None), ("mul.wide.s32", None), ("mul.lo.s64", None), ("mov.f32", None),
+    ("rcp.rn.f64", None), ("rcp.rn.f32", None), ("max.NaN.f32", None), ("testp.finite.f32", None),
+    ("sqrt.f32", "no explicit rounding"), ("rcp.f64", "no explicit rounding"),
+    ("fma.rn.f32x2", "fused"), ("rcp.approx.ftz.f64", "not IEEE"),
     ("add.f32", "no explicit rounding"), ("mul.f64", "no explicit rounding"),
     ("sub.f32", "no explicit rounding"),
     ("div.f32", "no explicit rounding"), ("fma.rn.f32", "fused"), ("fma.rn.f64", "fused"),
     ("mad.rn.f32", "fused"), ("fma.rn.bf16", "fused"), ("rsqrt.approx.f32", "approximate"),
-    ("rcp.rn.f64", "approximate"), ("ex2.approx.ftz.f32", "approximate"), ("div.approx.f32", "not IEEE"),
+    ("ex2.approx.ftz.f32", "approximate"), ("div.approx.f32", "not IEEE"),
     ("div.full.f32", "not IEEE"), ("sqrt.approx.ftz.f32", "not IEEE"), ("add.rn.ftz.f32", "not IEEE"),
     ("cvt.rn.ftz.f32.f64", "not IEEE"),
 ])
@@ -93,22 +96,36 @@ def test_ptx_rule(opcode, why):
 
 
 @pytest.mark.parametrize("spec, sass, ptx", [
-    ("75-real;80-real;86-real;89-real;90", {75, 80, 86, 89, 90}, {90}),
-    ("90", {90}, {90}), ("90-real", {90}, set()), ("90-virtual", set(), {90}),
-    ("90a-real, 100", {90, 100}, {100}),
+    ("75-real;80-real;86-real;89-real;90", {"75", "80", "86", "89", "90"}, {"90"}),
+    ("90", {"90"}, {"90"}), ("90-real", {"90"}, set()), ("90-virtual", set(), {"90"}),
+    ("90a-real, 100", {"90a", "100"}, {"100"}),
 ])
 def test_expected_archs(spec, sass, ptx):
     assert ccb.expected_archs(spec) == (sass, ptx)
 
 
+@pytest.mark.parametrize("spec", ["", " ", "all", "all-major", "native", "80;native"])
+def test_lists_without_a_fixed_set_are_not_compared(spec):
+    assert ccb.expected_archs(spec) is None
+    assert problems_of({UPDATE: {}}, archs=spec) == []
+
+
 def test_expected_archs_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="sm_90"):
         ccb.expected_archs("sm_90")
+    assert ccb.main(["--archs", "sm_90"]) == 2
+
+
+def test_what_cannot_be_checked_exits_2(tmp_path):
+    assert ccb.main([str(tmp_path / "missing.so")]) == 2
+    (tmp_path / "empty.whl").write_bytes(b"not a zip")
+    assert ccb.main([str(tmp_path / "empty.whl")]) == 2
 
 
 @pytest.mark.parametrize("regs, block, sm, threads", [
     (32, 256, 90, 2048), (64, 256, 90, 1024), (74, 256, 90, 768), (88, 256, 90, 512),
-    (255, 256, 75, 256), (32, 256, 75, 1024), (40, 256, 86, 1536), (16, 32, 90, 512),
+    (255, 256, 75, 256), (32, 256, 75, 1024), (40, 256, 86, 1536), (16, 32, 90, 1024),
+    (16, 32, 86, 512), (40, 256, 110, None),
 ])
 def test_threads_per_sm(regs, block, sm, threads):
     assert ccb.threads_per_sm(regs, block, sm) == threads
@@ -123,7 +140,7 @@ def test_a_clean_listing_passes():
 
 
 @pytest.mark.parametrize("change, expect", [
-    ({"ptx": CLEAN_PTX + ["add.f32"]}, "add.f32 x1 in update_kernel<AdamRule<float, false"),
+    ({"ptx": CLEAN_PTX + ["add.f32"]}, "add.f32 x1 in "),
     ({"ptx": CLEAN_PTX + ["fma.rn.f32", "fma.rn.f32"]}, "fma.rn.f32 x2"),
     ({"ptx": CLEAN_PTX + ["div.approx.ftz.f32"]}, "not IEEE-exact"),
     ({"ptx": ["ld.global.f32", "sub.f32"]}, "sub.f32 x1"),  # a predicated instruction
@@ -132,6 +149,18 @@ def test_a_clean_listing_passes():
      "local memory in its 16-byte vector loop (LDL.LU at 0x20)"),
     ({"sass": ["LDC", "STL.64", "LDG.E.128", "FMUL", "STG.E.128", "BRA.U !UP0, 0x10", "EXIT"]},
      "local memory in its 16-byte vector loop (STL.64 at 0x10)"),
+    # a loop without loads nested in the vector loop leaves it the loop that streams
+    ({"sass": ["LDC", "LDG.E.128", "LDL", "ISETP", "BRA 0x30", "STG.E.128", "BRA 0x10", "EXIT"]},
+     "local memory in its 16-byte vector loop (LDL at 0x20)"),
+    # two branches back to one target: the loop runs to the last
+    ({"sass": ["LDC", "LDG.E.128", "BRA 0x10", "LDL", "BRA 0x10", "STG.E.128", "EXIT"]},
+     "local memory in its 16-byte vector loop (LDL at 0x30)"),
+    # a subroutine called from the loop (placed after EXIT) is part of it
+    ({"sass": ["LDC", "LDG.E.128", "CALL.REL.NOINC 0x60", "STG.E.128", "BRA 0x10", "EXIT", "STL",
+               "RET.REL.NODEC R20 0x0", "BRA 0x80"]},
+     "local memory in its 16-byte vector loop (STL at 0x60)"),
+    ({"sass": ["LDC", "LDG.E.ENL2.256", "LDL", "STG.E.128", "BRA 0x10", "EXIT"]},
+     "local memory in its 16-byte vector loop (LDL at 0x20)"),
     ({"sass": ["LDG.E", "FMUL", "STG.E.128"]}, "no 16-byte LDG"),
     ({"sass": ["LDG.E.128", "FMUL", "STG.E.64"]}, "no 16-byte STG"),
 ])
@@ -161,11 +190,31 @@ def test_local_memory_outside_vector_loops_is_not_refused(sass, warned, capsys):
         assert "local memory outside the streaming loops" in out and "stack frames of 8 B" in out
 
 
+def test_several_architectures_and_cubins():
+    """cuobjdump lists one section per cubin: two per architecture here, two architectures,
+    PTX for one; a broken kernel is found in the second cubin of the second architecture."""
+    other = "_ZN8fusedopt4cuda13update_kernelINS_4math7SgdRuleIfLb0ELNS2_11WeightDecayE0ELNS2_8MomentumE0ELb0EEEfNS2_9SgdCoeffsIdEELi2EEEvNS0_12UpdateParamsIT1_XT2_EEE"  # noqa: E501
+    parts = [listing({UPDATE: {}}, sm="80", ptx=False), listing({other: {}}, sm="80", ptx=False),
+             listing({UPDATE: {}}, sm="90"), listing({other: {"sass": ["LDG.E", "STG.E.128"]}}, sm="90")]
+    ptx, res, sass = ("".join(p[i] for p in parts) for i in range(3))
+    found = ccb.evaluate("probe", ptx, res, sass, archs_spec="80-real;90", quiet=True)
+    name = ccb.short(other, ccb.demangle([other]))
+    assert found.problems == [f"sm_90: {name} has no 16-byte LDG (no vector path)"]
+    assert ccb.evaluate("probe", ptx, res, sass, archs_spec="80;90", quiet=True).problems[0] == \
+        "PTX for ['90'], but the list '80;90' asks for ['80', '90']"
+
+
+def test_the_launch_bound_comes_from_the_ptx(capsys):
+    ccb.evaluate("probe", *listing({UPDATE: {"reg": 74}}, maxntid=512))
+    assert "float: Adam 74 (512)" in capsys.readouterr().out
+
+
 def test_the_architectures_must_match_the_list():
     kernels = {UPDATE: {}}
-    assert any("asks for [75, 90]" in p for p in problems_of(kernels, archs="75-real;90"))
-    assert any("PTX for [90], but" in p for p in problems_of(kernels, archs="90-real"))
+    assert any("asks for ['75', '90']" in p for p in problems_of(kernels, archs="75-real;90"))
+    assert any("PTX for ['90'], but" in p for p in problems_of(kernels, archs="90-real"))
     assert any("PTX for [], but" in p for p in problems_of(kernels, ptx=False, archs="90"))
+    assert any("asks for ['90a']" in p for p in problems_of(kernels, archs="90a"))
 
 
 def test_no_device_code_is_a_problem():
@@ -206,5 +255,7 @@ def test_the_installed_cuda_module(capsys):
         pytest.skip("fusedopt._cuda was not built")
     problems, warnings = ccb.check(module)
     out = capsys.readouterr().out
-    assert problems == [] and warnings == [], out
+    assert problems == [], out
+    if warnings:  # e.g. a newer ptxas, or an architecture list set for this run
+        print("\n".join(f"WARNING: {w}" for w in warnings))
     assert "update kernels" in out

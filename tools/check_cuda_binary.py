@@ -4,22 +4,24 @@ The CUDA tests prove the numerics contract on the GPU they run on. This check pr
 parts of it that are fixed at compile time, on the very binary that ships (the module, or a
 wheel holding it), for every architecture in it, and on machines that have no GPU:
 
-1. Rounding (on the PTX the binary embeds). Every floating-point add, sub, mul, div and
-   sqrt names its IEEE rounding (.rn and kin). PTX lets ptxas fuse a mul and an add that
+1. Rounding (on the PTX the binary embeds). Every floating-point add, sub, mul, div, sqrt
+   and rcp names its IEEE rounding (.rn and kin). PTX lets ptxas fuse a mul and an add that
    name none into an FMA, so an op without it is a contraction waiting to happen whatever
    the flags of the day. Nothing fused, approximate or flushing appears at all: no fma or
    mad (the math is written without FMA, like the CPU kernels: an fma here is a
    contraction by the front end or an intrinsic), no .approx, no .full (div.full is
-   approximate), no .ftz, no rcp, rsqrt, ex2, lg2, sin, cos or tanh.
+   approximate), no .ftz, no rsqrt, ex2, lg2, sin, cos or tanh.
 2. Memory path (on the machine code of every architecture, SASS). Every update kernel has
    16-byte global loads and stores (LDG/STG .128), the vector path the launcher is built
    around, and no kernel touches local memory (LDL/STL: a spilled register or a stack
    array) inside a 16-byte vector loop, where it would cost per element. Loops are read
    from the branches: one runs from a backward branch's target to the last branch back to
-   it, and the innermost ones that load global memory are where a kernel spends its time.
-   Local memory in an innermost scalar loop (the path of misaligned views) is a warning;
-   elsewhere (ptxas keeping a value in memory across the walk over chunks, paid per chunk)
-   it is reported with the stack frame's size.
+   it, with the subroutines it calls (the slow paths of IEEE division, placed after EXIT).
+   The loops that load global memory with no such loop nested in them are where a kernel
+   spends its time per element (the loop around them walks chunks). Local memory in such
+   a loop without 16-byte loads (the path of misaligned views) is a warning; elsewhere
+   (ptxas keeping a value across the walk over chunks, paid per chunk) it is reported
+   with the stack frame's size.
 3. Resources (from the binary's resource table). The registers per thread of the update
    kernels, with the threads per SM they leave room for at the kernels' block size.
 
@@ -58,39 +60,51 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 
-FLOAT_TYPES = {"f16", "f16x2", "bf16", "bf16x2", "f32", "f64"}
+FLOAT_TYPES = {"f16", "f16x2", "bf16", "bf16x2", "f32", "f32x2", "f64"}
 ROUNDINGS = {"rn", "rz", "rm", "rp"}
-NEEDS_ROUNDING = {"add", "sub", "mul", "div", "sqrt"}
-FORBIDDEN_OPS = {"fma", "mad", "rcp", "rsqrt", "ex2", "lg2", "sin", "cos", "tanh"}
+# Arithmetic that rounds as its modifier says; add, sub and mul without one may be fused.
+NEEDS_ROUNDING = {"add", "sub", "mul", "div", "sqrt", "rcp"}
+# Fused, or approximate whatever their modifiers say.
+FORBIDDEN_OPS = {"fma", "mad", "rsqrt", "ex2", "lg2", "sin", "cos", "tanh"}
 FORBIDDEN_MODIFIERS = {"approx", "full", "ftz"}
 # The update kernels: the ones the 16-byte vector path is for (mangled name).
 UPDATE_KERNEL = "update_kernel"
-# Per architecture: the most resident threads of an SM. Every one of them has 64K 32-bit
-# registers per SM, allocated per warp in units of 256.
-MAX_THREADS_PER_SM = {75: 1024, 80: 2048, 86: 1536, 87: 2048, 89: 1536, 90: 2048,
-                      100: 2048, 103: 2048, 120: 1536, 121: 1536}
+# Per compute capability: the most resident threads and blocks of an SM (the CUDA
+# programming guide's table). Every one has 64K 32-bit registers per SM, allocated per warp
+# in units of 256. Others: registers are reported without the threads they leave room for.
+SM_LIMITS = {75: (1024, 16), 80: (2048, 32), 86: (1536, 16), 87: (1536, 16), 89: (1536, 24),
+             90: (2048, 32), 100: (2048, 32), 103: (2048, 32), 120: (1536, 32), 121: (1536, 32)}
 REGISTERS_PER_SM = 65536
-MAX_BLOCKS_PER_SM = 16
+# CMake architecture values that name no fixed list: the binary cannot be compared with them.
+OPEN_ARCH_LISTS = {"all", "all-major", "native"}
 
 
 @dataclass
 class Kernel:
     name: str                       # mangled
     registers: int | None = None
-    stack: int | None = None
-    local: int | None = None
-    shared: int | None = None
-    max_threads: int | None = None  # .maxntid from the PTX (the launch bound)
-    sass_ops: Counter = field(default_factory=Counter)
+    stack: int = 0
+    local: int = 0
     sass: list = field(default_factory=list)  # (address, opcode, operands), in order
+
+    def ops(self) -> set[str]:
+        return {op for _, op, _ in self.sass}
 
 
 @dataclass
 class Arch:
-    sm: int
-    kernels: dict = field(default_factory=dict)   # name -> Kernel (machine code)
-    ptx_ops: Counter | None = None               # None: no PTX for this architecture
-    ptx_entries: dict = field(default_factory=dict)  # name -> .maxntid
+    name: str                                        # "90", "90a", "100f": after sm_ / compute_
+    kernels: dict = field(default_factory=dict)      # mangled name -> Kernel (machine code)
+    ptx_ops: Counter | None = None                   # (entry, opcode) -> count; None: no PTX
+    ptx_entries: dict = field(default_factory=dict)  # mangled name -> .maxntid threads or None
+
+    @property
+    def number(self) -> int:
+        return int(re.match(r"\d+", self.name).group())
+
+
+def arch_order(name: str) -> tuple[int, str]:
+    return int(re.match(r"\d+", name).group()), name
 
 
 # --- finding the tools -----------------------------------------------------------------
@@ -148,11 +162,12 @@ def run_cuobjdump(binary: Path, *args: str) -> str:
 
 # --- parsing ---------------------------------------------------------------------------
 
-ARCH_LINE = re.compile(r"^\s*arch = sm_(\d+)[a-z]?\s*$")
+ARCH_LINE = re.compile(r"^\s*arch = sm_(\d+[a-z]?)\s*$")
 PTX_ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)")
 PTX_MAXNTID = re.compile(r"^\s*\.maxntid\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?")
-PTX_INSTRUCTION = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][a-z0-9]*(?:\.[a-z0-9]+)*)\s")
-SASS_CODE_FOR = re.compile(r"^\s*code for sm_(\d+)[a-z]?\s*$")
+# An instruction, after an optional "{" (inline asm on one line) and predicate.
+PTX_INSTRUCTION = re.compile(r"^\s*(?:\{\s*)?(?:@!?%\w+\s+)?([a-z][a-z0-9]*(?:\.[A-Za-z0-9]+)*)\s")
+SASS_CODE_FOR = re.compile(r"^\s*code for sm_(\d+[a-z]?)\s*$")
 SASS_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)\s*$")
 SASS_INSTRUCTION = re.compile(
     r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)([^;]*);")
@@ -161,32 +176,32 @@ RES_FUNCTION = re.compile(r"^\s*Function\s+([^:\s]+):\s*$")
 RES_VALUES = re.compile(r"\b(REG|STACK|SHARED|LOCAL):(\d+)")
 
 
-def split_sections(text: str, header: str) -> list[tuple[int, list[str]]]:
-    """cuobjdump's "Fatbin ptx code:" / "Fatbin elf code:" sections, with their sm."""
-    sections: list[tuple[int, list[str]]] = []
+def split_sections(text: str, header: str) -> list[tuple[str, list[str]]]:
+    """cuobjdump's "Fatbin ptx code:" / "Fatbin elf code:" sections, with their arch."""
+    sections: list[tuple[str, list[str]]] = []
     current: list[str] | None = None
-    sm = None
+    arch = None
     for line in text.splitlines():
         if line.startswith("Fatbin "):
             current = [] if line.startswith(header) else None
-            sm = None
+            arch = None
             if current is not None:
-                sections.append((0, current))
+                sections.append(("?", current))
             continue
         if current is None:
             continue
         m = ARCH_LINE.match(line)
-        if m and sm is None:
-            sm = int(m.group(1))
-            sections[-1] = (sm, current)
+        if m and arch is None:
+            arch = m.group(1)
+            sections[-1] = (arch, current)
             continue
         current.append(line)
     return sections
 
 
-def parse_ptx(text: str, archs: dict[int, Arch]) -> None:
-    for sm, lines in split_sections(text, "Fatbin ptx code"):
-        arch = archs.setdefault(sm, Arch(sm))
+def parse_ptx(text: str, archs: dict[str, Arch]) -> None:
+    for name, lines in split_sections(text, "Fatbin ptx code"):
+        arch = archs.setdefault(name, Arch(name))
         if arch.ptx_ops is None:
             arch.ptx_ops = Counter()
         entry = None
@@ -208,12 +223,12 @@ def parse_ptx(text: str, archs: dict[int, Arch]) -> None:
                 arch.ptx_ops[(entry, m.group(1))] += 1
 
 
-def parse_sass(text: str, archs: dict[int, Arch]) -> None:
+def parse_sass(text: str, archs: dict[str, Arch]) -> None:
     arch = kernel = None
     for line in text.splitlines():
         m = SASS_CODE_FOR.match(line)
         if m:
-            arch = archs.setdefault(int(m.group(1)), Arch(int(m.group(1))))
+            arch = archs.setdefault(m.group(1), Arch(m.group(1)))
             kernel = None
             continue
         m = SASS_FUNCTION.match(line)
@@ -222,32 +237,31 @@ def parse_sass(text: str, archs: dict[int, Arch]) -> None:
             continue
         m = SASS_INSTRUCTION.match(line)
         if m and kernel is not None:
-            kernel.sass_ops[m.group(2)] += 1
             kernel.sass.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
 
 
-def parse_resources(text: str, archs: dict[int, Arch]) -> None:
-    for sm, lines in split_sections(text, "Fatbin elf code"):
-        arch = archs.setdefault(sm, Arch(sm))
-        name = None
+def parse_resources(text: str, archs: dict[str, Arch]) -> None:
+    for name, lines in split_sections(text, "Fatbin elf code"):
+        arch = archs.setdefault(name, Arch(name))
+        function = None
         for line in lines:
             m = RES_FUNCTION.match(line)
             if m:
-                name = m.group(1)
+                function = m.group(1)
                 continue
             values = dict(RES_VALUES.findall(line))
-            if name is not None and "REG" in values:
-                k = arch.kernels.setdefault(name, Kernel(name))
-                k.registers, k.stack = int(values["REG"]), int(values.get("STACK", 0))
-                k.local, k.shared = int(values.get("LOCAL", 0)), int(values.get("SHARED", 0))
-                name = None
+            if function is not None and "REG" in values:
+                k = arch.kernels.setdefault(function, Kernel(function))
+                k.registers = int(values["REG"])
+                k.stack, k.local = int(values.get("STACK", 0)), int(values.get("LOCAL", 0))
+                function = None
 
 
 # --- the rules -------------------------------------------------------------------------
 
 def ptx_problem(opcode: str) -> str | None:
     """Why a PTX instruction breaks the numerics contract, or None."""
-    base, *mods = opcode.split(".")
+    base, *mods = opcode.lower().split(".")
     if not FLOAT_TYPES.intersection(mods):
         return None
     if base in FORBIDDEN_OPS:
@@ -264,48 +278,84 @@ def is_local_memory(op: str) -> bool:
     return op.split(".")[0] in ("LDL", "STL")
 
 
-def local_in_streaming_loops(kernel: Kernel) -> list[tuple[int, str, bool]]:
-    """The local-memory instructions inside an innermost loop that loads global memory,
-    where a kernel spends its time per element, each with whether that loop is a 16-byte
-    vector loop. A loop is the span from a backward branch's target to the last branch back
-    to it; innermost: no other loop starts in it. Local memory in an outer loop (the walk
-    over chunks) is paid per chunk."""
+def is_wide_access(op: str, base: str) -> bool:
+    """A global load or store (base LDG or STG) of 16 bytes or more."""
+    parts = op.split(".")
+    return parts[0] == base and bool({"128", "256"}.intersection(parts[1:]))
+
+
+@dataclass
+class Loop:
+    lo: int              # the first address: a backward branch's target
+    hi: int              # the last branch back to it
+    body: list           # (address, opcode): its range, and the subroutines called from it
+    vector: bool = False  # has 16-byte (or wider) global loads
+
+
+def loops_of(kernel: Kernel) -> list[Loop]:
+    """The kernel's loops, from its backward branches. A loop's body includes the code of
+    the subroutines it calls (the slow paths of IEEE division, say: placed after EXIT)."""
+    at = {a: i for i, (a, _, _) in enumerate(kernel.sass)}
     ends: dict[int, int] = {}
     for addr, op, operands in kernel.sass:
         m = SASS_TARGET.search(operands) if op.split(".")[0] == "BRA" else None
         if m and int(m.group(1), 16) <= addr:
             target = int(m.group(1), 16)
             ends[target] = max(ends.get(target, addr), addr)
-    out = []
-    for lo, hi in ends.items():
-        if any(lo < t <= hi for t in ends):
-            continue  # not innermost
-        body = [(a, op) for a, op, _ in kernel.sass if lo <= a <= hi]
-        if not any(op.split(".")[0] == "LDG" for _, op in body):
-            continue
-        vector = any(is_wide_access(op, "LDG") for _, op in body)
-        out.extend((a, op, vector) for a, op in body if is_local_memory(op))
-    return sorted(out)
+
+    def body(lo: int, hi: int) -> list[tuple[int, str]]:
+        seen: set[int] = set()
+        todo = [(lo, hi)]
+        out = []
+        while todo:
+            first, last = todo.pop()
+            i = at.get(first)
+            while i is not None and i < len(kernel.sass) and kernel.sass[i][0] not in seen:
+                addr, op, operands = kernel.sass[i]
+                if last is not None and addr > last:
+                    break
+                seen.add(addr)
+                out.append((addr, op))
+                if op.startswith("CALL"):
+                    m = SASS_TARGET.search(operands)
+                    if m and int(m.group(1), 16) in at:
+                        todo.append((int(m.group(1), 16), None))  # to its RET
+                if last is None and op.startswith("RET"):
+                    break
+                i += 1
+        return sorted(out)
+
+    loops = [Loop(lo, hi, body(lo, hi)) for lo, hi in sorted(ends.items())]
+    for loop in loops:
+        loop.vector = any(is_wide_access(op, "LDG") for _, op in loop.body)
+    return loops
 
 
-def is_wide_access(op: str, base: str) -> bool:
-    parts = op.split(".")
-    return parts[0] == base and "128" in parts[1:]
+def streaming_loops(kernel: Kernel) -> list[Loop]:
+    """The loops where a kernel spends its time per element: the ones that load global
+    memory with no loop nested in them that does (an outer loop walks chunks)."""
+    loads = [lp for lp in loops_of(kernel) if any(op.split(".")[0] == "LDG" for _, op in lp.body)]
+    return [lp for lp in loads
+            if not any(o is not lp and lp.lo <= o.lo and o.hi <= lp.hi for o in loads)]
 
 
-def threads_per_sm(registers: int, block: int, sm: int) -> int:
-    """Resident threads per SM at `registers` per thread and `block` threads per block."""
+def threads_per_sm(registers: int, block: int, sm: int) -> int | None:
+    """Resident threads per SM at `registers` per thread and `block` threads per block, or
+    None where this architecture's limits are not in SM_LIMITS."""
+    if sm not in SM_LIMITS:
+        return None
+    max_threads, max_blocks = SM_LIMITS[sm]
     per_warp = -(-registers * 32 // 256) * 256
     warps = REGISTERS_PER_SM // per_warp if per_warp else 10**9
-    blocks = min(warps // -(-block // 32), MAX_BLOCKS_PER_SM)
-    return min(blocks * block, MAX_THREADS_PER_SM.get(sm, 2048))
+    blocks = min(warps // -(-block // 32), max_blocks)
+    return min(blocks * block, max_threads)
 
 
 def demangle(names: list[str]) -> dict[str, str]:
     cxxfilt = shutil.which("c++filt")
     if not cxxfilt or not names:
         return {n: n for n in names}
-    res = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True)
+    res = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True, env=tool_env())
     out = res.stdout.splitlines()
     return dict(zip(names, out)) if res.returncode == 0 and len(out) == len(names) else {n: n for n in names}
 
@@ -322,26 +372,29 @@ def short(name: str, pretty: dict[str, str]) -> str:
     return s
 
 
-def update_family(label: str) -> tuple[str, str] | None:
-    """('Adam', 'float') for an update kernel's short name, else None."""
-    m = re.match(r"update_kernel<(\w+?)Rule<(\w+)", label)
-    return (m.group(1), m.group(2)) if m else None
+def update_family(mangled: str) -> tuple[str, str] | None:
+    """('Adam', 'float') for an update kernel, from its mangled name (so no demangler is
+    needed), else None."""
+    m = re.search(r"update_kernelINS_4math\d+(\w+?)RuleI([fd])", mangled)
+    return (m.group(1), {"f": "float", "d": "double"}[m.group(2)]) if m else None
 
 
-def expected_archs(spec: str) -> tuple[set[int], set[int]]:
-    """(machine code, PTX) architectures asked for by a CMake CUDA_ARCHITECTURES list."""
+def expected_archs(spec: str) -> tuple[set[str], set[str]] | None:
+    """(machine code, PTX) architectures asked for by a CMake CUDA_ARCHITECTURES list, or
+    None for a list that names no fixed set (empty, all, all-major, native)."""
+    items = [i for i in re.split(r"[;,\s]+", spec.strip()) if i]
+    if not items or any(i in OPEN_ARCH_LISTS for i in items):
+        return None
     sass, ptx = set(), set()
-    for item in re.split(r"[;,\s]+", spec.strip()):
-        if not item:
-            continue
-        m = re.fullmatch(r"(\d+)[a-z]?(?:-(real|virtual))?", item)
+    for item in items:
+        m = re.fullmatch(r"(\d+[a-z]?)(?:-(real|virtual))?", item)
         if not m:
-            raise ValueError(f"cannot read architecture {item!r}")
-        sm, kind = int(m.group(1)), m.group(2)
+            raise ValueError(f"cannot read architecture {item!r} of {spec!r}")
+        name, kind = m.group(1), m.group(2)
         if kind != "virtual":
-            sass.add(sm)
+            sass.add(name)
         if kind != "real":
-            ptx.add(sm)
+            ptx.add(name)
     return sass, ptx
 
 
@@ -356,100 +409,143 @@ def check(binary: Path, archs_spec: str | None = None, quiet: bool = False) -> F
                     run_cuobjdump(binary, "-sass"), archs_spec, quiet)
 
 
+class _Report:
+    def __init__(self, pretty: dict[str, str]):
+        self.pretty = pretty
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.lines: list[str] = []
+
+    def name(self, mangled: str) -> str:
+        return short(mangled, self.pretty)
+
+
 def evaluate(label: str, ptx: str, resources: str, sass: str, archs_spec: str | None = None,
              quiet: bool = False) -> Findings:
     """The checks on cuobjdump's -ptx, -res-usage and -sass listings of one binary."""
-    archs: dict[int, Arch] = {}
+    archs: dict[str, Arch] = {}
     parse_ptx(ptx, archs)
     parse_resources(resources, archs)
     parse_sass(sass, archs)
-    problems: list[str] = []
-    warnings: list[str] = []
-    say = (lambda *a: None) if quiet else print
     if not archs:
         return Findings([f"{label}: no device code found"], [])
     names = sorted({n for a in archs.values() for n in list(a.kernels) + list(a.ptx_entries)})
-    pretty = demangle(names)
-    sass_archs = {sm for sm, a in archs.items() if a.kernels}
-    ptx_archs = {sm for sm, a in archs.items() if a.ptx_ops is not None}
-    say(f"{label}: machine code for sm_{', sm_'.join(map(str, sorted(sass_archs))) or '(none)'}; "
-        f"PTX for {', '.join(f'compute_{s}' for s in sorted(ptx_archs)) or '(none)'}")
-    if archs_spec is not None:
-        want_sass, want_ptx = expected_archs(archs_spec)
-        if want_sass != sass_archs:
-            problems.append(f"machine code for {sorted(sass_archs)}, but the list {archs_spec!r} "
-                            f"asks for {sorted(want_sass)}")
-        if want_ptx != ptx_archs:
-            problems.append(f"PTX for {sorted(ptx_archs)}, but the list {archs_spec!r} "
-                            f"asks for {sorted(want_ptx)}")
+    report = _Report(demangle(names))
+    order = sorted(archs, key=arch_order)
+    with_code = [n for n in order if archs[n].kernels]
+    with_ptx = [n for n in order if archs[n].ptx_ops is not None]
+    report.lines.append(f"{label}: machine code for {', '.join('sm_' + n for n in with_code) or '(none)'}; "
+                        f"PTX for {', '.join('compute_' + n for n in with_ptx) or '(none)'}")
+    if not with_ptx:
+        report.lines.append("  no PTX embedded (a build of -real architectures only): the rounding "
+                            "rules have nothing to read")
+    elif set(with_code) - set(with_ptx):
+        report.lines.append(f"  the rounding rules read the PTX embedded; the machine code of "
+                            f"{', '.join('sm_' + n for n in with_code if n not in with_ptx)} "
+                            "was compiled from PTX that is not")
+    compare_archs(archs_spec, with_code, with_ptx, report)
+    # The launch bound, from any PTX: the source gives every update kernel the same one.
+    block = next((t for a in archs.values() for n, t in a.ptx_entries.items()
+                  if UPDATE_KERNEL in n and t), None)
+    for name in order:
+        check_rounding(archs[name], report)
+        check_machine_code(archs[name], block, report)
+    if not quiet:
+        print("\n".join(report.lines))
+    return Findings(report.problems, report.warnings)
 
-    for sm in sorted(archs):
-        a = archs[sm]
-        # 1. rounding, on the PTX
-        if a.ptx_ops is None:
-            say(f"  sm_{sm}: no PTX embedded: the rounding check needs a build with PTX "
-                "(an architecture without -real)")
-        else:
-            fp = Counter()
-            for (entry, op), n in a.ptx_ops.items():
-                why = ptx_problem(op)
-                if why:
-                    problems.append(f"compute_{sm}: {op} x{n} in {short(entry or '?', pretty)}: {why}")
-                elif FLOAT_TYPES.intersection(op.split(".")[1:]) and op.split(".")[0] in NEEDS_ROUNDING:
-                    fp[op] += n
-            say(f"  compute_{sm}: {len(a.ptx_entries)} entries; floating-point arithmetic: "
-                + (", ".join(f"{op} {n}" for op, n in sorted(fp.items(), key=lambda kv: -kv[1])) or "none"))
-        # 2. memory path, on the machine code; 3. resources
-        if not a.kernels:
+
+def compare_archs(spec: str | None, with_code: list[str], with_ptx: list[str], report: _Report) -> None:
+    if spec is None:
+        return
+    wanted = expected_archs(spec)
+    if wanted is None:
+        report.lines.append(f"  the list {spec!r} names no fixed set of architectures: not compared")
+        return
+    for what, have, want in (("machine code", set(with_code), wanted[0]), ("PTX", set(with_ptx), wanted[1])):
+        if have != want:
+            report.problems.append(f"{what} for {sorted(have, key=arch_order)}, but the list {spec!r} "
+                                   f"asks for {sorted(want, key=arch_order)}")
+
+
+def check_rounding(arch: Arch, report: _Report) -> None:
+    """Rule 1, on one architecture's PTX."""
+    if arch.ptx_ops is None:
+        return
+    arithmetic = Counter()
+    for (entry, op), n in arch.ptx_ops.items():
+        why = ptx_problem(op)
+        if why:
+            report.problems.append(f"compute_{arch.name}: {op} x{n} in {report.name(entry or '?')}: {why}")
+        elif FLOAT_TYPES.intersection(op.lower().split(".")[1:]) and op.split(".")[0] in NEEDS_ROUNDING:
+            arithmetic[op] += n
+    counts = ", ".join(f"{op} {n}" for op, n in sorted(arithmetic.items(), key=lambda kv: -kv[1]))
+    report.lines.append(f"  compute_{arch.name}: {len(arch.ptx_entries)} entries; floating-point "
+                        f"arithmetic, {sum(arithmetic.values())} in all: {counts or 'none'}")
+
+
+def check_machine_code(arch: Arch, block: int | None, report: _Report) -> None:
+    """Rules 2 and 3, on one architecture's machine code and resource table."""
+    if not arch.kernels:
+        return
+    updates = 0
+    before = len(report.problems) + len(report.warnings)
+    spills: list[tuple[str, int]] = []  # local memory that no streaming loop touches
+    for mangled, k in sorted(arch.kernels.items()):
+        kernel = report.name(mangled)
+        if not k.sass:
+            report.problems.append(f"sm_{arch.name}: {kernel} has a resource entry but no disassembled code")
             continue
-        updates = 0
-        before = len(problems)
-        spills: list[tuple[str, int, int]] = []  # local memory outside the streaming loops
-        for name, k in sorted(a.kernels.items()):
-            label = short(name, pretty)
-            if k.sass_ops:
-                hot = local_in_streaming_loops(k)
-                where = ", ".join(f"{op} at {a:#x}" for a, op, _ in hot)
-                if any(vector for _, _, vector in hot):
-                    problems.append(f"sm_{sm}: {label} uses local memory in its 16-byte vector loop "
-                                    f"({where})")
-                elif hot:
-                    warnings.append(f"sm_{sm}: {label} uses local memory in a scalar loop ({where})")
-                elif any(is_local_memory(op) for op in k.sass_ops) or k.stack or k.local:
-                    spills.append((label, k.stack or 0, k.local or 0))
-                if UPDATE_KERNEL in name:
-                    updates += 1
-                    for base in ("LDG", "STG"):
-                        if not any(is_wide_access(op, base) for op in k.sass_ops):
-                            problems.append(f"sm_{sm}: {label} has no 16-byte {base} (no vector path)")
-            elif k.registers is not None:
-                problems.append(f"sm_{sm}: {label} has a resource entry but no disassembled code")
-        line = (f"  sm_{sm}: {len(a.kernels)} kernels ({updates} update kernels): "
-                f"{len(problems) - before or 'no'} problems in the machine code")
-        if spills:
-            low, high = min(s for _, s, _ in spills), max(s for _, s, _ in spills)
-            line += (f"\n    local memory outside the streaming loops (ptxas's spills, paid at most once "
-                     f"per chunk, not per element) in {len(spills)} kernel{'s' * (len(spills) != 1)}, "
-                     f"stack frames of {low if low == high else f'{low}-{high}'} B: "
-                     + "; ".join(lbl for lbl, _, _ in spills[:3]) + ("; ..." if len(spills) > 3 else ""))
-        block = next((t for o in archs.values() for n, t in o.ptx_entries.items()
-                      if UPDATE_KERNEL in n and t), None)  # the launch bound, from any PTX
-        most: dict[tuple[str, str], int] = {}
-        for name, k in a.kernels.items():
-            family = update_family(short(name, pretty))
-            if family and k.registers is not None:
-                most[family] = max(most.get(family, 0), k.registers)
-        if most:
-            line += "\n    most registers per thread"
-            if block:
-                line += (f" (and the threads per SM they leave room for at {block} per block, "
-                         f"of {MAX_THREADS_PER_SM.get(sm, 2048)})")
-            for storage in sorted({s for _, s in most}, reverse=True):
-                items = sorted((r, f) for (f, s), r in most.items() if s == storage)
-                line += f"\n      {storage}: " + ", ".join(
-                    f"{f} {r}" + (f" ({threads_per_sm(r, block, sm)})" if block else "") for r, f in items)
-        say(line)
-    return Findings(problems, warnings)
+        ops = k.ops()
+        if UPDATE_KERNEL in mangled:
+            updates += 1
+            for base in ("LDG", "STG"):
+                if not any(is_wide_access(op, base) for op in ops):
+                    report.problems.append(f"sm_{arch.name}: {kernel} has no 16-byte {base} (no vector path)")
+        in_loops: set[int] = set()
+        for loop in streaming_loops(k):
+            local = [(a, op) for a, op in loop.body if is_local_memory(op)]
+            in_loops.update(a for a, _ in local)
+            if not local:
+                continue
+            where = ", ".join(f"{op} at {a:#x}" for a, op in local)
+            if loop.vector:
+                report.problems.append(f"sm_{arch.name}: {kernel} uses local memory in its 16-byte "
+                                       f"vector loop ({where})")
+            else:
+                report.warnings.append(f"sm_{arch.name}: {kernel} uses local memory in a scalar "
+                                       f"loop ({where})")
+        outside = any(is_local_memory(op) and a not in in_loops for a, op, _ in k.sass)
+        if outside or (k.stack and not in_loops):
+            spills.append((kernel, k.stack))
+    found = len(report.problems) + len(report.warnings) - before
+    report.lines.append(f"  sm_{arch.name}: {len(arch.kernels)} kernels ({updates} update kernels): "
+                        f"{found or 'no'} problems or warnings in the machine code")
+    if spills:
+        sizes = sorted({s for _, s in spills})
+        frames = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        report.lines.append(
+            f"    local memory outside the streaming loops (ptxas keeping a value across the walk over "
+            f"chunks: paid per chunk, not per element) in {len(spills)} kernel{'s' * (len(spills) != 1)}, "
+            f"stack frames of {frames} B: " + "; ".join(n for n, _ in spills[:3])
+            + ("; ..." if len(spills) > 3 else ""))
+    most: dict[tuple[str, str], int] = {}
+    for mangled, k in arch.kernels.items():
+        family = update_family(mangled)
+        if family and k.registers is not None:
+            most[family] = max(most.get(family, 0), k.registers)
+    if not most:
+        return
+    room = block is not None and arch.number in SM_LIMITS
+    line = "    most registers per thread"
+    if room:
+        line += (f" (and the threads per SM they leave room for at {block} per block, "
+                 f"of {SM_LIMITS[arch.number][0]})")
+    for storage in sorted({s for _, s in most}, reverse=True):
+        items = sorted((r, f) for (f, s), r in most.items() if s == storage)
+        line += f"\n      {storage}: " + ", ".join(
+            f"{f} {r}" + (f" ({threads_per_sm(r, block, arch.number)})" if room else "") for r, f in items)
+    report.lines.append(line)
 
 
 # --- self-test -------------------------------------------------------------------------
@@ -555,8 +651,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     binary = args.binary or installed_module()
     if binary is None:
-        print("check_cuda_binary: fusedopt._cuda is not installed; name a module or wheel", file=sys.stderr)
-        return 2
+        return cannot("fusedopt._cuda is not installed; name a module or wheel")
+    if not binary.is_file():
+        return cannot(f"{binary} is not a file")
+    if args.archs is not None:
+        try:
+            expected_archs(args.archs)
+        except ValueError as e:
+            return cannot(str(e))
     ok = True
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -564,8 +666,7 @@ def main(argv=None) -> int:
                 ok &= self_test(Path(tmp), args.nvcc)
             modules = modules_in(binary, Path(tmp))
             if not modules:
-                print(f"check_cuda_binary: no fusedopt/_cuda module in {binary}", file=sys.stderr)
-                return 2
+                return cannot(f"no fusedopt/_cuda module in {binary}")
             for module in modules:
                 problems, warnings = check(module, args.archs)
                 for w in warnings:
@@ -575,11 +676,14 @@ def main(argv=None) -> int:
                 print(f"{module.name}: {'FAIL' if problems else 'PASS'} "
                       f"({len(problems)} problems, {len(warnings)} warnings)")
                 ok &= not problems
-    except ToolMissing as e:
-        print(f"check_cuda_binary: cannot check: {e}", file=sys.stderr)
-        return 2
+    except (RuntimeError, OSError, zipfile.BadZipFile) as e:  # ToolMissing, cuobjdump's errors
+        return cannot(str(e))
     return 0 if ok else 1
 
+
+def cannot(why: str) -> int:
+    print(f"check_cuda_binary: cannot check: {why}", file=sys.stderr)
+    return 2
 
 if __name__ == "__main__":
     sys.exit(main())
