@@ -11,9 +11,11 @@ it, so host time that leaves the GPU idle (Python, argument checks, launch overh
 counts too. fusedopt has three rows: the prepared call (`_cuda.Batch`: pointers read and
 checked once, then reused every step), the functional API (every array checked in C++ on
 every call, csrc/cuda/device_batch.cpp), and `fusedopt.optim`'s step (params and states
-checked once, the gradients every step). For Adam, two more rows time a step captured in a
-CUDA graph and replayed, which leaves no host work per step: fusedopt's capturable Adam
-(captured by CuPy's stream capture) and torch's fused capturable Adam (torch.cuda.graph).
+checked once, the gradients every step). For Adam, a fourth row is `fusedopt.optim`'s step
+on torch tensors over the same memory, as a torch user takes it (its host work per tensor
+is larger). Two more rows time a step captured in a CUDA graph and replayed, which leaves
+no host work per step: fusedopt's capturable Adam (captured by CuPy's stream capture) and
+torch's fused capturable Adam (torch.cuda.graph).
 
 Bytes are counted honestly: every array read plus every array written, per element (Adam
 reads p, g, m, v and writes p, m, v: 28 bytes in float32); the copy moves 8 bytes per
@@ -320,6 +322,19 @@ class Case:
             opt = fusedopt.optim.Adagrad(self.params, lr=1e-2, backend="native")
         return lambda: opt.step(self.grads)
 
+    def optimizer_step_torch(self, fusedopt, torch):
+        """The same step as a torch user takes it: fusedopt.optim's Adam on torch tensors
+        (DLPack views of the case's memory), gradients given as torch tensors. Its host
+        work reads every held tensor's facts again each step through torch's methods,
+        since torch can re-point a tensor in place."""
+        import fusedopt.optim
+
+        params = [torch.from_dlpack(p) for p in self.params]
+        grads = [torch.from_dlpack(g) for g in self.grads]
+        opt = fusedopt.optim.Adam(params, lr=1e-3, backend="native")
+        opt.step(grads)  # the first step checks everything; a failure is the row's, not the loop's
+        return lambda: opt.step(grads)
+
     def graph_step(self, fusedopt, cupy):
         """A capturable Adam's step captured once in a CUDA graph (CuPy's stream capture),
         then replayed: every replay is the next step, with no host work per step."""
@@ -450,6 +465,8 @@ def measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes, *, warmup, r
     run("fusedopt (prepared Batch)", lambda: case.fusedopt_step(fusedopt, _cuda))
     run("fusedopt functional API", lambda: case.functional_step(fusedopt))
     run("fusedopt optim step", lambda: case.optimizer_step(fusedopt))
+    if rule == "adam" and torch is not None:
+        run("fusedopt optim step, torch tensors", lambda: case.optimizer_step_torch(fusedopt, torch))
     if rule == "adam":
         run(GRAPH + "fusedopt capturable Adam", lambda: case.graph_step(fusedopt, cupy))
     run("traffic roof (same loads/stores)", lambda: case.traffic_step(_cuda))
