@@ -83,8 +83,7 @@ OPEN_ARCH_LISTS = {"all", "all-major", "native"}
 class Kernel:
     name: str                       # mangled
     registers: int | None = None
-    stack: int = 0
-    local: int = 0
+    stack: int = 0                  # bytes of stack frame per thread
     sass: list = field(default_factory=list)  # (address, opcode, operands), in order
 
     def ops(self) -> set[str]:
@@ -100,10 +99,11 @@ class Arch:
 
     @property
     def number(self) -> int:
-        return int(re.match(r"\d+", self.name).group())
+        return arch_order(self.name)[0]
 
 
 def arch_order(name: str) -> tuple[int, str]:
+    """Sorts "90" before "90a" before "100": by the compute capability, then the suffix."""
     return int(re.match(r"\d+", name).group()), name
 
 
@@ -252,18 +252,24 @@ def parse_resources(text: str, archs: dict[str, Arch]) -> None:
             values = dict(RES_VALUES.findall(line))
             if function is not None and "REG" in values:
                 k = arch.kernels.setdefault(function, Kernel(function))
-                k.registers = int(values["REG"])
-                k.stack, k.local = int(values.get("STACK", 0)), int(values.get("LOCAL", 0))
+                k.registers, k.stack = int(values["REG"]), int(values.get("STACK", 0))
                 function = None
 
 
 # --- the rules -------------------------------------------------------------------------
 
+def ptx_float_op(opcode: str) -> tuple[str, list[str]] | None:
+    """(base, modifiers) of a PTX instruction on floating-point types, else None."""
+    base, *mods = opcode.lower().split(".")
+    return (base, mods) if FLOAT_TYPES.intersection(mods) else None
+
+
 def ptx_problem(opcode: str) -> str | None:
     """Why a PTX instruction breaks the numerics contract, or None."""
-    base, *mods = opcode.lower().split(".")
-    if not FLOAT_TYPES.intersection(mods):
+    parsed = ptx_float_op(opcode)
+    if parsed is None:
         return None
+    base, mods = parsed
     if base in FORBIDDEN_OPS:
         return "fused or approximate operation"
     bad = FORBIDDEN_MODIFIERS.intersection(mods)
@@ -289,7 +295,11 @@ class Loop:
     lo: int              # the first address: a backward branch's target
     hi: int              # the last branch back to it
     body: list           # (address, opcode): its range, and the subroutines called from it
-    vector: bool = False  # has 16-byte (or wider) global loads
+
+    @property
+    def vector(self) -> bool:
+        """Has 16-byte (or wider) global loads."""
+        return any(is_wide_access(op, "LDG") for _, op in self.body)
 
 
 def loops_of(kernel: Kernel) -> list[Loop]:
@@ -325,10 +335,7 @@ def loops_of(kernel: Kernel) -> list[Loop]:
                 i += 1
         return sorted(out)
 
-    loops = [Loop(lo, hi, body(lo, hi)) for lo, hi in sorted(ends.items())]
-    for loop in loops:
-        loop.vector = any(is_wide_access(op, "LDG") for _, op in loop.body)
-    return loops
+    return [Loop(lo, hi, body(lo, hi)) for lo, hi in sorted(ends.items())]
 
 
 def streaming_loops(kernel: Kernel) -> list[Loop]:
@@ -477,7 +484,7 @@ def check_rounding(arch: Arch, report: _Report) -> None:
         why = ptx_problem(op)
         if why:
             report.problems.append(f"compute_{arch.name}: {op} x{n} in {report.name(entry or '?')}: {why}")
-        elif FLOAT_TYPES.intersection(op.lower().split(".")[1:]) and op.split(".")[0] in NEEDS_ROUNDING:
+        elif (ptx_float_op(op) or ("",))[0] in NEEDS_ROUNDING:
             arithmetic[op] += n
     counts = ", ".join(f"{op} {n}" for op, n in sorted(arithmetic.items(), key=lambda kv: -kv[1]))
     report.lines.append(f"  compute_{arch.name}: {len(arch.ptx_entries)} entries; floating-point "

@@ -329,8 +329,7 @@ class Case:
         since torch can re-point a tensor in place."""
         import fusedopt.optim
 
-        params = [torch.from_dlpack(p) for p in self.params]
-        grads = [torch.from_dlpack(g) for g in self.grads]
+        params, grads = self.torch_views(torch)
         opt = fusedopt.optim.Adam(params, lr=1e-3, backend="native")
         opt.step(grads)  # the first step checks everything; a failure is the row's, not the loop's
         return lambda: opt.step(grads)
@@ -376,10 +375,18 @@ class Case:
 
         return step
 
-    def torch_step(self, torch, fused: bool):
+    def torch_views(self, torch, *, as_grad: bool = False):
+        """The case's params and grads as torch tensors over the same memory (DLPack); with
+        as_grad, each grad set as its param's .grad, as torch's optimizers take them."""
         params = [torch.from_dlpack(p) for p in self.params]
-        for p, g in zip(params, self.grads):
-            p.grad = torch.from_dlpack(g)
+        grads = [torch.from_dlpack(g) for g in self.grads]
+        if as_grad:
+            for p, g in zip(params, grads):
+                p.grad = g
+        return params, grads
+
+    def torch_step(self, torch, fused: bool):
+        params, _ = self.torch_views(torch, as_grad=True)
         kw = dict(fused=True) if fused else dict(foreach=True)
         if self.rule == "adam":
             opt = torch.optim.Adam(params, lr=1e-3, **kw)
@@ -394,9 +401,7 @@ class Case:
     def torch_graph_step(self, torch):
         """torch's fused capturable Adam, captured once by torch.cuda.graph and replayed:
         the peer of graph_step."""
-        params = [torch.from_dlpack(p) for p in self.params]
-        for p, g in zip(params, self.grads):
-            p.grad = torch.from_dlpack(g)
+        params, _ = self.torch_views(torch, as_grad=True)
         opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=True)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
