@@ -12,6 +12,7 @@ return 0-d arrays, and ``flags`` has no ``writeable``.
 
 from __future__ import annotations
 
+import ctypes
 import types
 
 import numpy as np
@@ -96,6 +97,14 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
         return {"shape": h.shape, "typestr": h.dtype.str, "data": (h.ctypes.data, False),
                 "strides": None if h.flags.c_contiguous else h.strides, "version": 3}
 
+    # DLPack as a CUDA array offers it: the device says CUDA, the capsule is NumPy's (only
+    # this module's from_dlpack reads it back).
+    def __dlpack__(self, **kwargs):
+        return self._host.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return (2, 0)  # kDLCUDA, device 0
+
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
                         "Please use `.get()` to construct a NumPy array explicitly.")
@@ -156,8 +165,13 @@ def asarray(a, dtype=None):
     if isinstance(a, ndarray):
         return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
     interface = getattr(a, "__cuda_array_interface__", None)
-    if interface is not None:
-        raise NotImplementedError("host_cupy: asarray of a foreign device array")
+    if interface is not None:  # a foreign device array: a view of its memory, as CuPy makes
+        if interface.get("strides") is not None or dtype is not None:
+            raise NotImplementedError("host_cupy: asarray of a strided foreign array, or with a dtype")
+        host_dtype = np.dtype(interface["typestr"])
+        count = int(np.prod(interface["shape"]))
+        memory = (ctypes.c_char * (count * host_dtype.itemsize)).from_address(interface["data"][0])
+        return ndarray(np.frombuffer(memory, host_dtype).reshape(interface["shape"]))
     return ndarray(np.array(a, dtype=dtype))  # a host-to-device copy
 
 
@@ -176,7 +190,18 @@ count_nonzero, sum, all, array_equal = np.count_nonzero, np.sum, np.all, np.arra
 
 
 def from_dlpack(x):
-    raise NotImplementedError("host_cupy: from_dlpack")
+    """A view of a DLPack producer's memory; its capsule is NumPy's (see ndarray.__dlpack__)."""
+    if int(x.__dlpack_device__()[0]) not in (2, 13):
+        raise BufferError("host_cupy: from_dlpack of a producer not on the (emulated) GPU")
+
+    class _AsHost:
+        __dlpack__ = staticmethod(x.__dlpack__)
+
+        @staticmethod
+        def __dlpack_device__():
+            return (1, 0)  # kDLCPU: what the capsule really holds
+
+    return ndarray(np.from_dlpack(_AsHost()))
 
 
 # --- cupy.cuda -----------------------------------------------------------------------------

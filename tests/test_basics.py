@@ -241,6 +241,45 @@ def test_read_only_bit_of_a_foreign_device_array(read_only):
     assert fusedopt._arrays._read_only(as_cupy, as_cupy) is False  # CuPy arrays are writable
 
 
+class _DLPackProducer:
+    """A DLPack producer that only says where it lives (its capsule is never asked for)."""
+
+    def __init__(self, device):
+        self._device = device
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("the capsule must not be taken to classify the array")
+
+    def __dlpack_device__(self):
+        if isinstance(self._device, Exception):
+            raise self._device
+        return self._device
+
+
+@pytest.mark.parametrize("device, on_cuda", [((2, 0), True), ((13, 1), True), ((1, 0), False),
+                                             ((10, 0), False), (RuntimeError("lost"), False)],
+                         ids=["cuda", "cuda-managed", "cpu", "rocm", "raises"])
+def test_dlpack_producers_are_told_apart_by_their_device(device, on_cuda):
+    """Only CUDA (or CUDA managed) DLPack producers take the GPU path; one that cannot say
+    where it lives is not taken for a device array."""
+    assert fusedopt._arrays._dlpack_on_cuda(_DLPackProducer(device)) is on_cuda
+    no_capsule = type("DeviceOnly", (), {"__dlpack_device__": lambda self: (2, 0)})()
+    assert fusedopt._arrays._dlpack_on_cuda(no_capsule) is False
+
+
+def test_dlpack_device_array_without_cupy_names_the_argument():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("CuPy is installed: its from_dlpack would take the array")
+    p = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=r"grads.*DLPack device array.*CuPy is not installed"):
+        fusedopt.sgd_(p, _DLPackProducer((2, 0)), lr=0.1)
+    assert np.all(p == 1)
+
+
 @pytest.mark.parametrize("single", [True, False], ids=["single", "list"])
 @pytest.mark.parametrize("case_id", FULL)
 def test_param_is_its_own_grad(case_id, single):
