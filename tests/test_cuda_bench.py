@@ -169,3 +169,35 @@ def test_measure_end_to_end_on_the_emulation(tmp_path):
             assert rows[rule, layout, "CuPy ElementwiseKernel"]["note"]
     assert rows["adam", one, _gpu_bench.GRAPH + "fusedopt capturable Adam"]["note"]
     assert len(data["chunk_sweep"]) == 2 * len(_gpu_bench.SWEEP_CHUNKS)
+    copies = [r for r in data["results"] if r["rule"] == "copy"]
+    assert [r["impl"].rsplit(", ", 1)[1] for r in copies] == ["before the cases", "after the cases"]
+    assert data["copy_gbps"] == max(r["gbps"] for r in copies)
+
+
+def test_copy_roof_is_the_faster_copy(gpu_bench):
+    """A copy timed while the GPU was still clocking up must not lower the roof (and so
+    flatter every share of it), whichever of the two copies it was."""
+    R = gpu_bench.Result
+    slow, fast = (R("copy", "x", f"copy {w}", [ms], 8 * 2**20) for w, ms in (("a", 0.004), ("b", 0.002)))
+    adam = R("adam", "x", gpu_bench.PREPARED, [0.001], 28 * 2**20)
+    for order in ([slow, adam, fast], [fast, adam, slow]):
+        assert gpu_bench.copy_roof(order) == fast.gbps
+    assert gpu_bench.copy_roof([adam]) != gpu_bench.copy_roof([adam])  # NaN: no copy measured
+
+
+def test_targets_name_the_row_they_score(gpu_bench):
+    """Each torch target is scored for the prepared call and for the optimizer's step (on
+    CuPy arrays and on torch tensors), and the rows are told apart exactly ("fusedopt optim
+    step" is a prefix of the torch-tensor row's name)."""
+    R, nbytes = gpu_bench.Result, gpu_bench.step_bytes("adam", 2**26)
+    rows = [R("copy", "x", "copy", [0.5], 8 * 2**28),
+            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.TORCH_FUSED, [3.0], nbytes),
+            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.OPTIM_TORCH, [4.0], nbytes),
+            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.OPTIM, [2.0], nbytes),
+            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.PREPARED, [1.0], nbytes)]
+    got = {what: (ok, fig) for what, ok, fig in gpu_bench.acceptance(rows, gpu_bench.copy_roof(rows))}
+    target = "Adam f32 1,000-tensor list >= 1.3x torch fused Adam"
+    assert got[f"{target} ({gpu_bench.PREPARED})"] == (True, "3.00x")
+    assert got[f"{target} ({gpu_bench.OPTIM})"] == (True, "1.50x")
+    assert got[f"{target} ({gpu_bench.OPTIM_TORCH})"] == (False, "0.75x")
+    assert got["Adam f32 2^28 >= 90% of copy bandwidth"][0] is None  # no 2^28 row
