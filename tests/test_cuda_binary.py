@@ -259,3 +259,20 @@ def test_the_installed_cuda_module(capsys):
     if warnings:  # e.g. a newer ptxas, or an architecture list set for this run
         print("\n".join(f"WARNING: {w}" for w in warnings))
     assert "update kernels" in out
+
+
+def test_tools_found_in_any_site_packages_on_the_path(tmp_path, monkeypatch):
+    """The PyPI builds of cuobjdump are found in site-packages other than this
+    interpreter's own (a venv made with --system-site-packages, a user site), and nothing
+    is taken from a file that cannot run."""
+    tool = tmp_path / "nvidia" / "cu13" / "bin" / "cuobjdump"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", "")
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(ccb.sys, "path", [*sys.path, str(tmp_path)])
+    monkeypatch.setattr(ccb.Path, "is_file", lambda self: self == tool)  # hide any real toolkit
+    assert ccb.find_tool("cuobjdump") is None  # not executable
+    tool.chmod(0o755)
+    assert ccb.find_tool("cuobjdump") == tool

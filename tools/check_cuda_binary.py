@@ -116,10 +116,11 @@ def tool_dirs() -> list[Path]:
         if os.environ.get(var):
             dirs.append(Path(os.environ[var]) / "bin")
     dirs.append(Path("/usr/local/cuda/bin"))
-    # nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm install into site-packages/nvidia/cuXX/bin.
-    for key in ("purelib", "platlib"):
-        base = Path(sysconfig.get_paths()[key]) / "nvidia"
-        dirs.extend(sorted(base.glob("cu*/bin"), reverse=True))
+    # nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm install into site-packages/nvidia/cuXX/bin:
+    # this interpreter's, and any other on its path (a venv's system or user site-packages).
+    sites = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")] + [p for p in sys.path if p]
+    for site in dict.fromkeys(sites):
+        dirs.extend(sorted((Path(site) / "nvidia").glob("cu*/bin"), reverse=True))
     return dirs
 
 
