@@ -67,8 +67,9 @@ grep -q '"available": true' "$OUT/info.json" || fail "CUDA kernels unavailable: 
 
 # --- tests ----------------------------------------------------------------------------
 # FUSEDOPT_REQUIRE_GPU: a suite that cannot reach the GPU fails instead of skipping. The
-# -W options: deprecation notices from CuPy's or torch's own code (the project turns every
-# warning into an error) are reported, not fatal, on a machine whose versions CI never ran.
+# -W options: deprecation notices (the project turns every warning into an error; on
+# CuPy and torch versions CI never ran, CuPy's or torch's own code may give some) are
+# reported in the log, not fatal. Other warnings stay errors.
 log "CUDA tests (log: $OUT/tests.log)"
 if FUSEDOPT_REQUIRE_GPU=1 timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -rs -p no:cacheprovider \
     -W default::DeprecationWarning -W default::PendingDeprecationWarning -W default::FutureWarning \

@@ -97,8 +97,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
         return {"shape": h.shape, "typestr": h.dtype.str, "data": (h.ctypes.data, False),
                 "strides": None if h.flags.c_contiguous else h.strides, "version": 3}
 
-    # DLPack as a CUDA array offers it: the device says CUDA, the capsule is NumPy's (only
-    # this module's from_dlpack reads it back).
+    # DLPack as a CUDA array offers it: the device says CUDA, the capsule is NumPy's. Only
+    # this module's from_dlpack can read it back; another consumer (torch.from_dlpack, say)
+    # would take host memory for device memory.
     def __dlpack__(self, **kwargs):
         return self._host.__dlpack__(**kwargs)
 

@@ -263,6 +263,9 @@ def test_dlpack_producers_are_told_apart_by_their_device(device, on_cuda):
     """Only CUDA (or CUDA managed) DLPack producers take the GPU path; one that cannot say
     where it lives is not taken for a device array."""
     assert fusedopt._arrays._dlpack_on_cuda(_DLPackProducer(device)) is on_cuda
+
+
+def test_dlpack_device_without_a_capsule_is_not_an_array():
     no_capsule = type("DeviceOnly", (), {"__dlpack_device__": lambda self: (2, 0)})()
     assert fusedopt._arrays._dlpack_on_cuda(no_capsule) is False
 

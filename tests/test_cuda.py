@@ -1,7 +1,8 @@
 """The CUDA kernels against the exact CuPy reference and the CPU kernels, bit for bit.
 
 Every test here needs a GPU, CuPy and the fusedopt._cuda module; where any is missing the
-whole module is skipped with the reason. Without a GPU, tests/test_cuda_plan.py checks the
+whole module is skipped with the reason, or fails with it if FUSEDOPT_REQUIRE_GPU=1 (as
+bench/gpu_check.sh sets). Without a GPU, tests/test_cuda_plan.py checks the
 launch planning and tests/test_cuda_emulated.py runs the same kernel source on the CPU.
 bench/gpu_check.sh runs these on a machine with one.
 """
@@ -47,7 +48,7 @@ def _skip_reason() -> str | None:
 
 
 _REASON = _skip_reason()
-if _REASON is not None and os.environ.get("FUSEDOPT_REQUIRE_GPU"):
+if _REASON is not None and os.environ.get("FUSEDOPT_REQUIRE_GPU") == "1":
     # bench/gpu_check.sh sets this: on the machine lent for the check, a suite that skips
     # every test must not read as a pass.
     pytest.fail(f"FUSEDOPT_REQUIRE_GPU is set, but the CUDA tests cannot run: {_REASON}",

@@ -201,3 +201,7 @@ def test_targets_name_the_row_they_score(gpu_bench):
     assert got[f"{target} ({gpu_bench.OPTIM})"] == (True, "1.50x")
     assert got[f"{target} ({gpu_bench.OPTIM_TORCH})"] == (False, "0.75x")
     assert got["Adam f32 2^28 >= 90% of copy bandwidth"][0] is None  # no 2^28 row
+    table = gpu_bench.format_table(rows, gpu_bench.copy_roof(rows)).splitlines()
+    torch_tensor_row = next(line for line in table if gpu_bench.OPTIM_TORCH in line)
+    assert torch_tensor_row.endswith("| 0.75x |"), torch_tensor_row  # the table says what the target scores
+    assert next(line for line in table if f"| {gpu_bench.TORCH_FUSED} |" in line).endswith("|  |")

@@ -144,7 +144,8 @@ def format_table(results: list[Result], copy_gbps: float) -> str:
             continue
         share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
         ref = torch_ms.get((r.rule, r.layout, r.impl.startswith(GRAPH)))
-        vs = f"{ref / r.median_ms:.2f}x" if ref and "torch" not in r.impl else ""
+        theirs = r.impl.startswith(("torch", GRAPH + "torch"))  # not "..., torch tensors"
+        vs = f"{ref / r.median_ms:.2f}x" if ref and not theirs else ""
         lines.append(f"| {case} | {r.impl} | {_fmt(r.median_ms)} | {_fmt(r.percentile_ms(0.1))}–"
                      f"{_fmt(r.percentile_ms(0.9))} | {_fmt(r.gbps, 0)} | {_fmt(share, 1)} | {vs} |")
     return "\n".join(lines)
