@@ -123,6 +123,11 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
 
+def percent_of(gbps: float, copy_gbps: float) -> float:
+    """gbps as a percentage of the copy bandwidth (NaN where no copy was measured)."""
+    return 100.0 * gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+
+
 GRAPH = "graph replay: "  # the rows of steps captured in a CUDA graph
 
 
@@ -142,7 +147,7 @@ def format_table(results: list[Result], copy_gbps: float) -> str:
         if not r.samples_ms:
             lines.append(f"| {case} | {r.impl} | n/a | | | | {r.note} |")
             continue
-        share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+        share = percent_of(r.gbps, copy_gbps)
         ref = torch_ms.get((r.rule, r.layout, r.impl.startswith(GRAPH)))
         theirs = r.impl.startswith(("torch", GRAPH + "torch"))  # not "..., torch tensors"
         vs = f"{ref / r.median_ms:.2f}x" if ref and not theirs else ""
@@ -207,7 +212,7 @@ def format_sweep(sweep: list[Result], copy_gbps: float, default_chunk: int) -> s
     for r in sweep:
         chunk = int(r.impl.split()[-1])
         mark = " (default)" if chunk == default_chunk else ""
-        share = 100.0 * r.gbps / copy_gbps if copy_gbps == copy_gbps and copy_gbps > 0 else float("nan")
+        share = percent_of(r.gbps, copy_gbps)
         lines.append(f"| {r.layout} | {chunk}{mark} | {_fmt(r.median_ms)} | {_fmt(r.percentile_ms(0.1))}–"
                      f"{_fmt(r.percentile_ms(0.9))} | {_fmt(r.gbps, 0)} | {_fmt(share, 1)} |")
     return "\n".join(lines)
@@ -582,6 +587,7 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None,
     def report(done: bool) -> str:
         """The report so far, written to `out` after every case: a run cut off by a
         timeout still leaves the cases it finished."""
+        copy_gbps = copy_roof(results)
         meta["copy bandwidth"] = f"{copy_gbps:.0f} GB/s (read + write)"
         meta["elapsed"] = f"{time.perf_counter() - t0:.0f} s" + ("" if done else ", not finished")
         text = format_report(results, copy_gbps, meta, sweep, default_chunk=_cuda.CHUNK_ELEMENTS)
@@ -599,7 +605,6 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None,
     t0 = time.perf_counter()
     results.append(measure_copy(cupy, big, warmup, reps, when="before the cases",
                                 warm_seconds=0.2 if quick else 1.0))
-    copy_gbps = copy_roof(results)
     for rule in RULE_TRAFFIC:
         for layout, sizes in layouts.items():
             results += measure_case(cupy, fusedopt, _cuda, torch, rule, layout, sizes,
@@ -611,7 +616,6 @@ def measure(*, quick: bool, reps: int | None = None, out: str | None = None,
             report(done=False)
     results.append(measure_copy(cupy, big, warmup, reps, when="after the cases"))
     cupy.get_default_memory_pool().free_all_blocks()
-    copy_gbps = copy_roof(results)
     report(done=False)
 
     for layout, sizes in layouts.items():
