@@ -4,10 +4,29 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/array_facts.h"
 #include "bindings/call_roles.h"
 
 namespace fusedopt {
 namespace bindings {
+
+constexpr int kMaxDims = 64;  // NumPy 2's NPY_MAXDIMS
+
+// What the fast path reads of one array, NumPy array or torch CPU tensor alike.
+struct ArrayRead {
+  void* data = nullptr;
+  int ndim = 0;
+  int64_t dims[kMaxDims];
+  int64_t count = 1;
+  py::object memory;  // a torch tensor's storage (see ArrayFacts::memory)
+
+  bool same_shape(const ArrayRead& other) const {
+    if (ndim != other.ndim) return false;
+    for (int d = 0; d < ndim; ++d)
+      if (dims[d] != other.dims[d]) return false;
+    return true;
+  }
+};
 
 namespace {
 const char* kRoleNames[kMaxRoles] = {"param", "grad", "state 0", "state 1", "state 2"};
@@ -15,65 +34,108 @@ const char* kRoleNames[kMaxRoles] = {"param", "grad", "state 0", "state 1", "sta
 using npy = py::detail::npy_api;
 constexpr int kNpyFloat = 11, kNpyDouble = 12;  // NumPy type numbers
 
-// prepare()'s checks on one array, which must match `like` in shape unless it is null.
-const py::detail::PyArray_Proxy* array_ok(PyObject* obj, const py::detail::PyArray_Proxy* like,
-                                          int type_num, bool written) {
-  if (!npy::get().PyArray_Check_(obj)) return nullptr;
-  const auto* a = py::detail::array_proxy(obj);
-  const auto dt = py::reinterpret_borrow<py::dtype>(a->descr);
-  if (dt.num() != type_num || dt.byteorder() == '>' || dt.byteorder() == '<') return nullptr;
-  if (!(a->flags & npy::NPY_ARRAY_C_CONTIGUOUS_) || !(a->flags & npy::NPY_ARRAY_ALIGNED_)) return nullptr;
-  if (written && !(a->flags & npy::NPY_ARRAY_WRITEABLE_)) return nullptr;
-  if (like != nullptr) {
-    if (a->nd != like->nd) return nullptr;
-    for (int d = 0; d < a->nd; ++d)
-      if (a->dimensions[d] != like->dimensions[d]) return nullptr;
-  }
-  return a;
+int dtype_code_of_numpy(int type_num) {
+  if (type_num == kNpyFloat) return static_cast<int>(DType::kFloat32);
+  if (type_num == kNpyDouble) return static_cast<int>(DType::kFloat64);
+  return -1;
 }
 
-int64_t element_count(const py::detail::PyArray_Proxy* a) {
-  int64_t n = 1;
-  for (int d = 0; d < a->nd; ++d) n *= static_cast<int64_t>(a->dimensions[d]);
-  return n;
+// The DType code of an array the fast path takes (a NumPy array of native byte order, or
+// a torch tensor of the exact types torch.Tensor and torch.nn.Parameter), else -1.
+int dtype_code_of(PyObject* obj, const ArrayTypes& types) {
+  if (npy::get().PyArray_Check_(obj)) {
+    const auto dt = py::reinterpret_borrow<py::dtype>(py::detail::array_proxy(obj)->descr);
+    if (dt.byteorder() == '>' || dt.byteorder() == '<') return -1;
+    return dtype_code_of_numpy(dt.num());
+  }
+  if (types.kind(obj) != Kind::kTorch) return -1;
+  PyObject* d = PyObject_GetAttr(obj, names().dtype);
+  if (d == nullptr) {
+    PyErr_Clear();
+    return -1;
+  }
+  const int code = types.torch_dtype_code(d);
+  Py_DECREF(d);
+  return code;
+}
+
+// prepare()'s checks on one array, which must match `like` in shape unless it is null:
+// the call's dtype, C-contiguous, aligned to its elements, writable where written. A torch
+// tensor must be in host memory without the negative bit (prepare() views it through
+// NumPy, which refuses that bit); it is always writable, as its NumPy view is.
+bool array_ok(PyObject* obj, const ArrayRead* like, const ArrayTypes& types, int dtype_code, bool written,
+              ArrayRead& out) {
+  if (dtype_code_of(obj, types) != dtype_code) return false;
+  const uintptr_t itemsize = static_cast<uintptr_t>(itemsize_of(dtype_code));
+  if (npy::get().PyArray_Check_(obj)) {
+    const auto* a = py::detail::array_proxy(obj);
+    if (!(a->flags & npy::NPY_ARRAY_C_CONTIGUOUS_) || !(a->flags & npy::NPY_ARRAY_ALIGNED_)) return false;
+    if (written && !(a->flags & npy::NPY_ARRAY_WRITEABLE_)) return false;
+    if (a->nd > kMaxDims) return false;
+    out.ndim = a->nd;
+    out.count = 1;
+    for (int d = 0; d < a->nd; ++d) out.count *= out.dims[d] = static_cast<int64_t>(a->dimensions[d]);
+    out.data = a->data;
+  } else {
+    PyObject* shape = PyObject_GetAttr(obj, names().shape);
+    if (shape == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    const bool shape_ok = read_shape(shape, out.dims, out.ndim, kMaxDims);
+    Py_DECREF(shape);
+    if (!shape_ok) return false;
+    out.count = 1;
+    for (int d = 0; d < out.ndim; ++d) out.count *= out.dims[d];
+    ArrayFacts f;
+    if (!read_torch(obj, out.count, f) || !f.on_cpu || !f.contiguous) return false;
+    if (out.count > 0 && (f.ptr == 0 || f.ptr % itemsize != 0)) return false;
+    out.data = reinterpret_cast<void*>(f.ptr);
+    out.memory = std::move(f.memory);
+  }
+  return like == nullptr || out.same_shape(*like);
 }
 }  // namespace
 
 bool PyBatch::build_strict(py::handle params, py::handle grads, py::handle states) {
+  const ArrayTypes types = ArrayTypes::imported(/*with_cupy=*/false, /*torch_needs_cupy=*/false);
   RoleItems roles[kMaxRoles];
   int n_roles = 0;
   // hold: the kernel runs without the GIL, while another thread could change a list and
   // drop the last reference to an array in it.
-  if (!open_call(params, grads, states, [](PyObject* o) { return npy::get().PyArray_Check_(o); },
-                 roles, n_roles, /*hold=*/true))
-    return false;
+  auto is_array = [&types](PyObject* o) {
+    return npy::get().PyArray_Check_(o) || types.kind(o) == Kind::kTorch;
+  };
+  if (!open_call(params, grads, states, is_array, roles, n_roles, /*hold=*/true)) return false;
   for (int r = 0; r < n_roles; ++r) held_.push_back(std::move(roles[r].held));
   const Py_ssize_t n = roles[kParam].size;
 
-  int type_num = kNpyFloat;
+  int dtype_code = static_cast<int>(DType::kFloat32);
   if (n > 0) {
-    if (!npy::get().PyArray_Check_(roles[kParam].at[0])) return false;
-    type_num = py::reinterpret_borrow<py::dtype>(py::detail::array_proxy(roles[kParam].at[0])->descr).num();
-    if (type_num != kNpyFloat && type_num != kNpyDouble) return false;
+    dtype_code = dtype_code_of(roles[kParam].at[0], types);
+    if (dtype_code < 0) return false;
   }
-  batch_.dtype = type_num == kNpyFloat ? DType::kFloat32 : DType::kFloat64;
-  itemsize_ = itemsize_of(static_cast<int>(batch_.dtype));
+  batch_.dtype = static_cast<DType>(dtype_code);
+  itemsize_ = itemsize_of(dtype_code);
 
   offsets_.assign(static_cast<size_t>(n) + 1, 0);
   for (int r = 0; r < n_roles; ++r) ptrs_[r].resize(static_cast<size_t>(n));
   std::vector<ByteSpan> spans;
   spans.reserve(static_cast<size_t>(n) * n_roles);
+  ArrayRead param, other;
   for (Py_ssize_t t = 0; t < n; ++t) {
-    const auto* p = array_ok(roles[kParam].at[t], nullptr, type_num, true);
-    if (p == nullptr) return false;
-    const int64_t count = element_count(p);
-    offsets_[t + 1] = offsets_[t] + count;
-    const uintptr_t nbytes = static_cast<uintptr_t>(count) * itemsize_;
+    if (!array_ok(roles[kParam].at[t], nullptr, types, dtype_code, true, param)) return false;
+    offsets_[t + 1] = offsets_[t] + param.count;
+    const uintptr_t nbytes = static_cast<uintptr_t>(param.count) * itemsize_;
     for (int r = 0; r < n_roles; ++r) {
       const bool written = r != kGrad;
-      const auto* a = r == kParam ? p : array_ok(roles[r].at[t], p, type_num, written);
-      if (a == nullptr) return false;
+      ArrayRead* a = &param;
+      if (r != kParam) {
+        if (!array_ok(roles[r].at[t], &param, types, dtype_code, written, other)) return false;
+        a = &other;
+      }
       ptrs_[r][t] = a->data;
+      if (a->memory) held_.push_back(std::move(a->memory));
       const auto lo = reinterpret_cast<uintptr_t>(a->data);
       if (nbytes) spans.push_back({lo, lo + nbytes, spans.size(), written});
     }
@@ -117,13 +179,22 @@ void PyBatch::set_sizes(const py::tuple& arrays, int dtype_code) {
   batch_.dtype = static_cast<DType>(dtype_code);
   const size_t n = arrays.size();
   offsets_.assign(n + 1, 0);
+  ArrayRead a;
   for (size_t t = 0; t < n; ++t) {
-    py::handle h = arrays[t];  // owned by the tuple
-    if (!py::isinstance<py::array>(h)) throw std::invalid_argument("argument is not a NumPy array");
-    offsets_[t + 1] = offsets_[t] + static_cast<int64_t>(py::reinterpret_borrow<py::array>(h).size());
+    read_checked(arrays[t].ptr(), kRoleNames[kParam], a);  // owned by the tuple
+    offsets_[t + 1] = offsets_[t] + a.count;
   }
   batch_.n_tensors = static_cast<int64_t>(n);
   batch_.offsets = offsets_.data();
+}
+
+void PyBatch::read_checked(PyObject* obj, const char* role, ArrayRead& out) {
+  if (!types_) types_.reset(new ArrayTypes(ArrayTypes::imported(false, false)));
+  // The loops read and write through typed pointers: a misaligned one is undefined
+  // behaviour (UBSan reports it), however forgiving x86 loads are.
+  if (!array_ok(obj, nullptr, *types_, static_cast<int>(batch_.dtype), /*written=*/false, out))
+    throw std::invalid_argument(std::string(role) +
+                                " is not a C-contiguous, aligned NumPy array or torch CPU tensor of the call's dtype");
 }
 
 void PyBatch::add_role(int role, const py::tuple& arrays, bool written) {
@@ -132,20 +203,15 @@ void PyBatch::add_role(int role, const py::tuple& arrays, bool written) {
     throw std::invalid_argument(std::string(kRoleNames[role]) + " list length differs from params");
   std::vector<void*>& ptrs = ptrs_[role];
   ptrs.resize(n);
+  ArrayRead a;
   for (size_t t = 0; t < n; ++t) {
-    py::handle h = arrays[t];  // owned by the tuple
-    if (!py::isinstance<py::array>(h))
-      throw std::invalid_argument(std::string(kRoleNames[role]) + " is not a NumPy array");
-    auto a = py::reinterpret_borrow<py::array>(h);
-    if (a.size() != batch_.size(static_cast<int64_t>(t)) || static_cast<size_t>(a.itemsize()) != itemsize_ ||
-        !(a.flags() & py::array::c_style))
+    read_checked(arrays[t].ptr(), kRoleNames[role], a);  // owned by the tuple
+    if (a.count != batch_.size(static_cast<int64_t>(t)))
       throw std::invalid_argument(std::string(kRoleNames[role]) + " does not match its param");
-    // The loops read and write through typed pointers: a misaligned one is undefined
-    // behaviour (UBSan reports it), however forgiving x86 loads are.
-    if (reinterpret_cast<uintptr_t>(a.data()) % itemsize_ != 0)
-      throw std::invalid_argument(std::string(kRoleNames[role]) + " is not aligned to its element size");
-    ptrs[t] = written ? a.mutable_data() : const_cast<void*>(a.data());
+    ptrs[t] = a.data;
+    if (a.memory) held_.push_back(std::move(a.memory));
   }
+  (void)written;  // writability is the strict check's (and prepare()'s) to enforce
   batch_.ptrs[role] = ptrs.data();
 }
 

@@ -8,9 +8,11 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
+#include "bindings/array_facts.h"
 #include "common/batch.h"
 #include "common/overlap.h"
 
@@ -18,6 +20,8 @@ namespace fusedopt {
 namespace bindings {
 
 namespace py = pybind11;
+
+struct ArrayRead;  // one array as batch_from_python.cpp reads it
 
 class PyBatch {
  public:
@@ -44,12 +48,14 @@ class PyBatch {
   py::tuple hold(py::handle arrays);
   void set_sizes(const py::tuple& arrays, int dtype_code);
   void add_role(int role, const py::tuple& arrays, bool written);
+  void read_checked(PyObject* obj, const char* role, ArrayRead& out);
 
   Batch batch_;
   std::vector<int64_t> offsets_;
   std::vector<void*> ptrs_[kMaxRoles];
   size_t itemsize_ = 0;
   std::vector<py::object> held_;  // what the pointers were read from (see hold())
+  std::unique_ptr<ArrayTypes> types_;  // the checked constructors' look-up of torch's types
 };
 
 }  // namespace bindings

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bindings/call_roles.h"
+#include "bindings/array_facts.h"
 #include "common/overlap.h"
 #include "cuda/device.h"
 
@@ -18,188 +19,39 @@ namespace {
 
 const char* kRoleNames[kMaxRoles] = {"param", "grad", "state 0", "state 1", "state 2"};
 
-// Attribute names, interned once: pybind11's attr("name") builds a new string per call,
-// which cost more than the read itself on a 4,000-array call. Never freed.
-struct Names {
-  PyObject* data = PyUnicode_InternFromString("data");
-  PyObject* ptr = PyUnicode_InternFromString("ptr");
-  PyObject* device_id = PyUnicode_InternFromString("device_id");
-  PyObject* size = PyUnicode_InternFromString("size");
-  PyObject* itemsize = PyUnicode_InternFromString("itemsize");
-  PyObject* dtype = PyUnicode_InternFromString("dtype");
-  PyObject* shape = PyUnicode_InternFromString("shape");
-  PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
-  PyObject* ndarray = PyUnicode_InternFromString("ndarray");
-  // torch
-  PyObject* Tensor = PyUnicode_InternFromString("Tensor");
-  PyObject* Parameter = PyUnicode_InternFromString("Parameter");
-  PyObject* float32 = PyUnicode_InternFromString("float32");
-  PyObject* float64 = PyUnicode_InternFromString("float64");
-  PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
-  PyObject* get_device = PyUnicode_InternFromString("get_device");
-  PyObject* numel = PyUnicode_InternFromString("numel");
-  PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
-  PyObject* is_neg = PyUnicode_InternFromString("is_neg");
-  PyObject* is_cuda = PyUnicode_InternFromString("is_cuda");
-  PyObject* untyped_storage = PyUnicode_InternFromString("untyped_storage");
-};
-const Names& names() {
-  static const Names* n = new Names();
-  return *n;
-}
+using bindings::ArrayFacts;
+using bindings::Kind;
+using bindings::names;
+using bindings::read_cupy;
+using bindings::read_interface;
 
-// An attribute of a module that has been imported (this never imports one), or None.
-py::object imported_attr(const char* module, PyObject* name) {
-  PyObject* m = PyDict_GetItemString(PyImport_GetModuleDict(), module);  // borrowed
-  if (m == nullptr) return py::none();
-  PyObject* value = PyObject_GetAttr(m, name);
-  if (value == nullptr) {
-    PyErr_Clear();
-    return py::none();
-  }
-  return py::reinterpret_steal<py::object>(value);
-}
+// The types the fast path takes: cupy.ndarray, and torch tensors only where CuPy is there
+// too (the checked path reaches a torch CUDA tensor's memory through CuPy, and refuses the
+// tensor without it; the fast path takes only what the checked path would).
+bindings::ArrayTypes imported_types() { return bindings::ArrayTypes::imported(true, true); }
 
-// The array types the fast path takes, exactly (a subclass goes to prepare()), where their
-// library has been imported: cupy.ndarray; torch.Tensor and torch.nn.Parameter. Looked up
-// per call, not cached: a few dict lookups, and the tests swap CuPy for a stand-in.
-enum class Kind { kNone, kCupy, kTorch };
-struct ArrayTypes {
-  py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64;
-
-  static ArrayTypes imported() {
-    const Names& n = names();
-    ArrayTypes t;
-    t.cupy_ndarray = imported_attr("cupy", n.ndarray);
-    // torch tensors only where CuPy is there too: the checked path reaches a torch CUDA
-    // tensor's memory through CuPy (and refuses the tensor without it), and the fast path
-    // takes only what the checked path would. (The members stay null: no type is null.)
-    if (t.cupy_ndarray.is_none()) return t;
-    t.torch_tensor = imported_attr("torch", n.Tensor);
-    if (!t.torch_tensor.is_none()) {
-      t.torch_parameter = imported_attr("torch.nn", n.Parameter);
-      t.torch_float32 = imported_attr("torch", n.float32);
-      t.torch_float64 = imported_attr("torch", n.float64);
-    }
-    return t;
-  }
-
-  Kind kind(PyObject* o) const {
-    auto* type = reinterpret_cast<PyObject*>(Py_TYPE(o));
-    if (type == cupy_ndarray.ptr()) return Kind::kCupy;
-    if (type == torch_tensor.ptr() || type == torch_parameter.ptr()) return Kind::kTorch;
-    return Kind::kNone;  // (None's type is never one of these)
-  }
-};
-
-// The integer (or bool) value of a new reference, which it releases; false, with the error
-// cleared, if the reference is null (a failed read or call) or not an integer.
-bool take_int(PyObject* v, long long& out) {
-  if (v == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  out = PyLong_AsLongLong(v);  // a bool is an int too
-  Py_DECREF(v);
-  if (out == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return false;
-  }
-  return true;
-}
-bool int_attr(PyObject* o, PyObject* name, long long& out) { return take_int(PyObject_GetAttr(o, name), out); }
-bool call_int(PyObject* o, PyObject* method, long long& out) {
-  return take_int(PyObject_CallMethodNoArgs(o, method), out);
-}
-
-struct ArrayFacts {
-  uintptr_t ptr = 0;
-  int64_t size = 0;
-  int itemsize = 0;
-  bool contiguous = false;
-  int device = -1;  // -1: not known from the object itself
-  // A torch tensor's storage: it owns the memory at ptr, while the tensor can be pointed
-  // at other memory (.data =, set_()) between the check and the launch.
-  py::object memory;
-};
-
-// A cupy.ndarray's own fields: data.ptr, data.device_id, size and _c_contiguous are plain
-// reads of CuPy's C fields (tens of ns each); `flags` would build an object per read, and
-// the interface dict of other objects is built anew on every access. itemsize only if
-// asked (the strict path knows it from the dtype).
-bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize) {
-  const Names& n = names();
-  PyObject* data = PyObject_GetAttr(o, n.data);
-  if (data == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  long long ptr = 0, device = 0, size = 0, contiguous = 0, itemsize = 0;
-  const bool ok = int_attr(data, n.ptr, ptr) && int_attr(data, n.device_id, device);
-  Py_DECREF(data);
-  if (!ok || !int_attr(o, n.size, size) || !int_attr(o, n.c_contiguous, contiguous) ||
-      (with_itemsize && !int_attr(o, n.itemsize, itemsize)))
-    return false;
-  if (ptr < 0 || size < 0 || device < 0) return false;
-  f.ptr = static_cast<uintptr_t>(ptr);
-  f.device = static_cast<int>(device);
-  f.size = size;
-  f.itemsize = static_cast<int>(itemsize);
-  f.contiguous = contiguous != 0;
-  return true;
-}
-
-// A torch tensor's facts through its own C methods and fields (about 0.1 us each); its
-// __cuda_array_interface__ is Python code that builds a dict. Refused, as prepare()
-// refuses them: a tensor that is not on a CUDA device (other accelerators number their
-// devices too), and one with the negative bit (its memory holds -x).
+// A torch tensor on a GPU (the host emulation's device memory is host memory: there CPU
+// tensors stand in for CUDA ones).
 bool read_torch(PyObject* o, ArrayFacts& f) {
-  const Names& n = names();
-  long long on_cuda = 0, ptr = 0, device = 0, numel = 0, contiguous = 0, negative = 0;
-  if (!int_attr(o, n.is_cuda, on_cuda) || !call_int(o, n.data_ptr, ptr) ||
-      !call_int(o, n.get_device, device) || !call_int(o, n.numel, numel) ||
-      !call_int(o, n.is_contiguous, contiguous) || !call_int(o, n.is_neg, negative) || negative)
-    return false;
-#if defined(FUSEDOPT_CUDA_EMULATION)
-  // The emulation's device memory is host memory: CPU tensors stand in for CUDA ones.
-  if (!on_cuda && device == -1) on_cuda = 1, device = 0;
-#endif
-  if (!on_cuda || ptr < 0 || numel < 0 || device < 0) return false;
-  PyObject* storage = PyObject_CallMethodNoArgs(o, n.untyped_storage);
-  if (storage == nullptr) {
+  py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(o, names().shape));
+  if (!shape) {
     PyErr_Clear();
     return false;
   }
-  f.memory = py::reinterpret_steal<py::object>(storage);
-  f.ptr = static_cast<uintptr_t>(ptr);
-  f.device = static_cast<int>(device);
-  f.size = numel;
-  f.contiguous = contiguous != 0;
+  int64_t dims[64];
+  int ndim = 0;
+  if (!bindings::read_shape(shape.ptr(), dims, ndim, 64)) return false;
+  int64_t numel = 1;
+  for (int d = 0; d < ndim; ++d) numel *= dims[d];
+  if (!bindings::read_torch(o, numel, f)) return false;
+  if (f.on_cpu) {
+#if defined(FUSEDOPT_CUDA_EMULATION)
+    f.device = 0;
+#else
+    return false;
+#endif
+  }
   return true;
-}
-
-void read_interface(py::handle h, ArrayFacts& f) {
-  if (!py::hasattr(h, "__cuda_array_interface__"))
-    throw std::invalid_argument("is not a CUDA device array (no __cuda_array_interface__)");
-  py::dict cai = h.attr("__cuda_array_interface__");
-  f.ptr = py::cast<py::tuple>(cai["data"])[0].cast<uintptr_t>();
-  const auto typestr = cai["typestr"].cast<std::string>();
-  f.itemsize = std::stoi(typestr.substr(2));
-  f.size = 1;
-  std::vector<int64_t> shape;
-  for (py::handle d : py::cast<py::tuple>(cai["shape"])) {
-    shape.push_back(d.cast<int64_t>());
-    f.size *= shape.back();
-  }
-  f.contiguous = true;
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
-    auto strides = py::cast<py::tuple>(cai["strides"]);
-    int64_t expected = f.itemsize;
-    for (size_t k = shape.size(); k-- > 0;) {
-      if (shape[k] != 1 && strides[k].cast<int64_t>() != expected) f.contiguous = false;
-      expected *= shape[k];
-    }
-  }
 }
 
 // CuPy's fields where the object has them (CuPy arrays and their subclasses, which say
@@ -236,7 +88,7 @@ const Dtypes& dtypes() {
 // prepare()'s rules on single arrays (CuPy arrays and torch tensors, mixed as prepare()
 // allows), for build_strict() and set_grads().
 struct StrictReader {
-  ArrayTypes types = ArrayTypes::imported();
+  bindings::ArrayTypes types = imported_types();
   int dtype_code = -1;  // the call's dtype: DType's code
   int itemsize = 0;
 

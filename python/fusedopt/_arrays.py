@@ -121,19 +121,19 @@ def _dlpack_on_cuda(x) -> bool:
 def numpy_fast_lists(params, grads, state_values):
     """(params, grads, state lists) as tuples of arrays for the CPU module, or None.
 
-    For plain NumPy calls that must pass the arrays to several native functions (the
+    For plain NumPy (or torch CPU) calls that must pass the arrays to several native functions (the
     adaptive rate's norm, then its update; skip_if_nonfinite's count, then the update:
     fusedopt._native.check_fast); a call without either goes straight to the module's
     strict check (fusedopt._native.apply_strict). Only the shape of the call is looked at
     here; the module's validate() then applies prepare()'s rules in C++ (csrc/bindings/
     batch_from_python.cpp), and whatever it refuses goes to prepare(), which words the error.
     """
-    if type(params) is np.ndarray:
-        if type(grads) is not np.ndarray:
+    if _host_single(params):
+        if not _host_single(grads):
             return None
         lists = []
         for value in state_values:
-            if type(value) is not np.ndarray:
+            if not _host_single(value):
                 return None
             lists.append((value,))
         return (params,), (grads,), lists
@@ -145,6 +145,12 @@ def numpy_fast_lists(params, grads, state_values):
     # Tuples: the caller's lists could change (another thread) between the check and the
     # update, whose reads then go unchecked; a tuple of our own cannot.
     return tuple(params), tuple(grads), [tuple(v) for v in state_values]
+
+
+def _host_single(x) -> bool:
+    """One array the CPU module's reader may take as a one-tensor call: a NumPy array or a
+    torch tensor (it refuses those not in host memory)."""
+    return type(x) is np.ndarray or is_torch_tensor(x)
 
 
 def _as_lists(fn: str, roles: Sequence[tuple[str, Any]]):
