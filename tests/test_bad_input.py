@@ -584,6 +584,14 @@ def assert_message(exc_info, names):
         assert name in msg, f"message {msg!r} does not name {name!r}"
 
 
+def assert_same_bits(actual, expected, what):
+    """The bits of the expected array (NaN payloads and the sign of zero included), which
+    is finite, so that the comparison says something."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    assert np.isfinite(expected).all(), f"{what}: the reference produced non-finite values"
+    assert actual.tobytes() == expected.tobytes(), f"{what} differs from the reference"
+
+
 # --------------------------------------------------------------------------------------
 # Functional kernels
 # --------------------------------------------------------------------------------------
@@ -639,36 +647,50 @@ def test_the_valid_call_writes(name, single, impl):
             assert not np.array_equal(a, b), f"{role} was not written"
 
 
-def _reference_result(spec: Spec, arrays: dict, hyper: dict):
+def _reference_result(spec: Spec, arrays: dict, hyper: dict, returned: list | None = None):
+    """The reference's arrays after the call on copies; what it returned goes to `returned`."""
     expected = {r: [a.copy() for a in v] for r, v in arrays.items()}
-    spec.reference()(*[expected[r] for r in spec.roles], **hyper)
+    value = spec.reference()(*[expected[r] for r in spec.roles], **hyper)
+    if returned is not None:
+        returned.append(value)
     return expected
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_read_only_grads_are_fine(name):
+    """Gradients may be read-only: the call returns and writes what the reference does."""
     spec = SPECS[name]
     arrays = valid_arrays(spec, single=False)
     arrays["grads"] = [read_only(g) for g in arrays["grads"]]
-    expected = _reference_result(spec, arrays, spec.hyper)
-    spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
+    returned = []
+    expected = _reference_result(spec, arrays, spec.hyper, returned)
+    assert spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper) == returned[0]
     for r in spec.roles:
-        for a, e in zip(arrays[r], expected[r]):
+        for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
             assert np.array_equal(a, e)
+            assert_same_bits(a, e, f"{r}[{k}]")
 
 
+@pytest.mark.parametrize("how", ["one-array", "overlapping-views"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_shared_grads_are_fine(name):
-    """Gradients are only read: two tensors may share one gradient array."""
+def test_shared_grads_are_fine(name, how):
+    """Gradients are only read: two tensors may share one gradient array, or parts of one."""
     spec = SPECS[name]
     arrays = valid_arrays(spec, single=False)
-    arrays["grads"][2] = arrays["grads"][0]
+    grads = arrays["grads"]
+    if how == "one-array":
+        grads[2] = grads[0]
+    else:  # grads[2] starts 3 elements into grads[0] (both of shape (5,))
+        buf = np.concatenate([grads[0], grads[2][2:]])
+        grads[0], grads[2] = buf[:5], buf[3:]
+        assert np.shares_memory(grads[0], grads[2])
     expected = _reference_result(spec, arrays, spec.hyper)
     spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
     for r in spec.roles:
         if r != "grads":
-            for a, e in zip(arrays[r], expected[r]):
+            for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
                 assert np.array_equal(a, e)
+                assert_same_bits(a, e, f"{r}[{k}]")
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -701,15 +723,24 @@ def test_zero_size_arrays_are_a_no_op(name, shape0):
         assert arrays[r][0].shape == shape0
         for a, e in zip(arrays[r], expected[r]):
             assert np.array_equal(a, e)
-    # only zero-size arrays: nothing to do, nothing raised, single arrays too
-    zero = {r: np.zeros(shape0, np.float32) for r in spec.roles}
-    spec.kernel()(*[zero[r] for r in spec.roles], **spec.hyper)
+    # only zero-size arrays: nothing to do, nothing raised, single arrays and lists, and the
+    # adaptive rate of a zero norm is lr itself
+    for impl in ("kernel", "reference"):
+        for zero in ({r: np.zeros(shape0, np.float32) for r in spec.roles},
+                     {r: [np.zeros(shape0, np.float32) for _ in range(2)] for r in spec.roles}):
+            result = _invoke(spec, impl, zero, spec.hyper)
+            if name == "adaptive_sgd_":
+                assert result.grad_norm == 0.0 and result.lr == spec.hyper["lr"]
+            for r in spec.roles:
+                for a in zero[r] if isinstance(zero[r], list) else [zero[r]]:
+                    assert a.shape == shape0
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_zero_d_arrays_are_size_one_tensors(name):
+def test_zero_d_arrays_are_size_one_tensors(name, dt):
     spec = SPECS[name]
-    arrays = valid_arrays(spec, single=False)
+    arrays = valid_arrays(spec, single=False, dtype=dt)
     for r in spec.roles:
         arrays[r][1] = np.asarray(arrays[r][1].flat[0])  # 0-d
     as_1d = {r: [a.reshape(-1).copy() for a in v] for r, v in arrays.items()}
@@ -719,10 +750,17 @@ def test_zero_d_arrays_are_size_one_tensors(name):
         assert arrays[r][1].shape == ()
         for a, e in zip(arrays[r], as_1d[r]):
             assert np.array_equal(a.reshape(-1), e)
-    assert not np.array_equal(arrays["params"][1], valid_arrays(spec, False)["params"][1].flat[0])
-    # a single 0-d array per argument
+    assert not np.array_equal(arrays["params"][1],
+                              valid_arrays(spec, False, dtype=dt)["params"][1].flat[0])
+    # a single 0-d array per argument: the return value and bits of the call on shape (1,)
     single = {r: np.asarray(v[1]).copy() for r, v in arrays.items()}
-    spec.kernel()(*[single[r] for r in spec.roles], **spec.hyper)
+    as_one = {r: a.reshape(1).copy() for r, a in single.items()}
+    returned = spec.kernel()(*[as_one[r] for r in spec.roles], **spec.hyper)
+    assert spec.kernel()(*[single[r] for r in spec.roles], **spec.hyper) == returned
+    for r in spec.roles:
+        assert single[r].shape == ()
+        assert_same_bits(single[r].reshape(1), as_one[r], r)
+    assert not np.array_equal(single["params"], arrays["params"][1])
 
 
 # --------------------------------------------------------------------------------------
