@@ -188,6 +188,18 @@ class Case:
     single: bool = False
     needs_no_cupy: bool = False
     category: str = ""
+    pattern: str = ""  # a regex the message must also match (names whole, in this order)
+
+
+def _name(s: str) -> str:
+    """A regex for an argument name as the message must show it, whole (lr, not lr_decay;
+    params, not params[0]): params[1] -> params\\[1\\]."""
+    return rf"\b{re.escape(s)}(?![\w\[])"
+
+
+def _shared(*labels) -> str:
+    """A regex for a message naming these arrays whole, in this order, then "share"."""
+    return ".*".join(_name(x) for x in labels) + ".*share"
 
 
 def _label(role, single, i=BAD):
@@ -249,9 +261,9 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
     out = []
     lay = "single" if single else "list"
 
-    def add(cat, detail, mutate, exc, *names, no_cupy=False):
+    def add(cat, detail, mutate, exc, *names, no_cupy=False, pattern=""):
         out.append(Case(f"{spec.name}-{cat}-{lay}-{detail}", spec.name, "call", mutate, exc,
-                        names, single, no_cupy, cat))
+                        names, single, no_cupy, cat, pattern))
 
     i = 0 if single else BAD
     for role in spec.roles:
@@ -264,9 +276,16 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
             if not single:
                 add("type", f"{role}[1]-{tname}", _set(role, value), TypeError, lab)
         add("type", f"{role}{at}-python-list-of-floats", _set(role, lambda a: a.tolist(), i),
-            TypeError, role)
+            TypeError, role, pattern=_name(lab) if role == "grads" and not single else "")
         add("type", f"{role}-None", _set_role(role, lambda xs: None),
-            ValueError if role in spec.optional else TypeError, role)
+            ValueError if role in spec.optional else TypeError, role,
+            pattern=_name(role) if role in spec.states else "")
+        if role == "momentum_buffers" and spec.name in ("sgd_", "adaptive_sgd_"):
+            def keras_without_buffers(arrays, hyper):
+                hyper["convention"] = "keras"
+                arrays["momentum_buffers"] = None
+            add("type", f"{role}-None-keras", keras_without_buffers, ValueError, role,
+                pattern=_name(role))
         add("type", f"{role}{at}-numpy-scalar",
             _set(role, lambda a: a.dtype.type(a.flat[0]), i), TypeError, lab)
         if not single:
@@ -274,10 +293,10 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                 TypeError, role)
             if role != "params":
                 add("type", f"{role}-single-among-lists", _set_role(role, lambda xs: xs[1]),
-                    TypeError, role)
+                    TypeError, role, pattern=_name(role) if role == "grads" else "")
         elif role != "params":
             add("type", f"{role}-list-among-single", _set_role(role, lambda a: [a]),
-                TypeError, role)
+                TypeError, role, pattern=_name(role) if role == "grads" else "")
         # unsupported dtypes (params broken: every role of that tensor follows so that the
         # dtype, not a mismatch with its param, is what is wrong)
         for dname, dt in BAD_DTYPES.items():
@@ -285,7 +304,8 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                 _set(role, lambda a, dt=dt: a.astype(dt), i), TypeError, lab, str(np.dtype(dt)))
         # mixed dtypes: one float64 array among float32 ones, and a whole role in float64
         add("mixed-dtype", f"{role}{at}-float64",
-            _set(role, lambda a: a.astype(np.float64), i), TypeError, lab, "float64")
+            _set(role, lambda a: a.astype(np.float64), i), TypeError, lab, "float64",
+            pattern=_name(lab) + ".*float64" if role != "params" and not single else "")
         if not single and role != "params":
             add("mixed-dtype", f"{role}-all-float64",
                 _set_role(role, lambda xs: [a.astype(np.float64) for a in xs]), TypeError,
@@ -304,26 +324,31 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                                  "3x4x1": (3, 4, 1)}.items():
                 add("shape", f"{role}{at}-{sname}",
                     _set(role, lambda a, s=shape: np.resize(a, s), i), ValueError, lab,
-                    _label("params", single, i))
+                    _label("params", single, i),
+                    pattern="" if single else _name(lab) + ".*shape")
         else:
             add("shape", f"params{at}-4x3",
                 _set(role, lambda a: np.resize(a, (4, 3)), i), ValueError,
                 _label("params", single, i))
         # layouts: non-contiguous and misaligned
         for lname, f in LAYOUTS.items():
-            add("layout", f"{role}{at}-{lname}", _set(role, f, i),
-                ValueError, lab, "aligned" if lname == "unaligned" else "contiguous")
+            word = "aligned" if lname == "unaligned" else "contiguous"
+            add("layout", f"{role}{at}-{lname}", _set(role, f, i), ValueError, lab, word,
+                pattern=_name(lab) + ".*" + word
+                if lname in ("strided", "fortran-order", "unaligned") and not single else "")
         # read-only (gradients may be read-only: see test_read_only_grads_are_fine)
         if role != "grads":
             add("read-only", f"{role}{at}", _set(role, read_only, i),
-                ValueError, lab, "read-only")
+                ValueError, lab, "read-only",
+                pattern="" if single else _name(lab) + ".*read-only")
         # a device array among host arrays
         add("device", f"{role}{at}-cuda-array-interface",
             _set(role, lambda a: FakeDeviceArray(a.shape), i), TypeError, lab, no_cupy=True)
         if not single:
             # list lengths: one short, one long, empty
             add("length", f"{role}-short", _set_role(role, lambda xs: xs[:-1]), ValueError,
-                role if role != "params" else "grads")
+                role if role != "params" else "grads",
+                pattern=_name(role) + ".*2.*3" if role != "params" else "")
             add("length", f"{role}-long", _set_role(role, lambda xs: xs + [xs[0].copy()]),
                 ValueError, role if role != "params" else "grads")
             add("length", f"{role}-empty", _set_role(role, lambda xs: []), ValueError,
@@ -332,15 +357,18 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
     # aliasing: written arrays must have memory of their own
     written = ["params", *spec.states]
     add("alias", "params-is-grads", _alias("grads", "params", i, i), ValueError,
-        _label("params", single, i), _label("grads", single, i), "share memory")
+        _label("params", single, i), _label("grads", single, i), "share memory",
+        pattern=_shared(_label("params", single, i), _label("grads", single, i)))
     for s in spec.states:
         add("alias", f"{s}-is-params", _alias(s, "params", i, i), ValueError,
-            _label("params", single, i), _label(s, single, i), "share memory")
+            _label("params", single, i), _label(s, single, i), "share memory",
+            pattern="" if single else _shared("params[1]", f"{s}[1]"))
         add("alias", f"{s}-is-grads", _alias(s, "grads", i, i), ValueError,
             _label("grads", single, i), _label(s, single, i), "share memory")
     for a, b in itertools.combinations(spec.states, 2):
         add("alias", f"{b}-is-{a}", _alias(b, a, i, i), ValueError,
-            _label(a, single, i), _label(b, single, i), "share memory")
+            _label(a, single, i), _label(b, single, i), "share memory",
+            pattern="" if single else _shared(f"{a}[1]", f"{b}[1]"))
     for r in written:
         add("alias", f"{r}-overlaps-grads-partially", _overlap(r, i, "grads", i, 3), ValueError,
             _label(r, single, i), _label("grads", single, i), "share memory")
@@ -349,7 +377,8 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
             add("alias", f"{r}[2]-is-{r}[0]", _alias(r, r, 2, 0), ValueError, f"{r}[0]",
                 f"{r}[2]", "share memory")
             add("alias", f"{r}[0]-overlaps-{r}[2]", _overlap(r, 0, r, 2, 3), ValueError,
-                f"{r}[0]", f"{r}[2]", "share memory")
+                f"{r}[0]", f"{r}[2]", "share memory",
+                pattern=_shared("params[0]", "params[2]") if r == "params" else "")
         for s in spec.states:
             add("alias", f"{s}[0]-overlaps-params[1]", _overlap(s, 0, "params", 1, 4),
                 ValueError, f"{s}[0]", "params[1]", "share memory")
@@ -385,7 +414,7 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
     def step():
         for k, v in {"zero": 0, "negative": -1, "np.int64-zero": np.int64(0)}.items():
             out.append((f"step-{k}", {"step": v}, ValueError, "step"))
-        for k, v in {"float": 2.0, "str": "2", "None": None, "bool": True,
+        for k, v in {"float": 2.0, "fraction": 1.5, "str": "2", "None": None, "bool": True,
                      "np.float64": np.float64(2.0)}.items():
             out.append((f"step-{k}", {"step": v}, TypeError, "step"))
 
@@ -408,7 +437,8 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
             ("momentum-without-buffers", dict(momentum=0.5, _drop="momentum_buffers"),
              ValueError, "momentum_buffers"),
         ]
-        for k, v in {"pytorch": "pytorch", "TORCH": "TORCH", "None": None, "int": 1}.items():
+        for k, v in {"pytorch": "pytorch", "TORCH": "TORCH", "tf": "tf", "None": None,
+                     "int": 1}.items():
             out.append((f"convention-{k}", {"convention": v}, ValueError, "convention"))
     if spec.name == "adagrad_":
         nonneg("lr_decay")
@@ -441,8 +471,27 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
     return out
 
 
+# Hyperparameter cases whose message must also show the argument whole (lr, not lr_decay),
+# and for betas the element that is wrong: case id -> the name as it must appear.
+WHOLE_NAMES = {
+    "sgd_": {"lr-negative": "lr", "lr-nan": "lr", "lr-str": "lr", "momentum-negative": "momentum",
+             "dampening-above-range": "dampening", "nesterov-with-dampening": "dampening",
+             "nesterov-without-momentum": "nesterov", "weight_decay-negative": "weight_decay",
+             "maximize-str": "maximize", "convention-tf": "convention", "step-zero": "step",
+             "keras-with-dampening": "dampening"},
+    "adaptive_sgd_": {"lr-inf": "lr"},
+    "adagrad_": {"lr_decay-negative": "lr_decay", "eps-negative": "eps", "step-zero": "step"},
+    "rmsprop_": {"alpha-above-range": "alpha", "eps-nan": "eps", "centered-int": "centered"},
+    "adam_": {"betas-beta1-one": "betas[0]", "betas-beta2-negative": "betas[1]",
+              "betas-scalar": "betas", "step-zero": "step", "step-fraction": "step",
+              "eps-negative": "eps", "skip_if_nonfinite-int": "skip_if_nonfinite"},
+    "adamw_": {"weight_decay-negative": "weight_decay", "amsgrad-str": "amsgrad"},
+}
+
+
 def _hyper_cases(spec: Spec) -> list[Case]:
     out = []
+    whole = WHOLE_NAMES[spec.name]
     for hid, kw, exc, name in _hyper_values(spec):
         kw = dict(kw)
         drop = kw.pop("_drop", None)
@@ -452,10 +501,14 @@ def _hyper_cases(spec: Spec) -> list[Case]:
             if drop is not None:
                 arrays[drop] = None
         out.append(Case(f"{spec.name}-hyper-{hid}", spec.name, "call", mutate, exc, (name,),
-                        category="hyper"))
-    for k, v in {"cuda": "cuda", "Native": "Native", "None": None, "int": 0}.items():
+                        category="hyper", pattern=_name(whole[hid]) if hid in whole else ""))
+    for k, v in {"cuda": "cuda", "Native": "Native", "bogus": "bogus", "None": None,
+                 "int": 0}.items():
+        # the message shows the value it refuses
+        pattern = _name("backend") + ".*bogus" if k == "bogus" else ""
         out.append(Case(f"{spec.name}-hyper-backend-{k}", spec.name, "call",
-                        _set_hyper(backend=v), ValueError, ("backend",), category="hyper"))
+                        _set_hyper(backend=v), ValueError, ("backend",), category="hyper",
+                        pattern=pattern))
     for k, v in {"float32": "float32", "EXACT": "EXACT", "None": None}.items():
         out.append(Case(f"{spec.name}-hyper-mode-{k}", spec.name, "call", _set_hyper(mode=v),
                         ValueError, ("mode",), category="hyper"))
@@ -531,6 +584,14 @@ def assert_message(exc_info, names):
         assert name in msg, f"message {msg!r} does not name {name!r}"
 
 
+def assert_same_bits(actual, expected, what):
+    """The bits of the expected array (NaN payloads and the sign of zero included), which
+    is finite, so that the comparison says something."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    assert np.isfinite(expected).all(), f"{what}: the reference produced non-finite values"
+    assert actual.tobytes() == expected.tobytes(), f"{what} differs from the reference"
+
+
 # --------------------------------------------------------------------------------------
 # Functional kernels
 # --------------------------------------------------------------------------------------
@@ -562,6 +623,9 @@ def test_function_bad_input(case: Case, impl: str):
         _invoke(spec, impl, arrays, hyper)
     assert exc_info.type is case.exc, f"{exc_info.type.__name__}: {exc_info.value}"
     assert_message(exc_info, case.names)
+    if case.pattern:
+        assert re.search(case.pattern, str(exc_info.value)), \
+            f"message {str(exc_info.value)!r} does not match {case.pattern!r}"
     assert_unchanged(snap)
 
 
@@ -583,36 +647,50 @@ def test_the_valid_call_writes(name, single, impl):
             assert not np.array_equal(a, b), f"{role} was not written"
 
 
-def _reference_result(spec: Spec, arrays: dict, hyper: dict):
+def _reference_result(spec: Spec, arrays: dict, hyper: dict, returned: list | None = None):
+    """The reference's arrays after the call on copies; what it returned goes to `returned`."""
     expected = {r: [a.copy() for a in v] for r, v in arrays.items()}
-    spec.reference()(*[expected[r] for r in spec.roles], **hyper)
+    value = spec.reference()(*[expected[r] for r in spec.roles], **hyper)
+    if returned is not None:
+        returned.append(value)
     return expected
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_read_only_grads_are_fine(name):
+    """Gradients may be read-only: the call returns and writes what the reference does."""
     spec = SPECS[name]
     arrays = valid_arrays(spec, single=False)
     arrays["grads"] = [read_only(g) for g in arrays["grads"]]
-    expected = _reference_result(spec, arrays, spec.hyper)
-    spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
+    returned = []
+    expected = _reference_result(spec, arrays, spec.hyper, returned)
+    assert spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper) == returned[0]
     for r in spec.roles:
-        for a, e in zip(arrays[r], expected[r]):
+        for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
             assert np.array_equal(a, e)
+            assert_same_bits(a, e, f"{r}[{k}]")
 
 
+@pytest.mark.parametrize("how", ["one-array", "overlapping-views"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_shared_grads_are_fine(name):
-    """Gradients are only read: two tensors may share one gradient array."""
+def test_shared_grads_are_fine(name, how):
+    """Gradients are only read: two tensors may share one gradient array, or parts of one."""
     spec = SPECS[name]
     arrays = valid_arrays(spec, single=False)
-    arrays["grads"][2] = arrays["grads"][0]
+    grads = arrays["grads"]
+    if how == "one-array":
+        grads[2] = grads[0]
+    else:  # grads[2] starts 3 elements into grads[0] (both of shape (5,))
+        buf = np.concatenate([grads[0], grads[2][2:]])
+        grads[0], grads[2] = buf[:5], buf[3:]
+        assert np.shares_memory(grads[0], grads[2])
     expected = _reference_result(spec, arrays, spec.hyper)
     spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
     for r in spec.roles:
         if r != "grads":
-            for a, e in zip(arrays[r], expected[r]):
+            for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
                 assert np.array_equal(a, e)
+                assert_same_bits(a, e, f"{r}[{k}]")
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -645,15 +723,24 @@ def test_zero_size_arrays_are_a_no_op(name, shape0):
         assert arrays[r][0].shape == shape0
         for a, e in zip(arrays[r], expected[r]):
             assert np.array_equal(a, e)
-    # only zero-size arrays: nothing to do, nothing raised, single arrays too
-    zero = {r: np.zeros(shape0, np.float32) for r in spec.roles}
-    spec.kernel()(*[zero[r] for r in spec.roles], **spec.hyper)
+    # only zero-size arrays: nothing to do, nothing raised, single arrays and lists, and the
+    # adaptive rate of a zero norm is lr itself
+    for impl in ("kernel", "reference"):
+        for zero in ({r: np.zeros(shape0, np.float32) for r in spec.roles},
+                     {r: [np.zeros(shape0, np.float32) for _ in range(2)] for r in spec.roles}):
+            result = _invoke(spec, impl, zero, spec.hyper)
+            if name == "adaptive_sgd_":
+                assert result.grad_norm == 0.0 and result.lr == spec.hyper["lr"]
+            for r in spec.roles:
+                for a in zero[r] if isinstance(zero[r], list) else [zero[r]]:
+                    assert a.shape == shape0
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_zero_d_arrays_are_size_one_tensors(name):
+def test_zero_d_arrays_are_size_one_tensors(name, dt):
     spec = SPECS[name]
-    arrays = valid_arrays(spec, single=False)
+    arrays = valid_arrays(spec, single=False, dtype=dt)
     for r in spec.roles:
         arrays[r][1] = np.asarray(arrays[r][1].flat[0])  # 0-d
     as_1d = {r: [a.reshape(-1).copy() for a in v] for r, v in arrays.items()}
@@ -663,10 +750,17 @@ def test_zero_d_arrays_are_size_one_tensors(name):
         assert arrays[r][1].shape == ()
         for a, e in zip(arrays[r], as_1d[r]):
             assert np.array_equal(a.reshape(-1), e)
-    assert not np.array_equal(arrays["params"][1], valid_arrays(spec, False)["params"][1].flat[0])
-    # a single 0-d array per argument
+    assert not np.array_equal(arrays["params"][1],
+                              valid_arrays(spec, False, dtype=dt)["params"][1].flat[0])
+    # a single 0-d array per argument: the return value and bits of the call on shape (1,)
     single = {r: np.asarray(v[1]).copy() for r, v in arrays.items()}
-    spec.kernel()(*[single[r] for r in spec.roles], **spec.hyper)
+    as_one = {r: a.reshape(1).copy() for r, a in single.items()}
+    returned = spec.kernel()(*[as_one[r] for r in spec.roles], **spec.hyper)
+    assert spec.kernel()(*[single[r] for r in spec.roles], **spec.hyper) == returned
+    for r in spec.roles:
+        assert single[r].shape == ()
+        assert_same_bits(single[r].reshape(1), as_one[r], r)
+    assert not np.array_equal(single["params"], arrays["params"][1])
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-// The bindings of fusedopt._cuda (module_cuda.cpp), the CUDA kernels. Private; the Python
-// package is the API. The host emulation of the kernels (csrc/cuda_emulation/) registers
-// the same functions in its own module.
+// The bindings of the CUDA kernels, registered by register_module() into fusedopt._cuda
+// (module_cuda.cpp) or into any other module built from these sources. Private; the Python
+// package is the API.
 //
 // The rule functions take the same arguments, in the same order, as those of fusedopt._core
 // (fusedopt/_coeffs.py's NamedTuples are that order), so fusedopt/_native.py calls either
@@ -29,10 +29,6 @@
 #include "cuda/plan.h"
 #include "math/sumsq.h"
 
-#if defined(FUSEDOPT_CUDA_EMULATION)
-#include "cuda_emulation/controls.h"
-#endif
-
 namespace fusedopt {
 namespace cuda {
 namespace {
@@ -51,9 +47,7 @@ using math::WeightDecay;
 // default too).
 cudaStream_t resolve_stream(const py::object& stream, const DeviceBatch& b) {
   if (!stream.is_none()) return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
-#if defined(FUSEDOPT_CUDA_EMULATION)
-  if (!emulation::stream_lookup()) return nullptr;
-#endif
+  if (!use_current_stream()) return nullptr;
   const int device = b.device();
   py::object ptr;
   if (b.torch_params()) {
@@ -175,8 +169,8 @@ long long nonfinite_now(const DeviceBatch& b, const py::object& stream) {
 void register_batch(py::module_& m) {
   using py::arg;
   const auto kw = py::kw_only();
-  // module_local: fusedopt._cuda and the tests' emulation (csrc/cuda_emulation/) both bind
-  // DeviceBatch; a global registration would make the second import fail.
+  // module_local: fusedopt._cuda and another module built from these sources may both bind
+  // DeviceBatch in one process; a global registration would make the second import fail.
   py::class_<DeviceBatch>(m, "Batch", py::module_local(),
                           "Device pointers of one call's arrays, read once and reusable across steps. "
                           "The methods take the coefficient arguments of the module functions.")

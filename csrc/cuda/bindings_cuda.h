@@ -1,5 +1,5 @@
-// The Python functions of the CUDA backend, registered into a module: fusedopt._cuda
-// (module_cuda.cpp) or the host emulation used by the tests (csrc/cuda_emulation/).
+// The Python functions of the CUDA backend, registered into the module that calls
+// register_module(): fusedopt._cuda (module_cuda.cpp), or another built from these sources.
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -26,7 +26,7 @@ struct SelectArgs {
 };
 
 __global__ void select_coeffs_kernel(SelectArgs a) {
-  if (threadIdx.x != 0) return;  // one warp is launched, as the emulation needs; one thread works
+  if (threadIdx.x != 0) return;  // launches are whole warps (launch.cuh); one thread works
   double* skip = a.out + (a.entry_doubles - 1);
   if (a.nonfinite != nullptr && *a.nonfinite != 0) {
     *skip = 1.0;  // the update writes nothing, and the step does not count

@@ -143,6 +143,8 @@ long long max_resident_blocks(const void* kernel, int threads) {
   });
 }
 
+bool use_current_stream() { return true; }
+
 std::string runtime_version() { return version_string(CUDART_VERSION); }
 
 std::string driver_version() {

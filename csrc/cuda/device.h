@@ -24,6 +24,10 @@ int sm_count();
 // the grid of a persistent kernel (cached per kernel and device).
 long long max_resident_blocks(const void* kernel, int threads);
 
+// Whether a call that names no stream runs on the current stream of its arrays' library
+// (bindings_cuda.cpp: resolve_stream) rather than on the null stream. True on a GPU.
+bool use_current_stream();
+
 // The runtime version this module was built against and the driver's, as "major.minor".
 std::string runtime_version();
 std::string driver_version();

@@ -1,11 +1,10 @@
-// The one place that spells a kernel launch. Everything around it (planning, parameter
-// tables, grid sizes) is ordinary C++ that the host emulation of the kernels
-// (csrc/cuda_emulation/, built for the tests) compiles unchanged; only the <<<...>>> syntax
-// needs nvcc, so the emulation swaps this function for a run of the grid on the CPU (its
-// cuda_runtime.h declares emulation::run_grid).
+// The one place that launches a kernel. Everything around it (planning, parameter tables,
+// grid sizes) is ordinary C++; only the launch syntax needs nvcc, and it stays behind
+// launch_grid() (nvcc/launch_grid.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
+#include <launch_grid.cuh>  // from the include path: see nvcc/launch_grid.cuh
 
 #include <cstdint>
 
@@ -15,15 +14,12 @@ namespace fusedopt {
 namespace cuda {
 
 // Queues kernel<<<grid, threads, 0, stream>>>(args...) and reports a failed launch as an
-// exception naming `what`.
+// exception naming `what`. `threads` is a whole number of warps (a multiple of 32): every
+// launch_grid() must be able to run it.
 template <class... Params, class... Args>
 void launch_kernel(void (*kernel)(Params...), int64_t grid, int threads, cudaStream_t stream,
                    const char* what, const Args&... args) {
-#if defined(FUSEDOPT_CUDA_EMULATION)
-  emulation::run_grid(grid, threads, stream, [&] { kernel(args...); });
-#else
-  kernel<<<static_cast<unsigned>(grid), static_cast<unsigned>(threads), 0, stream>>>(args...);
-#endif
+  launch_grid(kernel, grid, threads, stream, args...);
   check(cudaGetLastError(), what);
 }
 

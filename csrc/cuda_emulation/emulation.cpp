@@ -196,7 +196,6 @@ std::vector<LaunchRecord> take_launches() {
 }
 
 bool set_stream_lookup(bool on) { return lookup_streams.exchange(on); }
-bool stream_lookup() { return lookup_streams.load(); }
 
 }  // namespace emulation
 
@@ -215,6 +214,8 @@ long long max_resident_blocks(const void*, int) {
   const emulation::DeviceShape s = emulation::device_shape();
   return static_cast<long long>(s.multiprocessors) * s.blocks_per_multiprocessor;
 }
+
+bool use_current_stream() { return emulation::lookup_streams.load(); }
 
 std::string runtime_version() { return "host emulation"; }
 std::string driver_version() { return "none"; }
