@@ -1,5 +1,6 @@
 """What the CPU benchmark measures: the byte table of every rule, the call that steps it,
-the sizes (with the list of 1,000 tensors) and the arrays of one case."""
+the sizes (with the list of 1,000 tensors) and the arrays of one case. The GPU benchmark
+counts its bytes from the same table (gpu_report.py)."""
 
 from __future__ import annotations
 
@@ -80,11 +81,15 @@ def list_sizes(seed: int = 0, n: int = LIST_TENSORS, total: int = LIST_TOTAL) ->
     return [int(x) for x in sizes]
 
 
-def size_label(size) -> str:
+def size_label(size, grouped: bool = False) -> str:
+    """2^k for a power of two, else the count (with thousands separators if grouped); a
+    named case such as list1000 as it is."""
     if isinstance(size, str):
         return size
     k = int(size).bit_length() - 1
-    return f"2^{k}" if size == 1 << k else str(size)
+    if size == 1 << k:
+        return f"2^{k}"
+    return f"{size:,}" if grouped else str(size)
 
 
 def n_elements(size) -> int:

@@ -61,6 +61,7 @@ from .gpu_report import (
     step_bytes,
     tensor_list_label,
 )
+from .timing import rewarm
 
 
 # --------------------------------------------------------------------------------------
@@ -245,11 +246,13 @@ def warm_up(cupy, fn, seconds: float) -> None:
     """Runs fn until `seconds` have passed: an idle GPU starts at low clocks (an H200's SMs
     idle at a few hundred MHz) and takes a while to raise them."""
     stream = cupy.cuda.get_current_stream()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+
+    def eight():
         for _ in range(8):
             fn()
         stream.synchronize()
+
+    rewarm(eight, seconds)
 
 
 def measure_copy(cupy, n, warmup, reps, *, when: str, warm_seconds: float = 0.0) -> Result:

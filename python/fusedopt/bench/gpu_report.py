@@ -6,26 +6,23 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from .cases import TRAFFIC, size_label
+
 ELEMENT_BYTES = 4  # float32
-# Arrays read and written per element by each rule (param, grad, states).
-RULE_TRAFFIC = {
-    "adam": {"read": 4, "written": 3, "states": 2},
-    "sgd_momentum": {"read": 3, "written": 2, "states": 1},
-    "adagrad": {"read": 3, "written": 2, "states": 1},
-}
+# Arrays read and written per element by each rule (param, grad, states), from the CPU
+# benchmark's byte table, where these rules go by other names.
+_TRAFFIC_NAMES = {"adam": "adam", "sgd_momentum": "sgd+momentum", "adagrad": "adagrad"}
+RULE_TRAFFIC = {rule: dict(zip(("read", "written", "states"), TRAFFIC[name]))
+                for rule, name in _TRAFFIC_NAMES.items()}
 RULE_TITLES = {"adam": "Adam", "sgd_momentum": "SGD momentum", "adagrad": "Adagrad"}
 
 
-def _power_of_two(n: int) -> str:
-    return f"2^{n.bit_length() - 1}" if n & (n - 1) == 0 else f"{n:,}"
-
-
 def one_tensor_label(n: int) -> str:
-    return f"one tensor, {_power_of_two(n)}"
+    return f"one tensor, {size_label(n, grouped=True)}"
 
 
 def tensor_list_label(total: int) -> str:
-    return f"1,000 tensors, {_power_of_two(total)}"
+    return f"1,000 tensors, {size_label(total, grouped=True)}"
 
 
 # The sizes the targets are set at (the full run); the quick run's rows carry their own.

@@ -134,7 +134,7 @@ def _batch_size(fn: Callable[[], None], min_batch_s: float) -> tuple[int, float]
 REWARM_BELOW_S = 0.02  # calls shorter than this are re-warmed after a pause (see below)
 
 
-def _rewarm(fn: Callable[[], None], min_batch_s: float) -> None:
+def rewarm(fn: Callable[[], None], min_batch_s: float) -> None:
     """Calls fn, untimed, for min_batch_s. After the pause between libraries the cores have
     idled: on the development machine (a KVM guest) a 1 ms call that follows 10 ms of sleep
     runs at half speed, and so does the next one; by a couple of milliseconds of work the
@@ -176,7 +176,7 @@ def time_rounds(impls: dict, repeats: int, min_batch_s: float, family: dict | No
             if setup:
                 setup()
             if paused and once[name] < REWARM_BELOW_S:
-                _rewarm(fn, min_batch_s)
+                rewarm(fn, min_batch_s)
             k = ks[name]
             if k == 1:
                 t0 = clock()
