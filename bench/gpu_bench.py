@@ -1,4 +1,4 @@
-"""The GPU benchmark of bench/gpu_check.sh: fusedopt/_gpu_bench.py, which the package ships
+"""The GPU benchmark of bench/gpu_check.sh: fusedopt/bench/gpu.py, which the package ships
 so that `python -m fusedopt bench --device cuda` runs it too.
 
     python bench/gpu_bench.py --out DIR       # the full run; writes DIR/gpu_report.md and gpu_bench.json
@@ -8,7 +8,7 @@ so that `python -m fusedopt bench --device cuda` runs it too.
 
 import sys
 
-from fusedopt._gpu_bench import main
+from fusedopt.bench.gpu import main
 
 if __name__ == "__main__":
     sys.exit(main())

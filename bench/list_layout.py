@@ -22,7 +22,8 @@ import argparse
 
 import fusedopt
 import numpy as np
-from fusedopt import _bench, _core
+from fusedopt import _core
+from fusedopt.bench import cases, timing
 from fusedopt.optim import _carve
 
 STATES = {"sgd": 0, "adam": 2, "adagrad": 1}
@@ -52,12 +53,12 @@ def layout(sizes, rng, params_grads, states, n_states):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", default="sgd,adam")
-    ap.add_argument("--repeats", type=int, default=_bench.ROUNDS)
+    ap.add_argument("--repeats", type=int, default=timing.ROUNDS)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         fusedopt.set_num_threads(args.threads)
-    sizes = _bench.list_sizes()
+    sizes = cases.list_sizes()
     total = sum(sizes)
     rng = np.random.default_rng(0)
     print(f"{len(sizes)} tensors, {total} elements (median {int(np.median(sizes))}), float32, "
@@ -76,15 +77,15 @@ def main() -> None:
             zero = [np.zeros_like(x) for x in g]  # the roof adds zeros: nothing drifts
             impls[f"{name} roof"] = lambda p=p, z=zero, s=s: _core.traffic(p, z, s, 0)
             impls[f"{name} {rule}"] = (
-                lambda p=p, g=g, s=s, r=rule: _bench._call_fusedopt(r, fusedopt, p, g, s))
-        timed = _bench.time_rounds(impls, args.repeats, 0.002)
+                lambda p=p, g=g, s=s, r=rule: cases.call_fusedopt(r, fusedopt, p, g, s))
+        timed = timing.time_rounds(impls, args.repeats, 0.002)
         print(f"\n{'layout':14s} {'kind':6s} {'Melem/s':>8s} {'p10-p90':>13s} {'% of flat':>9s}")
         for name in layouts:
             for kind in ("roof", rule):
                 t = timed[f"{name} {kind}"]
                 print(f"{name:14s} {kind:6s} {total / t.median() / 1e6:8.0f} "
                       f"{total / t.pct(90) / 1e6:6.0f}-{total / t.pct(10) / 1e6:<6.0f} "
-                      f"{100 * _bench.paired_ratio(timed[f'flat {kind}'], t)[0]:8.1f}%")
+                      f"{100 * timing.paired_ratio(timed[f'flat {kind}'], t)[0]:8.1f}%")
 
 
 if __name__ == "__main__":

@@ -14,5 +14,5 @@ PYTHON=${PYTHON:-python}
 OUT=${OUT:-bench/results}
 # --wait-quiet: on a shared machine, wait (up to 30 s) before each measurement until other
 # processes use under 0.15 cores; the CSV records how busy the machine was regardless.
-exec "$PYTHON" -c 'import sys; from fusedopt._bench import main; sys.exit(main(sys.argv[1:]))' \
+exec "$PYTHON" -c 'import sys; from fusedopt.bench.cli import main; sys.exit(main(sys.argv[1:]))' \
   --full --out "$OUT" --wait-quiet 30 "$@"

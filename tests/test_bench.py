@@ -1,4 +1,4 @@
-"""The CPU benchmark harness (fusedopt/_bench.py) end to end, on sizes that take a moment:
+"""The CPU benchmark harness (fusedopt/bench/) end to end, on sizes that take a moment:
 it runs, writes CSV and JSON, and its rows carry what the README's tables are made of.
 Timings are not asserted (the machine is shared); the shape of the output is."""
 
@@ -9,12 +9,12 @@ import json
 
 import numpy as np
 import pytest
-from fusedopt import _bench
+from fusedopt.bench import cases, cli, report, timing
 
 
 def test_harness_writes_rows_for_every_rule_size_and_thread_count(tmp_path):
     out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
-    rc = _bench.main(["--rules", "sgd,adam,adaptive_sgd", "--sizes", "2^10,3000",
+    rc = cli.main(["--rules", "sgd,adam,adaptive_sgd", "--sizes", "2^10,3000",
                       "--threads", "1,2", "--repeats", "2", "--ref-repeats", "1",
                       "--peers", "numpy", "--min-batch-ms", "0.2", "--latency-calls", "50",
                       "--no-progress", "--json", str(out_json), "--csv", str(out_csv)])
@@ -39,14 +39,14 @@ def test_harness_writes_rows_for_every_rule_size_and_thread_count(tmp_path):
     assert meta["byte_table"]["adam"] == {"reads": 4, "writes": 3, "states": 2}
     lines = [ln for ln in out_csv.read_text().splitlines() if not ln.startswith("#")]
     header = next(csv.reader(lines))
-    assert header == _bench.CSV_FIELDS
+    assert header == report.CSV_FIELDS
     assert len(lines) - 1 == len(rows) + len(result["latency"])  # latency rows follow
 
 
 def test_rounds_interleave_and_rewarm_after_a_pause():
     calls = []
     impls = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    timed = _bench.time_rounds(impls, 3, 0.0005, {"a": "lib1", "b": "lib2"})
+    timed = timing.time_rounds(impls, 3, 0.0005, {"a": "lib1", "b": "lib2"})
     assert all(len(t.times) == 3 for t in timed.values())
     # after the warm-up, each round times a then b; a switch of library re-warms first
     assert calls.count("a") > 3 and calls.count("b") > 3
@@ -54,18 +54,18 @@ def test_rounds_interleave_and_rewarm_after_a_pause():
 
 def test_paired_ratio_cancels_a_drift_shared_by_both_implementations():
     # The machine slows 3x for two rounds; b always runs at 80% of a's speed in its round.
-    a = _bench.Timed(times=[1.0, 1.0, 1.0, 3.0, 3.0])
-    b = _bench.Timed(times=[1.25, 1.25, 1.25, 3.75, 3.75])
-    assert _bench.paired_ratio(a, b) == (0.8, 0.8, 0.8)
+    a = timing.Timed(times=[1.0, 1.0, 1.0, 3.0, 3.0])
+    b = timing.Timed(times=[1.25, 1.25, 1.25, 3.75, 3.75])
+    assert timing.paired_ratio(a, b) == (0.8, 0.8, 0.8)
     # One round where only b was disturbed shows in the spread, not in the median.
     b.times[4] = 7.5
-    med, p10, p90 = _bench.paired_ratio(a, b)
+    med, p10, p90 = timing.paired_ratio(a, b)
     assert med == 0.8 and p10 < 0.8 and p90 == 0.8
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_case_whose_gradients_change_or_params_overflow_is_refused(dtype):
-    arrays = _bench.Arrays(dtype, 3000, seed=0)
+    arrays = cases.Arrays(dtype, 3000, seed=0)
     arrays.check_case_data("untouched")
     saved = arrays.g[0][1234]
     arrays.g[0][1234] += 1.0
@@ -80,7 +80,7 @@ def test_a_case_whose_gradients_change_or_params_overflow_is_refused(dtype):
 
 def test_paired_ratio_refuses_times_from_different_rounds():
     with pytest.raises(ValueError, match="same rounds"):
-        _bench.paired_ratio(_bench.Timed(times=[1.0, 2.0]), _bench.Timed(times=[1.0]))
+        timing.paired_ratio(timing.Timed(times=[1.0, 2.0]), timing.Timed(times=[1.0]))
 
 
 def test_peers_step_on_their_own_copies(tmp_path):
@@ -92,7 +92,7 @@ def test_peers_step_on_their_own_copies(tmp_path):
     # before, which a slow phase of a shared machine broke: timing is not for tests.)
     pytest.importorskip("torch")
     out_json = tmp_path / "b.json"
-    rc = _bench.main(["--rules", "sgd+nesterov,adaptive_sgd", "--sizes", "3000",
+    rc = cli.main(["--rules", "sgd+nesterov,adaptive_sgd", "--sizes", "3000",
                       "--threads", "1", "--repeats", "2", "--peer-repeats", "3",
                       "--peers", "torch", "--min-batch-ms", "1", "--no-latency",
                       "--no-progress", "--json", str(out_json)])

@@ -1,38 +1,33 @@
-"""The GPU benchmark's report logic (fusedopt/_gpu_bench.py, which bench/gpu_bench.py and
-`python -m fusedopt bench --device cuda` run), which runs without a GPU: the table, the
-acceptance checks, the mixed tensor sizes the device check will use, the chunk sweep on
-the emulated kernels, and the command's answer where no GPU is."""
+"""The GPU benchmark's report logic (fusedopt/bench/gpu_report.py and gpu.py, which
+bench/gpu_bench.py and `python -m fusedopt bench --device cuda` run), which runs without a
+GPU: the table, the acceptance checks, the mixed tensor sizes the device check will use,
+the chunk sweep on the emulated kernels, and the command's answer where no GPU is."""
 
 from __future__ import annotations
 
 import pytest
-from fusedopt import _gpu_bench
+from fusedopt.bench import gpu, gpu_report
 
 
-@pytest.fixture(scope="module")
-def gpu_bench():
-    return _gpu_bench
-
-
-def test_selftest(gpu_bench, capsys):
-    assert gpu_bench.selftest() == 0
+def test_selftest(capsys):
+    assert gpu_report.selftest() == 0
     assert "selftest passed" in capsys.readouterr().out
 
 
-def test_bytes_are_counted_per_array(gpu_bench):
-    assert gpu_bench.step_bytes("adam", 10) == 7 * 4 * 10  # reads p g m v, writes p m v
-    assert gpu_bench.step_bytes("sgd_momentum", 10) == 5 * 4 * 10
-    assert gpu_bench.step_bytes("adagrad", 10) == 5 * 4 * 10
+def test_bytes_are_counted_per_array():
+    assert gpu_report.step_bytes("adam", 10) == 7 * 4 * 10  # reads p g m v, writes p m v
+    assert gpu_report.step_bytes("sgd_momentum", 10) == 5 * 4 * 10
+    assert gpu_report.step_bytes("adagrad", 10) == 5 * 4 * 10
 
 
-def test_mixed_sizes(gpu_bench):
-    sizes = gpu_bench.mixed_sizes(1000, 2**26)
+def test_mixed_sizes():
+    sizes = gpu_report.mixed_sizes(1000, 2**26)
     assert len(sizes) == 1000 and sum(sizes) == 2**26 and min(sizes) >= 1
     assert max(sizes) > 20 * sorted(sizes)[500]  # mixed: a few large, many small
-    assert sizes == gpu_bench.mixed_sizes(1000, 2**26)  # the same list every run
+    assert sizes == gpu_report.mixed_sizes(1000, 2**26)  # the same list every run
 
 
-def test_chunk_sweep_runs_on_the_emulation(gpu_bench):
+def test_chunk_sweep_runs_on_the_emulation():
     """The sweep's measuring code, which otherwise runs only on a GPU, on the emulated
     kernels with host_cupy's arrays and wall-clock events: a result per layout and chunk
     size, and the module's chunk size put back."""
@@ -70,20 +65,20 @@ def test_chunk_sweep_runs_on_the_emulation(gpu_bench):
             return emu.set_chunk_elements(n)
 
     module = Recording()
-    layouts = {"one": [70_001], "list": gpu_bench.mixed_sizes(20, 50_000)}
+    layouts = {"one": [70_001], "list": gpu_report.mixed_sizes(20, 50_000)}
     emu.take_launches()
     shape = emu.set_device_shape(64, 16)  # one block per chunk: the grid shows the chunk size used
     try:
-        sweep = gpu_bench.sweep_chunk_sizes(fake, module, layouts, warmup=1, reps=2)
+        sweep = gpu.sweep_chunk_sizes(fake, module, layouts, warmup=1, reps=2)
     finally:
         emu.set_device_shape(*shape)
     grids = [grid for grid, _, _ in emu.take_launches()]
-    assert module.sizes[0::2] == list(gpu_bench.SWEEP_CHUNKS) * 2  # each set, then put back
+    assert module.sizes[0::2] == list(gpu_report.SWEEP_CHUNKS) * 2  # each set, then put back
     # One tensor of 70,001: 3 steps (1 warm-up, 2 timed) per size; fewer blocks as chunks grow.
-    one = [grids[3 * k] for k in range(len(gpu_bench.SWEEP_CHUNKS))]
+    one = [grids[3 * k] for k in range(len(gpu_report.SWEEP_CHUNKS))]
     assert one == sorted(one, reverse=True) and one[0] > one[-1]
     assert [(r.layout, r.impl) for r in sweep] == [(layout, f"chunk {c}") for layout in layouts
-                                                   for c in gpu_bench.SWEEP_CHUNKS]
+                                                   for c in gpu_report.SWEEP_CHUNKS]
     assert all(len(r.samples_ms) == 2 and r.bytes_moved == 28 * sum(layouts[r.layout]) for r in sweep)
     assert emu.chunk_elements() == emu.CHUNK_ELEMENTS
 
@@ -93,9 +88,9 @@ def test_command_without_a_gpu_says_why(capsys):
 
     if fusedopt.cuda.unavailable_reason() is None:
         pytest.skip("a GPU is here: bench/gpu_check.sh runs the benchmark")
-    from fusedopt import _bench
+    from fusedopt.bench import cli
 
-    assert _bench.main(["--device", "cuda"]) == 2
+    assert cli.main(["--device", "cuda"]) == 2
     assert fusedopt.cuda.unavailable_reason() in capsys.readouterr().err
 
 
@@ -104,7 +99,7 @@ import ctypes, sys, time, types
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import fusedopt, fusedopt._cuda_emulated as emu, host_cupy
-from fusedopt import _gpu_bench
+from fusedopt.bench import gpu
 
 host_cupy.install(emu)
 cupy = host_cupy
@@ -128,13 +123,13 @@ cupy.__version__ = "host stand-in"
 if sys.argv[3] == "cut":  # a run stopped after its cases, as by gpu_check.sh's timeout
     def cut(*args, **kwargs):
         raise SystemExit(124)
-    _gpu_bench.sweep_chunk_sizes = cut
-sys.exit(_gpu_bench.measure(quick=True, reps=2, out=sys.argv[2], sizes=(70_001, 50_000)))
+    gpu.sweep_chunk_sizes = cut
+sys.exit(gpu.measure(quick=True, reps=2, out=sys.argv[2], sizes=(70_001, 50_000)))
 """
 
 
 def test_measure_end_to_end_on_the_emulation(tmp_path):
-    """The whole benchmark run (fusedopt/_gpu_bench.py: measure), which otherwise runs only
+    """The whole benchmark run (fusedopt/bench/gpu.py: measure), which otherwise runs only
     on a GPU, on the emulated kernels with host_cupy's arrays at small sizes: every case
     and row it can make without a GPU measured, the rest (CuPy's ElementwiseKernel, stream
     capture, torch on CUDA) a row saying why, and the report and JSON written, also (marked
@@ -160,48 +155,48 @@ def test_measure_end_to_end_on_the_emulation(tmp_path):
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert "not finished" not in data["meta"]["elapsed"] and report in run.stdout
     rows = {(r["rule"], r["layout"], r["impl"]): r for r in data["results"]}
-    one, many = _gpu_bench.one_tensor_label(70_001), _gpu_bench.tensor_list_label(50_000)
+    one, many = gpu_report.one_tensor_label(70_001), gpu_report.tensor_list_label(50_000)
     for rule in ("adam", "sgd_momentum", "adagrad"):
         for layout in (one, many):
             for impl in ("fusedopt (prepared Batch)", "fusedopt functional API", "fusedopt optim step",
                          "traffic roof (same loads/stores)"):
                 assert len(rows[rule, layout, impl]["samples_ms"]) == 2, (rule, layout, impl)
             assert rows[rule, layout, "CuPy ElementwiseKernel"]["note"]
-    assert rows["adam", one, _gpu_bench.GRAPH + "fusedopt capturable Adam"]["note"]
-    assert len(data["chunk_sweep"]) == 2 * len(_gpu_bench.SWEEP_CHUNKS)
+    assert rows["adam", one, gpu_report.GRAPH + "fusedopt capturable Adam"]["note"]
+    assert len(data["chunk_sweep"]) == 2 * len(gpu_report.SWEEP_CHUNKS)
     copies = [r for r in data["results"] if r["rule"] == "copy"]
     assert [r["impl"].rsplit(", ", 1)[1] for r in copies] == ["before the cases", "after the cases"]
     assert data["copy_gbps"] == max(r["gbps"] for r in copies)
 
 
-def test_copy_roof_is_the_faster_copy(gpu_bench):
+def test_copy_roof_is_the_faster_copy():
     """A copy timed while the GPU was still clocking up must not lower the roof (and so
     flatter every share of it), whichever of the two copies it was."""
-    R = gpu_bench.Result
+    R = gpu_report.Result
     slow, fast = (R("copy", "x", f"copy {w}", [ms], 8 * 2**20) for w, ms in (("a", 0.004), ("b", 0.002)))
-    adam = R("adam", "x", gpu_bench.PREPARED, [0.001], 28 * 2**20)
+    adam = R("adam", "x", gpu_report.PREPARED, [0.001], 28 * 2**20)
     for order in ([slow, adam, fast], [fast, adam, slow]):
-        assert gpu_bench.copy_roof(order) == fast.gbps
-    assert gpu_bench.copy_roof([adam]) != gpu_bench.copy_roof([adam])  # NaN: no copy measured
+        assert gpu_report.copy_roof(order) == fast.gbps
+    assert gpu_report.copy_roof([adam]) != gpu_report.copy_roof([adam])  # NaN: no copy measured
 
 
-def test_targets_name_the_row_they_score(gpu_bench):
+def test_targets_name_the_row_they_score():
     """Each torch target is scored for the prepared call and for the optimizer's step (on
     CuPy arrays and on torch tensors), and the rows are told apart exactly ("fusedopt optim
     step" is a prefix of the torch-tensor row's name)."""
-    R, nbytes = gpu_bench.Result, gpu_bench.step_bytes("adam", 2**26)
+    R, nbytes = gpu_report.Result, gpu_report.step_bytes("adam", 2**26)
     rows = [R("copy", "x", "copy", [0.5], 8 * 2**28),
-            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.TORCH_FUSED, [3.0], nbytes),
-            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.OPTIM_TORCH, [4.0], nbytes),
-            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.OPTIM, [2.0], nbytes),
-            R("adam", gpu_bench.TENSOR_LIST, gpu_bench.PREPARED, [1.0], nbytes)]
-    got = {what: (ok, fig) for what, ok, fig in gpu_bench.acceptance(rows, gpu_bench.copy_roof(rows))}
+            R("adam", gpu_report.TENSOR_LIST, gpu_report.TORCH_FUSED, [3.0], nbytes),
+            R("adam", gpu_report.TENSOR_LIST, gpu_report.OPTIM_TORCH, [4.0], nbytes),
+            R("adam", gpu_report.TENSOR_LIST, gpu_report.OPTIM, [2.0], nbytes),
+            R("adam", gpu_report.TENSOR_LIST, gpu_report.PREPARED, [1.0], nbytes)]
+    got = {what: (ok, fig) for what, ok, fig in gpu_report.acceptance(rows, gpu_report.copy_roof(rows))}
     target = "Adam f32 1,000-tensor list >= 1.3x torch fused Adam"
-    assert got[f"{target} ({gpu_bench.PREPARED})"] == (True, "3.00x")
-    assert got[f"{target} ({gpu_bench.OPTIM})"] == (True, "1.50x")
-    assert got[f"{target} ({gpu_bench.OPTIM_TORCH})"] == (False, "0.75x")
+    assert got[f"{target} ({gpu_report.PREPARED})"] == (True, "3.00x")
+    assert got[f"{target} ({gpu_report.OPTIM})"] == (True, "1.50x")
+    assert got[f"{target} ({gpu_report.OPTIM_TORCH})"] == (False, "0.75x")
     assert got["Adam f32 2^28 >= 90% of copy bandwidth"][0] is None  # no 2^28 row
-    table = gpu_bench.format_table(rows, gpu_bench.copy_roof(rows)).splitlines()
-    torch_tensor_row = next(line for line in table if gpu_bench.OPTIM_TORCH in line)
+    table = gpu_report.format_table(rows, gpu_report.copy_roof(rows)).splitlines()
+    torch_tensor_row = next(line for line in table if gpu_report.OPTIM_TORCH in line)
     assert torch_tensor_row.endswith("| 0.75x |"), torch_tensor_row  # the table says what the target scores
-    assert next(line for line in table if f"| {gpu_bench.TORCH_FUSED} |" in line).endswith("|  |")
+    assert next(line for line in table if f"| {gpu_report.TORCH_FUSED} |" in line).endswith("|  |")

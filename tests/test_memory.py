@@ -22,7 +22,8 @@ import textwrap
 import fusedopt
 import numpy as np
 import pytest
-from fusedopt import _bench, _core
+from fusedopt import _core
+from fusedopt.bench import timing
 
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")  # tools/sanitize.sh
 needs_linux_proc = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
@@ -242,7 +243,7 @@ def test_plan_ranges_rejects_nonsense():
 # 64-bit sizes: one real step past 2^31 elements
 # --------------------------------------------------------------------------------------
 def _available_bytes() -> int:
-    return _bench._mem_available() or 0
+    return timing.mem_available() or 0
 
 
 HUGE = (1 << 31) + 17

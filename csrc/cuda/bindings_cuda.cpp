@@ -407,7 +407,7 @@ void register_plan(py::module_& m) {
      arg("capacity"), arg("max_grid"));
   m.def("chunk_elements", &chunk_elements, "Elements per chunk of the update launches.");
   m.def("set_chunk_elements", &set_chunk_elements, arg("n"),
-        "For tuning on a GPU (fusedopt/_gpu_bench.py): the chunk size of later update launches, a "
+        "For tuning on a GPU (fusedopt/bench/gpu.py): the chunk size of later update launches, a "
         "positive multiple of 2048; returns the previous one. Results do not depend on it.");
   m.def("update_capacity", &update_capacity, arg("n_roles"));
   m.def("update_param_bytes", &update_param_bytes, arg("n_roles"));

@@ -41,7 +41,7 @@ constexpr int64_t kChunkElements = 8192;
 constexpr int64_t kChunkQuantum = 2048;
 
 // The chunk size the update launches use: kChunkElements, unless set_chunk_elements() chose
-// another for the process. That is for tuning on a GPU (fusedopt/_gpu_bench.py sweeps it), not
+// another for the process. That is for tuning on a GPU (fusedopt/bench/gpu.py sweeps it), not
 // for users: results are the same bits for every chunk size, only the time differs.
 int64_t chunk_elements();
 // Sets it (a positive multiple of kChunkQuantum, else std::invalid_argument); returns the

@@ -32,9 +32,9 @@ def main(argv=None) -> int:
 
         return _verify.main(rest)
     if command == "bench":
-        from fusedopt import _bench
+        from fusedopt.bench import cli
 
-        return _bench.main(rest)
+        return cli.main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
