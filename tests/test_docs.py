@@ -1,9 +1,10 @@
 """Every ```python block of README.md and docs/*.md runs, as a reader would run it.
 
 Each block runs in a fresh subprocess of this interpreter, with a temporary directory as
-its working directory, so that the source tree's python/ is not on the path and the block
-gets the installed fusedopt. A block runs as written: it imports fusedopt, NumPy and
-whatever else it uses itself. Test ids name the file and the line of the block's opening
+its working directory and PYTHONPATH unset, so that nothing of the source tree is on its
+path but what the installation put there: the block gets the installed fusedopt, with its
+compiled modules. A block runs as written: it imports fusedopt, NumPy and whatever else
+it uses itself. Test ids name the file and the line of the block's opening
 fence (``README.md:L42``).
 
 Only ```python blocks run. ```bash blocks are commands (building, benchmarks, CI steps)
@@ -13,7 +14,8 @@ An HTML comment on the line right above a block's fence changes how it runs (one
 such lines, one directive each):
 
     <!-- doctest: skip (needs an NVIDIA GPU) -->   not run; the test skips with the reason
-    <!-- doctest: needs torch -->                  skipped unless the module is importable
+    <!-- doctest: needs torch -->                  skipped unless the module (or each of a
+                                                   comma-separated list) is importable
     <!-- doctest: continue -->                     runs after the block before it in the
                                                    same file, in the same process
 
