@@ -5,9 +5,11 @@ The functional kernels update arrays in place, one fused call per list of tensor
     fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=1e-3)
 
 Stateful optimizers live in :mod:`fusedopt.optim`, reference implementations in
-:mod:`fusedopt.reference`, and :func:`info` says what was built and chosen.
+:mod:`fusedopt.reference`, the CUDA backend's controls in :mod:`fusedopt.cuda`, and
+:func:`info` says what was built and chosen.
 """
 
+from fusedopt import cuda, optim, reference
 from fusedopt._info import get_num_threads, info, set_cpu_target, set_num_threads
 from fusedopt._kernels import (
     AdaptiveRate,
@@ -30,11 +32,33 @@ __all__ = [
     "adam_",
     "adamw_",
     "adaptive_sgd_",
+    "cuda",
     "get_num_threads",
     "info",
+    "optim",
+    "reference",
     "rmsprop_",
     "set_cpu_target",
     "set_num_threads",
     "sgd_",
     "StepStatus",
 ]
+
+# Submodules that import a framework (torch, Keras) or a large harness are imported on
+# first use, so that `import fusedopt` costs only NumPy and the compiled kernels. A name
+# joins __all__ when its module exists; until then fusedopt.<name> is an AttributeError.
+_LAZY_SUBMODULES = frozenset({"bench", "demo", "keras", "torch"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            # Only the submodule itself being absent means "no such attribute"; a missing
+            # framework inside it (no torch installed, say) is an error worth seeing as is.
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
