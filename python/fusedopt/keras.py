@@ -33,6 +33,9 @@ def _import_keras():
     except ImportError as exc:
         if getattr(exc, "name", None) == "keras":
             raise ImportError('fusedopt.keras needs Keras 3: pip install "fusedopt[keras]"') from exc
+        if getattr(exc, "name", None) == "torch":
+            raise ImportError("fusedopt.keras runs on Keras's torch backend, which needs PyTorch: "
+                              'pip install "fusedopt[keras,torch]"') from exc
         raise ImportError(f"fusedopt.keras: Keras is installed but failed to import ({exc}). Its "
                           "default backend is TensorFlow; fusedopt.keras runs on the torch backend: "
                           "set KERAS_BACKEND=torch before keras is first imported") from exc
