@@ -59,7 +59,7 @@ def test_run_updates_only_through_fusedopt(monkeypatch):
 
 
 def test_torch_framework_matches_numpy():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="PyTorch is not installed (--framework torch needs it)")
     a = run(epochs=1, strategies_keys=["nesterov"], progress=False)
     b = run(epochs=1, strategies_keys=["nesterov"], framework="torch", progress=False)
     assert b.framework == "torch"

@@ -18,7 +18,7 @@ import pytest
 if "keras" not in sys.modules:
     # Keras reads its backend once, at its first import; this module needs torch's.
     os.environ["KERAS_BACKEND"] = "torch"
-pytest.importorskip("torch", reason="fusedopt.keras runs on Keras's torch backend")
+pytest.importorskip("torch", reason="PyTorch is not installed; fusedopt.keras runs on Keras's torch backend")
 keras = pytest.importorskip("keras", reason='Keras 3 is not installed (pip install "fusedopt[keras]")')
 if keras.backend.backend() != "torch":
     pytest.skip(f"keras was imported with the {keras.backend.backend()!r} backend before this module",
