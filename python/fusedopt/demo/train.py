@@ -75,7 +75,8 @@ class Progress:
             self.stream.flush()
 
     def finished(self, index: int, count: int, result: StrategyResult, seconds: float) -> None:
-        line = (f"demo [{index}/{count}] {result.strategy.label}: {result.steps} steps, "
+        steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
+        line = (f"demo [{index}/{count}] {result.strategy.label}: {steps}, "
                 f"test accuracy {100 * result.test_acc[-1]:.1f}%, {seconds:.1f} s")
         if self.tty:
             self.stream.write("\r" + " " * (self.width + 50) + "\r")
