@@ -1,11 +1,11 @@
-"""Command line: python -m fusedopt info | verify | bench [options]."""
+"""Command line: python -m fusedopt info | verify | bench | demo [options]."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-USAGE = """usage: python -m fusedopt {info,verify,bench} [options]
+USAGE = """usage: python -m fusedopt {info,verify,bench,demo} [options]
 
   info     what was built and is in use (CPU targets, threads, CUDA), as JSON
   verify   every kernel against its exact (bitwise) and float64 references
@@ -13,6 +13,8 @@ USAGE = """usage: python -m fusedopt {info,verify,bench} [options]
   bench    throughput of every rule against the memory roof and the NumPy reference
            (quick by default; 'python -m fusedopt bench --help' for the full sweep;
            --device cuda: the GPU benchmark)
+  demo     the seed's training strategies on scikit-learn's digits, side by side
+           ('python -m fusedopt demo --help'; needs pip install "fusedopt[demo]")
 """
 
 
@@ -35,6 +37,10 @@ def main(argv=None) -> int:
         from fusedopt.bench import cli
 
         return cli.main(rest)
+    if command == "demo":
+        from fusedopt.demo import cli as demo_cli
+
+        return demo_cli.main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

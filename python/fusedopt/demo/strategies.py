@@ -1,0 +1,95 @@
+"""The strategies the demo compares, each a batch size and one fusedopt kernel.
+
+The seed gives one set of numbers, momentum 0.9 at a learning rate of 0.01 (Keras's
+convention: ``v = 0.9*v - 0.01*g; p += v``). Its effective step on a steady gradient is
+0.01 / (1 - 0.9) = 0.1, so plain SGD and full-batch gradient descent run at 0.1, which
+makes the three comparable. The adaptive rate lr0/(1+||g||^2) takes lr0 = 0.1 alone and
+0.01 with momentum, for the same reason; Adam runs at its usual 0.001.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fusedopt
+
+BATCH = 32  # Keras's default batch size for fit()
+
+
+@dataclass(frozen=True)
+class Strategy:
+    key: str  # the name on the command line
+    label: str  # the name in the table and the plots
+    kernel: str  # "sgd", "adaptive_sgd" or "adam"
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    full_batch: bool = False  # one step per epoch on the whole training set
+
+    def batch_size(self, n_train: int, batch: int) -> int:
+        return n_train if self.full_batch else batch
+
+    def settings(self) -> str:
+        """The hyperparameters as the table shows them."""
+        parts = [f"lr {self.lr:g}"]
+        if self.kernel == "adaptive_sgd":
+            parts[0] = f"lr0 {self.lr:g}"
+        if self.momentum:
+            parts.append(f"mom {self.momentum:g}")
+        return ", ".join(parts)
+
+    def updater(self, params, zeros_like):
+        """A function grads -> the rate the step used; it updates ``params`` in place with
+        one fused call over all four tensors. ``zeros_like()`` makes the state arrays."""
+        if self.kernel == "sgd":
+            buffers = zeros_like() if self.momentum else None
+
+            def step(grads):
+                # Looked up on the module at each call, so a test can count the calls.
+                fusedopt.sgd_(params, grads, buffers, lr=self.lr, momentum=self.momentum,
+                              nesterov=self.nesterov, convention="keras")
+                return self.lr
+
+            return step
+        if self.kernel == "adaptive_sgd":
+            buffers = zeros_like() if self.momentum else None
+
+            def step(grads):
+                rate = fusedopt.adaptive_sgd_(params, grads, buffers, lr=self.lr,
+                                              momentum=self.momentum, convention="keras")
+                return float(rate.lr)
+
+            return step
+        if self.kernel == "adam":
+            exp_avgs, exp_avg_sqs = zeros_like(), zeros_like()
+            count = [0]
+
+            def step(grads):
+                count[0] += 1
+                fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=count[0], lr=self.lr)
+                return self.lr
+
+            return step
+        raise ValueError(f"unknown kernel {self.kernel!r}")
+
+
+STRATEGIES = (
+    Strategy("sgd", "mini-batch SGD", "sgd", lr=0.1),
+    Strategy("full-batch", "full-batch GD", "sgd", lr=0.1, full_batch=True),
+    Strategy("momentum", "momentum", "sgd", lr=0.01, momentum=0.9),
+    Strategy("nesterov", "Nesterov", "sgd", lr=0.01, momentum=0.9, nesterov=True),
+    Strategy("adaptive", "adaptive lr0/(1+|g|^2)", "adaptive_sgd", lr=0.1),
+    Strategy("adaptive-momentum", "adaptive + momentum", "adaptive_sgd", lr=0.01, momentum=0.9),
+    Strategy("adam", "Adam", "adam", lr=0.001),
+)
+
+
+def select(keys) -> list[Strategy]:
+    """The strategies named in ``keys`` (None: all), in the table's order."""
+    if keys is None:
+        return list(STRATEGIES)
+    by_key = {s.key: s for s in STRATEGIES}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(by_key)}")
+    return [s for s in STRATEGIES if s.key in set(keys)]
