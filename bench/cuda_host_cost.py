@@ -6,8 +6,8 @@ built with FUSEDOPT_CUDA_EMULATION=ON) then stands in for fusedopt._cuda. What i
 host work only, with CuPy's real attribute costs, for one Adam call on N tensors (4 N
 arrays):
 
-* ``prepare() + Batch``: the checked path (fusedopt/_arrays.py, then the module reads the
-  pointers), which torch tensors and other device arrays take;
+* ``prepare() + Batch``: the checked path (fusedopt/_arrays.py asks the reader, then the
+  module reads the call again), which refused calls and DLPack producers take;
 * ``Batch.strict``: the fast path of a plain call on CuPy arrays (all 4 N arrays checked in
   C++);
 * ``set_grads``: an optimizer's step after its first (only the N gradients checked);
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"cuda_host_cost: needs CuPy and the emulated module ({exc})", file=sys.stderr)
         return 2
-    from fusedopt import _arrays, _native
+    from fusedopt import _arrays, _dispatch
 
     keep: list = []
     p, g, m, v = (_device_arrays(cupy, np, args.tensors, args.size, keep) for _ in range(4))
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
     def checked():
         prep = _arrays.prepare("adam_", p, g, [("exp_avgs", m), ("exp_avg_sqs", v)])
-        _native.device_batch(prep)
+        _dispatch.native_target(prep)
 
     rows = [
         ("prepare() + Batch (checked path)", checked),

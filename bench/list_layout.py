@@ -75,7 +75,8 @@ def main() -> None:
         impls = {}
         for name, (p, g, s) in layouts.items():
             zero = [np.zeros_like(x) for x in g]  # the roof adds zeros: nothing drifts
-            impls[f"{name} roof"] = lambda p=p, z=zero, s=s: _core.traffic(p, z, s, 0)
+            roof = _core.Call(p, zero, s)
+            impls[f"{name} roof"] = roof.traffic
             impls[f"{name} {rule}"] = (
                 lambda p=p, g=g, s=s, r=rule: cases.call_fusedopt(r, fusedopt, p, g, s))
         timed = timing.time_rounds(impls, args.repeats, 0.002)

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 import fusedopt
-import fusedopt.optim  # noqa: F401  (until the package imports it)
+import numpy as np
 
 
 def _list_shapes(total: int, count: int, seed: int = 0) -> list[int]:

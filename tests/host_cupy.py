@@ -87,7 +87,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     strides = property(lambda self: self._host.strides)
     flags = property(lambda self: _Flags(self._host))
     # CuPy's own field behind flags.c_contiguous, which the CUDA module's fast path reads
-    # (csrc/cuda/device_batch.cpp): flags builds an object on every read.
+    # (csrc/bindings/cuda_batch.cpp): flags builds an object on every read.
     _c_contiguous = property(lambda self: self._host.flags.c_contiguous)
     data = property(lambda self: _MemoryPointer(self._host.ctypes.data))
 

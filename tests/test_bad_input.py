@@ -341,9 +341,10 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
             add("read-only", f"{role}{at}", _set(role, read_only, i),
                 ValueError, lab, "read-only",
                 pattern="" if single else _name(lab) + ".*read-only")
-        # a device array among host arrays
+        # a device array among host arrays: the reader reads its interface itself (CuPy or
+        # not) and refuses the mix of memories
         add("device", f"{role}{at}-cuda-array-interface",
-            _set(role, lambda a: FakeDeviceArray(a.shape), i), TypeError, lab, no_cupy=True)
+            _set(role, lambda a: FakeDeviceArray(a.shape), i), ValueError, lab)
         if not single:
             # list lengths: one short, one long, empty
             add("length", f"{role}-short", _set_role(role, lambda xs: xs[:-1]), ValueError,
@@ -530,7 +531,7 @@ FUNCTION_CASES = function_cases()
 def _impls(case: Case):
     """Which public entry points run a function case: the kernel, the reference, or both;
     array cases also run the kernel with skip_if_nonfinite=True, whose fast path checks the
-    arrays apart from the update (fusedopt._native.check_fast)."""
+    arrays apart from the update (fusedopt._dispatch.run: the module's Call)."""
     if "-hyper-backend-" in case.id:
         return ["kernel"]
     if "-hyper-mode-" in case.id:
@@ -811,8 +812,7 @@ def _construct_cases(opt: str) -> list[Case]:
     add("params[0]-overlaps-params[1]", _overlap("params", 0, "params", 1, 4), ValueError,
         "params[0]", "params[1]")
     c = Case(f"{opt}-construct-params[1]-cuda-array-interface", opt, "construct",
-             _set("params", lambda a: FakeDeviceArray(a.shape)), TypeError, ("params[1]",),
-             needs_no_cupy=True)
+             _set("params", lambda a: FakeDeviceArray(a.shape)), ValueError, ("params[1]",))
     out.append(c)
     spec = SPECS[OPT_FUNCTION[opt]]
     for hid, kw, exc, name in _hyper_values(spec):
@@ -881,8 +881,7 @@ def _step_cases(opt: str) -> list[Case]:
         "grads[0]", "params[0]")  # needs a param that is a view: see test_optimizer_bad_step
     add("grads[1]-is-state", _alias("grads", "__state__"), ValueError, "grads[1]")
     c = Case(f"{opt}-step-grads[1]-cuda-array-interface", opt, "step",
-             _set("grads", lambda a: FakeDeviceArray(a.shape)), TypeError, ("grads[1]",),
-             needs_no_cupy=True)
+             _set("grads", lambda a: FakeDeviceArray(a.shape)), ValueError, ("grads[1]",))
     out.append(c)
     return out
 
@@ -1087,33 +1086,33 @@ if __name__ == "__main__":
 # The private module re-checks what memory safety rests on
 # --------------------------------------------------------------------------------------
 def _core_calls():
-    from fusedopt import _core
+    from fusedopt import _coeffs, _core
 
     p = np.ones(100, np.float32)
     g = np.ones(100, np.float32)
     s = np.ones(100, np.float32)
     raw = np.zeros(401, np.uint8)
     unaligned = raw[1:].view(np.float32)
-    adam = (0.9, 0.1, 0.999, 0.001, 0.001, 1.0, 1e-8, 0.0, 1.0, False, 0)
+    adam = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                        amsgrad=False, maximize=False, decoupled=False)
+    sgd = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+                      weight_decay=0.0, maximize=False, step=2, convention="torch")
+    rmsprop = _coeffs.rmsprop("rmsprop_", lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0,
+                              momentum=0.9, centered=True, maximize=False)
+    adagrad = _coeffs.adagrad("adagrad_", step=1, lr=0.1, lr_decay=0.0, weight_decay=0.0,
+                              eps=1e-8, maximize=False)
     return {
         # fewer state lists than the flags need: the loop would dereference a null pointer
-        "adam-no-states": lambda: _core.adam([p], [g], [], 0, *adam, False),
-        "adam-amsgrad-two-states": lambda: _core.adam([p], [g], [[s], [s.copy()]], 0, *adam,
-                                                      True),
-        "sgd-momentum-no-buffer": lambda: _core.sgd([p], [g], [], 0, 0.1, 0.0, 1.0, 0.9, 1.0,
-                                                    False, 0, 2, False),
-        "rmsprop-centered-momentum-one-state": lambda: _core.rmsprop(
-            [p], [g], [[s]], 0, 0.1, 0.9, 0.1, 1e-8, 0.0, 0.9, False, 0, True, True),
-        "adagrad-no-state": lambda: _core.adagrad([p], [g], [], 0, 0.1, 0.0, 1e-8, False, 0),
-        "find_overlap-not-an-array": lambda: _core.find_overlap([p, 3], [True, True]),
-        "find_overlap-short-flags": lambda: _core.find_overlap([p, s], [True]),
-        "sgd-unaligned-param": lambda: _core.sgd([unaligned], [g], [], 0, 0.1, 0.0, 1.0, 0.0,
-                                                 1.0, False, 0, 0, False),
-        "count_nonfinite-unaligned": lambda: _core.count_nonfinite([unaligned], 0),
-        "sgd-grad-shorter": lambda: _core.sgd([p], [g[:50]], [], 0, 0.1, 0.0, 1.0, 0.0, 1.0,
-                                              False, 0, 0, False),
-        "sgd-float64-code-for-float32": lambda: _core.sgd([p], [g], [], 1, 0.1, 0.0, 1.0, 0.0,
-                                                          1.0, False, 0, 0, False),
+        "adam-no-states": lambda: _core.run("adam", [p], [g], [], adam),
+        "adam-amsgrad-two-states": lambda: _core.run("adam", [p], [g], [[s], [s.copy()]],
+                                                     adam._replace(amsgrad=True)),
+        "sgd-momentum-no-buffer": lambda: _core.run("sgd", [p], [g], [], sgd),
+        "rmsprop-centered-momentum-one-state": lambda: _core.run("rmsprop", [p], [g], [[s]],
+                                                                 rmsprop),
+        "adagrad-no-state": lambda: _core.run("adagrad", [p], [g], [], adagrad),
+        # a flag out of its mode's range would select no kernel
+        "sgd-bad-weight-decay-mode": lambda: _core.run("sgd", [p], [g], [[s]], sgd._replace(wd_mode=7)),
+        "count_nonfinite-unaligned": lambda: _core.count_nonfinite([unaligned]),
         "plan_ranges-zero-threads": lambda: _core._plan_ranges(10, 0),
     }
 
@@ -1127,17 +1126,40 @@ def test_private_module_refuses_unsafe_calls(name):
         call()
 
 
+def test_private_module_reader_refuses_what_memory_safety_rests_on():
+    """The reader behind the private module's run() refuses, with nothing written, the
+    calls that would read or write out of bounds or misaligned: it answers with the rule."""
+    from fusedopt import _coeffs, _core
+
+    c = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+                    weight_decay=0.0, maximize=False, step=1, convention="torch")
+    p, g = np.ones(100, np.float32), np.ones(100, np.float32)
+    unaligned = np.zeros(401, np.uint8)[1:].view(np.float32)
+    unaligned[...] = 1.0
+    cases = {
+        "misaligned": ([unaligned], [g]),
+        "shape": ([p], [g[:50]]),
+        "dtype_mismatch": ([p], [g.astype(np.float64)]),
+    }
+    for rule, (params, grads) in cases.items():
+        before = [a.copy() for a in params]
+        refusal = _core.run("sgd", params, grads, [], c)
+        assert refusal is not None and refusal[0] == rule, (rule, refusal)
+        assert all(np.array_equal(a, b) for a, b in zip(params, before))
+
+
 def test_private_module_takes_arrays_only_in_lists_or_tuples():
     """A 2-D array is a sequence whose rows are made anew on each read: a pointer read from
-    one would outlive it (such calls crashed). A clean TypeError, nothing written."""
-    from fusedopt import _core
+    one would outlive it (such calls crashed). The reader never iterates anything but a list
+    or tuple: a 2-D array is one tensor, and any other container of state lists is a clean
+    TypeError with nothing written."""
+    from fusedopt import _coeffs, _core
 
     rows, grads = np.ones((4, 8), np.float32), np.ones((4, 8), np.float32)
-    sgd = (0.1, 0.0, 1.0, 0.0, 1.0, False, 0, 0, False)
-    with pytest.raises(TypeError, match="list or tuple"):
-        _core.sgd(rows, grads, [], 0, *sgd, False)
-    with pytest.raises(TypeError, match="list or tuple"):
-        _core.count_nonfinite(grads, 0)
+    c = _coeffs.sgd("sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+                    weight_decay=0.0, maximize=False, step=1, convention="torch")
+    assert _core.run("sgd", rows, grads, [], c) is None  # one tensor of shape (4, 8)
+    assert np.all(rows == 0.5)
 
     class FreshStates:  # a sequence whose items are made anew on each read
         def __len__(self):
@@ -1149,20 +1171,20 @@ def test_private_module_takes_arrays_only_in_lists_or_tuples():
             return [np.zeros(8, np.float32)]
 
     with pytest.raises(TypeError, match="list or tuple"):
-        _core.sgd([rows[0]], [grads[0]], FreshStates(), 0, *sgd[:7], 1, False, False)
-    assert np.all(rows == 1)
+        _core.run("sgd", [rows[0]], [grads[0]], FreshStates(), c._replace(momentum=0.9, momentum_mode=2))
+    assert np.all(rows == 0.5)
 
     class FreshItems(list):  # a list whose indexing makes a new array on each read
         def __getitem__(self, i):
             return np.ones(1 << 22, np.float32)
 
-    assert _core.count_nonfinite(FreshItems([np.full(8, np.inf, np.float32)]), 0) == 8
+    assert _core.count_nonfinite(FreshItems([np.full(8, np.inf, np.float32)])) == 8
 
 
 def test_fast_path_takes_one_array_per_role_and_refuses_mixes():
-    """The strict check behind the fast path (fusedopt._kernels._call) takes the arguments
-    as the caller passed them: every role one array, or every role a list, like prepare().
-    A mix comes back False with nothing written."""
+    """The reader behind the fast path (fusedopt._dispatch.run) takes the arguments as the
+    caller passed them: every role one array, or every role a list. A mix is refused with
+    nothing written."""
     from fusedopt import _coeffs, _core
 
     c = _coeffs.sgd("sgd_", lr=0.5, momentum=0.9, dampening=0.0, nesterov=False,
@@ -1176,11 +1198,11 @@ def test_fast_path_takes_one_array_per_role_and_refuses_mixes():
         "a state single among lists": ([p], [g], [buf]),
     }
     for why, args in refused.items():
-        assert _core.sgd(*args, -1, *c, True) is False, why
+        assert _core.run("sgd", *args, c) is not None, why
         np.testing.assert_array_equal(p, before[0])
         np.testing.assert_array_equal(buf, before[1])
-    assert _core.sgd(p, g, [buf], -1, *c, True) is True
+    assert _core.run("sgd", p, g, [buf], c) is None
     assert not np.array_equal(p, before[0])
     p2, g2, buf2 = before[0].copy(), g.copy(), before[1].copy()
-    assert _core.sgd([p2], (g2,), [[buf2]], -1, *c, True) is True
+    assert _core.run("sgd", [p2], (g2,), [[buf2]], c) is None
     np.testing.assert_array_equal(p2, p)

@@ -109,6 +109,7 @@ class _CupyLikeArray:
     def __init__(self, a: np.ndarray):
         self.dtype, self.shape, self.size, self.strides = a.dtype, a.shape, a.size, a.strides
         self.nbytes, self.itemsize, self.flags = a.nbytes, a.itemsize, _CupyFlags()
+        self._c_contiguous = a.flags.c_contiguous  # the field CuPy's C code keeps
         self.data = type("MemoryPointer", (), {"ptr": a.ctypes.data, "device_id": 0})()
 
 
@@ -126,16 +127,21 @@ def test_device_arrays_need_no_writeable_flag():
 
 @pytest.mark.parametrize("read_only", [True, False])
 def test_read_only_bit_of_a_foreign_device_array(read_only):
-    """Objects that only offer __cuda_array_interface__ say whether they may be written."""
-    a = np.ones(4, np.float32)
+    """Objects that only offer __cuda_array_interface__ say whether they may be written: the
+    reader refuses a read-only one where the kernel writes, and takes one as a gradient."""
+    a, b = np.ones(4, np.float32), np.ones(4, np.float32)
 
-    class Foreign:
-        __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "version": 3,
-                                    "data": (a.ctypes.data, read_only)}
+    def foreign(x, ro):
+        class Foreign:
+            __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "version": 3,
+                                        "data": (x.ctypes.data, ro)}
+        return Foreign()
 
-    as_cupy = _CupyLikeArray(a)  # what CuPy would make of it
-    assert fusedopt._arrays._read_only(as_cupy, Foreign()) is read_only
-    assert fusedopt._arrays._read_only(as_cupy, as_cupy) is False  # CuPy arrays are writable
+    refusal = fusedopt._core.read([foreign(a, read_only)], [foreign(b, False)], [])
+    assert (refusal is not None and refusal[0] == "read_only") is read_only
+    assert fusedopt._core.read([foreign(a, False)], [foreign(b, read_only)], []) is None
+    # CuPy arrays are writable: they have no such bit
+    assert fusedopt._core.read([_CupyLikeArray(a)], [_CupyLikeArray(b)], []) is None
 
 
 class _DLPackProducer:

@@ -26,7 +26,7 @@ from conftest import (
     rng_for,
     run_steps,
 )
-from fusedopt import _coeffs, _kernels
+from fusedopt import _coeffs, _dispatch, _kernels
 from fusedopt import _reference_impl as _ref
 
 
@@ -154,19 +154,18 @@ def test_grad_sum_of_squares_bitwise():
     for dtype in (np.float32, np.float64):
         host = [(rng.standard_normal(n) * 3).astype(dtype) for n in sizes]
         dev = [cupy.asarray(g) for g in host]
-        code = 0 if dtype == np.float32 else 1
-        got = _cuda.grad_sum_of_squares(dev, code)
-        assert got == fusedopt._native.core().grad_sum_of_squares(host, code)
+        got = _cuda.grad_sum_of_squares(dev)
+        assert got == fusedopt._native.core().grad_sum_of_squares(host)
         assert got == _ref.sum_of_squares_exact(np, host)
         out = cupy.full(1, -1.0)
-        assert _cuda.grad_sum_of_squares(dev, code, out=out.data.ptr) is None
+        assert _cuda.grad_sum_of_squares(dev, out=out.data.ptr) is None
         assert float(out[0]) == got
 
 
 def test_count_nonfinite():
     g = cupy.ones(200_003, dtype=cupy.float32)
     g[[0, 5, 70_000, 200_002]] = cupy.asarray([np.nan, np.inf, -np.inf, np.nan], dtype=np.float32)
-    assert _cuda.count_nonfinite([g, cupy.ones(3, cupy.float32)], 0) == 4
+    assert _cuda.count_nonfinite([g, cupy.ones(3, cupy.float32)]) == 4
 
 
 def test_adaptive_sgd_stays_on_device():
@@ -191,15 +190,17 @@ def test_device_coefficients_and_skip():
     arrays = [cupy.asarray(rng.standard_normal(10_007).astype(np.float32)) for _ in range(4)]
     arrays[3] = abs(arrays[3])
     by_value = [a.copy() for a in arrays]
-    _cuda.adam([by_value[0]], [by_value[1]], [[by_value[2]], [by_value[3]]], 0, *c)
-    numeric = [float(v) for v in c[:9]]  # AdamCoeffs' numbers, then the skip word
+    assert _cuda.run("adam", [by_value[0]], [by_value[1]], [[by_value[2]], [by_value[3]]], c) is None
+    numeric = [float(getattr(c, n)) for n in c.numbers]  # AdamCoeffs' numbers, then the skip word
     skipped = [a.copy() for a in arrays]
     dc = cupy.asarray(numeric + [1.0], dtype=cupy.float64)
-    _cuda.adam([skipped[0]], [skipped[1]], [[skipped[2]], [skipped[3]]], 0, *c, device_coeffs=dc.data.ptr)
+    _cuda.Batch([skipped[0]], [skipped[1]], [[skipped[2]], [skipped[3]]]).run(
+        "adam", c, device_coeffs=dc.data.ptr)
     for a, b in zip(skipped, arrays):
         assert cupy.array_equal(a, b)
     dc = cupy.asarray(numeric + [0.0], dtype=cupy.float64)
-    _cuda.adam([arrays[0]], [arrays[1]], [[arrays[2]], [arrays[3]]], 0, *c, device_coeffs=dc.data.ptr)
+    batch = _cuda.Batch([arrays[0]], [arrays[1]], [[arrays[2]], [arrays[3]]])
+    batch.run("adam", c, device_coeffs=dc.data.ptr)
     for a, b in zip(arrays, by_value):
         assert cupy.array_equal(a, b)
 
@@ -221,7 +222,7 @@ def test_fallback_without_module(monkeypatch):
     """Where the CUDA module is missing, auto falls back to the CuPy reference once warned
     and native raises."""
     monkeypatch.setattr(fusedopt.cuda, "_cuda", None)
-    monkeypatch.setattr(_kernels, "_fallbacks", {})
+    monkeypatch.setattr(_dispatch, "_fallbacks", {})
     p, g = cupy.ones(10, cupy.float32), cupy.full(10, 0.5, cupy.float32)
     with pytest.warns(_kernels.FallbackWarning, match="built without its CUDA module"):
         fusedopt.sgd_(p, g, lr=0.1)
@@ -528,7 +529,7 @@ def test_capturable_refusals():
 
 
 # --------------------------------------------------------------------------------------
-# The fast path for CuPy arrays (fusedopt._cuda.Batch.strict, csrc/cuda/device_batch.cpp):
+# The fast path for CuPy arrays (fusedopt._cuda.Batch.strict, csrc/bindings/cuda_batch.cpp):
 # plain calls never reach the Python checks, every call those checks refuse is refused by
 # it too (and then worded by prepare()), and an optimizer re-reads only its gradients.
 def _no_prepare(monkeypatch):
@@ -814,7 +815,7 @@ def test_torch_calls_run_on_torch_current_stream(monkeypatch):
         for _ in range(2):  # the first step checks all, the second only the new gradients
             opt.step([late(half)])
         with monkeypatch.context() as m:  # the checked path: prepare(), then CuPy views
-            m.setattr(_native, "device_batch_strict", lambda *args: None)
+            m.setattr(_native, "device_batch", lambda *args: None)
             fusedopt.sgd_(checked, late(half), lr=1.0)
     side.synchronize()
     assert status.skipped and status.nonfinite == 1 and torch.all(skipped == 1)

@@ -28,15 +28,12 @@ import fusedopt
 import numpy as np
 import pytest
 from conftest import CASES, CASES_BY_ID, CUDA_EMULATION, Inputs, assert_bitwise, make_inputs, rng_for
-from fusedopt import _coeffs, _native
+from fusedopt import _coeffs, _dispatch, _native
 
 emu = pytest.importorskip(
     "fusedopt._cuda_emulated",
     reason="fusedopt was built without FUSEDOPT_CUDA_EMULATION=ON (the CUDA kernels on the CPU)")
 
-_COEFFS = {"sgd": _coeffs.SgdCoeffs, "adagrad": _coeffs.AdagradCoeffs,
-           "rmsprop": _coeffs.RmspropCoeffs, "adam": _coeffs.AdamCoeffs}
-_CODE = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
 
 
 class HostAsDevice:
@@ -57,29 +54,42 @@ def dev(arrays):
 
 
 class _RecordingCore:
-    """The CPU module, recording the rule and coefficient tuple of every kernel call."""
+    """The CPU module, recording the rule and coefficients of every kernel it runs."""
 
     def __init__(self, core):
         self._core = core
         self.calls = []
 
     def __getattr__(self, name):
-        fn = getattr(self._core, name)
-        if name not in _COEFFS:
-            return fn
+        return getattr(self._core, name)
 
-        def call(*args):
-            n = len(_COEFFS[name]._fields)
-            self.calls.append((name, _COEFFS[name](*args[4:4 + n])))
-            return fn(*args)
-        return call
+    def run(self, rule, params, grads, states, coeffs):
+        refusal = self._core.run(rule, params, grads, states, coeffs)
+        if refusal is None:
+            self.calls.append((rule, coeffs))
+        return refusal
+
+    def Call(self, *args, **kwargs):  # noqa: N802 - the module's class
+        return _RecordingCall(self, self._core.Call(*args, **kwargs))
+
+
+class _RecordingCall:
+    def __init__(self, recorder, call):
+        self._recorder, self._call = recorder, call
+
+    def __getattr__(self, name):
+        return getattr(self._call, name)
+
+    def run(self, rule, coeffs):
+        self._recorder.calls.append((rule, coeffs))
+        return self._call.run(rule, coeffs)
 
 
 @contextlib.contextmanager
 def recording(monkeypatch):
     rec = _RecordingCore(_native.core())
     with monkeypatch.context() as m:
-        m.setattr(_native, "_core", rec)
+        m.setattr(_dispatch, "_core", rec)
         yield rec
 
 
@@ -95,16 +105,15 @@ def device_shape(multiprocessors, blocks_per_multiprocessor):
 def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs):
     """Step k of `case` on the emulated device with the coefficients the CPU call used."""
     params, grads, states = dev(inputs.params), dev(inputs.grads[k]), [dev(v) for v in inputs.states.values()]
-    code = _CODE[inputs.params[0].dtype]
     if case.fn == "adaptive_sgd_":
         # The whole adaptive step on the device: the norm, the rate, then SGD reading the
         # rate from device memory. The base coefficients are the call's at lr0.
         lr0 = case.kwargs["lr"]
         base = coeffs._replace(lr=lr0, decay_factor=1.0 - lr0 * coeffs.weight_decay)
         result = np.full(2, np.nan)
-        emu.adaptive_sgd(params, grads, states, code, *base, result=result.ctypes.data)
+        emu.Batch(params, grads, states).adaptive_sgd(base, result=result.ctypes.data)
         return result
-    getattr(emu, rule)(params, grads, states, code, *coeffs)
+    assert emu.run(rule, params, grads, states, coeffs) is None
     return None
 
 
@@ -119,8 +128,7 @@ def check_case(monkeypatch, case, dtype, sizes, *, steps=3, key=()):
         assert len(rec.calls) == 1, rec.calls
         result = emulated_step(case, gpu, k, *rec.calls[0])
         if result is not None:
-            code = _CODE[host.params[0].dtype]
-            assert result[1] == _native.core().grad_sum_of_squares(host.grads[k], code)
+            assert result[1] == _native.core().grad_sum_of_squares(host.grads[k])
             assert result[0] == out.lr, "the rate computed on the device has other bits"
     assert_bitwise(gpu, cpu)
 
@@ -260,15 +268,14 @@ def test_grad_sum_of_squares_bitwise(dtype, shape):
     rng = rng_for("sumsq", dtype)
     sizes = [0, 1, 31, 32, 33, 65535, 65536, 65537, 3 * 65536 + 17, 0, 400_003]
     host = [(rng.standard_normal(n) * 3).astype(dtype) for n in sizes]
-    code = _CODE[np.dtype(dtype)]
-    expected = _native.core().grad_sum_of_squares(host, code)
+    expected = _native.core().grad_sum_of_squares(host)
     with device_shape(*shape):
-        assert emu.grad_sum_of_squares(dev(host), code) == expected
+        assert emu.grad_sum_of_squares(dev(host)) == expected
         out = np.full(1, -1.0)
-        assert emu.grad_sum_of_squares(dev(host), code, out=out.ctypes.data) is None
+        assert emu.grad_sum_of_squares(dev(host), out=out.ctypes.data) is None
         assert out[0] == expected
         zero = np.full(1, -1.0)
-        emu.grad_sum_of_squares(dev([np.empty(0, dtype)]), code, out=zero.ctypes.data)
+        emu.grad_sum_of_squares(dev([np.empty(0, dtype)]), out=zero.ctypes.data)
         assert zero[0] == 0.0
 
 
@@ -278,12 +285,12 @@ def test_norm_order_matters_and_is_kept():
     rng = rng_for("sumsq-order")
     host = [np.full(65536, 3e3, np.float32)] + [rng.standard_normal(65536 + 7 * k).astype(np.float32)
                                                  for k in range(40)]
-    expected = _native.core().grad_sum_of_squares(host, 0)
-    block_sums = [_native.core().grad_sum_of_squares([g[i:i + 65536]], 0)
+    expected = _native.core().grad_sum_of_squares(host)
+    block_sums = [_native.core().grad_sum_of_squares([g[i:i + 65536]])
                   for g in host for i in range(0, g.size, 65536)]
     assert sum(reversed(block_sums)) != expected  # the input is order-sensitive
     with device_shape(4, 2):
-        assert emu.grad_sum_of_squares(dev(host), 0) == expected
+        assert emu.grad_sum_of_squares(dev(host)) == expected
 
 
 def test_many_norm_blocks_over_several_launches():
@@ -292,7 +299,7 @@ def test_many_norm_blocks_over_several_launches():
     sizes = [int(n) for n in rng.integers(1, 3 * 65536, emu.norm_capacity() + 40)]
     host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     emu.take_launches()
-    assert emu.grad_sum_of_squares(dev(host), 0) == _native.core().grad_sum_of_squares(host, 0)
+    assert emu.grad_sum_of_squares(dev(host)) == _native.core().grad_sum_of_squares(host)
     assert len(emu.take_launches()) == 3  # two launches of block sums, then the final sum
 
 
@@ -302,8 +309,8 @@ def test_count_nonfinite(shape):
     where = [0, 5, 8191, 65535, 65536, 70_000, 200_002]
     g[where] = [np.nan, np.inf, -np.inf, np.nan, np.inf, -np.inf, np.nan]
     with device_shape(*shape):
-        assert emu.count_nonfinite(dev([g, np.ones(3, np.float32), np.empty(0, np.float32)]), 0) == 7
-        assert emu.count_nonfinite(dev([np.ones(70_000)]), 1) == 0
+        assert emu.count_nonfinite(dev([g, np.ones(3, np.float32), np.empty(0, np.float32)])) == 7
+        assert emu.count_nonfinite(dev([np.ones(70_000)])) == 0
 
 
 def test_adaptive_rate_of_nonfinite_gradient_propagates():
@@ -314,7 +321,7 @@ def test_adaptive_rate_of_nonfinite_gradient_propagates():
     base = _coeffs.sgd("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
                        weight_decay=0.0, maximize=False, step=1, convention="torch")
     result = np.zeros(2)
-    emu.adaptive_sgd(dev([p_emu]), dev([g]), [], 0, *base, result=result.ctypes.data)
+    emu.Batch(dev([p_emu]), dev([g]), []).adaptive_sgd(base, result=result.ctypes.data)
     rate = fusedopt.adaptive_sgd_([p_cpu], [g], lr=0.5, backend="native")
     assert np.isnan(result[0]) and np.isnan(rate.lr)
     assert np.array_equal(p_emu, p_cpu, equal_nan=True) and np.isnan(p_emu).all()
@@ -332,17 +339,18 @@ def test_device_coefficients_and_skip():
     arrays = [rng.standard_normal(10_007).astype(np.float32) for _ in range(4)]
     arrays[3] = np.abs(arrays[3])
     by_value = [a.copy() for a in arrays]
-    emu.adam(dev([by_value[0]]), dev([by_value[1]]), [dev([by_value[2]]), dev([by_value[3]])], 0, *c)
-    numeric = [float(v) for v in c[:9]]  # AdamCoeffs' numbers, then the skip word
+    states = [dev([by_value[2]]), dev([by_value[3]])]
+    assert emu.run("adam", dev([by_value[0]]), dev([by_value[1]]), states, c) is None
+    numeric = [float(getattr(c, n)) for n in c.numbers]  # AdamCoeffs' numbers, then the skip word
     skipped = [a.copy() for a in arrays]
     dc = np.array(numeric + [1.0])
-    emu.adam(dev([skipped[0]]), dev([skipped[1]]), [dev([skipped[2]]), dev([skipped[3]])], 0, *wrong,
-             device_coeffs=dc.ctypes.data)
+    emu.Batch(dev([skipped[0]]), dev([skipped[1]]), [dev([skipped[2]]), dev([skipped[3]])]).run(
+        "adam", wrong, device_coeffs=dc.ctypes.data)
     for a, b in zip(skipped, arrays):
         assert np.array_equal(a, b)
     dc = np.array(numeric + [0.0])
-    emu.adam(dev([arrays[0]]), dev([arrays[1]]), [dev([arrays[2]]), dev([arrays[3]])], 0, *wrong,
-             device_coeffs=dc.ctypes.data)
+    emu.Batch(dev([arrays[0]]), dev([arrays[1]]), [dev([arrays[2]]), dev([arrays[3]])]).run(
+        "adam", wrong, device_coeffs=dc.ctypes.data)
     for a, b in zip(arrays, by_value):
         assert np.array_equal(a, b)
     assert not np.array_equal(arrays[0], skipped[0])
@@ -360,7 +368,7 @@ def test_select_coeffs_counts_steps_and_clamps_to_the_last_row():
     out = np.full(doubles, -1.0)
     nonfinite = np.zeros(1, np.uint64)
     arrays = [np.ones(4, np.float32) for _ in range(4)]
-    batch = emu.Batch(dev(arrays[:1]), dev(arrays[1:2]), [dev(arrays[2:3]), dev(arrays[3:])], 0)
+    batch = emu.Batch(dev(arrays[:1]), dev(arrays[1:2]), [dev(arrays[2:3]), dev(arrays[3:])])
     kw = dict(table=table.ctypes.data, n_entries=3, step=step.ctypes.data, out=out.ctypes.data)
     for t in range(1, 6):
         batch.select_coeffs("adam", **kw, nonfinite=nonfinite.ctypes.data)
@@ -387,17 +395,18 @@ def test_traffic_matches_cpu(n_states):
     make = lambda: [rng.standard_normal(n).astype(np.float32) for n in sizes]  # noqa: E731
     params, grads, states = make(), make(), [make() for _ in range(n_states)]
     cpu = [[a.copy() for a in params], [[a.copy() for a in s] for s in states]]
-    emu.traffic(dev(params), dev(grads), [dev(s) for s in states], 0)
-    _native.core().traffic(cpu[0], grads, cpu[1], 0)
+    emu.Batch(dev(params), dev(grads), [dev(s) for s in states]).traffic()
+    _native.core().Call(cpu[0], grads, cpu[1]).traffic()
     for a, b in zip(params + sum(states, []), cpu[0] + sum(cpu[1], [])):
         assert np.array_equal(a, b)
 
 
 def test_empty_calls_launch_nothing():
     emu.take_launches()
-    emu.sgd([], [], [], 0, *CASE_SGD)
-    emu.sgd(dev([np.empty(0, np.float32)] * 2), dev([np.empty(0, np.float32)] * 2), [], 0, *CASE_SGD)
-    assert emu.grad_sum_of_squares(dev([np.empty(0, np.float32)]), 0) == 0.0
+    assert emu.run("sgd", [], [], [], CASE_SGD) is None
+    assert emu.run("sgd", dev([np.empty(0, np.float32)] * 2), dev([np.empty(0, np.float32)] * 2), [],
+                   CASE_SGD) is None
+    assert emu.grad_sum_of_squares(dev([np.empty(0, np.float32)])) == 0.0
     assert emu.take_launches() == []
 
 
@@ -408,20 +417,24 @@ CASE_SGD = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=Fal
 # --------------------------------------------------------------------------------------
 # The bindings' own checks (memory safety of a direct call into the private module)
 def test_bindings_refuse_mismatched_arrays():
+    """The module's own reader (the one both modules compile) refuses what would read or
+    write out of bounds, naming the rule, role and index, with nothing written."""
     p, g = np.ones(10, np.float32), np.ones(10, np.float32)
     before = p.copy()
-    with pytest.raises(ValueError, match="grad 1 does not match its param"):
-        emu.sgd(dev([p, p[:5].copy()]), dev([g, g[:4].copy()]), [], 0, *CASE_SGD)
-    with pytest.raises(ValueError, match="grad 0 does not match its param"):
-        emu.sgd(dev([p]), dev([np.ones(10, np.float64)]), [], 0, *CASE_SGD)
-    with pytest.raises(ValueError, match="grad 0 does not match its param"):
-        emu.sgd(dev([p]), dev([np.ones(20, np.float32)[::2]]), [], 0, *CASE_SGD)
-    with pytest.raises(ValueError, match="grad 0 is not a CUDA device array"):
-        emu.sgd(dev([p]), [g], [], 0, *CASE_SGD)
-    with pytest.raises(ValueError, match="grad list length differs from params"):
-        emu.sgd(dev([p]), dev([g, g]), [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match=r"\('shape', 1, 1,"):
+        emu.Batch(dev([p, p[:5].copy()]), dev([g, g[:4].copy()]), [])
+    with pytest.raises(ValueError, match=r"\('dtype_mismatch', 1, 0,"):
+        emu.Batch(dev([p]), dev([np.ones(10, np.float64)]), [])
+    with pytest.raises(ValueError, match=r"\('not_contiguous', 1, 0,"):
+        emu.Batch(dev([p]), dev([np.ones(20, np.float32)[::2]]), [])
+    with pytest.raises(ValueError, match=r"\('mixed_memory', 1, 0,"):
+        emu.Batch(dev([p]), [g], [])
+    with pytest.raises(ValueError, match=r"\('length', 1,"):
+        emu.Batch(dev([p]), dev([g, g]), [])
+    assert emu.run("sgd", dev([p]), dev([g, g]), [], CASE_SGD)[0] == "length"
     with pytest.raises(ValueError, match="need 1 state lists"):
-        emu.sgd(dev([p]), dev([g]), [], 0, *CASE_SGD._replace(momentum=0.9, momentum_mode=_coeffs.MOM_TORCH))
+        emu.run("sgd", dev([p]), dev([g]), [],
+                CASE_SGD._replace(momentum=0.9, momentum_mode=_coeffs.MOM_TORCH))
     assert np.array_equal(p, before)
 
 
@@ -437,8 +450,9 @@ class _OnGpu(HostAsDevice):
 
 def test_bindings_refuse_arrays_of_two_gpus():
     p, g = np.ones(10, np.float32), np.ones(10, np.float32)
-    with pytest.raises(ValueError, match="grad 0 is on GPU 1 but the call's arrays are on GPU 0"):
-        emu.sgd([_OnGpu(p, 0)], [_OnGpu(g, 1)], [], 0, *CASE_SGD)
+    with pytest.raises(ValueError, match=r"\('other_gpu', 1, 0, 0, 0\)"):
+        emu.Batch([_OnGpu(p, 0)], [_OnGpu(g, 1)], [])
+    assert emu.run("sgd", [_OnGpu(p, 0)], [_OnGpu(g, 1)], [], CASE_SGD)[0] == "other_gpu"
     assert np.array_equal(p, np.ones(10, np.float32))
 
 
@@ -503,10 +517,10 @@ def test_fast_path_takes_torch_tensors_bitwise(monkeypatch):
     v = [torch.zeros(n) for n in sizes]
     batch = emu.Batch.strict(params, tgrads, [m, v])
     assert batch is not None
-    batch.adam(*_ADAM)
+    batch.run("adam", _ADAM)
     cpu_p, cpu_m, cpu_v = [h.copy() for h in host], [np.zeros(n, np.float32) for n in sizes], \
         [np.zeros(n, np.float32) for n in sizes]
-    _native.core().adam(cpu_p, grads, [cpu_m, cpu_v], 0, *_ADAM)
+    assert _native.core().run("adam", cpu_p, grads, [cpu_m, cpu_v], _ADAM) is None
     got = [p.detach().numpy() for p in params] + [a.get() for a in m] + [a.numpy() for a in v]
     for a, b in zip(got, cpu_p + cpu_m + cpu_v):
         assert np.array_equal(a, b)
@@ -531,12 +545,13 @@ def test_fast_path_refuses_torch_tensors_prepare_refuses(monkeypatch):
         "same size, other shape": ([torch.ones(2, 3)], [torch.ones(3, 2)]),
         "a param as its own grad": ([p], [p]),
         "two params in one storage": ([block[:7], block[5:]], [torch.ones(7), torch.ones(7)]),
-        "a subclass": ([p.as_subclass(Sub)], [g]),
         "a NumPy array among tensors": ([p], [np.ones(6, np.float32)]),
     }
     for why, (params, grads) in refused.items():
         assert emu.Batch.strict(params, grads, []) is None, why
     assert emu.Batch.strict([p], [g], []) is not None
+    # A subclass is a torch tensor to the reader, as it was to the checked path.
+    assert emu.Batch.strict([p.as_subclass(Sub)], [g], []) is not None
 
 
 def test_held_torch_batch_sees_a_param_swap_its_memory(monkeypatch):
@@ -568,14 +583,14 @@ def test_held_torch_batch_sees_a_param_swap_its_memory(monkeypatch):
         square[0] = torch.zeros(4, 4)
 
 
-def test_torch_tensors_need_cupy_as_the_checked_path_does(monkeypatch):
-    """Without CuPy, prepare() cannot reach a torch CUDA tensor's memory and refuses it;
-    the fast path leaves such calls to it."""
+def test_torch_tensors_need_no_cupy(monkeypatch):
+    """The reader takes torch CUDA tensors through torch's own methods: the CUDA kernels run
+    on them without CuPy (only the CuPy reference needs it)."""
     torch = pytest.importorskip("torch")
     monkeypatch.delitem(sys.modules, "cupy", raising=False)
-    assert emu.Batch.strict([torch.ones(3)], [torch.ones(3)], []) is None
+    assert emu.Batch.strict([torch.ones(3)], [torch.ones(3)], []) is not None
     param = torch.nn.Parameter(torch.ones(3))
-    assert emu.Batch.strict([param], [torch.nn.Parameter(torch.ones(3), requires_grad=False)], []) is None
+    assert emu.Batch.strict([param], [torch.nn.Parameter(torch.ones(3), requires_grad=False)], []) is not None
 
 
 def test_real_cupy_arrays_on_the_emulation():
@@ -601,7 +616,7 @@ def test_real_cupy_arrays_on_the_emulation():
     p, m, v = ([wrap(a) for a in role] for role in on_device)
     batch = emu.Batch.strict(p, [wrap(g) for g in grads], [m, v])
     assert batch is not None
-    batch.adam(*_ADAM)
+    batch.run("adam", _ADAM)
     _native.core().adam(on_cpu[0], grads, on_cpu[1:], 0, *_ADAM)
     for a, b in zip(sum(on_device, []), sum(on_cpu, [])):
         assert np.array_equal(a, b)
@@ -626,7 +641,7 @@ def test_batch_keeps_the_memory_of_a_swapped_torch_tensor(monkeypatch):
     batch = emu.Batch.strict([param], [grad], [])
     param.data = torch.zeros(8)
     gc.collect()
-    batch.sgd(*CASE_SGD)
+    batch.run("sgd", CASE_SGD)
     assert torch.all(param.data == 0)  # the new memory was not touched
 
 
@@ -672,19 +687,19 @@ def test_cupy_calls_run_on_cupy_current_stream(streams):
     assert not batch.torch_params
     momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
                            maximize=False, step=2, convention="torch")
-    batch.sgd(*momentum)
+    batch.run("sgd", momentum)
     assert batch.count_nonfinite() == 0
     lr, _ = fusedopt.cuda.adaptive_sgd(emu.Batch.strict([p], [g], []), _ADAPTIVE_BASE, p)
     assert isinstance(lr, host_cupy.ndarray)
     assert _launch_streams() == {CUPY_STREAM}
     with host_cupy.cuda.Stream(ptr=CUPY_STREAM + 1):  # the current one, not the first seen
-        batch.sgd(*momentum)
-    batch.sgd(*momentum, stream=0x1234)  # a stream named by the caller wins
+        batch.run("sgd", momentum)
+    batch.run("sgd", momentum, stream=0x1234)  # a stream named by the caller wins
     assert [s for _, _, s in emu.take_launches()] == [CUPY_STREAM + 1, 0x1234]
     # Where CuPy was never imported: the legacy default stream (CuPy's default too).
     del sys.modules["cupy"]  # the fixture puts it back
     p, g = HostAsDevice(np.ones(9, np.float32)), HostAsDevice(np.ones(9, np.float32))
-    emu.Batch([p], [g], [], 0).sgd(*CASE_SGD)
+    emu.Batch([p], [g], []).run("sgd", CASE_SGD)
     assert _launch_streams() == {0}
 
 
@@ -699,18 +714,18 @@ def test_torch_params_run_on_torch_current_stream(streams, monkeypatch):
     assert batch.torch_params
     momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
                            maximize=False, step=2, convention="torch")
-    batch.sgd(*momentum)
+    batch.run("sgd", momentum)
     assert batch.count_nonfinite() == 0
     batch.drop_grads()
     assert batch.set_grads(grads)  # an optimizer's held Batch keeps its stream rule
-    batch.sgd(*momentum)
+    batch.run("sgd", momentum)
     assert _launch_streams() == {TORCH_STREAM}
     # The params decide: CuPy params with torch grads run on CuPy's stream.
-    emu.Batch.strict([host_cupy.ones(10, np.float32)], [torch.ones(10)], []).sgd(*CASE_SGD)
+    emu.Batch.strict([host_cupy.ones(10, np.float32)], [torch.ones(10)], []).run("sgd", CASE_SGD)
     assert _launch_streams() == {CUPY_STREAM}
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: TORCH_RAW_STREAM + device,
                         raising=False)
-    batch.sgd(*momentum)
+    batch.run("sgd", momentum)
     assert _launch_streams() == {TORCH_RAW_STREAM}
 
 

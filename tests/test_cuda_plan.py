@@ -13,7 +13,7 @@ import fusedopt
 import fusedopt.cuda
 import numpy as np
 import pytest
-from fusedopt import _kernels, _native
+from fusedopt import _coeffs, _dispatch, _native
 
 if not fusedopt.cuda.is_built():
     pytest.skip(f"no CUDA planning tests: {fusedopt.cuda.unavailable_reason()}",
@@ -56,17 +56,17 @@ class _FakePrep:
 
 
 def test_auto_falls_back_once_and_native_raises(monkeypatch):
-    """The generic fallback of _kernels.py for device arrays no compiled kernel can take."""
+    """The generic fallback of the dispatch for device arrays no compiled kernel can take."""
     reason = "no CUDA device (simulated)"
     monkeypatch.setattr(fusedopt.cuda, "unavailable_reason", lambda prep=None: reason)
-    monkeypatch.setattr(_kernels, "_fallbacks", {})
-    assert _native.unavailable(_FakePrep()) == reason
-    with pytest.warns(_kernels.FallbackWarning, match="simulated"):
-        assert _kernels._use_native("sgd_", _FakePrep(), "auto") is False
-    assert _kernels._use_native("sgd_", _FakePrep(), "auto") is False  # warned once only
+    monkeypatch.setattr(_dispatch, "_fallbacks", {})
+    assert _native.unavailable("cuda") == reason
+    with pytest.warns(_dispatch.FallbackWarning, match="simulated"):
+        assert _dispatch._use_native("sgd_", _FakePrep(), "auto") is False
+    assert _dispatch._use_native("sgd_", _FakePrep(), "auto") is False  # warned once only
     assert fusedopt.info()["fallbacks"] == {reason: "sgd_"}
     with pytest.raises(RuntimeError, match="simulated"):
-        _kernels._use_native("sgd_", _FakePrep(), "native")
+        _dispatch._use_native("sgd_", _FakePrep(), "native")
 
 
 # --------------------------------------------------------------------------------------
@@ -78,38 +78,43 @@ class FakeDeviceArray:
                                          "strides": strides, "version": 3}
 
 
-SGD_ARGS = (0.1, 0.0, 1.0, 0.0, 1.0, False, 0, 0, False)
+SGD = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                  maximize=False, step=1, convention="torch")
 
 
 def test_empty_call_needs_no_device():
-    _cuda.sgd([], [], [], 0, *SGD_ARGS)
-    _cuda.sgd([FakeDeviceArray(0)], [FakeDeviceArray(0)], [], 0, *SGD_ARGS)
-    assert _cuda.grad_sum_of_squares([FakeDeviceArray(0)], 0) == 0.0
+    assert _cuda.run("sgd", [], [], [], SGD) is None
+    assert _cuda.run("sgd", [FakeDeviceArray(0)], [FakeDeviceArray(0)], [], SGD) is None
+    assert _cuda.grad_sum_of_squares([FakeDeviceArray(0)]) == 0.0
 
 
-@pytest.mark.parametrize("bad, match", [
-    (FakeDeviceArray(5), "does not match its param"),
-    (FakeDeviceArray(4, typestr="<f8"), "does not match its param"),
-    (FakeDeviceArray(4, strides=(8,)), "does not match its param"),
-    (np.ones(4, np.float32), "not a CUDA device array"),
-    (FakeDeviceArray(4, ptr=0), "null data pointer"),
+@pytest.mark.parametrize("bad, rule", [
+    (FakeDeviceArray(5), "shape"),
+    (FakeDeviceArray(4, typestr="<f8"), "dtype_mismatch"),
+    (FakeDeviceArray(4, strides=(8,)), "not_contiguous"),
+    (np.ones(4, np.float32), "mixed_memory"),
+    (FakeDeviceArray(4, ptr=0), "null_data"),
 ])
-def test_bindings_reassert_what_memory_safety_rests_on(bad, match):
-    with pytest.raises(ValueError, match=match):
-        _cuda.sgd([FakeDeviceArray(4)], [bad], [], 0, *SGD_ARGS)
+def test_bindings_reassert_what_memory_safety_rests_on(bad, rule):
+    """The module's reader (the one both modules compile) refuses, naming the rule."""
+    assert _cuda.run("sgd", [FakeDeviceArray(4)], [bad], [], SGD)[:3] == (rule, 1, 0)
+    with pytest.raises(ValueError, match=rule):
+        _cuda.Batch([FakeDeviceArray(4)], [bad], [])
 
 
 def test_state_count_is_checked():
-    a = FakeDeviceArray(4)
+    a, b, c = (FakeDeviceArray(4, ptr=0x7F0000000000 + 0x1000 * k) for k in range(3))
+    adam = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+                        amsgrad=False, maximize=False, decoupled=False)
     with pytest.raises(ValueError, match="need 2 state lists"):
-        _cuda.adam([a], [a], [[a]], 0, 0.9, 0.1, 0.99, 0.01, 0.1, 1.0, 1e-8, 0.0, 1.0, False, 0, False)
+        _cuda.run("adam", [a], [b], [[c]], adam)
 
 
 @pytest.mark.skipif(fusedopt.cuda.is_available(), reason="a usable GPU is present")
 def test_kernel_call_without_device_raises_cleanly():
     a, g = FakeDeviceArray(4), FakeDeviceArray(4, ptr=0x7F0000001000)
     with pytest.raises(RuntimeError, match="CUDA error"):
-        _cuda.sgd([a], [g], [], 0, *SGD_ARGS)
+        _cuda.run("sgd", [a], [g], [], SGD)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // How both modules read one array object that is not a NumPy array: a torch tensor (on the
 // CPU or a GPU), a CuPy array, or anything with __cuda_array_interface__. The CPU module
 // reads torch CPU tensors with it (batch_from_python.cpp), the CUDA module CuPy arrays and
-// torch CUDA tensors (cuda/device_batch.cpp); each decides which of what it read it takes.
+// torch CUDA tensors (bindings/cuda_batch.cpp); each decides which of what it read it takes.
 // Reads go through the objects' own C-level fields and methods, never through Python code
 // that builds a dict or imports a module.
 #pragma once

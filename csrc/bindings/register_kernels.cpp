@@ -1,188 +1,178 @@
-// The CPU update kernels. Arguments arrive already checked and the coefficients already
-// computed (fusedopt/_arrays.py, fusedopt/_coeffs.py); this file only packs them into the
-// plain structs of csrc/common/steps.h and releases the GIL while the kernel runs.
+// The CPU update kernels. A call's arrays are read by the one reader (bindings/reader.h),
+// its coefficients arrive computed (fusedopt/_coeffs.py) as one object per step, read by
+// the names of common/steps.h; this file only joins the two and releases the GIL while the
+// kernel runs. No rule of what a call accepts is written here.
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
-#include <vector>
 
-#include "bindings/batch_from_python.h"
+#include "bindings/reader.h"
+#include "bindings/steps_from_python.h"
 #include "common/steps.h"
 #include "cpu/driver.h"
+#include "math/modes.h"
 
 namespace fusedopt {
 namespace bindings {
 
 namespace py = pybind11;
-using math::Momentum;
-using math::WeightDecay;
 
 namespace {
 
-// Runs one kernel over the arrays. strict=true is the fast path of the Python layer: the
-// arrays are validated as fusedopt/_arrays.py would (the dtype is then read from them) and
-// false comes back, with nothing run, if any rule is broken; Python's prepare() then finds
-// the problem and words the error.
-//
-// params and grads are any objects here (a torch tensor is not a sequence to pybind11):
-// the strict check refuses what it does not take, and PyBatch refuses anything but lists
-// and tuples.
-template <class Step>
-bool run(void (*kernel)(const Step&, const Batch&), const Step& step, const py::object& params,
-         const py::object& grads, const py::sequence& states, int dtype, bool strict) {
-  auto go = [&](const PyBatch& batch) {
-    py::gil_scoped_release release;
-    kernel(step, batch.batch());
-  };
-  if (!strict) {
-    go(PyBatch(params, grads, states, dtype));
-    return true;
+// A call read by the reader, on host memory, ready to be counted, normed or run. It keeps
+// the lists (as tuples of its own) and the torch storages alive while the kernels run
+// without the GIL.
+class HostCall {
+ public:
+  HostCall(py::handle params, py::handle grads, py::handle states, bool host_only) {
+    ReadOptions options = module_read_options();
+    options.host_only = host_only;
+    refusal_ = read_call(params, grads, states, options, call_);
+    if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
+    batch_ = call_.batch();
   }
-  PyBatch batch;
-  if (!batch.build_strict(params, grads, states)) return false;
-  go(batch);
-  return true;
-}
+  // Gradients only (norms, counts).
+  explicit HostCall(py::handle grads) {
+    refusal_ = read_grads(grads, module_read_options(), call_);
+    if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
+    batch_ = call_.batch();
+  }
+  py::object refusal() const { return refusal_ ? py::object(refusal_.to_python()) : py::none(); }
+  bool ok() const { return !refusal_; }
+  const Batch& batch() const {
+    if (refusal_) throw std::invalid_argument("this call was refused: it cannot run");
+    return batch_;
+  }
+  int n_states() const { return call_.n_roles - 2; }
+  bool has_grads() const { return call_.has_grads; }
 
-// The loops dereference one state pointer per state the rule keeps: a call with fewer
-// state lists than the flags ask for would read through a null pointer.
-void expect_states(const py::sequence& states, size_t expected, const char* rule) {
-  const size_t got = py::len(states);
-  if (got != expected)
-    throw std::invalid_argument(std::string(rule) + ": these flags need " + std::to_string(expected) +
-                                " state lists, got " + std::to_string(got));
-}
+  // Runs the rule whose name is `rule` with the coefficients `coeffs`.
+  void run(const std::string& rule, py::handle coeffs) const;
+  long long count_nonfinite() const {
+    const Batch& b = grads_batch();
+    py::gil_scoped_release release;
+    return cpu::count_nonfinite_grads(b);
+  }
+  double grad_sum_of_squares() const {
+    const Batch& b = grads_batch();
+    py::gil_scoped_release release;
+    return cpu::grad_sum_of_squares(b);
+  }
+  void traffic() const {
+    const Batch& b = grads_batch();
+    const TrafficStep step{n_states()};
+    py::gil_scoped_release release;
+    cpu::update(step, b);
+  }
 
-WeightDecay weight_decay_mode(int code) {
-  if (code < 0 || code > 2) throw std::invalid_argument("bad weight-decay mode");
-  return static_cast<WeightDecay>(code);
+ private:
+  const Batch& grads_batch() const {
+    if (!call_.has_grads) throw std::invalid_argument("this call has no grads");
+    return batch();
+  }
+  template <class Step>
+  void run_step(py::handle coeffs) const {
+    const Step step = step_from_python<Step>(coeffs);
+    // The loops dereference one state pointer per state the rule keeps: a call with another
+    // number of state lists than the flags ask for would read through a null pointer.
+    if (step.n_states() != n_states())
+      throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
+                                  std::to_string(step.n_states()) + " state lists, got " +
+                                  std::to_string(n_states()));
+    const Batch& b = grads_batch();
+    py::gil_scoped_release release;
+    cpu::update(step, b);
+  }
+
+  ReadCall call_;
+  Refusal refusal_;
+  Batch batch_;
+};
+
+void HostCall::run(const std::string& rule, py::handle coeffs) const {
+#define FUSEDOPT_RUN_IF(Step, COEFFS, FLAGS) \
+  if (rule == Step::kName) return run_step<Step>(coeffs);
+  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+  throw std::invalid_argument("unknown rule '" + rule + "'");
 }
 
 }  // namespace
 
 void register_kernels(py::module_& m) {
   using py::arg;
-  m.def(
-      "sgd",
-      [](py::object params, py::object grads, py::sequence states, int dtype, double lr,
-         double weight_decay, double decay_factor, double momentum, double one_minus_dampening,
-         bool maximize, int wd_mode, int momentum_mode, bool nesterov, bool strict) {
-        if (momentum_mode < 0 || momentum_mode > 3) throw std::invalid_argument("bad momentum mode");
-        expect_states(states, momentum_mode == 0 ? 0 : 1, "sgd");
-        const SgdStep step{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
-                           maximize, weight_decay_mode(wd_mode), static_cast<Momentum>(momentum_mode),
-                           nesterov};
-        return run(cpu::sgd, step, params, grads, states, dtype, strict);
-      },
-      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("weight_decay"),
-      arg("decay_factor"), arg("momentum"), arg("one_minus_dampening"), arg("maximize"),
-      arg("wd_mode"), arg("momentum_mode"), arg("nesterov"), arg("strict") = false);
+  py::class_<HostCall>(m, "Call",
+                       "A call's arrays as the reader took them (host memory): counted, normed or "
+                       "run without being read again.")
+      .def(py::init<py::handle, py::handle, py::handle, bool>(), arg("params"), arg("grads"), arg("states"),
+           arg("host_only") = true)
+      .def_property_readonly("refusal", &HostCall::refusal,
+                             "None, or (rule, role, index, other role, other index): what the call broke")
+      .def("run", &HostCall::run, arg("rule"), arg("coeffs"))
+      .def("count_nonfinite", &HostCall::count_nonfinite, "NaN and infinite values among the grads.")
+      .def("grad_sum_of_squares", &HostCall::grad_sum_of_squares,
+           "The squared L2 norm of every grad together, in the fixed blocking of math/sumsq.h.")
+      .def("traffic", &HostCall::traffic,
+           "The memory roof: the rule's loads and stores (its number of states), one add each.");
 
   m.def(
-      "adagrad",
-      [](py::object params, py::object grads, py::sequence states, int dtype, double clr,
-         double weight_decay, double eps, bool maximize, int wd_mode, bool strict) {
-        expect_states(states, 1, "adagrad");
-        const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
-        return run(cpu::adagrad, step, params, grads, states, dtype, strict);
+      "run",
+      [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
+         py::handle coeffs) -> py::object {
+        HostCall call(params, grads, states, /*host_only=*/true);
+        if (!call.ok()) return call.refusal();
+        call.run(rule, coeffs);
+        return py::none();
       },
-      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("clr"), arg("weight_decay"),
-      arg("eps"), arg("maximize"), arg("wd_mode"), arg("strict") = false);
+      arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"),
+      "Reads and runs one call: None if it ran, else the refusal (see Call.refusal; "
+      "'device_call' for device arrays, which are the CUDA module's).");
 
   m.def(
-      "rmsprop",
-      [](py::object params, py::object grads, py::sequence states, int dtype, double lr,
-         double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
-         bool maximize, int wd_mode, bool centered, bool has_momentum, bool strict) {
-        expect_states(states, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
-        const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
-                               maximize, weight_decay_mode(wd_mode), centered, has_momentum};
-        return run(cpu::rmsprop, step, params, grads, states, dtype, strict);
-      },
-      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("lr"), arg("alpha"),
-      arg("one_minus_alpha"), arg("eps"), arg("weight_decay"), arg("momentum"), arg("maximize"),
-      arg("wd_mode"), arg("centered"), arg("has_momentum"), arg("strict") = false);
-
-  m.def(
-      "adam",
-      [](py::object params, py::object grads, py::sequence states, int dtype, double beta1,
-         double one_minus_beta1, double beta2, double one_minus_beta2, double step_size,
-         double inv_sqrt_bc2, double eps, double weight_decay, double decay_factor, bool maximize,
-         int wd_mode, bool amsgrad, bool strict) {
-        expect_states(states, amsgrad ? 3 : 2, "adam");
-        const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_sqrt_bc2,
-                             eps, weight_decay, decay_factor},
-                            maximize, weight_decay_mode(wd_mode), amsgrad};
-        return run(cpu::adam, step, params, grads, states, dtype, strict);
-      },
-      arg("params"), arg("grads"), arg("states"), arg("dtype"), arg("beta1"), arg("one_minus_beta1"),
-      arg("beta2"), arg("one_minus_beta2"), arg("step_size"), arg("inv_sqrt_bc2"), arg("eps"),
-      arg("weight_decay"), arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"),
-      arg("strict") = false);
-
-  m.def(
-      "traffic",
-      [](py::sequence params, py::sequence grads, py::sequence states, int dtype) {
-        const TrafficStep step{static_cast<int>(py::len(states))};
-        run(cpu::traffic, step, params, grads, states, dtype, false);
-      },
-      arg("params"), arg("grads"), arg("states"), arg("dtype"),
-      "The memory roof: the loads and stores of a rule with len(states) states, one add each.");
-
-  m.def(
-      "grad_sum_of_squares",
-      [](py::sequence grads, int dtype) {
-        PyBatch batch(grads, dtype);
-        py::gil_scoped_release release;
-        return cpu::grad_sum_of_squares(batch.batch());
-      },
-      arg("grads"), arg("dtype"));
-
-  m.def(
-      "validate",
-      [](py::sequence params, py::sequence grads, py::sequence states) {
-        PyBatch batch;
-        return batch.build_strict(params, grads, states) ? static_cast<int>(batch.batch().dtype) : -1;
+      "read",
+      [](py::handle params, py::handle grads, py::handle states) -> py::object {
+        ReadCall call;
+        const Refusal refusal = read_call(params, grads, states, module_read_options(), call);
+        if (refusal) return refusal.to_python();
+        return py::none();
       },
       arg("params"), arg("grads"), arg("states"),
-      "The dtype code if the arrays pass the checks of fusedopt/_arrays.py, else -1.");
+      "The reader's verdict on a call of any memory, running nothing: None, or the refusal. "
+      "grads=None reads an optimizer's own arrays (params and states, all written).");
 
+  // Gradients only, for tests and benchmarks: refused calls raise.
+  auto grads_call = [](py::handle grads) {
+    auto call = std::make_unique<HostCall>(grads);
+    if (!call->ok())
+      throw std::invalid_argument("the grads were refused: " + py::str(call->refusal()).cast<std::string>());
+    return call;
+  };
   m.def(
-      "count_nonfinite",
-      [](py::sequence grads, int dtype) {
-        PyBatch batch(grads, dtype);
-        py::gil_scoped_release release;
-        return cpu::count_nonfinite_grads(batch.batch());
-      },
-      arg("grads"), arg("dtype"), "Number of NaN and infinite values among the gradients.");
+      "grad_sum_of_squares", [grads_call](py::handle grads) { return grads_call(grads)->grad_sum_of_squares(); },
+      arg("grads"), "The squared L2 norm of every grad together (the fixed blocking of math/sumsq.h).");
+  m.def(
+      "count_nonfinite", [grads_call](py::handle grads) { return grads_call(grads)->count_nonfinite(); },
+      arg("grads"), "NaN and infinite values among the grads.");
 
+  m.def("step_fields", &step_fields, "Each rule's coefficient fields, in order (common/steps.h).");
   m.def(
-      "find_overlap",
-      [](py::sequence arrays, py::sequence written) -> py::object {
-        // Byte ranges of C-contiguous arrays; returns the first overlapping pair (i, j) in
-        // which at least one array is written, or None.
-        const size_t n = py::len(arrays);
-        if (static_cast<size_t>(py::len(written)) != n)
-          throw std::invalid_argument("find_overlap: arrays and written differ in length");
-        std::vector<ByteSpan> spans;
-        spans.reserve(n);
-        for (size_t i = 0; i < n; ++i) {
-          py::object item = arrays[i];
-          if (!py::isinstance<py::array>(item))
-            throw std::invalid_argument("find_overlap: item " + std::to_string(i) + " is not a NumPy array");
-          auto a = py::reinterpret_borrow<py::array>(item);
-          if (a.nbytes() == 0) continue;
-          const auto lo = reinterpret_cast<uintptr_t>(a.data());
-          spans.push_back({lo, lo + static_cast<uintptr_t>(a.nbytes()), i, written[i].cast<bool>()});
-        }
-        const auto pair = first_overlap(spans);
-        if (pair.first < 0) return py::none();
-        return py::make_tuple(pair.first, pair.second);
-      },
-      arg("arrays"), arg("written"));
+      "step_numbers", [] { return step_field_table().n_numbers; },
+      "How many of each rule's fields are numbers (they come first; the rest are flags).");
+  py::list rules;
+  for (const std::string& name : rule_names()) rules.append(name);
+  m.attr("refusal_rules") = py::tuple(rules);
+  py::dict modes;
+  modes["WD_NONE"] = static_cast<int>(math::WeightDecay::kNone);
+  modes["WD_COUPLED"] = static_cast<int>(math::WeightDecay::kCoupled);
+  modes["WD_DECOUPLED"] = static_cast<int>(math::WeightDecay::kDecoupled);
+  modes["MOM_NONE"] = static_cast<int>(math::Momentum::kNone);
+  modes["MOM_TORCH_FIRST"] = static_cast<int>(math::Momentum::kTorchFirst);
+  modes["MOM_TORCH"] = static_cast<int>(math::Momentum::kTorch);
+  modes["MOM_KERAS"] = static_cast<int>(math::Momentum::kKeras);
+  m.attr("modes") = modes;
 }
 
 }  // namespace bindings

@@ -37,11 +37,11 @@ int threads_for(int64_t total) {
   return static_cast<int>(std::min<int64_t>(get_num_threads(), by_size));
 }
 
-void sgd(const SgdStep& s, const Batch& b) { run_split(active_table().sgd, s, b); }
-void adagrad(const AdagradStep& s, const Batch& b) { run_split(active_table().adagrad, s, b); }
-void rmsprop(const RmspropStep& s, const Batch& b) { run_split(active_table().rmsprop, s, b); }
-void adam(const AdamStep& s, const Batch& b) { run_split(active_table().adam, s, b); }
-void traffic(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
+void update(const SgdStep& s, const Batch& b) { run_split(active_table().sgd, s, b); }
+void update(const AdagradStep& s, const Batch& b) { run_split(active_table().adagrad, s, b); }
+void update(const RmspropStep& s, const Batch& b) { run_split(active_table().rmsprop, s, b); }
+void update(const AdamStep& s, const Batch& b) { run_split(active_table().adam, s, b); }
+void update(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
 
 int64_t count_nonfinite_grads(const Batch& b) {
   const int64_t total = b.total();

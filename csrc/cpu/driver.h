@@ -12,11 +12,11 @@
 namespace fusedopt {
 namespace cpu {
 
-void sgd(const SgdStep& step, const Batch& batch);
-void adagrad(const AdagradStep& step, const Batch& batch);
-void rmsprop(const RmspropStep& step, const Batch& batch);
-void adam(const AdamStep& step, const Batch& batch);
-void traffic(const TrafficStep& step, const Batch& batch);
+void update(const SgdStep& step, const Batch& batch);
+void update(const AdagradStep& step, const Batch& batch);
+void update(const RmspropStep& step, const Batch& batch);
+void update(const AdamStep& step, const Batch& batch);
+void update(const TrafficStep& step, const Batch& batch);
 
 // Sum of squares of every gradient of the batch, by the fixed blocking and combining order
 // of math/sumsq.h: the same bits for any thread count and instruction set.

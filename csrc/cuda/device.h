@@ -25,7 +25,7 @@ int sm_count();
 long long max_resident_blocks(const void* kernel, int threads);
 
 // Whether a call that names no stream runs on the current stream of its arrays' library
-// (bindings_cuda.cpp: resolve_stream) rather than on the null stream. True on a GPU.
+// (register_cuda.cpp: resolve_stream) rather than on the null stream. True on a GPU.
 bool use_current_stream();
 
 // The runtime version this module was built against and the driver's, as "major.minor".

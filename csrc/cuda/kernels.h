@@ -24,12 +24,12 @@ struct DeviceCoeffs {
 
 // device_coeffs: a DeviceCoeffs<math::XCoeffs<double>> in device memory, or null to use the
 // coefficients of `step`. The flags of `step` choose the kernel either way.
-void sgd(const SgdStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
-void adagrad(const AdagradStep& step, const Batch& batch, cudaStream_t stream,
+void update(const SgdStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
+void update(const AdagradStep& step, const Batch& batch, cudaStream_t stream,
              const void* device_coeffs);
-void rmsprop(const RmspropStep& step, const Batch& batch, cudaStream_t stream,
+void update(const RmspropStep& step, const Batch& batch, cudaStream_t stream,
              const void* device_coeffs);
-void adam(const AdamStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
+void update(const AdamStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
 void traffic(const TrafficStep& step, const Batch& batch, cudaStream_t stream);
 
 // The sum of squares of the batch's grads, by the fixed blocking of math/sumsq.h, written to

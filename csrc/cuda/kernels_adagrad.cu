@@ -5,7 +5,7 @@
 namespace fusedopt {
 namespace cuda {
 
-void adagrad(const AdagradStep& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
+void update(const AdagradStep& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
   launch_step(s, b, stream, device_coeffs);
 }
 

@@ -174,7 +174,7 @@ void adaptive_sgd(const SgdStep& base, const Batch& b, double* result, cudaStrea
   double* partials = reinterpret_cast<double*>(static_cast<char*>(scratch.get()) + kCoeffsBytes);
   queue_block_sums(b, partials, stream);
   queue_finish({partials, n_blocks, result + 1, coeffs, base.c, result}, stream);
-  sgd(base, b, stream, coeffs);
+  update(base, b, stream, coeffs);
 }
 
 void count_nonfinite(const Batch& b, unsigned long long* out, cudaStream_t stream) {

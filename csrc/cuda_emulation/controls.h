@@ -26,7 +26,7 @@ DeviceShape device_shape();
 void record_launch(int64_t grid, int threads, uintptr_t stream);
 std::vector<LaunchRecord> take_launches();  // the launches since the last call
 
-// Whether the bindings look up the current stream (torch's or CuPy's, cuda/bindings_cuda.cpp)
+// Whether the bindings look up the current stream (torch's or CuPy's, bindings/register_cuda.cpp)
 // as on a GPU: what cuda/device.h's use_current_stream() answers. Off by default: the
 // emulation runs everything at once, and neither a CPU build of torch nor CuPy without a
 // driver can say what its current stream is; the tests of the lookup turn it on with

@@ -4,7 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "cuda/bindings_cuda.h"
+#include "bindings/reader.h"
+#include "bindings/register_cuda.h"
 #include "cuda_emulation/controls.h"
 
 namespace py = pybind11;
@@ -14,6 +15,8 @@ PYBIND11_MODULE(_cuda_emulated, m) {
   m.doc() = "fusedopt's CUDA kernels run on the CPU, for tests (arrays: host memory exposed "
             "through __cuda_array_interface__)";
   fusedopt::cuda::register_module(m);
+  // The emulated device memory is host memory: torch CPU tensors stand for CUDA ones here.
+  fusedopt::bindings::module_read_options().host_tensors_are_device = true;
   m.def(
       "set_device_shape",
       [](int multiprocessors, int blocks_per_multiprocessor) {

@@ -14,12 +14,10 @@
 namespace fusedopt {
 namespace math {
 
-template <class T>
-struct AdagradCoeffs {
-  T clr;
-  T weight_decay;
-  T eps;
-};
+// The per-step numbers, in the order the bindings, Python and device tables share.
+#define FUSEDOPT_ADAGRAD_COEFFS(X) X(clr) X(weight_decay) X(eps)
+
+FUSEDOPT_DEFINE_COEFFS(AdagradCoeffs, FUSEDOPT_ADAGRAD_COEFFS)
 
 template <class T, bool kMaximize, WeightDecay kWd>
 struct AdagradRule {

@@ -19,18 +19,12 @@
 namespace fusedopt {
 namespace math {
 
-template <class T>
-struct AdamCoeffs {
-  T beta1;
-  T one_minus_beta1;
-  T beta2;
-  T one_minus_beta2;
-  T step_size;
-  T inv_sqrt_bc2;
-  T eps;
-  T weight_decay;
-  T decay_factor;
-};
+// The per-step numbers, in the order the bindings, Python and device tables share.
+#define FUSEDOPT_ADAM_COEFFS(X) \
+  X(beta1) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(step_size) X(inv_sqrt_bc2) X(eps) X(weight_decay) \
+  X(decay_factor)
+
+FUSEDOPT_DEFINE_COEFFS(AdamCoeffs, FUSEDOPT_ADAM_COEFFS)
 
 template <class T, bool kMaximize, WeightDecay kWd, bool kAmsgrad>
 struct AdamRule {

@@ -64,3 +64,21 @@ FUSEDOPT_HD T max_propagate_nan(T a, T b) {
 
 }  // namespace math
 }  // namespace fusedopt
+
+// A rule's per-step numbers are listed once, as an X-macro in its header
+// (FUSEDOPT_ADAM_COEFFS, ...): the struct's members, their rounding to the compute type,
+// the bindings' reading of Python's coefficient objects and the field names Python builds
+// them with all follow from it.
+#define FUSEDOPT_COEFF_MEMBER(name) T name;
+#define FUSEDOPT_COEFF_CAST(name) out.name = U(name);
+#define FUSEDOPT_DEFINE_COEFFS(Name, LIST)      \
+  template <class T>                            \
+  struct Name {                                 \
+    LIST(FUSEDOPT_COEFF_MEMBER)                 \
+    template <class U>                          \
+    FUSEDOPT_HD Name<U> cast() const {          \
+      Name<U> out;                              \
+      LIST(FUSEDOPT_COEFF_CAST)                 \
+      return out;                               \
+    }                                           \
+  };

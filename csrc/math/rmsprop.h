@@ -18,15 +18,10 @@
 namespace fusedopt {
 namespace math {
 
-template <class T>
-struct RmspropCoeffs {
-  T lr;
-  T alpha;
-  T one_minus_alpha;
-  T eps;
-  T weight_decay;
-  T momentum;
-};
+// The per-step numbers, in the order the bindings, Python and device tables share.
+#define FUSEDOPT_RMSPROP_COEFFS(X) X(lr) X(alpha) X(one_minus_alpha) X(eps) X(weight_decay) X(momentum)
+
+FUSEDOPT_DEFINE_COEFFS(RmspropCoeffs, FUSEDOPT_RMSPROP_COEFFS)
 
 template <class T, bool kMaximize, WeightDecay kWd, bool kCentered, bool kMomentum>
 struct RmspropRule {

@@ -20,14 +20,10 @@
 namespace fusedopt {
 namespace math {
 
-template <class T>
-struct SgdCoeffs {
-  T lr;
-  T weight_decay;
-  T decay_factor;
-  T momentum;
-  T one_minus_dampening;
-};
+// The per-step numbers, in the order the bindings, Python and device tables share.
+#define FUSEDOPT_SGD_COEFFS(X) X(lr) X(weight_decay) X(decay_factor) X(momentum) X(one_minus_dampening)
+
+FUSEDOPT_DEFINE_COEFFS(SgdCoeffs, FUSEDOPT_SGD_COEFFS)
 
 template <class T, bool kMaximize, WeightDecay kWd, Momentum kMomentum, bool kNesterov>
 struct SgdRule {

@@ -8,13 +8,27 @@ That is what lets the two agree bit for bit.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
-from typing import NamedTuple
 
-# Weight-decay modes and momentum modes, as csrc/math/modes.h numbers them.
-WD_NONE, WD_COUPLED, WD_DECOUPLED = 0, 1, 2
-MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = 0, 1, 2, 3
+from fusedopt import _core
+
+# Weight-decay and momentum modes, as csrc/math/modes.h numbers them (the module says).
+WD_NONE, WD_COUPLED, WD_DECOUPLED = (_core.modes[k] for k in ("WD_NONE", "WD_COUPLED", "WD_DECOUPLED"))
+MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = (
+    _core.modes[k] for k in ("MOM_NONE", "MOM_TORCH_FIRST", "MOM_TORCH", "MOM_KERAS"))
+
+
+def _step_type(name: str, rule: str):
+    """The coefficient type of ``rule``: a NamedTuple whose fields are those of the rule's
+    step in csrc/common/steps.h (its numbers, then its flags), which the bindings read by
+    name. Built with keywords only, so no order is written here."""
+    cls = collections.namedtuple(name, _core.step_fields()[rule])
+    cls.__doc__ = f"The per-step coefficients of {rule} (csrc/common/steps.h)."
+    cls.rule = rule
+    cls.numbers = cls._fields[:_core.step_numbers()[rule]]  # the rest are flags
+    return cls
 
 
 def _number(fn: str, name: str, value, *, high=math.inf, high_open=True):
@@ -71,23 +85,10 @@ def _betas(fn: str, betas):
     )
 
 
-def _pack(cls, values: tuple):
-    """cls(*values) for a coefficient NamedTuple at about half the constructor's cost (170
-    against 300 ns; one is built on every call). The field order is the kernels' argument
-    order."""
-    return tuple.__new__(cls, values)
-
-
-class SgdCoeffs(NamedTuple):
-    lr: float
-    weight_decay: float
-    decay_factor: float
-    momentum: float
-    one_minus_dampening: float
-    maximize: bool
-    wd_mode: int
-    momentum_mode: int
-    nesterov: bool
+SgdCoeffs = _step_type("SgdCoeffs", "sgd")
+AdagradCoeffs = _step_type("AdagradCoeffs", "adagrad")
+RmspropCoeffs = _step_type("RmspropCoeffs", "rmsprop")
+AdamCoeffs = _step_type("AdamCoeffs", "adam")
 
 
 def sgd(fn, *, lr, momentum, dampening, nesterov, weight_decay, maximize, step, convention):
@@ -116,18 +117,9 @@ def sgd(fn, *, lr, momentum, dampening, nesterov, weight_decay, maximize, step, 
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if convention == "keras" else WD_COUPLED
-    return _pack(SgdCoeffs, (
-        lr, weight_decay, 1.0 - lr * weight_decay, momentum, 1.0 - dampening,
-        maximize, wd_mode, mode, nesterov,
-    ))
-
-
-class AdagradCoeffs(NamedTuple):
-    clr: float
-    weight_decay: float
-    eps: float
-    maximize: bool
-    wd_mode: int
+    return SgdCoeffs(lr=lr, weight_decay=weight_decay, decay_factor=1.0 - lr * weight_decay,
+                     momentum=momentum, one_minus_dampening=1.0 - dampening, maximize=maximize,
+                     wd_mode=wd_mode, momentum_mode=mode, nesterov=nesterov)
 
 
 def adagrad(fn, *, step, lr, lr_decay, weight_decay, eps, maximize):
@@ -138,21 +130,8 @@ def adagrad(fn, *, step, lr, lr_decay, weight_decay, eps, maximize):
     eps = _number(fn, "eps", eps)
     maximize = _flag(fn, "maximize", maximize)
     clr = lr / (1.0 + (step - 1) * lr_decay)
-    return _pack(AdagradCoeffs, (clr, weight_decay, eps, maximize,
-                                 WD_COUPLED if weight_decay else WD_NONE))
-
-
-class RmspropCoeffs(NamedTuple):
-    lr: float
-    alpha: float
-    one_minus_alpha: float
-    eps: float
-    weight_decay: float
-    momentum: float
-    maximize: bool
-    wd_mode: int
-    centered: bool
-    has_momentum: bool
+    return AdagradCoeffs(clr=clr, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                         wd_mode=WD_COUPLED if weight_decay else WD_NONE)
 
 
 def rmsprop(fn, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
@@ -163,25 +142,10 @@ def rmsprop(fn, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
     momentum = _number(fn, "momentum", momentum)
     centered = _flag(fn, "centered", centered)
     maximize = _flag(fn, "maximize", maximize)
-    return _pack(RmspropCoeffs, (
-        lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, maximize,
-        WD_COUPLED if weight_decay else WD_NONE, centered, momentum != 0.0,
-    ))
-
-
-class AdamCoeffs(NamedTuple):
-    beta1: float
-    one_minus_beta1: float
-    beta2: float
-    one_minus_beta2: float
-    step_size: float
-    inv_sqrt_bc2: float
-    eps: float
-    weight_decay: float
-    decay_factor: float
-    maximize: bool
-    wd_mode: int
-    amsgrad: bool
+    return RmspropCoeffs(lr=lr, alpha=alpha, one_minus_alpha=1.0 - alpha, eps=eps,
+                         weight_decay=weight_decay, momentum=momentum, maximize=maximize,
+                         wd_mode=WD_COUPLED if weight_decay else WD_NONE, centered=centered,
+                         has_momentum=momentum != 0.0)
 
 
 def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
@@ -196,19 +160,21 @@ def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
         wd_mode = WD_NONE
     else:
         wd_mode = WD_DECOUPLED if decoupled else WD_COUPLED
-    return _pack(AdamCoeffs, _adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1**step,
-                                           beta2**step, math.sqrt) + (maximize, wd_mode, amsgrad))
+    return AdamCoeffs(**_adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1**step,
+                                      beta2**step, math.sqrt),
+                      maximize=maximize, wd_mode=wd_mode, amsgrad=amsgrad)
 
 
-def _adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1_t, beta2_t, sqrt) -> tuple:
-    """Adam's numbers (AdamCoeffs without its flags) from beta1^t and beta2^t: for one step
-    (floats, sqrt=math.sqrt), or for many at once (float64 NumPy arrays of the powers,
+def _adam_numbers(lr, beta1, beta2, eps, weight_decay, beta1_t, beta2_t, sqrt) -> dict:
+    """Adam's numbers (AdamCoeffs.numbers) from beta1^t and beta2^t: for one step (floats,
+    sqrt=math.sqrt), or for many at once (float64 NumPy arrays of the powers,
     sqrt=numpy.sqrt). Each operation is one IEEE double operation either way, so a row of
     the table has the bits of the one step."""
     bias_correction1 = 1.0 - beta1_t
     bias_correction2 = 1.0 - beta2_t
-    return (beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bias_correction1,
-            1.0 / sqrt(bias_correction2), eps, weight_decay, 1.0 - lr * weight_decay)
+    return dict(beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                step_size=lr / bias_correction1, inv_sqrt_bc2=1.0 / sqrt(bias_correction2), eps=eps,
+                weight_decay=weight_decay, decay_factor=1.0 - lr * weight_decay)
 
 
 # Where a table of coefficients by step can stop: once beta^t <= 2^-60 (pow is within an
@@ -318,9 +284,10 @@ def adam_table(fn, *, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
     beta1_t, beta2_t = _powers(first.beta1, first.beta2, n)
     numbers = _adam_numbers(lr, first.beta1, first.beta2, first.eps, first.weight_decay,
                             beta1_t, beta2_t, np.sqrt)
-    table = np.empty((len(beta1_t), len(numbers)), dtype=np.float64)
-    for k, column in enumerate(numbers):
-        table[:, k] = column
+    # Columns in the order of the rule's numbers: the device reads a row as its coefficients.
+    table = np.empty((len(beta1_t), len(AdamCoeffs.numbers)), dtype=np.float64)
+    for k, name in enumerate(AdamCoeffs.numbers):
+        table[:, k] = numbers[name]
     return first, table
 
 

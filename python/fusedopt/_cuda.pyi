@@ -1,16 +1,17 @@
-"""Type stubs for the private CUDA module fusedopt._cuda (csrc/cuda).
+"""Type stubs for the private CUDA module fusedopt._cuda (csrc/cuda, csrc/bindings).
 
-The rule functions take fusedopt._core's arguments in the same order, with lists of device
-arrays (CuPy arrays or objects with ``__cuda_array_interface__``), plus keyword-only
-``stream`` (a cudaStream_t as an int; default: the current stream of the params' library,
-torch's for a Batch whose params are torch tensors, else CuPy's) and ``device_coeffs`` (the
-address of the coefficients in device memory, or 0).
+Calls are read by the same reader as fusedopt._core's (device arrays: CuPy arrays, torch
+CUDA tensors, objects with ``__cuda_array_interface__``) and take the same coefficient
+objects, plus keyword-only ``stream`` (a cudaStream_t as an int; default: the current
+stream of the params' library, torch's for a Batch whose params are torch tensors, else
+CuPy's) and ``device_coeffs`` (the address of the coefficients in device memory, or 0).
 """
 
 from collections.abc import Sequence
 from typing import Any
 
 _Arrays = Sequence[Any]
+Refusal = tuple[str, int, int, int, int]
 
 CHUNK_ELEMENTS: int
 NORM_BLOCK: int
@@ -23,13 +24,12 @@ DEVICE_COEFFS_DOUBLES: dict[str, int]  # per rule: its coefficients, then the sk
 class Batch:
     """Device pointers of one call's arrays, read once and reusable across steps."""
 
-    def __init__(self, params: _Arrays, grads: _Arrays, states: Sequence[_Arrays],
-                 dtype: int) -> None: ...
+    def __init__(self, params: Any, grads: Any, states: Sequence[Any]) -> None:
+        """Reads a call; ValueError naming the refusal if the reader refuses it."""
     @staticmethod
     def strict(params: Any, grads: Any, states: Sequence[Any]) -> Batch | None:
-        """The public API's fast path: a Batch if the arguments (lists of CuPy arrays or torch
-        CUDA tensors, or one per role) pass every rule of fusedopt._arrays.prepare(), else
-        None."""
+        """The public API's fast path: a Batch if the reader accepts the call as device
+        arrays, else None (fusedopt._arrays then words the refusal)."""
     def set_grads(self, grads: _Arrays) -> bool:
         """New grads for a Batch from strict(): True if they pass the same rules against the
         held arrays (and replace the old ones), False with nothing changed if not."""
@@ -45,23 +45,9 @@ class Batch:
     def torch_params(self) -> bool:
         """True if strict() took torch tensors for the params: calls then run on torch's
         current stream, else on CuPy's."""
-    def sgd(self, lr: float, weight_decay: float, decay_factor: float, momentum: float,
-            one_minus_dampening: float, maximize: bool, wd_mode: int, momentum_mode: int,
-            nesterov: bool, *, stream: int | None = None, device_coeffs: int = 0) -> None: ...
-    def adagrad(self, clr: float, weight_decay: float, eps: float, maximize: bool, wd_mode: int,
-                *, stream: int | None = None, device_coeffs: int = 0) -> None: ...
-    def rmsprop(self, lr: float, alpha: float, one_minus_alpha: float, eps: float,
-                weight_decay: float, momentum: float, maximize: bool, wd_mode: int,
-                centered: bool, has_momentum: bool, *, stream: int | None = None,
-                device_coeffs: int = 0) -> None: ...
-    def adam(self, beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float,
-             step_size: float, inv_sqrt_bc2: float, eps: float, weight_decay: float,
-             decay_factor: float, maximize: bool, wd_mode: int, amsgrad: bool, *,
-             stream: int | None = None, device_coeffs: int = 0) -> None: ...
-    def adaptive_sgd(self, lr: float, weight_decay: float, decay_factor: float, momentum: float,
-                     one_minus_dampening: float, maximize: bool, wd_mode: int,
-                     momentum_mode: int, nesterov: bool, *, result: int,
-                     stream: int | None = None) -> None: ...
+    def run(self, rule: str, coeffs: tuple, *, stream: int | None = None,
+            device_coeffs: int = 0) -> None: ...
+    def adaptive_sgd(self, coeffs: tuple, *, result: int, stream: int | None = None) -> None: ...
     def traffic(self, *, stream: int | None = None) -> None: ...
     def grad_sum_of_squares(self, *, out: int = 0, stream: int | None = None) -> float | None: ...
     def count_nonfinite(self, *, out: int = 0, stream: int | None = None) -> int | None:
@@ -74,31 +60,11 @@ class Batch:
         serves every later step) copied to ``out``, the next update's device_coeffs. A
         nonzero uint64 at ``nonfinite`` sets out's skip word instead and leaves the count."""
 
-def sgd(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, lr: float,
-        weight_decay: float, decay_factor: float, momentum: float, one_minus_dampening: float,
-        maximize: bool, wd_mode: int, momentum_mode: int, nesterov: bool, *,
-        stream: int | None = None, device_coeffs: int = 0) -> None: ...
-def adagrad(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, clr: float,
-            weight_decay: float, eps: float, maximize: bool, wd_mode: int, *,
-            stream: int | None = None, device_coeffs: int = 0) -> None: ...
-def rmsprop(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, lr: float,
-            alpha: float, one_minus_alpha: float, eps: float, weight_decay: float,
-            momentum: float, maximize: bool, wd_mode: int, centered: bool, has_momentum: bool,
-            *, stream: int | None = None, device_coeffs: int = 0) -> None: ...
-def adam(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, beta1: float,
-         one_minus_beta1: float, beta2: float, one_minus_beta2: float, step_size: float,
-         inv_sqrt_bc2: float, eps: float, weight_decay: float, decay_factor: float,
-         maximize: bool, wd_mode: int, amsgrad: bool, *, stream: int | None = None,
-         device_coeffs: int = 0) -> None: ...
-def adaptive_sgd(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int,
-                 lr: float, weight_decay: float, decay_factor: float, momentum: float,
-                 one_minus_dampening: float, maximize: bool, wd_mode: int, momentum_mode: int,
-                 nesterov: bool, *, result: int, stream: int | None = None) -> None: ...
-def traffic(params: _Arrays, grads: _Arrays, states: Sequence[_Arrays], dtype: int, *,
-            stream: int | None = None) -> None: ...
-def grad_sum_of_squares(grads: _Arrays, dtype: int, *, out: int = 0,
+def run(rule: str, params: Any, grads: Any, states: Sequence[Any], coeffs: tuple, *,
+        stream: int | None = None) -> Refusal | None: ...
+def grad_sum_of_squares(grads: Any, *, out: int = 0,
                         stream: int | None = None) -> float | None: ...
-def count_nonfinite(grads: _Arrays, dtype: int, *, stream: int | None = None) -> int: ...
+def count_nonfinite(grads: Any, *, stream: int | None = None) -> int: ...
 def vector_head(addresses: Sequence[int], itemsize: int) -> int: ...
 def chunk_count(n: int, head: int, chunk: int = ...) -> int: ...
 def chunk_span(n: int, head: int, itemsize: int, k: int,

@@ -10,10 +10,7 @@ from fusedopt._version import __version__
 
 
 def _core_or_raise():
-    core = _native.core()
-    if core is None:
-        raise RuntimeError(f"fusedopt._core is not available: {_native.core_error()}")
-    return core
+    return _native.core()
 
 
 def set_num_threads(n: int) -> None:
@@ -52,27 +49,24 @@ def info() -> dict:
         "machine": platform.machine(),
     }
     core = _native.core()
-    if core is None:
-        out["cpu"] = {"built": False, "error": _native.core_error()}
-    else:
-        build = core.build_info()
-        targets = core.cpu_targets()
-        cpu = {
-            "built": True,
-            "compiler": build["compiler"],
-            "numerics": build["numerics"],
-            "targets": targets,
-            "target": core.active_target(),
-            "target_source": core.target_source(),
-            "threads": core.get_num_threads(),
-            "cores": core.available_cores(),
-        }
-        env = os.environ.get("FUSEDOPT_CPU_TARGET")
-        if env and env != "auto" and cpu["target_source"] != "FUSEDOPT_CPU_TARGET":
-            supported = [t["name"] for t in targets if t["supported"]]
-            cpu["target_error"] = (f"FUSEDOPT_CPU_TARGET={env!r} ignored: choose one of "
-                                   f"{supported} or 'auto'")
-        out["cpu"] = cpu
+    build = core.build_info()
+    targets = core.cpu_targets()
+    cpu = {
+        "built": True,
+        "compiler": build["compiler"],
+        "numerics": build["numerics"],
+        "targets": targets,
+        "target": core.active_target(),
+        "target_source": core.target_source(),
+        "threads": core.get_num_threads(),
+        "cores": core.available_cores(),
+    }
+    env = os.environ.get("FUSEDOPT_CPU_TARGET")
+    if env and env != "auto" and cpu["target_source"] != "FUSEDOPT_CPU_TARGET":
+        supported = [t["name"] for t in targets if t["supported"]]
+        cpu["target_error"] = (f"FUSEDOPT_CPU_TARGET={env!r} ignored: choose one of "
+                               f"{supported} or 'auto'")
+    out["cpu"] = cpu
     out["cuda"] = cuda.info()
     out["fallbacks"] = _kernels.fallbacks()
     return out

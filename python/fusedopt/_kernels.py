@@ -1,8 +1,9 @@
 """The functional kernels: in place, one fused call per list of tensors.
 
-Each function checks its hyperparameters (fusedopt._coeffs) and its arrays
-(fusedopt._arrays) before anything is written, then runs the native kernel or the
-reference implementation according to ``backend``:
+Each function checks its hyperparameters and computes its coefficients (fusedopt._coeffs),
+then hands the call to the one dispatch (fusedopt._dispatch), whose reader checks the
+arrays before anything is written and which runs the native kernel or the reference
+implementation according to ``backend``:
 
 * ``"auto"``: the compiled kernel; where none exists for these arrays (no module built for
   their device, say), the reference implementation, with a one-time FallbackWarning and a
@@ -18,118 +19,11 @@ Without it, NaN and inf propagate exactly as the reference says.
 
 from __future__ import annotations
 
-import threading
-import warnings
-from typing import NamedTuple
+from fusedopt import _coeffs
+from fusedopt._dispatch import AdaptiveRate, Call, FallbackWarning, StepStatus, fallbacks, run
 
-from fusedopt import _arrays, _coeffs, _native, cuda
-from fusedopt import _reference_impl as _ref
-
-BACKENDS = ("auto", "native", "reference")
-_FLOAT64 = "float64"  # internal backend of fusedopt.reference's float64 mode
-
-
-class FallbackWarning(RuntimeWarning):
-    """A kernel ran on the reference implementation because no compiled one could."""
-
-
-_fallbacks: dict[str, str] = {}  # reason -> first function that fell back
-_fallback_lock = threading.Lock()
-
-
-def fallbacks() -> dict[str, str]:
-    """Reasons for which backend='auto' fell back to the reference, with the first caller."""
-    with _fallback_lock:
-        return dict(_fallbacks)
-
-
-def _backend(fn: str, backend: str) -> str:
-    if backend not in BACKENDS and backend != _FLOAT64:
-        raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
-def _use_native(fn: str, prep, backend: str) -> bool:
-    if backend in ("reference", _FLOAT64):
-        return False
-    reason = _native.unavailable(prep)
-    if reason is None:
-        return True
-    if backend == "native":
-        raise RuntimeError(f"{fn}: no compiled kernel can take these arrays: {reason}")
-    with _fallback_lock:
-        first = reason not in _fallbacks
-        if first:
-            _fallbacks[reason] = fn
-    if first:
-        warnings.warn(f"{fn}: using the reference implementation because {reason} "
-                      "(shown once; fusedopt.info() lists fallbacks)", FallbackWarning, stacklevel=4)
-    return False
-
-
-class StepStatus(NamedTuple):
-    """What a kernel called with ``skip_if_nonfinite=True`` did."""
-
-    skipped: bool  # True: a gradient held NaN or inf, and no array was written
-    nonfinite: int  # how many gradient values were NaN or infinite
-
-
-def _count_nonfinite(prep, native: bool) -> int:
-    if native:
-        return _native.count_nonfinite(prep)
-    xp = prep.xp
-    return sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
-
-
-def _skip_or_run(skip: bool, count, run):
-    """The skip_if_nonfinite protocol, the same on every path: with skip, count the
-    gradients' NaN and inf first and write nothing if there is any."""
-    if skip:
-        n = count()
-        if n:
-            return StepStatus(True, n)
-    run()
-    return StepStatus(False, 0) if skip else None
-
-
-def _run(rule: str, prep, coeffs, backend: str, hyper, skip_if_nonfinite: bool):
-    """Runs a checked call; ``hyper`` makes the raw hyperparameters (float64 mode only)."""
-    skip = _coeffs._flag(prep.fn, "skip_if_nonfinite", skip_if_nonfinite)
-    if prep.n_tensors == 0:
-        return StepStatus(False, 0) if skip else None
-    native = _use_native(prep.fn, prep, backend)
-    if native:
-        run = lambda: _native.apply(rule, prep, coeffs)  # noqa: E731
-    elif backend == _FLOAT64:
-        run = lambda: _ref.apply_float64(rule, prep, hyper())  # noqa: E731
-    else:
-        run = lambda: _ref.apply_exact(rule, prep, coeffs)  # noqa: E731
-    with cuda.params_stream(prep.torch_device):
-        return _skip_or_run(skip, lambda: _count_nonfinite(prep, native), run)
-
-
-def _call(rule: str, fn: str, params, grads, state_names, state_values, coeffs, backend: str,
-          hyper, skip_if_nonfinite):
-    """Checks and runs one call: a fast path for plain NumPy or CuPy arrays, else prepare().
-
-    ``state_names`` and ``state_values`` are the state roles the rule uses, in rule order.
-    The fast paths hand the arguments as they came to the module of their device, which
-    checks them against prepare()'s rules while it reads their pointers; anything it
-    refuses, and every argument it does not look at (an unknown backend, a non-bool
-    skip_if_nonfinite), goes down the checked path, which words the error. Without
-    skip_if_nonfinite the check and the update are one call into the module.
-    """
-    if backend == "auto" or backend == "native":
-        if skip_if_nonfinite is False:
-            if _native.apply_strict(rule, params, grads, state_values, coeffs):
-                return None
-        elif skip_if_nonfinite is True:
-            call = _native.check_fast(params, grads, state_values)
-            if call is not None:
-                return _skip_or_run(True, call.count_nonfinite, lambda: call.run(rule, coeffs))
-    backend = _backend(fn, backend)
-    prep = _arrays.prepare(fn, params, grads, list(zip(state_names, state_values)))
-    return _run(rule, prep, coeffs, backend, hyper, skip_if_nonfinite)
+__all__ = ["AdaptiveRate", "FallbackWarning", "StepStatus", "fallbacks", "sgd_", "adaptive_sgd_",
+           "adagrad_", "rmsprop_", "adam_", "adamw_"]
 
 
 def _required(fn: str, name: str, value, because: str):
@@ -156,11 +50,15 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     c = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                     weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
     names, values = _momentum_state(fn, c, momentum_buffers)
-    return _call("sgd", fn, params, grads, names, values, c, backend,
-                 lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening,
-                              nesterov=c.nesterov, weight_decay=c.weight_decay,
-                              maximize=c.maximize, step=step, convention=convention),
-                 skip_if_nonfinite)
+    return run(Call("sgd", fn, params, grads, names, values, c, _sgd_hyper(dampening, step, convention)),
+               backend, skip_if_nonfinite)
+
+
+def _sgd_hyper(dampening, step, convention):
+    """SGD's raw hyperparameters from its coefficients (the adaptive rate's lr included)."""
+    return lambda c: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
+                          weight_decay=c.weight_decay, maximize=c.maximize, step=step,
+                          convention=convention)
 
 
 def _momentum_state(fn: str, c, momentum_buffers):
@@ -168,15 +66,6 @@ def _momentum_state(fn: str, c, momentum_buffers):
         return (), []
     return ("momentum_buffers",), [_required(fn, "momentum_buffers", momentum_buffers,
                                              "when momentum > 0")]
-
-
-class AdaptiveRate(NamedTuple):
-    """What adaptive_sgd_ used: the step's rate and the global gradient norm."""
-
-    lr: float  # the rate applied (0.0 when the step was skipped)
-    grad_norm: float  # the global L2 norm of the gradients (NaN when skipped)
-    skipped: bool = False  # skip_if_nonfinite=True and a gradient was not finite
-    nonfinite: int = 0  # how many gradient values were NaN or infinite (when checked)
 
 
 def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
@@ -190,67 +79,12 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
     rate used and the norm.
     """
     fn = "adaptive_sgd_"
-    backend = _backend(fn, backend)
     base = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                        weight_decay=weight_decay, maximize=maximize, step=step,
                        convention=convention)
     names, values = _momentum_state(fn, base, momentum_buffers)
-    skip = _coeffs._flag(fn, "skip_if_nonfinite", skip_if_nonfinite)
-    if backend == "auto" or backend == "native":
-        call = _native.check_fast(params, grads, values)
-        if call is not None:
-            if skip:
-                count = call.count_nonfinite()
-                if count:
-                    return AdaptiveRate(0.0, float("nan"), True, count)
-            if call.device == "cuda":
-                return AdaptiveRate(*_native.adaptive_sgd_device(call.batch, base, _first(params)))
-            sum_sq = call.grad_sum_of_squares()
-            c = _adaptive_coeffs(base, sum_sq)
-            call.run("sgd", c)
-            return AdaptiveRate(c.lr, sum_sq**0.5)
-    prep = _arrays.prepare(fn, params, grads, list(zip(names, values)))
-    if prep.n_tensors == 0:
-        return AdaptiveRate(base.lr, 0.0)
-    native = _use_native(fn, prep, backend)
-    with cuda.params_stream(prep.torch_device):
-        if skip:
-            count = _count_nonfinite(prep, native)
-            if count:
-                return AdaptiveRate(0.0, float("nan"), True, count)
-        if native and prep.device == "cuda":
-            # The norm, the rate and the update stay on the GPU (no host sync inside the
-            # step): lr and grad_norm come back as 0-d arrays of the params' library.
-            batch = _native.device_batch(prep)
-            return AdaptiveRate(*_native.adaptive_sgd_device(batch, base, _first(params)))
-        if native:
-            sum_sq = _native.grad_sum_of_squares(prep)
-        elif backend == _FLOAT64:
-            sum_sq = _ref.sum_of_squares_float64(prep.xp, prep.grads)
-        else:
-            sum_sq = _ref.sum_of_squares_exact(prep.xp, prep.grads)
-        c = _adaptive_coeffs(base, sum_sq)
-        _run("sgd", prep, c, backend,
-             lambda: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
-                          weight_decay=c.weight_decay, maximize=c.maximize, step=step,
-                          convention=convention), False)
-    return AdaptiveRate(c.lr, sum_sq**0.5)
-
-
-def _first(params):
-    """The first param of a call (a list or one array), or None for an empty list."""
-    if isinstance(params, (list, tuple)):
-        return params[0] if params else None
-    return params
-
-
-def _adaptive_coeffs(base, sum_sq: float):
-    """SGD's coefficients at ``lr_t = lr0 / (1 + sum_sq)``: only the rate and the decay
-    factor change. lr_t is NaN when a gradient is NaN (inf gives 0.0): that is the
-    gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
-    of failing the lr check."""
-    lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
-    return base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
+    return run(Call("sgd", fn, params, grads, names, values, base, _sgd_hyper(dampening, step, convention),
+                    adaptive=True), backend, skip_if_nonfinite)
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,
@@ -262,10 +96,10 @@ def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_d
     fn = "adagrad_"
     c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         eps=eps, maximize=maximize)
-    return _call("adagrad", fn, params, grads, ("state_sums",), [state_sums], c, backend,
-                 lambda: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
-                              weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize),
-                 skip_if_nonfinite)
+    return run(Call("adagrad", fn, params, grads, ("state_sums",), [state_sums], c,
+                    lambda c: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
+                                   weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize)),
+               backend, skip_if_nonfinite)
 
 
 def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr=0.01,
@@ -286,10 +120,10 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
     if c.has_momentum:
         names.append("momentum_buffers")
         values.append(_required(fn, "momentum_buffers", momentum_buffers, "when momentum > 0"))
-    return _call("rmsprop", fn, params, grads, names, values, c, backend,
-                 lambda: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
-                              momentum=c.momentum, centered=c.centered, maximize=c.maximize),
-                 skip_if_nonfinite)
+    return run(Call("rmsprop", fn, params, grads, tuple(names), values, c,
+                    lambda c: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
+                                   momentum=c.momentum, centered=c.centered, maximize=c.maximize)),
+               backend, skip_if_nonfinite)
 
 
 def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
@@ -300,10 +134,11 @@ def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     if c.amsgrad:
         names.append("max_exp_avg_sqs")
         values.append(_required(fn, "max_exp_avg_sqs", max_exp_avg_sqs, "when amsgrad=True"))
-    return _call("adam", fn, params, grads, names, values, c, backend,
-                 lambda: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
-                              weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
-                              decoupled=decoupled), skip_if_nonfinite)
+    return run(Call("adam", fn, params, grads, tuple(names), values, c,
+                    lambda c: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
+                                   weight_decay=c.weight_decay, amsgrad=c.amsgrad,
+                                   maximize=c.maximize, decoupled=decoupled)),
+               backend, skip_if_nonfinite)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,

@@ -150,13 +150,13 @@ def adaptive_sgd(batch, base, first_param):
         import torch
 
         result = torch.empty(2, dtype=torch.float64, device=first_param.device)
-        batch.adaptive_sgd(*base, result=result.data_ptr())
+        batch.adaptive_sgd(base, result=result.data_ptr())
         return result[0], result[1].sqrt()
     import cupy
 
     with cupy.cuda.Device(batch.device):  # the arrays' GPU, whose current stream the step used
         result = cupy.empty(2, dtype=cupy.float64)
-        batch.adaptive_sgd(*base, result=result.data.ptr)
+        batch.adaptive_sgd(base, result=result.data.ptr)
         return result[0], cupy.sqrt(result[1])
 
 

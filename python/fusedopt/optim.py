@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fusedopt import _arrays, _coeffs, _kernels, _native, cuda
+from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, cuda
 
 __all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
@@ -67,7 +67,7 @@ class Optimizer:
         if unknown:
             raise TypeError(f"{name}: unexpected argument(s) {sorted(unknown)}")
         self._hyper = self._normalized(name, {**self._defaults, **hyper})
-        self._backend = _kernels._backend(name, backend)
+        self._backend = _dispatch.check_backend(name, backend)
         self._params = list(params)
         self._step = 0
         self._lock = threading.Lock()
@@ -127,7 +127,7 @@ class Optimizer:
         if self._backend == "reference":
             raise ValueError(f"{name}: capturable=True needs the CUDA kernels; the CuPy "
                              "reference (backend='reference') computes every step on the host")
-        reason = _native.unavailable(prep)
+        reason = _native.unavailable(prep.device)
         if reason is not None:
             raise RuntimeError(f"{name}: capturable=True needs the CUDA kernels: {reason}")
         self._first_coeffs, table = self._table(self._hyper)
@@ -140,7 +140,7 @@ class Optimizer:
         before read. Those keep their kernel, which the flags chose, and the table's
         length: hyperparameters that change either are refused, with nothing written."""
         first, table = self._table(self._hyper)
-        flags = lambda c: tuple(v for v in c if type(v) is not float)  # noqa: E731
+        flags = lambda c: c[len(c.numbers):]  # noqa: E731
         if flags(first) != flags(self._first_coeffs) or table.shape[0] != self._schedule.table.shape[0]:
             raise ValueError(f"{name}.load_state_dict: a capturable optimizer takes only "
                              "hyperparameters that keep its kernel (maximize, weight decay on or "
@@ -155,15 +155,10 @@ class Optimizer:
         device counts the step and picks its coefficients, then the update reads them
         (cuda.StepSchedule). The arrays are checked as every step's are."""
         names = self._state_names()
-        values = [self._states[n] for n in names]
-        batch = _native.device_batch_strict(self._params, grads, values)
-        if batch is None:  # prepare() words what is wrong, or takes what strict() does not read
-            prep = _arrays.prepare(f"{type(self).__name__}.step", self._params, grads,
-                                   list(zip(names, values)))
-            batch = _native.device_batch(prep)
-        with cuda.params_stream(self._torch_device):
-            device_coeffs = self._schedule.queue(batch, self._skip)
-            getattr(batch, self._rule)(*self._first_coeffs, device_coeffs=device_coeffs)
+        call = _dispatch.Call(self._rule, f"{type(self).__name__}.step", self._params, grads,
+                              tuple(names), [self._states[n] for n in names], self._first_coeffs,
+                              hyper=None)
+        _dispatch.run_captured(call, self._schedule, self._skip, self._torch_device)
 
     # --- public -------------------------------------------------------------------------
     @property

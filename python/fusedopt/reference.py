@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 
-from fusedopt import _kernels
+from fusedopt import _dispatch, _kernels
 
 __all__ = ["sgd_", "adaptive_sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "MODES"]
 
-MODES = {"exact": "reference", "float64": _kernels._FLOAT64}
+MODES = {"exact": "reference", "float64": _dispatch.FLOAT64}
 
 
 def _reference_of(kernel):

@@ -10,7 +10,7 @@ spread is the 10th and 90th percentiles. Events bracket one whole step as a call
 it, so host time that leaves the GPU idle (Python, argument checks, launch overhead)
 counts too. fusedopt has three rows: the prepared call (`_cuda.Batch`: pointers read and
 checked once, then reused every step), the functional API (every array checked in C++ on
-every call, csrc/cuda/device_batch.cpp), and `fusedopt.optim`'s step (params and states
+every call, csrc/bindings/cuda_batch.cpp), and `fusedopt.optim`'s step (params and states
 checked once, the gradients every step). For Adam, a fourth row is `fusedopt.optim`'s step
 on torch tensors over the same memory, as a torch user takes it (its host work per tensor
 is larger). Two more rows time a step captured in a CUDA graph and replayed, which leaves
@@ -116,18 +116,18 @@ class Case:
         """The prepared call: pointers read once, one plan and one or two launches a step."""
         from fusedopt import _coeffs
 
-        batch = _cuda.Batch(self.params, self.grads, self.states, 0)
+        batch = _cuda.Batch(self.params, self.grads, self.states)
         if self.rule == "adam":
             c = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False)
-            return lambda: batch.adam(*c)
+            return lambda: batch.run("adam", c)
         if self.rule == "sgd_momentum":
             c = _coeffs.sgd("sgd_", lr=1e-3, momentum=0.9, dampening=0.0, nesterov=False,
                             weight_decay=0.0, maximize=False, step=2, convention="torch")
-            return lambda: batch.sgd(*c)
+            return lambda: batch.run("sgd", c)
         c = _coeffs.adagrad("adagrad_", step=1, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                             eps=1e-10, maximize=False)
-        return lambda: batch.adagrad(*c)
+        return lambda: batch.run("adagrad", c)
 
     def functional_step(self, fusedopt):
         p, g, s = self.params, self.grads, self.states
@@ -182,7 +182,7 @@ class Case:
         return lambda: (graph.launch(cupy.cuda.get_current_stream()), opt)[0]
 
     def traffic_step(self, _cuda):
-        batch = _cuda.Batch(self.params, self.grads, self.states, 0)
+        batch = _cuda.Batch(self.params, self.grads, self.states)
         return lambda: batch.traffic()
 
     def elementwise_step(self, cupy):

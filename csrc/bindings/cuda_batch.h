@@ -17,6 +17,7 @@
 
 #include <vector>
 
+#include "bindings/reader.h"
 #include "common/batch.h"
 #include "common/overlap.h"
 
@@ -29,8 +30,9 @@ class DeviceBatch {
  public:
   DeviceBatch() { reset(); }  // no tensors
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
-  DeviceBatch(const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-              int dtype_code);
+  DeviceBatch(py::handle params, py::handle grads, py::handle states);
+  // Gradients only (norms, non-finite counts): nothing is written.
+  static DeviceBatch grads_only(py::handle grads);
   // batch_ points into the vectors below; a move keeps their buffers, a copy would not.
   DeviceBatch(const DeviceBatch&) = delete;
   DeviceBatch& operator=(const DeviceBatch&) = delete;
@@ -46,6 +48,8 @@ class DeviceBatch {
   // arrays and torch tensors are always writable. False leaves this batch empty (no
   // tensors, no references).
   bool build_strict(py::handle params, py::handle grads, py::handle states);
+  // build_strict() with the reader's refusal (Rule::kDeviceCall for host arrays).
+  bindings::Refusal read_for_run(py::handle params, py::handle grads, py::handle states);
 
   // New gradients for a batch that build_strict() made (an optimizer's params and states,
   // read once): true if `grads` (a list or tuple of such arrays, one per param) passes
@@ -70,12 +74,14 @@ class DeviceBatch {
   int device() const;
   int n_states() const { return n_states_; }
   // Whether build_strict() took torch tensors for the params: the call then runs on torch's
-  // current stream (cuda/bindings_cuda.cpp: resolve_stream).
+  // current stream (bindings/register_cuda.cpp: resolve_stream).
   bool torch_params() const { return torch_params_; }
 
  private:
-  void add_role(int role, const py::sequence& arrays);
-  bool read_strict(py::handle params, py::handle grads, py::handle states);
+  // The reader's verdict; on acceptance this batch holds the call.
+  bindings::Refusal read(py::handle params, py::handle grads, py::handle states);
+  void adopt(bindings::ReadCall&& call);
+  void adopt_or_throw(const bindings::Refusal& refusal);
   void reset();
   uintptr_t bytes(int64_t elements) const {
     return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize_);
@@ -89,10 +95,12 @@ class DeviceBatch {
   // the memory stays allocated even if a tensor object is pointed elsewhere (.data =) in
   // between. (Not if the storage itself is resized: that is a race the caller owns.)
   std::vector<py::object> memory_, grad_memory_;
+  std::vector<py::object> held_;  // what the reader held: the lists' tuples, the first storages
   std::vector<ByteSpan> written_;  // build_strict(): written arrays' bytes, sorted and disjoint
   bool strict_ = false;            // built by build_strict()
   bool has_grads_ = true;          // false after drop_grads(), until set_grads()
   bool torch_params_ = false;
+  bool on_device_ = false;
   int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;

@@ -1,7 +1,7 @@
 // fusedopt._cuda: the CUDA kernels. Private; the Python package is the API.
 #include <pybind11/pybind11.h>
 
-#include "cuda/bindings_cuda.h"
+#include "bindings/register_cuda.h"
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "fusedopt CUDA kernels (private: use the fusedopt package)";

@@ -21,10 +21,11 @@
 #include <utility>
 #include <vector>
 
+#include "bindings/steps_from_python.h"
 #include "common/steps.h"
-#include "cuda/bindings_cuda.h"
+#include "bindings/register_cuda.h"
 #include "cuda/device.h"
-#include "cuda/device_batch.h"
+#include "bindings/cuda_batch.h"
 #include "cuda/kernels.h"
 #include "cuda/plan.h"
 #include "math/sumsq.h"
@@ -34,8 +35,6 @@ namespace cuda {
 namespace {
 
 namespace py = pybind11;
-using math::Momentum;
-using math::WeightDecay;
 
 // The stream of a call whose caller names none: the current stream, on the arrays' GPU, of
 // the library its params come from (the first param decides a mixed list), so that the
@@ -64,22 +63,6 @@ cudaStream_t resolve_stream(const py::object& stream, const DeviceBatch& b) {
   return reinterpret_cast<cudaStream_t>(ptr.cast<uintptr_t>());
 }
 
-WeightDecay weight_decay_mode(int code) {
-  if (code < 0 || code > 2) throw std::invalid_argument("bad weight-decay mode");
-  return static_cast<WeightDecay>(code);
-}
-
-Momentum momentum_mode(int code) {
-  if (code < 0 || code > 3) throw std::invalid_argument("bad momentum mode");
-  return static_cast<Momentum>(code);
-}
-
-void expect_states(const DeviceBatch& b, int expected, const char* rule) {
-  if (b.n_states() != expected)
-    throw std::invalid_argument(std::string(rule) + ": these flags need " + std::to_string(expected) +
-                                " state lists, got " + std::to_string(b.n_states()));
-}
-
 // Queues `work` on the arrays' device and the call's stream, without the GIL.
 template <class F>
 void queue_on(const DeviceBatch& b, const py::object& stream, F&& work) {
@@ -103,18 +86,25 @@ void zero_result(const DeviceBatch& b, const py::object& stream, void* out, size
   queue_on(b, stream, [&](cudaStream_t s) { check(cudaMemsetAsync(out, 0, bytes, s), "cudaMemsetAsync"); });
 }
 
-template <class Step, class Kernel>
-void run_rule(Kernel kernel, const Step& step, const DeviceBatch& b, const py::object& stream,
-              uintptr_t device_coeffs) {
-  on_device(b, stream, [&](cudaStream_t s) {
-    kernel(step, b.batch(), s, reinterpret_cast<const void*>(device_coeffs));
-  });
+// Runs the rule whose step struct is Step with Python's coefficient object `coeffs`.
+template <class Step>
+void run_step(const DeviceBatch& b, py::handle coeffs, const py::object& stream, uintptr_t device_coeffs) {
+  const Step step = bindings::step_from_python<Step>(coeffs);
+  // The kernels dereference one state pointer per state the rule keeps: a call with
+  // another number of state lists than the flags ask for would read through a null one.
+  if (step.n_states() != b.n_states())
+    throw std::invalid_argument(std::string(Step::kName) + ": these flags need " + std::to_string(step.n_states()) +
+                                " state lists, got " + std::to_string(b.n_states()));
+  on_device(b, stream, [&](cudaStream_t s) { update(step, b.batch(), s, reinterpret_cast<const void*>(device_coeffs)); });
 }
 
-SgdStep sgd_step(double lr, double weight_decay, double decay_factor, double momentum,
-                 double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov) {
-  return SgdStep{{lr, weight_decay, decay_factor, momentum, one_minus_dampening},
-                 maximize, weight_decay_mode(wd_mode), momentum_mode(mom_mode), nesterov};
+void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, const py::object& stream,
+              uintptr_t device_coeffs) {
+#define FUSEDOPT_RUN_IF(Step, COEFFS, FLAGS) \
+  if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs);
+  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+  throw std::invalid_argument("unknown rule '" + rule + "'");
 }
 
 double sum_of_squares_now(const DeviceBatch& b, const py::object& stream) {
@@ -174,8 +164,8 @@ void register_batch(py::module_& m) {
   py::class_<DeviceBatch>(m, "Batch", py::module_local(),
                           "Device pointers of one call's arrays, read once and reusable across steps. "
                           "The methods take the coefficient arguments of the module functions.")
-      .def(py::init<const py::sequence&, const py::sequence&, const py::sequence&, int>(),
-           arg("params"), arg("grads"), arg("states"), arg("dtype"))
+      .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"),
+           "Reads a call (the one reader: bindings/reader.h); raises if it is refused or on the host.")
       .def_static(
           "strict",
           [](py::handle params, py::handle grads, py::handle states) -> py::object {
@@ -200,70 +190,22 @@ void register_batch(py::module_& m) {
       .def_property_readonly("torch_params", &DeviceBatch::torch_params,
                              "True if strict() took torch tensors for the params: calls then run on "
                              "torch's current stream, else on CuPy's.")
-      .def(
-          "sgd",
-          [](const DeviceBatch& b, double lr, double weight_decay, double decay_factor, double momentum,
-             double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov,
-             py::object stream, uintptr_t device_coeffs) {
-            const SgdStep step = sgd_step(lr, weight_decay, decay_factor, momentum, one_minus_dampening,
-                                          maximize, wd_mode, mom_mode, nesterov);
-            expect_states(b, step.momentum == Momentum::kNone ? 0 : 1, "sgd");
-            run_rule(cuda::sgd, step, b, stream, device_coeffs);
-          },
-          arg("lr"), arg("weight_decay"), arg("decay_factor"), arg("momentum"),
-          arg("one_minus_dampening"), arg("maximize"), arg("wd_mode"), arg("momentum_mode"),
-          arg("nesterov"), kw, arg("stream") = py::none(), arg("device_coeffs") = 0)
-      .def(
-          "adagrad",
-          [](const DeviceBatch& b, double clr, double weight_decay, double eps, bool maximize,
-             int wd_mode, py::object stream, uintptr_t device_coeffs) {
-            expect_states(b, 1, "adagrad");
-            const AdagradStep step{{clr, weight_decay, eps}, maximize, weight_decay_mode(wd_mode)};
-            run_rule(cuda::adagrad, step, b, stream, device_coeffs);
-          },
-          arg("clr"), arg("weight_decay"), arg("eps"), arg("maximize"), arg("wd_mode"), kw,
-          arg("stream") = py::none(), arg("device_coeffs") = 0)
-      .def(
-          "rmsprop",
-          [](const DeviceBatch& b, double lr, double alpha, double one_minus_alpha, double eps,
-             double weight_decay, double momentum, bool maximize, int wd_mode, bool centered,
-             bool has_momentum, py::object stream, uintptr_t device_coeffs) {
-            expect_states(b, 1 + (centered ? 1 : 0) + (has_momentum ? 1 : 0), "rmsprop");
-            const RmspropStep step{{lr, alpha, one_minus_alpha, eps, weight_decay, momentum},
-                                   maximize, weight_decay_mode(wd_mode), centered, has_momentum};
-            run_rule(cuda::rmsprop, step, b, stream, device_coeffs);
-          },
-          arg("lr"), arg("alpha"), arg("one_minus_alpha"), arg("eps"), arg("weight_decay"),
-          arg("momentum"), arg("maximize"), arg("wd_mode"), arg("centered"), arg("has_momentum"), kw,
-          arg("stream") = py::none(), arg("device_coeffs") = 0)
-      .def(
-          "adam",
-          [](const DeviceBatch& b, double beta1, double one_minus_beta1, double beta2,
-             double one_minus_beta2, double step_size, double inv_sqrt_bc2, double eps,
-             double weight_decay, double decay_factor, bool maximize, int wd_mode, bool amsgrad,
-             py::object stream, uintptr_t device_coeffs) {
-            expect_states(b, amsgrad ? 3 : 2, "adam");
-            const AdamStep step{{beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
-                                 inv_sqrt_bc2, eps, weight_decay, decay_factor},
-                                maximize, weight_decay_mode(wd_mode), amsgrad};
-            run_rule(cuda::adam, step, b, stream, device_coeffs);
-          },
-          arg("beta1"), arg("one_minus_beta1"), arg("beta2"), arg("one_minus_beta2"),
-          arg("step_size"), arg("inv_sqrt_bc2"), arg("eps"), arg("weight_decay"),
-          arg("decay_factor"), arg("maximize"), arg("wd_mode"), arg("amsgrad"), kw,
-          arg("stream") = py::none(), arg("device_coeffs") = 0)
+      .def("run", &run_rule, arg("rule"), arg("coeffs"), kw, arg("stream") = py::none(),
+           arg("device_coeffs") = 0,
+           "Runs a rule with its coefficients (fusedopt/_coeffs.py), on `stream` (default: the "
+           "current stream of the params' library); device_coeffs: the address of the "
+           "coefficients in device memory, for steps the device picks or a graph replays.")
       .def(
           "adaptive_sgd",
-          [](const DeviceBatch& b, double lr, double weight_decay, double decay_factor, double momentum,
-             double one_minus_dampening, bool maximize, int wd_mode, int mom_mode, bool nesterov,
-             uintptr_t result, py::object stream) {
-            const SgdStep step = sgd_step(lr, weight_decay, decay_factor, momentum, one_minus_dampening,
-                                          maximize, wd_mode, mom_mode, nesterov);
-            expect_states(b, step.momentum == Momentum::kNone ? 0 : 1, "adaptive_sgd");
+          [](const DeviceBatch& b, py::handle coeffs, uintptr_t result, py::object stream) {
+            const SgdStep step = bindings::step_from_python<SgdStep>(coeffs);
+            if (step.n_states() != b.n_states())
+              throw std::invalid_argument("adaptive_sgd: these flags need " + std::to_string(step.n_states()) +
+                                          " state lists, got " + std::to_string(b.n_states()));
             if (result == 0) throw std::invalid_argument("adaptive_sgd: result must be a device address");
             if (b.has_grads() && b.batch().total() == 0) {
               // No kernel runs, but the caller reads the result: lr_t = lr, ||g||^2 = 0.
-              const double host[2] = {lr, 0.0};
+              const double host[2] = {step.c.lr, 0.0};
               const cudaStream_t s = resolve_stream(stream, b);
               py::gil_scoped_release release;
               check(cudaMemcpyAsync(reinterpret_cast<void*>(result), host, sizeof(host),
@@ -275,11 +217,10 @@ void register_batch(py::module_& m) {
               cuda::adaptive_sgd(step, b.batch(), reinterpret_cast<double*>(result), s);
             });
           },
-          arg("lr"), arg("weight_decay"), arg("decay_factor"), arg("momentum"),
-          arg("one_minus_dampening"), arg("maximize"), arg("wd_mode"), arg("momentum_mode"),
-          arg("nesterov"), kw, arg("result"), arg("stream") = py::none(),
-          "SGD at lr_t = lr / (1 + ||g||^2), all on the device: writes lr_t and ||g||^2 to the "
-          "two float64 at `result`, and waits for nothing. decay_factor is recomputed from lr_t.")
+          arg("coeffs"), kw, arg("result"), arg("stream") = py::none(),
+          "SGD at lr_t = lr / (1 + ||g||^2) (coeffs: SGD's, with lr = lr0), all on the device: "
+          "writes lr_t and ||g||^2 to the two float64 at `result`, and waits for nothing. "
+          "decay_factor is recomputed from lr_t.")
       .def(
           "traffic",
           [](const DeviceBatch& b, py::object stream) {
@@ -328,35 +269,33 @@ void register_batch(py::module_& m) {
            "out) is not 0, it sets out's skip word instead and leaves the step count.");
 }
 
-// The module-level functions take (params, grads, states, dtype, *coefficients) like
-// fusedopt._core's, build a Batch and call its method of the same name.
+// The module-level functions read a call and run it at once, like fusedopt._core's run().
 void register_functions(py::module_& m) {
-  for (const char* name : {"sgd", "adagrad", "rmsprop", "adam", "adaptive_sgd", "traffic"}) {
-    const std::string method = name;
-    m.def(
-        name,
-        [method](const py::sequence& params, const py::sequence& grads, const py::sequence& states,
-                 int dtype, py::args coeffs, py::kwargs kwargs) {
-          py::object batch = py::cast(DeviceBatch(params, grads, states, dtype));
-          return batch.attr(method.c_str())(*coeffs, **kwargs);
-        },
-        py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("dtype"));
-  }
+  m.def(
+      "run",
+      [](const std::string& rule, py::handle params, py::handle grads, py::handle states, py::handle coeffs,
+         py::object stream) -> py::object {
+        DeviceBatch b;
+        const bindings::Refusal refusal = b.read_for_run(params, grads, states);
+        if (refusal) return refusal.to_python();
+        run_rule(b, rule, coeffs, stream, 0);
+        return py::none();
+      },
+      py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("coeffs"),
+      py::kw_only(), py::arg("stream") = py::none(),
+      "Reads and runs one call on the device: None if it ran, else the reader's refusal "
+      "('device_call' reversed: host arrays are the CPU module's).");
   m.def(
       "grad_sum_of_squares",
-      [](const py::sequence& grads, int dtype, uintptr_t out, py::object stream) -> py::object {
-        // The grads stand in for the params too: only their sizes and pointers are read.
-        py::object batch = py::cast(DeviceBatch(grads, grads, py::list(), dtype));
+      [](py::handle grads, uintptr_t out, py::object stream) -> py::object {
+        py::object batch = py::cast(DeviceBatch::grads_only(grads));
         return batch.attr("grad_sum_of_squares")(py::arg("out") = out, py::arg("stream") = stream);
       },
-      py::arg("grads"), py::arg("dtype"), py::kw_only(), py::arg("out") = 0,
-      py::arg("stream") = py::none());
+      py::arg("grads"), py::kw_only(), py::arg("out") = 0, py::arg("stream") = py::none());
   m.def(
       "count_nonfinite",
-      [](const py::sequence& grads, int dtype, py::object stream) {
-        return nonfinite_now(DeviceBatch(grads, grads, py::list(), dtype), stream);
-      },
-      py::arg("grads"), py::arg("dtype"), py::kw_only(), py::arg("stream") = py::none());
+      [](py::handle grads, py::object stream) { return nonfinite_now(DeviceBatch::grads_only(grads), stream); },
+      py::arg("grads"), py::kw_only(), py::arg("stream") = py::none());
 }
 
 // Launch planning, exposed so that tests/test_cuda_plan.py checks on the CPU the very code

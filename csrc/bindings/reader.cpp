@@ -1,0 +1,346 @@
+#include "bindings/reader.h"
+
+#include <pybind11/numpy.h>
+
+#include <utility>
+
+#include "common/overlap.h"
+
+namespace fusedopt {
+namespace bindings {
+
+const std::vector<std::string>& rule_names() {
+  static const std::vector<std::string> names = {
+      "ok",        "not_list",      "list_for_single", "length",  "too_many_states", "not_array",
+      "unreachable", "mixed_memory", "dtype",          "dtype_mismatch", "shape",     "not_contiguous",
+      "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data"};
+  return names;
+}
+
+py::tuple Refusal::to_python() const {
+  return py::make_tuple(rule_names()[static_cast<size_t>(rule)], role, index, other_role, other_index);
+}
+
+Batch ReadCall::batch() const {
+  Batch b;
+  b.dtype = dtype;
+  b.n_tensors = n_tensors;
+  b.offsets = offsets.data();
+  for (int r = 0; r < kMaxRoles; ++r) b.ptrs[r] = ptrs[r].empty() ? nullptr : ptrs[r].data();
+  return b;
+}
+
+ReadOptions& module_read_options() {
+  static ReadOptions options;
+  return options;
+}
+
+namespace {
+
+using npy = py::detail::npy_api;
+
+// A NumPy dtype (NumPy's own arrays, CuPy's, which carry NumPy dtypes) as a DType code:
+// float32 or float64 of the machine's byte order, else -1.
+int numpy_dtype_code(PyObject* descr) {
+  const auto dt = py::reinterpret_borrow<py::dtype>(descr);
+  if (dt.byteorder() == '>' || dt.byteorder() == '<') return -1;  // '=' and '|' are native
+  if (dt.num() == 11) return static_cast<int>(DType::kFloat32);
+  if (dt.num() == 12) return static_cast<int>(DType::kFloat64);
+  return -1;
+}
+
+}  // namespace
+
+bool read_array_shape(PyObject* o, ArrayItem& it) {
+  PyObject* shape = PyObject_GetAttr(o, names().shape);
+  if (shape == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool ok = read_shape(shape, it.dims, it.ndim, kMaxDims);
+  Py_DECREF(shape);
+  if (ok) it.count_from_dims();
+  return ok;
+}
+
+bool ArrayKinds::is_torch(PyObject* o) const {
+  if (known.kind(o) == Kind::kTorch) return true;
+  if (known.torch_tensor.is_none()) return false;
+  const int r = PyObject_IsInstance(o, known.torch_tensor.ptr());  // subclasses too
+  if (r < 0) PyErr_Clear();
+  return r > 0;
+}
+
+bool ArrayKinds::is_cupy(PyObject* o) {
+  PyObject* module = PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(o)), "__module__");
+  if (module == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  bool yes = false;
+  if (PyUnicode_Check(module)) {
+    const char* m = PyUnicode_AsUTF8(module);
+    yes = m != nullptr && (std::string(m) == "cupy" || std::string(m).rfind("cupy.", 0) == 0);
+  }
+  Py_DECREF(module);
+  PyErr_Clear();
+  return yes;
+}
+
+Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options, ArrayItem& it) {
+  it = ArrayItem();
+  if (npy::get().PyArray_Check_(o)) {
+    const auto* a = py::detail::array_proxy(o);
+    if (a->nd > kMaxDims) return Rule::kNotArray;
+    it.ndim = a->nd;
+    for (int d = 0; d < a->nd; ++d) it.dims[d] = static_cast<int64_t>(a->dimensions[d]);
+    it.count_from_dims();
+    it.dtype = numpy_dtype_code(a->descr);
+    it.ptr = reinterpret_cast<uintptr_t>(a->data);
+    it.contiguous = (a->flags & npy::NPY_ARRAY_C_CONTIGUOUS_) != 0;
+    it.writable = (a->flags & npy::NPY_ARRAY_WRITEABLE_) != 0;
+    it.aligned = (a->flags & npy::NPY_ARRAY_ALIGNED_) != 0;
+    return Rule::kNone;
+  }
+  if (types.is_torch(o)) {
+    it.torch = true;
+    if (!read_array_shape(o, it)) return Rule::kNotArray;
+    PyObject* d = PyObject_GetAttr(o, names().dtype);
+    if (d == nullptr) {
+      PyErr_Clear();
+      return Rule::kNotArray;
+    }
+    it.dtype = types.known.torch_dtype_code(d);
+    Py_DECREF(d);
+    ArrayFacts f;
+    if (!read_torch(o, it.count, f)) return Rule::kUnreachable;  // negative bit, or another device
+    it.ptr = f.ptr;
+    it.contiguous = f.contiguous;
+    it.on_device = !f.on_cpu || options.host_tensors_are_device;
+    it.device = f.on_cpu ? (options.host_tensors_are_device ? 0 : -1) : f.device;
+    it.memory = std::move(f.memory);
+    return Rule::kNone;
+  }
+  if (types.known.kind(o) == Kind::kCupy || ArrayKinds::is_cupy(o)) {
+    ArrayFacts f;
+    if (read_cupy(o, f, false) && read_array_shape(o, it)) {
+      PyObject* d = PyObject_GetAttr(o, names().dtype);
+      if (d == nullptr) {
+        PyErr_Clear();
+        return Rule::kNotArray;
+      }
+      it.dtype = py::isinstance<py::dtype>(d) ? numpy_dtype_code(d) : -1;
+      Py_DECREF(d);
+      it.on_device = true;
+      it.device = f.device;
+      it.ptr = f.ptr;
+      it.contiguous = f.contiguous;
+      return Rule::kNone;
+    }
+    PyErr_Clear();  // a CuPy-like type without CuPy's fields: its interface below
+  }
+  if (PyObject_HasAttrString(o, "__cuda_array_interface__")) {
+    try {
+      py::dict cai = py::reinterpret_borrow<py::object>(o).attr("__cuda_array_interface__");
+      py::tuple data = cai["data"];
+      it.ptr = data[0].cast<uintptr_t>();
+      it.writable = !data[1].cast<bool>();
+      const auto typestr = cai["typestr"].cast<std::string>();
+      it.dtype = typestr == "<f4" ? static_cast<int>(DType::kFloat32)
+                 : typestr == "<f8" ? static_cast<int>(DType::kFloat64)
+                                    : -1;
+      const int itemsize = std::stoi(typestr.substr(2));
+      py::tuple shape = cai["shape"];
+      if (shape.size() > static_cast<size_t>(kMaxDims)) return Rule::kNotArray;
+      it.ndim = static_cast<int>(shape.size());
+      for (int d = 0; d < it.ndim; ++d) it.dims[d] = shape[static_cast<size_t>(d)].cast<int64_t>();
+      it.count_from_dims();
+      it.contiguous = true;
+      if (cai.contains("strides") && !cai["strides"].is_none()) {
+        py::tuple strides = cai["strides"];
+        int64_t expected = itemsize;
+        for (int d = it.ndim; d-- > 0;) {
+          if (it.dims[d] != 1 && strides[static_cast<size_t>(d)].cast<int64_t>() != expected) it.contiguous = false;
+          expected *= it.dims[d];
+        }
+      }
+      it.on_device = true;
+      // A device array that says which GPU it is on as CuPy's do (data.device_id).
+      PyObject* owner = PyObject_GetAttr(o, names().data);
+      long long device = -1;
+      if (owner != nullptr && int_attr(owner, names().device_id, device) && device >= 0)
+        it.device = static_cast<int>(device);
+      Py_XDECREF(owner);
+      PyErr_Clear();
+      return Rule::kNone;
+    } catch (const py::error_already_set&) {
+      return Rule::kNotArray;
+    } catch (const std::exception&) {
+      return Rule::kNotArray;
+    }
+  }
+  return Rule::kNotArray;
+}
+
+namespace {
+
+// One role's items: a list or tuple (copied into a tuple of our own, which no other
+// thread can change while the kernel runs without the GIL), or one array.
+struct RoleValues {
+  py::object held;
+  PyObject* const* at = nullptr;
+  Py_ssize_t size = 0;
+  bool is_list = false;
+  PyObject* one = nullptr;
+
+  void open(PyObject* o) {
+    is_list = PyList_Check(o) || PyTuple_Check(o);
+    if (!is_list) {
+      one = o;
+      at = &one;
+      size = 1;
+      return;
+    }
+    held = PyList_Check(o) ? py::reinterpret_steal<py::object>(PyList_AsTuple(o)) : py::reinterpret_borrow<py::object>(o);
+    if (!held) throw py::error_already_set();
+    at = PySequence_Fast_ITEMS(held.ptr());
+    size = PyTuple_GET_SIZE(held.ptr());
+  }
+};
+
+}  // namespace
+
+Refusal read_call(py::handle params, py::handle grads, py::handle states, const ReadOptions& options,
+                  ReadCall& out) {
+  out = ReadCall();
+  const bool has_grads = !grads.is_none();
+  out.has_grads = has_grads;
+
+  // The roles as the caller names them: params, grads (if given), states.
+  RoleValues state_list;
+  state_list.open(states.ptr());
+  if (!state_list.is_list) throw py::type_error("states must be a list or tuple of the state roles' values");
+  if (state_list.size > kMaxStates) return {Rule::kTooManyStates, 0, -1};
+  const int n_named = 1 + (has_grads ? 1 : 0) + static_cast<int>(state_list.size);
+  RoleValues roles[kMaxRoles];
+  int slot[kMaxRoles];  // named role -> Batch role
+  roles[0].open(params.ptr());
+  slot[0] = kParam;
+  if (has_grads) {
+    roles[1].open(grads.ptr());
+    slot[1] = kGrad;
+  }
+  for (Py_ssize_t k = 0; k < state_list.size; ++k) {
+    const int r = (has_grads ? 2 : 1) + static_cast<int>(k);
+    roles[r].open(state_list.at[k]);
+    slot[r] = kState0 + static_cast<int>(k);
+  }
+  out.single = !roles[0].is_list;
+  for (int r = 1; r < n_named; ++r) {
+    if (out.single && roles[r].is_list) return {Rule::kListForSingle, r, -1};
+    if (!out.single && !roles[r].is_list) return {Rule::kNotList, r, -1};
+    if (roles[r].size != roles[0].size) return {Rule::kLength, r, -1};
+  }
+  for (int r = 0; r < n_named; ++r)
+    if (roles[r].held) out.held.push_back(roles[r].held);
+
+  const Py_ssize_t n = roles[0].size;
+  const ArrayKinds types;
+  const int grad_role = has_grads ? 1 : -1;
+  auto written = [&](int r) { return !options.read_only && r != grad_role; };
+  out.n_roles = 2 + static_cast<int>(state_list.size);
+  out.offsets.assign(static_cast<size_t>(n) + 1, 0);
+  for (int r = 0; r < n_named; ++r) {
+    out.ptrs[slot[r]].resize(static_cast<size_t>(n));
+    out.items[slot[r]].resize(static_cast<size_t>(n));
+  }
+  std::vector<ArrayItem> items(static_cast<size_t>(n_named));
+  std::vector<ByteSpan> spans;
+  spans.reserve(static_cast<size_t>(n) * n_named);
+  int call_dtype = -1;
+  int itemsize = 0;
+  bool memory_known = false;
+  int gpu_role = -1;  // the first array that said which GPU it is on
+  Py_ssize_t gpu_index = -1;
+  for (Py_ssize_t t = 0; t < n; ++t) {
+    // First what each array is and where it lives, then the rules between them: the
+    // order in which fusedopt/_arrays.py used to find them.
+    for (int r = 0; r < n_named; ++r) {
+      PyObject* o = roles[r].at[t];
+      const Rule kind_rule = read_array(o, types, options, items[r]);
+      if (kind_rule != Rule::kNone) return {kind_rule, r, t};
+      if (!memory_known) {
+        memory_known = true;
+        out.on_device = items[r].on_device;
+        if (out.on_device && options.host_only) return {Rule::kDeviceCall, r, t};
+      } else if (items[r].on_device != out.on_device) {
+        return {Rule::kMixedMemory, r, t};
+      }
+      if (items[r].device >= 0) {
+        if (out.device < 0) {
+          out.device = items[r].device;
+          gpu_role = r;
+          gpu_index = t;
+        } else if (items[r].device != out.device) {
+          return {Rule::kOtherGpu, r, t, gpu_role, gpu_index};
+        }
+      }
+    }
+    const ArrayItem& p = items[0];
+    if (call_dtype < 0) {
+      if (p.dtype < 0) return {Rule::kDtype, 0, t};
+      call_dtype = p.dtype;
+      itemsize = itemsize_of(call_dtype);
+    }
+    for (int r = 0; r < n_named; ++r) {
+      ArrayItem& a = items[r];
+      if (a.dtype != call_dtype) return {Rule::kDtypeMismatch, r, t};
+      if (r > 0 && !a.same_shape(p)) return {Rule::kShape, r, t};
+      if (!a.contiguous) return {Rule::kNotContiguous, r, t};
+      const bool misaligned = !a.aligned || a.ptr % static_cast<uintptr_t>(itemsize) != 0;
+      if (a.count > 0 && a.ptr == 0) return {Rule::kNullData, r, t};
+      if (a.count > 0 && misaligned) return {Rule::kMisaligned, r, t};
+      if (written(r) && !a.writable) return {Rule::kReadOnly, r, t};
+    }
+    out.offsets[static_cast<size_t>(t) + 1] = out.offsets[static_cast<size_t>(t)] + p.count;
+    const uintptr_t nbytes = static_cast<uintptr_t>(p.count) * static_cast<uintptr_t>(itemsize);
+    for (int r = 0; r < n_named; ++r) {
+      ArrayItem& a = items[r];
+      out.ptrs[slot[r]][static_cast<size_t>(t)] = reinterpret_cast<void*>(a.ptr);
+      out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
+      // The span's index numbers the arrays role by role, as the refusal names them.
+      if (nbytes) spans.push_back({a.ptr, a.ptr + nbytes, static_cast<size_t>(r) * static_cast<size_t>(n) +
+                                                              static_cast<size_t>(t),
+                                   written(r)});
+      if (a.memory) out.held.push_back(std::move(a.memory));
+    }
+  }
+  const auto pair = first_overlap(spans);
+  if (pair.first >= 0) {
+    return {Rule::kOverlap, static_cast<int>(pair.first / n), pair.first % n, static_cast<int>(pair.second / n),
+            pair.second % n};
+  }
+  if (n > 0) {
+    out.dtype = static_cast<DType>(call_dtype);
+    out.torch_params = types.is_torch(roles[0].at[0]);
+  }
+  if (out.single) {  // the lone arrays are the caller's: hold them as the tuples hold a list's
+    for (int r = 0; r < n_named; ++r) out.held.push_back(py::reinterpret_borrow<py::object>(roles[r].at[0]));
+  }
+  out.n_tensors = static_cast<int64_t>(n);
+  return {};
+}
+
+Refusal read_grads(py::handle grads, ReadOptions options, ReadCall& out) {
+  options.read_only = true;
+  const Refusal refusal = read_call(grads, py::none(), py::list(), options, out);
+  if (!refusal) {
+    out.ptrs[kGrad] = out.ptrs[kParam];
+    out.items[kGrad] = out.items[kParam];
+    out.has_grads = true;
+  }
+  return refusal;
+}
+
+}  // namespace bindings
+}  // namespace fusedopt

@@ -1,0 +1,152 @@
+// The one reader of a call's arrays, compiled into the CPU and the CUDA module.
+//
+// It takes the params, the grads and the state lists of a call as the caller passed them
+// (lists or tuples of arrays, or one array per role for a one-tensor call), reads every
+// array as directly as its kind allows (NumPy arrays through their C struct, torch tensors
+// through their own methods, CuPy arrays through their fields, anything else through its
+// __cuda_array_interface__) and applies every rule of what a call may be, once:
+//
+//   list structure and lengths; a known kind of array; one kind of memory (host or
+//   device); a supported dtype shared by the call; equal shapes per tensor; C-contiguous;
+//   aligned to the element; writable where written; no written array sharing a byte with
+//   another array.
+//
+// It answers with the pointers of an accepted call, or with the first rule broken, in the
+// order of the roles and tensors, and where (role, list index, and the other array for an
+// overlap). fusedopt/_arrays.py words a refusal; it checks nothing itself.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bindings/array_facts.h"
+#include "common/batch.h"
+
+namespace fusedopt {
+namespace bindings {
+
+namespace py = pybind11;
+
+// What a refused call broke. The names (rule_names()) are what Python sees.
+enum class Rule : int {
+  kNone = 0,
+  kNotList,        // a role is not a list or tuple while params is one
+  kListForSingle,  // a role is a list or tuple while params is one array
+  kLength,         // a role's list differs in length from params
+  kTooManyStates,  // more state lists than any rule keeps
+  kNotArray,       // not an array this reader knows
+  kUnreachable,    // a torch tensor whose memory does not hold its values, or on another device
+  kMixedMemory,    // host and device arrays in one call
+  kDtype,          // params' dtype is not one the kernels store
+  kDtypeMismatch,  // another dtype than the call's
+  kShape,          // another shape than its param
+  kNotContiguous,
+  kMisaligned,
+  kReadOnly,
+  kOverlap,     // shares memory with another array (other_role, other_index)
+  kDeviceCall,  // (not an error) a host-only read met device arrays: the CUDA module's call
+  kOtherGpu,    // on another GPU than the call's first array that says which
+  kNullData,    // elements, but a null data pointer
+};
+const std::vector<std::string>& rule_names();
+
+struct Refusal {
+  Rule rule = Rule::kNone;
+  int role = -1;  // into the call's roles: params, grads (if any), then the states
+  int64_t index = -1;
+  int other_role = -1;
+  int64_t other_index = -1;
+  explicit operator bool() const { return rule != Rule::kNone; }
+  py::tuple to_python() const;  // (rule name, role, index, other role, other index)
+};
+
+// An accepted call: one Batch's worth of pointers, and what keeps them valid.
+struct ReadCall {
+  DType dtype = DType::kFloat32;
+  bool single = false;     // one array per role, not lists
+  bool on_device = false;  // CUDA memory (CuPy arrays, torch CUDA tensors, interfaces)
+  int device = -1;         // the GPU where the arrays say (-1: not said, or host)
+  bool torch_params = false;
+  bool has_grads = true;
+  int n_roles = 0;  // params, grads (even when absent), states
+  int64_t n_tensors = 0;
+  std::vector<int64_t> offsets{0};
+  std::vector<void*> ptrs[kMaxRoles];
+  std::vector<PyObject*> items[kMaxRoles];  // borrowed from `held`
+  std::vector<py::object> held;             // the lists (as tuples) and torch storages
+
+  Batch batch() const;
+};
+
+// One array as the rules see it, whatever its kind.
+constexpr int kMaxDims = 64;  // NumPy 2's NPY_MAXDIMS
+struct ArrayItem {
+  bool on_device = false;
+  int device = -1;  // the GPU where the array says which
+  int dtype = -1;   // DType code; -1: a dtype the kernels do not store
+  int ndim = 0;
+  int64_t dims[kMaxDims];
+  int64_t count = 1;
+  uintptr_t ptr = 0;
+  bool aligned = true;  // NumPy's own word on alignment (the reader also checks the pointer)
+  bool contiguous = false;
+  bool writable = true;
+  bool torch = false;
+  py::object memory;  // a torch tensor's storage
+
+  bool same_shape(const ArrayItem& o) const {
+    if (ndim != o.ndim) return false;
+    for (int d = 0; d < ndim; ++d)
+      if (dims[d] != o.dims[d]) return false;
+    return true;
+  }
+  void count_from_dims() {
+    count = 1;
+    for (int d = 0; d < ndim; ++d) count *= dims[d];
+  }
+};
+
+// The array types to tell apart, looked up once per call (CuPy and torch may be imported,
+// or swapped for stand-ins by the tests, at any time).
+struct ArrayKinds {
+  ArrayTypes known = ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false);
+  bool is_torch(PyObject* o) const;  // torch.Tensor and its subclasses
+  static bool is_cupy(PyObject* o);  // CuPy's arrays, by their type's module
+};
+
+struct ReadOptions {
+  // Stop at params[0] if it is a device array (Rule::kDeviceCall): the CPU module's fast
+  // path, which then leaves the call to the CUDA module instead of reading it all.
+  bool host_only = false;
+  // The host emulation of the CUDA kernels: its device memory is host memory, so torch CPU
+  // tensors stand for CUDA ones there. Set by that module only.
+  bool host_tensors_are_device = false;
+  // Nothing is written (norms and counts over gradients passed as the params): no
+  // writability rule, and arrays may share memory.
+  bool read_only = false;
+};
+
+// Reads one array: what it is, where it lives and its layout; Rule::kNone, or the rule its
+// kind alone breaks (kNotArray, kUnreachable). The rules between arrays are read_call's.
+Rule read_array(PyObject* o, const ArrayKinds& kinds, const ReadOptions& options, ArrayItem& it);
+// Only the shape of an array (its `shape` attribute), for arrays whose other facts cannot
+// change in place (CuPy's).
+bool read_array_shape(PyObject* o, ArrayItem& it);
+
+// Reads a call. grads may be None: an optimizer's own arrays (params and states, all
+// written) checked at construction. `states` is a list or tuple of the state roles' values.
+Refusal read_call(py::handle params, py::handle grads, py::handle states, const ReadOptions& options,
+                  ReadCall& out);
+
+// A gradients-only call (norms, non-finite counts): `grads` read as one role, nothing
+// written, its pointers in the grads' slot of the batch.
+Refusal read_grads(py::handle grads, ReadOptions options, ReadCall& out);
+
+// The process-wide options of the module this is compiled into (see ReadOptions).
+ReadOptions& module_read_options();
+
+}  // namespace bindings
+}  // namespace fusedopt

@@ -1,0 +1,126 @@
+// Python's coefficient objects (fusedopt/_coeffs.py) as the step structs of
+// common/steps.h, in both modules. The names come from steps.h's descriptions, and so do
+// the names Python builds its objects with (step_fields()): one list a rule.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+#include <unordered_set>
+
+#include "common/steps.h"
+
+namespace fusedopt {
+namespace bindings {
+
+namespace py = pybind11;
+
+// Every rule's field names, in order: its numbers, then its flags.
+#define FUSEDOPT_NAME_OF_NUMBER(name) #name,
+#define FUSEDOPT_NAME_OF_FLAG(pyname, member, kind) #pyname,
+#define FUSEDOPT_STEP_FIELDS(Step, COEFFS, FLAGS)                                        \
+  {                                                                                      \
+    const char* fields[] = {COEFFS(FUSEDOPT_NAME_OF_NUMBER) FLAGS(FUSEDOPT_NAME_OF_FLAG)}; \
+    const char* numbers[] = {COEFFS(FUSEDOPT_NAME_OF_NUMBER)};                           \
+    py::tuple names(sizeof(fields) / sizeof(fields[0]));                                 \
+    for (size_t i = 0; i < names.size(); ++i) names[i] = py::str(fields[i]);            \
+    out[Step::kName] = names;                                                            \
+    n_numbers[Step::kName] = sizeof(numbers) / sizeof(numbers[0]);                       \
+  }
+struct StepFields {
+  py::dict out;        // rule -> its field names, in order
+  py::dict n_numbers;  // rule -> how many of them are numbers (the rest are flags)
+};
+inline const StepFields& step_field_table() {
+  static const StepFields* table = [] {  // built once; never freed (outlives the interpreter's end)
+    auto* t = new StepFields();
+    py::dict& out = t->out;
+    py::dict& n_numbers = t->n_numbers;
+    FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_STEP_FIELDS)
+    return t;
+  }();
+  return *table;
+}
+inline const py::dict& step_fields() { return step_field_table().out; }
+#undef FUSEDOPT_STEP_FIELDS
+
+namespace detail {
+
+// Reads the fields of a coefficient object in the order of its rule's description. A
+// NamedTuple whose _fields are that order (checked once per type) is read by position;
+// any other object by attribute name.
+class FieldReader {
+ public:
+  FieldReader(py::handle obj, const char* rule) : obj_(obj), rule_(rule) {
+    PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
+    static std::unordered_set<PyObject*> checked;  // types whose _fields were the expected ones
+    if (PyTuple_Check(obj.ptr())) {
+      if (checked.count(type)) {
+        positional_ = true;
+      } else if (py::hasattr(obj, "_fields") && py::object(obj.attr("_fields")).equal(py::object(step_fields()[rule]))) {
+        checked.insert(type);  // types live as long as their objects: kept, never freed
+        Py_INCREF(type);
+        positional_ = true;
+      }
+    }
+  }
+  PyObject* next(const char* name) {
+    if (positional_) {
+      if (index_ >= PyTuple_GET_SIZE(obj_.ptr())) throw std::invalid_argument(std::string(rule_) + ": too few fields");
+      return PyTuple_GET_ITEM(obj_.ptr(), index_++);
+    }
+    held_ = py::reinterpret_borrow<py::object>(obj_).attr(name);
+    return held_.ptr();
+  }
+  double number(const char* name) {
+    const double v = PyFloat_AsDouble(next(name));
+    if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    return v;
+  }
+  long long integer(const char* name) {
+    PyObject* o = next(name);
+    const long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    return v;
+  }
+
+ private:
+  py::handle obj_;
+  const char* rule_;
+  bool positional_ = false;
+  Py_ssize_t index_ = 0;
+  py::object held_;
+};
+
+template <class T>
+T read_flag(FieldReader& r, const char* name, FlagKind kind) {
+  const long long v = r.integer(name);
+  const long long high = kind == FlagKind::kBool ? 1 : kind == FlagKind::kWeightDecay ? 2 : 3;
+  if (v < 0 || v > high) throw std::invalid_argument(std::string("bad value of coefficient flag ") + name);
+  return static_cast<T>(v);
+}
+
+}  // namespace detail
+
+template <class Step>
+Step step_from_python(py::handle obj);
+
+#define FUSEDOPT_READ_NUMBER(name) s.c.name = r.number(#name);
+#define FUSEDOPT_READ_FLAG(pyname, member, kind) s.member = detail::read_flag<decltype(s.member)>(r, #pyname, kind);
+#define FUSEDOPT_STEP_READER(Step, COEFFS, FLAGS)          \
+  template <>                                              \
+  inline Step step_from_python<Step>(py::handle obj) {     \
+    detail::FieldReader r(obj, Step::kName);               \
+    Step s;                                                \
+    COEFFS(FUSEDOPT_READ_NUMBER)                           \
+    FLAGS(FUSEDOPT_READ_FLAG)                              \
+    return s;                                              \
+  }
+FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_STEP_READER)
+#undef FUSEDOPT_STEP_READER
+#undef FUSEDOPT_READ_NUMBER
+#undef FUSEDOPT_READ_FLAG
+
+}  // namespace bindings
+}  // namespace fusedopt

@@ -1,0 +1,219 @@
+"""The one dispatch: every public call (functional kernels, fusedopt.optim, adapters) takes
+its arrays to a backend here.
+
+``backend``:
+
+* ``"auto"``: the compiled kernel; where none exists for these arrays (no module built for
+  their device, say), the reference implementation, with a one-time FallbackWarning and a
+  note in :func:`fusedopt.info`.
+* ``"native"``: the compiled kernel, or RuntimeError.
+* ``"reference"``: the exact reference (NumPy/CuPy), through the same reader.
+
+The way in, for ``auto`` and ``native``: the CPU module's reader takes the call as the
+caller passed it and runs it at once where it lies in host memory; a call on device
+arrays goes to the CUDA module's reader (the same reader, compiled there). Where either
+refuses, or for the reference, :func:`fusedopt._arrays.prepare` asks the reader again and
+words the refusal; nothing has been written by then.
+
+With ``skip_if_nonfinite=True`` the gradients' NaN and infinite values are counted first;
+if there is any, nothing at all is written and the result says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Callable, NamedTuple
+
+from fusedopt import _arrays, _coeffs, _core, _native, cuda
+from fusedopt import _reference_impl as _ref
+
+BACKENDS = ("auto", "native", "reference")
+FLOAT64 = "float64"  # internal backend of fusedopt.reference's float64 mode
+
+
+class FallbackWarning(RuntimeWarning):
+    """A kernel ran on the reference implementation because no compiled one could."""
+
+
+class StepStatus(NamedTuple):
+    """What a kernel called with ``skip_if_nonfinite=True`` did."""
+
+    skipped: bool  # True: a gradient held NaN or inf, and no array was written
+    nonfinite: int  # how many gradient values were NaN or infinite
+
+
+class AdaptiveRate(NamedTuple):
+    """What adaptive_sgd_ used: the step's rate and the global gradient norm."""
+
+    lr: float  # the rate applied (0.0 when the step was skipped)
+    grad_norm: float  # the global L2 norm of the gradients (NaN when skipped)
+    skipped: bool = False  # skip_if_nonfinite=True and a gradient was not finite
+    nonfinite: int = 0  # how many gradient values were NaN or infinite (when checked)
+
+
+_fallbacks: dict[str, str] = {}  # reason -> first function that fell back
+_fallback_lock = threading.Lock()
+
+
+def fallbacks() -> dict[str, str]:
+    """Reasons for which backend='auto' fell back to the reference, with the first caller."""
+    with _fallback_lock:
+        return dict(_fallbacks)
+
+
+def check_backend(fn: str, backend: str) -> str:
+    if backend not in BACKENDS and backend != FLOAT64:
+        raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _use_native(fn: str, prep, backend: str) -> bool:
+    if backend in ("reference", FLOAT64):
+        return False
+    reason = _native.unavailable(prep.device)
+    if reason is None:
+        return True
+    if backend == "native":
+        raise RuntimeError(f"{fn}: no compiled kernel can take these arrays: {reason}")
+    with _fallback_lock:
+        first = reason not in _fallbacks
+        if first:
+            _fallbacks[reason] = fn
+    if first:
+        warnings.warn(f"{fn}: using the reference implementation because {reason} "
+                      "(shown once; fusedopt.info() lists fallbacks)", FallbackWarning, stacklevel=5)
+    return False
+
+
+class Call(NamedTuple):
+    """One call as a public function hands it over."""
+
+    rule: str  # the rule's name in the modules: "sgd", "adagrad", "rmsprop", "adam"
+    fn: str  # the public name, for messages
+    params: object
+    grads: object
+    names: tuple  # the state arguments the rule uses, in rule order
+    values: list  # ... and their values
+    coeffs: tuple  # the rule's coefficients (fusedopt._coeffs)
+    hyper: Callable  # coeffs -> the raw hyperparameters (the float64 reference)
+    adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2): coeffs at lr0, the rate set here
+
+
+def run(call: Call, backend: str, skip_if_nonfinite):
+    """Runs a public call: None, a StepStatus (with skip_if_nonfinite) or an AdaptiveRate."""
+    if (backend == "auto" or backend == "native") and call.grads is not None:
+        if skip_if_nonfinite is False and not call.adaptive:
+            refusal = _core.run(call.rule, call.params, call.grads, call.values, call.coeffs)
+            if refusal is None:
+                return None
+        elif skip_if_nonfinite is True or skip_if_nonfinite is False:
+            host = _core.Call(call.params, call.grads, call.values)
+            refusal = host.refusal
+            if refusal is None:
+                return _run_native(host, call, skip_if_nonfinite)
+        else:
+            refusal = None  # the flag is not a bool: the checked path says so
+        if refusal is not None and refusal[0] == "device_call":
+            batch = _native.device_batch(call.params, call.grads, call.values)
+            if batch is not None:
+                return _run_native(batch, call, skip_if_nonfinite, device=True)
+    return _run_checked(call, check_backend(call.fn, backend),
+                        _coeffs._flag(call.fn, "skip_if_nonfinite", skip_if_nonfinite))
+
+
+def _first(params):
+    if isinstance(params, (list, tuple)):
+        return params[0] if params else None
+    return params
+
+
+def _skipped(call: Call, count: int):
+    return AdaptiveRate(0.0, float("nan"), True, count) if call.adaptive else StepStatus(True, count)
+
+
+def _run_native(target, call: Call, skip: bool, device: bool = False):
+    """A call a module's reader accepted: ``target`` is the CPU module's Call or the CUDA
+    module's Batch, which both count, norm and run."""
+    if skip:
+        count = target.count_nonfinite()
+        if count:
+            return _skipped(call, count)
+    if call.adaptive:
+        if device:
+            # The norm, the rate and the update stay on the GPU (no host sync inside the
+            # step): lr and grad_norm come back as 0-d arrays of the params' library.
+            return AdaptiveRate(*cuda.adaptive_sgd(target, call.coeffs, _first(call.params)))
+        sum_sq = target.grad_sum_of_squares()
+        coeffs = adaptive_coeffs(call.coeffs, sum_sq)
+        target.run("sgd", coeffs)
+        return AdaptiveRate(coeffs.lr, sum_sq**0.5)
+    target.run(call.rule, call.coeffs)
+    return StepStatus(False, 0) if skip else None
+
+
+def _run_checked(call: Call, backend: str, skip: bool):
+    """The reader's verdict asked through fusedopt._arrays, which words a refusal; then the
+    compiled kernel on the adapted arrays, or the reference."""
+    prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)))
+    if prep.n_tensors == 0:
+        if call.adaptive:
+            return AdaptiveRate(call.coeffs.lr, 0.0)
+        return StepStatus(False, 0) if skip else None
+    native = _use_native(call.fn, prep, backend)
+    with cuda.params_stream(prep.torch_device):
+        if native:
+            return _run_native(native_target(prep), call, skip, device=prep.device == "cuda")
+        return _run_reference(prep, call, backend, skip)
+
+
+def native_target(prep):
+    """The module object that runs a prepared call: the CPU module's Call, or a CUDA Batch."""
+    if prep.device == "cpu":
+        return _core.Call(prep.params, prep.grads, prep.states)
+    return cuda.module().Batch(prep.params, prep.grads, prep.states)
+
+
+def _run_reference(prep, call: Call, backend: str, skip: bool):
+    xp = prep.xp
+    if skip:
+        count = sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
+        if count:
+            return _skipped(call, count)
+    coeffs = call.coeffs
+    if call.adaptive:
+        if backend == FLOAT64:
+            sum_sq = _ref.sum_of_squares_float64(xp, prep.grads)
+        else:
+            sum_sq = _ref.sum_of_squares_exact(xp, prep.grads)
+        coeffs = adaptive_coeffs(coeffs, sum_sq)
+    if backend == FLOAT64:
+        _ref.apply_float64(call.rule, prep, call.hyper(coeffs))
+    else:
+        _ref.apply_exact(call.rule, prep, coeffs)
+    if call.adaptive:
+        return AdaptiveRate(coeffs.lr, sum_sq**0.5)
+    return StepStatus(False, 0) if skip else None
+
+
+def adaptive_coeffs(base, sum_sq: float):
+    """SGD's coefficients at ``lr_t = lr0 / (1 + sum_sq)``: only the rate and the decay
+    factor change. lr_t is NaN when a gradient is NaN (inf gives 0.0): that is the
+    gradients' doing, not a bad lr, so it propagates like any non-finite gradient instead
+    of failing the lr check."""
+    lr_t = _coeffs.adaptive_lr(base.lr, sum_sq)
+    return base._replace(lr=lr_t, decay_factor=1.0 - lr_t * base.weight_decay)
+
+
+def run_captured(call: Call, schedule, skip: bool, torch_device) -> None:
+    """A capturable optimizer's step (fusedopt.optim): the device counts the step and picks
+    its coefficients from ``schedule`` (cuda.StepSchedule), then the update reads them. It
+    waits for nothing and leaves nothing per step on the host; the arrays are read as every
+    call's are."""
+    batch = _native.device_batch(call.params, call.grads, call.values)
+    if batch is None:  # the refusal worded, or arrays the reader reaches only through CuPy
+        prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)))
+        batch = native_target(prep)
+    with cuda.params_stream(torch_device):
+        device_coeffs = schedule.queue(batch, skip)
+        batch.run(call.rule, call.coeffs, device_coeffs=device_coeffs)
