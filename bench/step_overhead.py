@@ -26,6 +26,7 @@ import time
 
 import fusedopt
 import numpy as np
+from fusedopt import optim
 
 
 def _list_shapes(total: int, count: int, seed: int = 0) -> list[int]:
@@ -50,7 +51,7 @@ def _cases(torch):
     cases["adam_ 1024"] = {
         "numpy": lambda: fusedopt.adam_(p, g, m, v, step=1, lr=1e-9),
     }
-    opt = fusedopt.optim.Adam([np.ones(1024, np.float32)], lr=1e-9)
+    opt = optim.Adam([np.ones(1024, np.float32)], lr=1e-9)
     cases["Adam.step 1024"] = {"numpy": lambda: opt.step(g)}
 
     def variants(shapes, make_fusedopt, make_torch):
@@ -73,11 +74,11 @@ def _cases(torch):
 
     mlp = [(128, 100), (128,), (10, 128), (10,)]
     cases["seed MLP SGD"] = variants(
-        mlp, lambda ps: fusedopt.optim.SGD(ps, lr=1e-6, momentum=0.9),
+        mlp, lambda ps: optim.SGD(ps, lr=1e-6, momentum=0.9),
         lambda ps: torch.optim.SGD(ps, lr=1e-6, momentum=0.9, fused=True))
     shapes = [(n,) for n in _list_shapes(2**24, 1000)]
     cases["list1000 AdamW"] = variants(
-        shapes, lambda ps: fusedopt.optim.AdamW(ps, lr=1e-9),
+        shapes, lambda ps: optim.AdamW(ps, lr=1e-9),
         lambda ps: torch.optim.AdamW(ps, lr=1e-9, fused=True))
     return cases
 

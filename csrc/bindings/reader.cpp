@@ -87,8 +87,25 @@ bool ArrayKinds::is_cupy(PyObject* o) {
   return yes;
 }
 
+std::shared_ptr<const ArrayTypes> ArrayKinds::current_types() {
+  // The modules are held strongly, so that a module's address cannot be reused by another
+  // while cached. Never freed: they outlive the interpreter's end. (The GIL guards these.)
+  static py::object* torch_module = new py::object();
+  static py::object* cupy_module = new py::object();
+  static auto* types = new std::shared_ptr<const ArrayTypes>();
+  PyObject* modules = PyImport_GetModuleDict();
+  PyObject* torch = PyDict_GetItemString(modules, "torch");  // borrowed
+  PyObject* cupy = PyDict_GetItemString(modules, "cupy");
+  if (!*types || torch != torch_module->ptr() || cupy != cupy_module->ptr()) {
+    *types = std::make_shared<const ArrayTypes>(ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false));
+    *torch_module = py::reinterpret_borrow<py::object>(torch);
+    *cupy_module = py::reinterpret_borrow<py::object>(cupy);
+  }
+  return *types;
+}
+
 Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options, ArrayItem& it) {
-  it = ArrayItem();
+  it.reset();
   if (npy::get().PyArray_Check_(o)) {
     const auto* a = py::detail::array_proxy(o);
     if (a->nd > kMaxDims) return Rule::kNotArray;
@@ -252,9 +269,10 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   out.offsets.assign(static_cast<size_t>(n) + 1, 0);
   for (int r = 0; r < n_named; ++r) {
     out.ptrs[slot[r]].resize(static_cast<size_t>(n));
-    out.items[slot[r]].resize(static_cast<size_t>(n));
+    if (options.want_items) out.items[slot[r]].resize(static_cast<size_t>(n));
   }
-  std::vector<ArrayItem> items(static_cast<size_t>(n_named));
+  out.held.reserve(static_cast<size_t>(n_named) + 2);
+  ArrayItem items[kMaxRoles];
   std::vector<ByteSpan> spans;
   spans.reserve(static_cast<size_t>(n) * n_named);
   int call_dtype = -1;
@@ -307,7 +325,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     for (int r = 0; r < n_named; ++r) {
       ArrayItem& a = items[r];
       out.ptrs[slot[r]][static_cast<size_t>(t)] = reinterpret_cast<void*>(a.ptr);
-      out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
+      if (options.want_items) out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
       // The span's index numbers the arrays role by role, as the refusal names them.
       if (nbytes) spans.push_back({a.ptr, a.ptr + nbytes, static_cast<size_t>(r) * static_cast<size_t>(n) +
                                                               static_cast<size_t>(t),
@@ -336,7 +354,7 @@ Refusal read_grads(py::handle grads, ReadOptions options, ReadCall& out) {
   const Refusal refusal = read_call(grads, py::none(), py::list(), options, out);
   if (!refusal) {
     out.ptrs[kGrad] = out.ptrs[kParam];
-    out.items[kGrad] = out.items[kParam];
+    if (options.want_items) out.items[kGrad] = out.items[kParam];
     out.has_grads = true;
   }
   return refusal;

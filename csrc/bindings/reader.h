@@ -19,6 +19,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,19 @@ struct ArrayItem {
       if (dims[d] != o.dims[d]) return false;
     return true;
   }
+  void reset() {  // as new, without clearing dims: a read sets ndim of them
+    on_device = false;
+    device = -1;
+    dtype = -1;
+    ndim = 0;
+    count = 1;
+    ptr = 0;
+    aligned = true;
+    contiguous = false;
+    writable = true;
+    torch = false;
+    memory = py::object();
+  }
   void count_from_dims() {
     count = 1;
     for (int d = 0; d < ndim; ++d) count *= dims[d];
@@ -112,7 +126,13 @@ struct ArrayItem {
 // The array types to tell apart, looked up once per call (CuPy and torch may be imported,
 // or swapped for stand-ins by the tests, at any time).
 struct ArrayKinds {
-  ArrayTypes known = ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false);
+  // Shared, not borrowed: a read can call Python code (an attribute of a user's object)
+  // that imports torch, and the cache then moves on while this read keeps its types.
+  std::shared_ptr<const ArrayTypes> types = current_types();
+  const ArrayTypes& known = *types;
+  // The types of the torch and CuPy modules in sys.modules now, looked up again only when
+  // either module object changed (it was imported, or swapped for a stand-in).
+  static std::shared_ptr<const ArrayTypes> current_types();
   bool is_torch(PyObject* o) const;  // torch.Tensor and its subclasses
   static bool is_cupy(PyObject* o);  // CuPy's arrays, by their type's module
 };
@@ -127,6 +147,9 @@ struct ReadOptions {
   // Nothing is written (norms and counts over gradients passed as the params): no
   // writability rule, and arrays may share memory.
   bool read_only = false;
+  // Keep every array's object per role (ReadCall::items): the CUDA module's Batch holds them
+  // for later steps; the CPU module reads and runs at once and skips the work.
+  bool want_items = false;
 };
 
 // Reads one array: what it is, where it lives and its layout; Rule::kNone, or the rule its

@@ -393,6 +393,8 @@ void register_runtime(py::module_& m) {
 }  // namespace
 
 void register_module(py::module_& m) {
+  // A Batch holds its arrays for later steps (set_grads re-reads the held ones).
+  bindings::module_read_options().want_items = true;
   register_batch(m);
   register_functions(m);
   register_plan(m);

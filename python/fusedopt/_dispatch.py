@@ -100,24 +100,35 @@ class Call(NamedTuple):
     adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2): coeffs at lr0, the rate set here
 
 
-def run(call: Call, backend: str, skip_if_nonfinite):
-    """Runs a public call: None, a StepStatus (with skip_if_nonfinite) or an AdaptiveRate."""
+def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_nonfinite,
+        adaptive=False):
+    """Runs a public call (the fields of :class:`Call`): None, a StepStatus (with
+    skip_if_nonfinite) or an AdaptiveRate. The common call, a plain step whose arrays the
+    CPU module's reader takes, is one call into the module; the Call is built after."""
+    refusal = None
+    if (backend == "auto" or backend == "native") and grads is not None and not adaptive \
+            and skip_if_nonfinite is False:
+        refusal = _core.run(rule, params, grads, values, coeffs)
+        if refusal is None:
+            return None
+    return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive), backend,
+                     skip_if_nonfinite, refusal)
+
+
+def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
+    """The rest of run(): ``refusal`` is the CPU module's answer to a plain call, if asked."""
     if (backend == "auto" or backend == "native") and call.grads is not None:
-        if skip_if_nonfinite is False and not call.adaptive:
-            refusal = _core.run(call.rule, call.params, call.grads, call.values, call.coeffs)
-            if refusal is None:
-                return None
-        elif skip_if_nonfinite is True or skip_if_nonfinite is False:
+        if refusal is None and (skip_if_nonfinite is True or skip_if_nonfinite is False):
+            # Counted, normed or decided before the update: read once, then each in turn.
             host = _core.Call(call.params, call.grads, call.values)
             refusal = host.refusal
             if refusal is None:
                 return _run_native(host, call, skip_if_nonfinite)
-        else:
-            refusal = None  # the flag is not a bool: the checked path says so
         if refusal is not None and refusal[0] == "device_call":
             batch = _native.device_batch(call.params, call.grads, call.values)
             if batch is not None:
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
+    # A refusal (worded now), a flag that is not a bool, the reference, or a fallback.
     return _run_checked(call, check_backend(call.fn, backend),
                         _coeffs._flag(call.fn, "skip_if_nonfinite", skip_if_nonfinite))
 

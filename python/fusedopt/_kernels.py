@@ -20,7 +20,7 @@ Without it, NaN and inf propagate exactly as the reference says.
 from __future__ import annotations
 
 from fusedopt import _coeffs
-from fusedopt._dispatch import AdaptiveRate, Call, FallbackWarning, StepStatus, fallbacks, run
+from fusedopt._dispatch import AdaptiveRate, FallbackWarning, StepStatus, fallbacks, run
 
 __all__ = ["AdaptiveRate", "FallbackWarning", "StepStatus", "fallbacks", "sgd_", "adaptive_sgd_",
            "adagrad_", "rmsprop_", "adam_", "adamw_"]
@@ -50,7 +50,7 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     c = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                     weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
     names, values = _momentum_state(fn, c, momentum_buffers)
-    return run(Call("sgd", fn, params, grads, names, values, c, _sgd_hyper(dampening, step, convention)),
+    return run("sgd", fn, params, grads, names, values, c, _sgd_hyper(dampening, step, convention),
                backend, skip_if_nonfinite)
 
 
@@ -83,8 +83,8 @@ def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dam
                        weight_decay=weight_decay, maximize=maximize, step=step,
                        convention=convention)
     names, values = _momentum_state(fn, base, momentum_buffers)
-    return run(Call("sgd", fn, params, grads, names, values, base, _sgd_hyper(dampening, step, convention),
-                    adaptive=True), backend, skip_if_nonfinite)
+    return run("sgd", fn, params, grads, names, values, base, _sgd_hyper(dampening, step, convention),
+               backend, skip_if_nonfinite, adaptive=True)
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,
@@ -96,9 +96,9 @@ def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_d
     fn = "adagrad_"
     c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         eps=eps, maximize=maximize)
-    return run(Call("adagrad", fn, params, grads, ("state_sums",), [state_sums], c,
-                    lambda c: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
-                                   weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize)),
+    return run("adagrad", fn, params, grads, ("state_sums",), [state_sums], c,
+               lambda c: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
+                              weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize),
                backend, skip_if_nonfinite)
 
 
@@ -120,9 +120,9 @@ def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, 
     if c.has_momentum:
         names.append("momentum_buffers")
         values.append(_required(fn, "momentum_buffers", momentum_buffers, "when momentum > 0"))
-    return run(Call("rmsprop", fn, params, grads, tuple(names), values, c,
-                    lambda c: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
-                                   momentum=c.momentum, centered=c.centered, maximize=c.maximize)),
+    return run("rmsprop", fn, params, grads, tuple(names), values, c,
+               lambda c: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
+                              momentum=c.momentum, centered=c.centered, maximize=c.maximize),
                backend, skip_if_nonfinite)
 
 
@@ -134,10 +134,10 @@ def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     if c.amsgrad:
         names.append("max_exp_avg_sqs")
         values.append(_required(fn, "max_exp_avg_sqs", max_exp_avg_sqs, "when amsgrad=True"))
-    return run(Call("adam", fn, params, grads, tuple(names), values, c,
-                    lambda c: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
-                                   weight_decay=c.weight_decay, amsgrad=c.amsgrad,
-                                   maximize=c.maximize, decoupled=decoupled)),
+    return run("adam", fn, params, grads, tuple(names), values, c,
+               lambda c: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
+                              weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
+                              decoupled=decoupled),
                backend, skip_if_nonfinite)
 
 
