@@ -438,3 +438,67 @@ def test_adam_coefficient_table_follows_lr_factors():
             c = _coeffs.adam("adam_", step=t, lr=_coeffs.rate_at(3e-3, factors, t), **hyper)
             row = table[min(t, len(table)) - 1]
             assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64)), t
+
+
+# --------------------------------------------------------------------------------------
+# The one reader against objects that misreport themselves
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_subclass_that_misreports_its_shape_is_refused():
+    """A subclass's shape is Python code: one that claims more elements than the tensor has
+    must not send the kernel past the tensor's end."""
+    import torch
+
+    class Lying(torch.Tensor):
+        @property
+        def shape(self):
+            return torch.Size([1024])
+
+    guard = torch.zeros(4096)
+    p = guard[:4].as_subclass(Lying)
+    g = torch.ones(8)[:4].as_subclass(Lying)
+    assert fusedopt._core.read([p], [g], [])[0] == "not_array"
+    with pytest.raises(TypeError, match=r"params\[0\].*numel"):
+        fusedopt.sgd_([p], [g], lr=1.0)
+    assert torch.count_nonzero(guard) == 0
+
+
+def test_masked_device_array_is_refused():
+    a = np.ones(4, np.float32)
+
+    class Masked:
+        __cuda_array_interface__ = {"shape": (4,), "typestr": "<f4", "version": 3,
+                                    "data": (a.ctypes.data, False), "mask": object()}
+
+    assert fusedopt._core.read([Masked()], [Masked()], [])[0] == "not_array"
+
+
+def test_coefficients_of_another_rule_are_refused():
+    """A coefficient object is read by the field names of the rule it is run as, whatever
+    type was read before: an SGD object run as Adam is an error, before and after SGD runs."""
+    from fusedopt import _coeffs
+
+    p, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    sgd = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+                      weight_decay=0.0, maximize=False, step=1, convention="torch")
+    for _ in range(2):
+        with pytest.raises(AttributeError, match="beta1"):
+            fusedopt._core.run("adam", [p], [g], [[m], [v]], sgd)
+        assert fusedopt._core.run("sgd", [p], [g], [], sgd) is None
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_types_are_not_cached_from_a_half_imported_module(monkeypatch):
+    """A read while torch is still being imported (on another thread) sees a module without
+    Tensor yet; the reader must look again later rather than keep "no torch" for good."""
+    import sys
+    import types
+
+    import torch
+
+    half = types.ModuleType("torch")  # what sys.modules holds while torch/__init__ runs
+    monkeypatch.setitem(sys.modules, "torch", half)
+    a = np.ones(3, np.float32)
+    assert fusedopt._core.read([a], [a.copy()], []) is None
+    half.Tensor, half.float32, half.float64 = torch.Tensor, torch.float32, torch.float64
+    assert fusedopt._core.read([torch.ones(3)], [torch.ones(3)], []) is None

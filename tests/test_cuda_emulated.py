@@ -756,3 +756,50 @@ def test_checked_calls_on_torch_params_enter_torch_stream(streams):
     assert host_cupy.cuda.get_current_stream().ptr == CUPY_STREAM
     with fusedopt.cuda.params_stream(None):
         assert host_cupy.cuda.get_current_stream().ptr == CUPY_STREAM
+
+
+# --------------------------------------------------------------------------------------
+# A Batch kept across steps (an optimizer's): what it holds and what it reads again
+class _Reallocating:
+    """A device array (interface only) whose owner can move it to other memory."""
+
+    def __init__(self, a):
+        self.a = a
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "version": 3,
+                "data": (self.a.ctypes.data, False), "strides": None}
+
+
+def test_held_batch_reads_a_bare_interface_array_again():
+    """Nothing about a bare __cuda_array_interface__ array says it moved: a kept Batch must
+    not reuse its pointer, and the caller then reads the whole call again."""
+    p = _Reallocating(np.zeros(4, np.float32))
+    batch = emu.Batch.strict([p], [_Reallocating(np.ones(4, np.float32))], [])
+    assert batch is not None
+    assert not batch.set_grads([_Reallocating(np.ones(4, np.float32))])
+
+
+def test_drop_grads_lets_go_of_the_first_steps_gradients():
+    import gc
+    import weakref
+
+    torch = pytest.importorskip("torch")
+    params = [torch.nn.Parameter(torch.zeros(5))]
+    grads = [torch.ones(5)]
+    batch = emu.Batch.strict(params, grads, [])
+    first = weakref.ref(grads[0])
+    batch.drop_grads()
+    del grads
+    gc.collect()
+    assert first() is None
+    assert batch.set_grads([torch.ones(5)])
+
+
+def test_batch_without_grads_takes_no_param_as_a_grad():
+    p, s = dev([np.ones(4, np.float32)]), dev([np.zeros(4, np.float32)])
+    batch = emu.Batch.strict(p, None, [s])
+    assert batch is not None
+    assert not batch.set_grads(p)
+    assert not batch.set_grads(s)

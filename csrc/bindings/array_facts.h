@@ -39,6 +39,8 @@ struct Names {
   PyObject* is_cuda = PyUnicode_InternFromString("is_cuda");
   PyObject* is_cpu = PyUnicode_InternFromString("is_cpu");
   PyObject* untyped_storage = PyUnicode_InternFromString("untyped_storage");
+  PyObject* nbytes = PyUnicode_InternFromString("nbytes");
+  PyObject* numel = PyUnicode_InternFromString("numel");
 };
 const Names& names();
 

@@ -50,6 +50,18 @@ void DeviceBatch::adopt_or_throw(const bindings::Refusal& refusal) {
 int DeviceBatch::device() const {
   for (int64_t t = 0; t < batch_.n_tensors && device_ < 0; ++t)
     if (batch_.size(t) > 0) device_ = pointer_device(reinterpret_cast<uintptr_t>(ptrs_[kParam][t]));
+  if (check_devices_) {
+    // Arrays that did not say their GPU: the driver says, once, before the first launch.
+    check_devices_ = false;
+    for (int r = 0; r < 2 + n_states_; ++r)
+      for (int64_t t = 0; t < batch_.n_tensors; ++t)
+        if (batch_.size(t) > 0 && !ptrs_[r].empty() && ptrs_[r][static_cast<size_t>(t)] != nullptr) {
+          const int d = pointer_device(reinterpret_cast<uintptr_t>(ptrs_[r][static_cast<size_t>(t)]));
+          if (device_ >= 0 && d != device_)
+            throw std::invalid_argument("the arrays of one call are on GPUs " + std::to_string(device_) +
+                                        " and " + std::to_string(d));
+        }
+  }
   return device_ < 0 ? 0 : device_;
 }
 
@@ -69,6 +81,7 @@ void DeviceBatch::reset() {
   on_device_ = false;
   itemsize_ = 0;
   device_ = -1;
+  check_devices_ = false;
   n_states_ = 0;
 }
 
@@ -91,7 +104,14 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
     keep_[r].reserve(n);
     for (PyObject* o : call.items[r]) keep_[r].push_back(py::reinterpret_borrow<py::object>(o));
   }
-  held_ = std::move(call.held);  // the tuples and the torch storages
+  held_ = std::move(call.held);  // the params' and states' lists (as tuples)
+  memory_ = std::move(call.memory);  // their torch storages, until drop_grads()
+  grad_memory_ = std::move(call.grad_held);  // the grads' list and storages, until drop_grads()
+  check_devices_ = call.device_unknown;
+  // A __cuda_array_interface__ producer's stream: its work on the arrays finishes first,
+  // as CuPy waits for it when it takes such an array.
+  for (uintptr_t stream : call.streams)
+    check(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
   device_ = call.device;
   torch_params_ = call.torch_params;
   on_device_ = call.on_device;
@@ -101,7 +121,7 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
   has_grads_ = call.has_grads;
   // The written arrays' bytes, sorted and disjoint (the reader refused any overlap), for
   // set_grads() to check new gradients against.
-  for (int r = 0; r < call.n_roles && call.has_grads; ++r) {
+  for (int r = 0; r < call.n_roles; ++r) {
     if (r == kGrad) continue;
     for (size_t t = 0; t < n; ++t)
       if (batch_.size(static_cast<int64_t>(t)) > 0) {
@@ -152,6 +172,11 @@ bool DeviceBatch::set_grads(py::handle grads) {
       if (r == kGrad) continue;
       bindings::ArrayItem& a = r == kParam ? param : held;
       PyObject* o = keep_[r][i].ptr();
+      if (!kinds.is_torch(o) && !bindings::ArrayKinds::is_cupy(o) && kinds.known.kind(o) != bindings::Kind::kCupy) {
+        // Any other device array can point itself at other memory between steps, and says
+        // nothing we could compare: the caller reads the whole call again.
+        return false;
+      }
       if (kinds.is_torch(o)) {
         // A torch tensor can be re-pointed, re-typed or restrided in place: every rule
         // again, on the memory the Batch holds.
@@ -168,7 +193,8 @@ bool DeviceBatch::set_grads(py::handle grads) {
     PyObject* g = PyTuple_GET_ITEM(items.ptr(), t);
     if (bindings::read_array(g, kinds, options, grad) != bindings::Rule::kNone || grad.dtype != call_dtype ||
         !grad.same_shape(param) || !grad.contiguous || !grad.on_device || grad.count != batch_.size(t) ||
-        (grad.device >= 0 && device_ >= 0 && grad.device != device_) ||
+        grad.device < 0 || grad.stream != 0 ||  // a bare interface: the whole call is read again
+        (device_ >= 0 && grad.device != device_) ||
         (grad.count > 0 && (grad.ptr == 0 || grad.ptr % static_cast<uintptr_t>(itemsize_) != 0)))
       return false;
     if (grad.count > 0) {

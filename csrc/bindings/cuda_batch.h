@@ -101,6 +101,7 @@ class DeviceBatch {
   bool has_grads_ = true;          // false after drop_grads(), until set_grads()
   bool torch_params_ = false;
   bool on_device_ = false;
+  mutable bool check_devices_ = false;  // some array did not say its GPU: device() asks
   int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;

@@ -2,6 +2,7 @@
 
 #include <pybind11/numpy.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "common/overlap.h"
@@ -96,11 +97,16 @@ std::shared_ptr<const ArrayTypes> ArrayKinds::current_types() {
   PyObject* modules = PyImport_GetModuleDict();
   PyObject* torch = PyDict_GetItemString(modules, "torch");  // borrowed
   PyObject* cupy = PyDict_GetItemString(modules, "cupy");
-  if (!*types || torch != torch_module->ptr() || cupy != cupy_module->ptr()) {
-    *types = std::make_shared<const ArrayTypes>(ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false));
-    *torch_module = py::reinterpret_borrow<py::object>(torch);
-    *cupy_module = py::reinterpret_borrow<py::object>(cupy);
-  }
+  if (*types && torch == torch_module->ptr() && cupy == cupy_module->ptr()) return *types;
+  auto fresh = std::make_shared<const ArrayTypes>(ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false));
+  // A module still being imported (on another thread) has no Tensor or ndarray yet: use
+  // what it has now, but do not keep it, or torch tensors would stay unknown for good.
+  const bool complete = (torch == nullptr || (!fresh->torch_tensor.is_none() && !fresh->torch_float64.is_none())) &&
+                        (cupy == nullptr || !fresh->cupy_ndarray.is_none());
+  if (!complete) return fresh;
+  *types = fresh;
+  *torch_module = py::reinterpret_borrow<py::object>(torch);
+  *cupy_module = py::reinterpret_borrow<py::object>(cupy);
   return *types;
 }
 
@@ -131,6 +137,18 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
     Py_DECREF(d);
     ArrayFacts f;
     if (!read_torch(o, it.count, f)) return Rule::kUnreachable;  // negative bit, or another device
+    if (types.known.kind(o) != Kind::kTorch && it.dtype >= 0 && it.count > 0) {
+      // A subclass: its shape and methods may be Python code, and a shape that claims
+      // more elements than the tensor has would send the kernel past its end. The shape
+      // must agree with numel(), and the elements lie inside the tensor's storage.
+      long long numel = 0, first = 0, nbytes = 0;
+      if (!call_int(o, names().numel, numel) || numel != it.count ||
+          !call_int(f.memory.ptr(), names().data_ptr, first) || !call_int(f.memory.ptr(), names().nbytes, nbytes))
+        return Rule::kNotArray;
+      const auto lo = static_cast<uintptr_t>(first), hi = lo + static_cast<uintptr_t>(nbytes);
+      const uintptr_t span = static_cast<uintptr_t>(it.count) * static_cast<uintptr_t>(itemsize_of(it.dtype));
+      if (f.ptr < lo || f.ptr > hi || span > hi - f.ptr) return Rule::kNotArray;
+    }
     it.ptr = f.ptr;
     it.contiguous = f.contiguous;
     it.on_device = !f.on_cpu || options.host_tensors_are_device;
@@ -159,6 +177,12 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
   if (PyObject_HasAttrString(o, "__cuda_array_interface__")) {
     try {
       py::dict cai = py::reinterpret_borrow<py::object>(o).attr("__cuda_array_interface__");
+      if (cai.contains("mask") && !cai["mask"].is_none()) return Rule::kNotArray;  // masked: no
+      if (cai.contains("stream") && !cai["stream"].is_none()) {
+        const auto stream = cai["stream"].cast<long long>();
+        if (stream <= 0) return Rule::kNotArray;  // 0 is not allowed by the protocol
+        it.stream = static_cast<uintptr_t>(stream);
+      }
       py::tuple data = cai["data"];
       it.ptr = data[0].cast<uintptr_t>();
       it.writable = !data[1].cast<bool>();
@@ -200,6 +224,8 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
 }
 
 namespace {
+
+int grad_role_of(bool has_grads) { return has_grads ? 1 : -1; }
 
 // One role's items: a list or tuple (copied into a tuple of our own, which no other
 // thread can change while the kernel runs without the GIL), or one array.
@@ -259,7 +285,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     if (roles[r].size != roles[0].size) return {Rule::kLength, r, -1};
   }
   for (int r = 0; r < n_named; ++r)
-    if (roles[r].held) out.held.push_back(roles[r].held);
+    if (roles[r].held) (r == grad_role_of(has_grads) ? out.grad_held : out.held).push_back(roles[r].held);
 
   const Py_ssize_t n = roles[0].size;
   const ArrayKinds types;
@@ -330,7 +356,10 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       if (nbytes) spans.push_back({a.ptr, a.ptr + nbytes, static_cast<size_t>(r) * static_cast<size_t>(n) +
                                                               static_cast<size_t>(t),
                                    written(r)});
-      if (a.memory) out.held.push_back(std::move(a.memory));
+      if (a.memory) (r == grad_role ? out.grad_held : out.memory).push_back(std::move(a.memory));
+      if (a.on_device && a.device < 0) out.device_unknown = true;
+      if (a.stream != 0 && std::find(out.streams.begin(), out.streams.end(), a.stream) == out.streams.end())
+        out.streams.push_back(a.stream);
     }
   }
   const auto pair = first_overlap(spans);
@@ -343,7 +372,8 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     out.torch_params = types.is_torch(roles[0].at[0]);
   }
   if (out.single) {  // the lone arrays are the caller's: hold them as the tuples hold a list's
-    for (int r = 0; r < n_named; ++r) out.held.push_back(py::reinterpret_borrow<py::object>(roles[r].at[0]));
+    for (int r = 0; r < n_named; ++r)
+      (r == grad_role ? out.grad_held : out.held).push_back(py::reinterpret_borrow<py::object>(roles[r].at[0]));
   }
   out.n_tensors = static_cast<int64_t>(n);
   return {};

@@ -76,8 +76,17 @@ struct ReadCall {
   int64_t n_tensors = 0;
   std::vector<int64_t> offsets{0};
   std::vector<void*> ptrs[kMaxRoles];
-  std::vector<PyObject*> items[kMaxRoles];  // borrowed from `held`
-  std::vector<py::object> held;             // the lists (as tuples) and torch storages
+  std::vector<PyObject*> items[kMaxRoles];  // borrowed from `held` and `grad_held`
+  // What keeps the pointers valid: the params' and states' lists (as tuples), and the
+  // storages of their torch tensors (memory); the grads' list and storages apart
+  // (grad_held), so that a Batch kept across steps can let go of a step's gradients.
+  std::vector<py::object> held, memory, grad_held;
+  // The streams that __cuda_array_interface__ producers named: work on them must finish
+  // before a kernel reads the arrays (the CUDA module waits for them).
+  std::vector<uintptr_t> streams;
+  // Some device array did not say which GPU it is on (a bare __cuda_array_interface__):
+  // the CUDA module asks the driver for each before it launches.
+  bool device_unknown = false;
 
   Batch batch() const;
 };
@@ -96,6 +105,7 @@ struct ArrayItem {
   bool contiguous = false;
   bool writable = true;
   bool torch = false;
+  uintptr_t stream = 0;  // a __cuda_array_interface__'s producer stream (0: none named)
   py::object memory;  // a torch tensor's storage
 
   bool same_shape(const ArrayItem& o) const {
@@ -115,6 +125,7 @@ struct ArrayItem {
     contiguous = false;
     writable = true;
     torch = false;
+    stream = 0;
     memory = py::object();
   }
   void count_from_dims() {

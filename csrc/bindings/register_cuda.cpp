@@ -122,10 +122,10 @@ double sum_of_squares_now(const DeviceBatch& b, const py::object& stream) {
 // names of the Batch methods; 0 for any other name.
 int device_coeffs_doubles(const std::string& rule) {
   size_t bytes = 0;
-  if (rule == "sgd") bytes = sizeof(DeviceCoeffs<math::SgdCoeffs<double>>);
-  if (rule == "adagrad") bytes = sizeof(DeviceCoeffs<math::AdagradCoeffs<double>>);
-  if (rule == "rmsprop") bytes = sizeof(DeviceCoeffs<math::RmspropCoeffs<double>>);
-  if (rule == "adam") bytes = sizeof(DeviceCoeffs<math::AdamCoeffs<double>>);
+#define FUSEDOPT_COEFF_BYTES(Step, COEFFS, FLAGS) \
+  if (rule == Step::kName) bytes = sizeof(DeviceCoeffs<decltype(Step::c)>);
+  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_COEFF_BYTES)
+#undef FUSEDOPT_COEFF_BYTES
   return static_cast<int>(bytes / sizeof(double));
 }
 
@@ -310,7 +310,9 @@ void register_plan(py::module_& m) {
   m.attr("THREADS_PER_BLOCK") = kThreads;
   m.attr("PARAM_LIMIT") = kParamLimit;
   py::dict coeff_doubles;
-  for (const char* rule : {"sgd", "adagrad", "rmsprop", "adam"}) coeff_doubles[rule] = device_coeffs_doubles(rule);
+#define FUSEDOPT_COEFF_DOUBLES(Step, COEFFS, FLAGS) coeff_doubles[Step::kName] = device_coeffs_doubles(Step::kName);
+  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_COEFF_DOUBLES)
+#undef FUSEDOPT_COEFF_DOUBLES
   m.attr("DEVICE_COEFFS_DOUBLES") = coeff_doubles;
   m.def("vector_head", [](const std::vector<uintptr_t>& addresses, int itemsize) {
     if (addresses.empty() || addresses.size() > kMaxRoles) throw std::invalid_argument("1 to 5 addresses");

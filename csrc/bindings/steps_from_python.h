@@ -7,7 +7,9 @@
 
 #include <stdexcept>
 #include <string>
-#include <unordered_set>
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "common/steps.h"
 
@@ -54,12 +56,14 @@ class FieldReader {
  public:
   FieldReader(py::handle obj, const char* rule) : obj_(obj), rule_(rule) {
     PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
-    static std::unordered_set<PyObject*> checked;  // types whose _fields were the expected ones
+    // (type, rule) pairs whose _fields were the rule's (rule: a Step::kName, static). Few.
+    static std::vector<std::pair<PyObject*, const char*>> checked;
     if (PyTuple_Check(obj.ptr())) {
-      if (checked.count(type)) {
+      const std::pair<PyObject*, const char*> key{type, rule};
+      if (std::find(checked.begin(), checked.end(), key) != checked.end()) {
         positional_ = true;
       } else if (py::hasattr(obj, "_fields") && py::object(obj.attr("_fields")).equal(py::object(step_fields()[rule]))) {
-        checked.insert(type);  // types live as long as their objects: kept, never freed
+        checked.push_back(key);  // the type is kept alive here: its address stays its own
         Py_INCREF(type);
         positional_ = true;
       }

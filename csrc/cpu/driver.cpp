@@ -37,10 +37,14 @@ int threads_for(int64_t total) {
   return static_cast<int>(std::min<int64_t>(get_num_threads(), by_size));
 }
 
-void update(const SgdStep& s, const Batch& b) { run_split(active_table().sgd, s, b); }
-void update(const AdagradStep& s, const Batch& b) { run_split(active_table().adagrad, s, b); }
-void update(const RmspropStep& s, const Batch& b) { run_split(active_table().rmsprop, s, b); }
-void update(const AdamStep& s, const Batch& b) { run_split(active_table().adam, s, b); }
+template <class Step>
+void update(const Step& s, const Batch& b) {
+  run_split(active_table().update<Step>(), s, b);
+}
+#define FUSEDOPT_INSTANTIATE(Step, COEFFS, FLAGS) template void update<Step>(const Step&, const Batch&);
+FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_INSTANTIATE)
+#undef FUSEDOPT_INSTANTIATE
+
 void update(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
 
 int64_t count_nonfinite_grads(const Batch& b) {

@@ -12,10 +12,9 @@
 namespace fusedopt {
 namespace cpu {
 
-void update(const SgdStep& step, const Batch& batch);
-void update(const AdagradStep& step, const Batch& batch);
-void update(const RmspropStep& step, const Batch& batch);
-void update(const AdamStep& step, const Batch& batch);
+// One step of any rule of FUSEDOPT_FOR_EACH_STEP (common/steps.h), over all threads.
+template <class Step>
+void update(const Step& step, const Batch& batch);
 void update(const TrafficStep& step, const Batch& batch);
 
 // Sum of squares of every gradient of the batch, by the fixed blocking and combining order

@@ -11,13 +11,16 @@
 namespace fusedopt {
 namespace cpu {
 
+template <class Step>
+using UpdateFn = void (*)(const Step&, const Batch&, int64_t begin, int64_t end);
+
 struct KernelTable {
   const char* name;
-  void (*sgd)(const SgdStep&, const Batch&, int64_t begin, int64_t end);
-  void (*adagrad)(const AdagradStep&, const Batch&, int64_t begin, int64_t end);
-  void (*rmsprop)(const RmspropStep&, const Batch&, int64_t begin, int64_t end);
-  void (*adam)(const AdamStep&, const Batch&, int64_t begin, int64_t end);
-  void (*traffic)(const TrafficStep&, const Batch&, int64_t begin, int64_t end);
+  // One update entry per rule of FUSEDOPT_FOR_EACH_STEP (common/steps.h), in its order.
+#define FUSEDOPT_UPDATE_FIELD(Step, COEFFS, FLAGS) UpdateFn<Step> update_##Step;
+  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_FIELD)
+#undef FUSEDOPT_UPDATE_FIELD
+  UpdateFn<TrafficStep> traffic;
   // Sum of squares of the gradient role, one double per norm block (math/sumsq.h).
   // block_offsets[t] is tensor t's first block; blocks [begin, end) are written to
   // partials[begin..end).
@@ -25,7 +28,16 @@ struct KernelTable {
                        double* partials);
   // Number of NaN and infinite values of the gradient role in [begin, end).
   int64_t (*count_nonfinite)(const Batch&, int64_t begin, int64_t end);
+
+  template <class Step>
+  UpdateFn<Step> update() const;  // the entry of Step
 };
+
+#define FUSEDOPT_UPDATE_ENTRY(Step, COEFFS, FLAGS) \
+  template <>                                      \
+  inline UpdateFn<Step> KernelTable::update<Step>() const { return update_##Step; }
+FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)
+#undef FUSEDOPT_UPDATE_ENTRY
 
 // One function per built instruction set; defined in kernels_isa.cpp, compiled once each.
 #define FUSEDOPT_DECLARE_TABLE(isa) const KernelTable& kernel_table_##isa();

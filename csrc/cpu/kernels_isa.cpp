@@ -264,10 +264,10 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
 
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
-const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), update<SgdStep>,  update<AdagradStep>,
-                           update<RmspropStep>,         update<AdamStep>, traffic,
-                           sumsq_blocks,
-                           count_nonfinite};
+#define FUSEDOPT_UPDATE_ENTRY(Step, COEFFS, FLAGS) update<Step>,
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY) traffic,
+                            sumsq_blocks, count_nonfinite};
+#undef FUSEDOPT_UPDATE_ENTRY
 
 }  // namespace
 

@@ -24,12 +24,11 @@ struct DeviceCoeffs {
 
 // device_coeffs: a DeviceCoeffs<math::XCoeffs<double>> in device memory, or null to use the
 // coefficients of `step`. The flags of `step` choose the kernel either way.
-void update(const SgdStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
-void update(const AdagradStep& step, const Batch& batch, cudaStream_t stream,
-             const void* device_coeffs);
-void update(const RmspropStep& step, const Batch& batch, cudaStream_t stream,
-             const void* device_coeffs);
-void update(const AdamStep& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
+// One per rule of FUSEDOPT_FOR_EACH_STEP, each defined in its own kernels_<rule>.cu.
+#define FUSEDOPT_DECLARE_UPDATE(Step, COEFFS, FLAGS) \
+  void update(const Step& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
+FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DECLARE_UPDATE)
+#undef FUSEDOPT_DECLARE_UPDATE
 void traffic(const TrafficStep& step, const Batch& batch, cudaStream_t stream);
 
 // The sum of squares of the batch's grads, by the fixed blocking of math/sumsq.h, written to

@@ -248,6 +248,12 @@ def _worded(fn: str, refusal, names, values, single) -> Exception:
     if rule == "not_array":
         if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
             return TypeError(f"{fn}: {where} is a DLPack device array that fusedopt cannot read")
+        if is_torch_tensor(x):
+            return TypeError(f"{fn}: {where} is a torch tensor whose shape does not agree with its "
+                             "numel() or its memory (a subclass that overrides them?)")
+        if hasattr(x, "__cuda_array_interface__"):
+            return TypeError(f"{fn}: {where} has a __cuda_array_interface__ that fusedopt cannot "
+                             "take (masked, or an invalid stream or shape)")
         return TypeError(f"{fn}: {where} must be a NumPy array, CuPy array or torch tensor, "
                          f"got {type(x).__name__}")
     if rule == "unreachable":
