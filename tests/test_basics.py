@@ -502,3 +502,12 @@ def test_torch_types_are_not_cached_from_a_half_imported_module(monkeypatch):
     assert fusedopt._core.read([a], [a.copy()], []) is None
     half.Tensor, half.float32, half.float64 = torch.Tensor, torch.float32, torch.float64
     assert fusedopt._core.read([torch.ones(3)], [torch.ones(3)], []) is None
+
+
+def test_numpy_bool_flags_are_bools():
+    """np.True_ is a bool to the flags (its type is numpy.bool in NumPy 2, numpy.bool_ in 1)."""
+    p, g = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
+    assert fusedopt.sgd_(p, g, lr=0.5, skip_if_nonfinite=np.True_) == fusedopt.StepStatus(False, 0)
+    assert np.all(p == 0.75)
+    with pytest.raises(TypeError, match="skip_if_nonfinite must be a bool"):
+        fusedopt.sgd_(p, g, lr=0.5, skip_if_nonfinite=np.int8(1))

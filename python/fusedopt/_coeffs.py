@@ -64,8 +64,11 @@ def _is_real_scalar(value) -> bool:
 def _flag(fn: str, name: str, value) -> bool:
     if value is True or value is False:
         return value
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
-        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+    kind = type(value)
+    # NumPy's bool scalar is numpy.bool_ in NumPy 1 and numpy.bool in NumPy 2.
+    numpy_bool = kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool")
+    if not isinstance(value, bool) and not numpy_bool:
+        raise TypeError(f"{fn}: {name} must be a bool, got {kind.__name__}")
     return bool(value)
 
 
