@@ -62,6 +62,14 @@ FUSEDOPT_HD T max_propagate_nan(T a, T b) {
   return (a != a) ? a : ((a > b) ? a : b);
 }
 
+// sign that keeps zeros and NaN: -1 below zero, 1 above, x itself otherwise (+0, -0, NaN).
+// Selects only, no branch per element that could differ between a vector body and its
+// scalar tail: both compile this same expression.
+template <class T>
+FUSEDOPT_HD T sign_keep_zero(T x) {
+  return (x > T(0)) ? T(1) : ((x < T(0)) ? T(-1) : x);
+}
+
 }  // namespace math
 }  // namespace fusedopt
 
