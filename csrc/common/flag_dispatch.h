@@ -85,11 +85,13 @@ void with_rule(const SgdStep& s, DType d, F&& f) {
   });
 }
 
-template <class F>
-void with_coupled_decay(math::WeightDecay wd, F&& f) {
+// For rules with one form of weight decay: kForm where the step asks for it, else kNone
+// (their coefficient functions in fusedopt/_coeffs.py never ask for the other form).
+template <math::WeightDecay kForm, class F>
+void with_decay_or_none(math::WeightDecay wd, F&& f) {
   using math::WeightDecay;
-  if (wd == WeightDecay::kCoupled)
-    f(std::integral_constant<WeightDecay, WeightDecay::kCoupled>{});
+  if (wd == kForm)
+    f(std::integral_constant<WeightDecay, kForm>{});
   else
     f(std::integral_constant<WeightDecay, WeightDecay::kNone>{});
 }
@@ -99,7 +101,7 @@ void with_rule(const AdagradStep& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     with_bool(s.maximize, [&](auto mx) {
-      with_coupled_decay(s.weight_decay, [&](auto wd) {
+      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
         f(TypeTag<math::AdagradRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
       });
     });
@@ -111,7 +113,7 @@ void with_rule(const RmspropStep& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     with_bool(s.maximize, [&](auto mx) {
-      with_coupled_decay(s.weight_decay, [&](auto wd) {
+      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
         with_bool(s.centered, [&](auto centered) {
           with_bool(s.momentum, [&](auto mom) {
             f(TypeTag<math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>>{},
@@ -138,20 +140,11 @@ void with_rule(const AdamStep& s, DType d, F&& f) {
 }
 
 template <class F>
-void with_decoupled_decay(math::WeightDecay wd, F&& f) {
-  using math::WeightDecay;
-  if (wd == WeightDecay::kDecoupled)
-    f(std::integral_constant<WeightDecay, WeightDecay::kDecoupled>{});
-  else
-    f(std::integral_constant<WeightDecay, WeightDecay::kNone>{});
-}
-
-template <class F>
 void with_rule(const LionStep& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     with_bool(s.maximize, [&](auto mx) {
-      with_decoupled_decay(s.weight_decay, [&](auto wd) {
+      with_decay_or_none<math::WeightDecay::kDecoupled>(s.weight_decay, [&](auto wd) {
         f(TypeTag<math::LionRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
       });
     });
