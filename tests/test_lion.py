@@ -94,14 +94,19 @@ def _bits(a):
 
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("case", LION_CASES, ids=lambda c: c.id)
-def test_zeros_and_nonfinite_values_have_the_reference_bits(case, dt):
+def test_zeros_and_nonfinite_values_match_the_reference(case, dt):
     p, g, m = _specials(DTYPES[dt])
     p_ref, m_ref = p.copy(), m.copy()
     with np.errstate(all="ignore"):
         fusedopt.lion_(p, g, m, backend="native", **case.kwargs)
         fusedopt.reference.lion_(p_ref, g, m_ref, **case.kwargs)
-    assert np.array_equal(_bits(p), _bits(p_ref))
-    assert np.array_equal(_bits(m), _bits(m_ref))
+    # NaN where the reference has NaN, the same bits everywhere else (the sign of a NaN
+    # made from two NaNs depends on the operand order the compiler picks; the contract, as
+    # tests/test_nonfinite.py checks it, leaves it open).
+    for got, want in ((p, p_ref), (m, m_ref)):
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        keep = ~np.isnan(want)
+        assert np.array_equal(_bits(got)[keep], _bits(want)[keep])
 
 
 @pytest.mark.parametrize("dt", list(DTYPES))
