@@ -143,11 +143,11 @@ def test_optimizer_steps_are_the_functional_calls():
         assert np.array_equal(_bits(a), _bits(b))
 
 
-def test_defaults_are_the_papers():
+def test_defaults():
     p = np.ones(3, np.float32)
     m = np.zeros(3, np.float32)
     fusedopt.lion_(p, np.array([1.0, -1.0, 0.0], np.float32), m)
-    # lr = 1e-4 (in float32), betas (0.9, 0.99): m = 0.01 * g
+    # lr = 1e-4 (in float32), betas = (0.9, 0.99) as in the paper: m = 0.01 * g
     assert np.array_equal(p, np.float32(1) - np.float32(1e-4) * np.array([1, -1, 0], np.float32))
     assert np.array_equal(m, np.float32(0.01) * np.array([1, -1, 0], np.float32))
     assert fusedopt.optim.Lion([p]).hyperparameters == dict(lr=1e-4, betas=(0.9, 0.99),

@@ -7,8 +7,9 @@
 //                                                  decay_factor = 1 - lr * weight_decay)
 //   p = p - lr * sign(c)
 //   m = beta2 * m + one_minus_beta2 * g
-// sign is math::sign_keep_zero: -1 or 1 away from zero, c itself for +0, -0 and NaN (so NaN
-// propagates and -0 stays -0, as XLA's sign in optax; numpy.sign would give +0 for -0).
+// sign is math::sign_keep_zero: -1 or 1 away from zero, c itself for +0, -0 and NaN, so NaN
+// propagates (numpy.sign gives +0 for -0, torch.sign 0 for NaN: the exact reference mirrors
+// this helper, not either).
 // The one state is exp_avg (m). Coefficients are per step, computed on the host in double.
 #pragma once
 
