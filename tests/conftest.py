@@ -73,7 +73,7 @@ class Case:
 
     @property
     def takes_step(self) -> bool:
-        return self.fn != "rmsprop_"
+        return self.fn not in ("rmsprop_", "lion_")
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -83,6 +83,8 @@ class Case:
             return ("momentum_buffers",) if k.get("momentum", 0.0) else ()
         if self.fn == "adagrad_":
             return ("state_sums",)
+        if self.fn == "lion_":
+            return ("exp_avgs",)
         if self.fn == "rmsprop_":
             return (("square_avgs",) + (("grad_avgs",) if k.get("centered") else ())
                     + (("momentum_buffers",) if k.get("momentum", 0.0) else ()))
@@ -142,6 +144,11 @@ def _cases() -> list[Case]:
         out.append(Case("-".join(p for p in parts if p), fn,
                         dict(lr=0.01, betas=(0.8, 0.95), weight_decay=wd, amsgrad=amsgrad,
                              maximize=maximize)))
+    # Lion's weight decay is decoupled: p *= 1 - lr*wd, so wd is larger than Adam's here.
+    for maximize, wd in itertools.product((False, True), (0.0, 0.5)):
+        parts = ["lion", "wd" if wd else "", "max" if maximize else ""]
+        out.append(Case("-".join(p for p in parts if p), "lion_",
+                        dict(lr=0.01, betas=(0.8, 0.95), weight_decay=wd, maximize=maximize)))
     return out
 
 

@@ -72,6 +72,7 @@ SPECS = {
         Spec("adamw_", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
              dict(step=3, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=True),
              ("exp_avg_sqs", "max_exp_avg_sqs"), optional=("max_exp_avg_sqs",)),
+        Spec("lion_", ("exp_avgs",), dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)),
     ]
 }
 
@@ -83,9 +84,10 @@ OPTIMIZERS = {
     "RMSprop": (fusedopt.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True)),
     "Adam": (fusedopt.optim.Adam, dict(lr=1e-3, amsgrad=True, weight_decay=0.01)),
     "AdamW": (fusedopt.optim.AdamW, dict(lr=1e-3, amsgrad=True)),
+    "Lion": (fusedopt.optim.Lion, dict(lr=1e-4, weight_decay=0.1)),
 }
 OPT_FUNCTION = {"SGD": "sgd_", "AdaptiveSGD": "adaptive_sgd_", "Adagrad": "adagrad_",
-                "RMSprop": "rmsprop_", "Adam": "adam_", "AdamW": "adamw_"}
+                "RMSprop": "rmsprop_", "Adam": "adam_", "AdamW": "adamw_", "Lion": "lion_"}
 
 
 def _values(rng, shape, dtype, positive=False, small=False):
@@ -459,6 +461,9 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
         nonneg("eps")
         flag("amsgrad")
         step()
+        out.append(("amsgrad-without-max_exp_avg_sqs", dict(_drop="max_exp_avg_sqs"),
+                    ValueError, "max_exp_avg_sqs"))
+    if spec.name in ("adam_", "adamw_", "lion_"):
         for k, v in {"beta1-one": (1.0, 0.999), "beta2-one": (0.9, 1.0),
                      "beta1-negative": (-0.1, 0.999), "beta2-negative": (0.9, -1e-3),
                      "beta1-nan": (float("nan"), 0.999), "beta2-inf": (0.9, float("inf")),
@@ -467,8 +472,6 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
         for k, v in {"one-value": (0.9,), "three-values": (0.9, 0.99, 0.9), "scalar": 0.9,
                      "None": None, "str-pair": ("a", "b"), "bool-pair": (True, 0.999)}.items():
             out.append((f"betas-{k}", {"betas": v}, TypeError, "betas"))
-        out.append(("amsgrad-without-max_exp_avg_sqs", dict(_drop="max_exp_avg_sqs"),
-                    ValueError, "max_exp_avg_sqs"))
     return out
 
 
@@ -487,6 +490,8 @@ WHOLE_NAMES = {
               "betas-scalar": "betas", "step-zero": "step", "step-fraction": "step",
               "eps-negative": "eps", "skip_if_nonfinite-int": "skip_if_nonfinite"},
     "adamw_": {"weight_decay-negative": "weight_decay", "amsgrad-str": "amsgrad"},
+    "lion_": {"betas-beta1-one": "betas[0]", "betas-beta2-inf": "betas[1]",
+              "weight_decay-negative": "weight_decay", "maximize-int": "maximize"},
 }
 
 

@@ -23,7 +23,7 @@ from conftest import CASES_BY_ID, HAVE_TORCH, assert_bitwise, make_inputs, rng_f
 
 # One case per public function, with every state it can take.
 FULL = ["sgd-mom", "asgd-mom-wd-max", "adagrad-decay-wd", "rmsprop-centered-mom-wd",
-        "adam-amsgrad-wd", "adamw-amsgrad-wd"]
+        "adam-amsgrad-wd", "adamw-amsgrad-wd", "lion-wd-max"]
 SIZES = [5, 64, 3]  # a list of three tensors; the bad one is always index 1
 
 

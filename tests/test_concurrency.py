@@ -26,6 +26,7 @@ RULES = [
     ("rmsprop_", dict(lr=0.01, centered=True, momentum=0.9), ("sq", "ga", "b")),
     ("adam_", dict(lr=1e-3, amsgrad=True, weight_decay=0.01), ("m", "v", "vmax")),
     ("adamw_", dict(lr=1e-3), ("m", "v")),
+    ("lion_", dict(lr=1e-3, weight_decay=0.1), ("m",)),
 ]
 
 
@@ -77,7 +78,7 @@ class Job:
         f = getattr(fusedopt, self.fn)
         for k, g in enumerate(self.grads):
             kw = dict(self.hyper)
-            if self.fn != "rmsprop_":
+            if self.fn not in ("rmsprop_", "lion_"):
                 kw["step"] = k + 1
             self.returned.append(f(self.params, g, *self.states, backend="native", **kw))
 
@@ -141,7 +142,7 @@ def test_the_gil_is_released_during_a_kernel():
 
 
 @pytest.mark.parametrize("opt_name", ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam",
-                                      "AdamW"])
+                                      "AdamW", "Lion"])
 def test_two_threads_stepping_one_optimizer_serialize(opt_name):
     """The documented behaviour: Optimizer.step holds a lock, so concurrent steps run one
     after another. With the same gradient for every step, any order gives the same result,
@@ -149,7 +150,8 @@ def test_two_threads_stepping_one_optimizer_serialize(opt_name):
     cls = getattr(fusedopt.optim, opt_name)
     kw = {"SGD": dict(lr=0.1, momentum=0.9), "AdaptiveSGD": dict(lr=0.5, momentum=0.9),
           "Adagrad": dict(lr=0.1), "RMSprop": dict(lr=0.01, momentum=0.9, centered=True),
-          "Adam": dict(lr=1e-2, amsgrad=True), "AdamW": dict(lr=1e-2)}[opt_name]
+          "Adam": dict(lr=1e-2, amsgrad=True), "AdamW": dict(lr=1e-2),
+          "Lion": dict(lr=1e-3, weight_decay=0.1)}[opt_name]
     rng = np.random.default_rng(0)
     sizes = [200_003, 5, 100_000]
     params = [rng.uniform(-1, 1, n).astype(np.float32) for n in sizes]

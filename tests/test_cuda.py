@@ -103,7 +103,8 @@ def test_rule_bitwise_single_tensor(case, dtype):
 
 @pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam", "adamw-amsgrad-wd-max", "sgd-mom",
                                                              "sgd-keras-nesterov-wd", "adagrad-decay-wd",
-                                                             "rmsprop-centered-mom-wd", "asgd-mom-wd-max")],
+                                                             "rmsprop-centered-mom-wd", "asgd-mom-wd-max",
+                                                             "lion-wd-max")],
                          ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_rule_bitwise_sizes(case, dtype):

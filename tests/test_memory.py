@@ -101,6 +101,7 @@ def test_no_leak_over_100k_calls():
             lambda: fusedopt.rmsprop_(lp, lg, la, lr=1e-6),
             lambda: fusedopt.adam_(lp, lg, la, lb, step=3, lr=1e-6),
             lambda: fusedopt.adamw_(p, g, a, b, c, step=3, lr=1e-6, amsgrad=True),
+            lambda: fusedopt.lion_(lp, lg, la, lr=1e-6, weight_decay=0.1),
             lambda: fusedopt.adam_(p, nan_g, a, b, step=3, skip_if_nonfinite=True),
             lambda: fusedopt.sgd_(p, g, lr=1e-6, skip_if_nonfinite=True),
             lambda: opt.step(og),
@@ -167,6 +168,7 @@ def test_no_temporaries_on_2_27_element_arrays():
             "rmsprop_-momentum": lambda: fusedopt.rmsprop_(p, g, a, None, b, momentum=0.9),
             "adam_": lambda: fusedopt.adam_(p, g, a, b, step=2),
             "adamw_": lambda: fusedopt.adamw_(p, g, a, b, step=2),
+            "lion_": lambda: fusedopt.lion_(p, g, a, lr=1e-3, weight_decay=0.1),
             "adam_-skip-check": lambda: fusedopt.adam_(p, g, a, b, step=2,
                                                        skip_if_nonfinite=True),
         }}

@@ -33,6 +33,9 @@ CONFIGS = {
                      ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")),
     "adamw-amsgrad-max": ("adamw_", dict(lr=1e-3, amsgrad=True, maximize=True, step=2),
                           ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")),
+    # sign(NaN) is NaN: a NaN in the direction reaches the parameter (an infinite one is a
+    # sign of +-1 and does not).
+    "lion-wd-max": ("lion_", dict(lr=1e-3, weight_decay=0.1, maximize=True), ("exp_avgs",)),
 }
 POSITIVE = {"state_sums", "square_avgs", "exp_avg_sqs", "max_exp_avg_sqs"}
 SMALL = {"grad_avgs"}
@@ -203,6 +206,7 @@ OPTIMIZERS = {
     "RMSprop": (fusedopt.optim.RMSprop, dict(lr=0.01, centered=True, momentum=0.9)),
     "Adam": (fusedopt.optim.Adam, dict(lr=1e-2, amsgrad=True)),
     "AdamW": (fusedopt.optim.AdamW, dict(lr=1e-2)),
+    "Lion": (fusedopt.optim.Lion, dict(lr=1e-3, weight_decay=0.1)),
 }
 
 

@@ -336,7 +336,7 @@ OPTIMIZERS = {
                                                           convention="keras"),
     "AdaptiveSGD": dict(lr=0.5, momentum=0.5), "Adagrad": dict(lr=0.05),
     "RMSprop": dict(lr=0.01, centered=True, momentum=0.5), "Adam": dict(lr=0.01, amsgrad=True),
-    "AdamW": dict(lr=0.01),
+    "AdamW": dict(lr=0.01), "Lion": dict(lr=0.01, weight_decay=0.1),
 }
 
 

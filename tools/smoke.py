@@ -45,6 +45,8 @@ CASES = [
      ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"]),
     ("adam-maximize", "adam_", dict(lr=0.01, maximize=True), ["exp_avgs", "exp_avg_sqs"]),
     ("adamw", "adamw_", dict(lr=0.01, weight_decay=0.1), ["exp_avgs", "exp_avg_sqs"]),
+    ("lion", "lion_", dict(lr=1e-3, weight_decay=0.1), ["exp_avgs"]),
+    ("lion-maximize", "lion_", dict(lr=1e-3, maximize=True), ["exp_avgs"]),
 ]
 # Around 4, 8 and 16 lanes (SSE2, AVX2, AVX-512 float32) and 2, 4, 8 (float64), plus 0.
 SMALL_SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 1000, 4099]
@@ -94,7 +96,7 @@ def run_case(fusedopt, case, dtype, sizes, seed):
         returned = []
         for k in range(STEPS):
             kwargs = dict(hyper, **extra)
-            if fn != "rmsprop_":
+            if fn not in ("rmsprop_", "lion_"):  # the rules without a step count
                 kwargs["step"] = k + 1
             returned.append(func(p, grads[k], **s, **kwargs))
         results[label] = (p, s, returned)

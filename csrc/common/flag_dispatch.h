@@ -14,6 +14,7 @@
 #include "common/steps.h"
 #include "math/adagrad.h"
 #include "math/adam.h"
+#include "math/lion.h"
 #include "math/modes.h"
 #include "math/rmsprop.h"
 #include "math/sgd.h"
@@ -64,7 +65,8 @@ struct TypeTag {
 // The rule variant a step's flags select, for both backends: calls
 // f(TypeTag<Rule>{}, TypeTag<S>{}) with S the storage type. Variants that cannot differ are
 // folded: Adagrad and RMSprop apply weight decay only in its coupled form (their rules
-// never call decoupled_decay), and SGD without momentum never reads kNesterov.
+// never call decoupled_decay), Lion only in its decoupled form, and SGD without momentum
+// never reads kNesterov.
 template <class F>
 void with_rule(const SgdStep& s, DType d, F&& f) {
   const bool nesterov = s.nesterov && s.momentum != math::Momentum::kNone;
@@ -83,11 +85,13 @@ void with_rule(const SgdStep& s, DType d, F&& f) {
   });
 }
 
-template <class F>
-void with_coupled_decay(math::WeightDecay wd, F&& f) {
+// For rules with one form of weight decay: kForm where the step asks for it, else kNone
+// (their coefficient functions in fusedopt/_coeffs.py never ask for the other form).
+template <math::WeightDecay kForm, class F>
+void with_decay_or_none(math::WeightDecay wd, F&& f) {
   using math::WeightDecay;
-  if (wd == WeightDecay::kCoupled)
-    f(std::integral_constant<WeightDecay, WeightDecay::kCoupled>{});
+  if (wd == kForm)
+    f(std::integral_constant<WeightDecay, kForm>{});
   else
     f(std::integral_constant<WeightDecay, WeightDecay::kNone>{});
 }
@@ -97,7 +101,7 @@ void with_rule(const AdagradStep& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     with_bool(s.maximize, [&](auto mx) {
-      with_coupled_decay(s.weight_decay, [&](auto wd) {
+      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
         f(TypeTag<math::AdagradRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
       });
     });
@@ -109,7 +113,7 @@ void with_rule(const RmspropStep& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     with_bool(s.maximize, [&](auto mx) {
-      with_coupled_decay(s.weight_decay, [&](auto wd) {
+      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
         with_bool(s.centered, [&](auto centered) {
           with_bool(s.momentum, [&](auto mom) {
             f(TypeTag<math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>>{},
@@ -130,6 +134,18 @@ void with_rule(const AdamStep& s, DType d, F&& f) {
         with_bool(s.amsgrad, [&](auto ams) {
           f(TypeTag<math::AdamRule<S, mx.value, wd.value, ams.value>>{}, TypeTag<S>{});
         });
+      });
+    });
+  });
+}
+
+template <class F>
+void with_rule(const LionStep& s, DType d, F&& f) {
+  with_storage(d, [&](auto st) {
+    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
+    with_bool(s.maximize, [&](auto mx) {
+      with_decay_or_none<math::WeightDecay::kDecoupled>(s.weight_decay, [&](auto wd) {
+        f(TypeTag<math::LionRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
       });
     });
   });

@@ -10,6 +10,7 @@
 
 #include "math/adagrad.h"
 #include "math/adam.h"
+#include "math/lion.h"
 #include "math/modes.h"
 #include "math/rmsprop.h"
 #include "math/sgd.h"
@@ -67,12 +68,23 @@ struct AdamStep {
   int n_states() const { return amsgrad ? 3 : 2; }
 };
 
+#define FUSEDOPT_LION_FLAGS(X) \
+  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay)
+struct LionStep {
+  static constexpr const char* kName = "lion";
+  math::LionCoeffs<double> c;
+  bool maximize;
+  math::WeightDecay weight_decay;
+  int n_states() const { return 1; }
+};
+
 // Every rule: (step struct, its numbers' X-macro, its flags' X-macro). One line a rule.
 #define FUSEDOPT_FOR_EACH_STEP(X)                               \
   X(SgdStep, FUSEDOPT_SGD_COEFFS, FUSEDOPT_SGD_FLAGS)           \
   X(AdagradStep, FUSEDOPT_ADAGRAD_COEFFS, FUSEDOPT_ADAGRAD_FLAGS) \
   X(RmspropStep, FUSEDOPT_RMSPROP_COEFFS, FUSEDOPT_RMSPROP_FLAGS) \
-  X(AdamStep, FUSEDOPT_ADAM_COEFFS, FUSEDOPT_ADAM_FLAGS)
+  X(AdamStep, FUSEDOPT_ADAM_COEFFS, FUSEDOPT_ADAM_FLAGS)        \
+  X(LionStep, FUSEDOPT_LION_COEFFS, FUSEDOPT_LION_FLAGS)
 
 struct TrafficStep {
   int n_states;  // 0..3: the byte pattern of the rule being measured

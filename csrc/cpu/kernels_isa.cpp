@@ -19,6 +19,7 @@
 #include "cpu/kernel_table.h"
 #include "math/adagrad.h"
 #include "math/adam.h"
+#include "math/lion.h"
 #include "math/rmsprop.h"
 #include "math/sgd.h"
 #include "math/sumsq.h"

@@ -62,6 +62,37 @@ FUSEDOPT_HD T max_propagate_nan(T a, T b) {
   return (a != a) ? a : ((a > b) ? a : b);
 }
 
+// copysign, without a call (a libm or std:: one would be a weak symbol; see above).
+FUSEDOPT_HD float copysign_hd(float mag, float sgn) {
+#if defined(__CUDA_ARCH__)
+  return copysignf(mag, sgn);
+#elif defined(__GNUC__) || defined(__clang__)
+  return __builtin_copysignf(mag, sgn);
+#else
+  return std::copysign(mag, sgn);
+#endif
+}
+FUSEDOPT_HD double copysign_hd(double mag, double sgn) {
+#if defined(__CUDA_ARCH__)
+  return copysign(mag, sgn);
+#elif defined(__GNUC__) || defined(__clang__)
+  return __builtin_copysign(mag, sgn);
+#else
+  return std::copysign(mag, sgn);
+#endif
+}
+
+// sign that keeps zeros and NaN: -1 below zero, 1 above, x itself for +0, -0 and NaN, the
+// values of (x > 0) ? 1 : ((x < 0) ? -1 : x). Written as one comparison, a copysign and
+// one select: GCC 12 vectorizes this for SSE2 and AVX2, where it left that nested select
+// as branches per element (Lion in cache ran at a twentieth of Adagrad's speed), and the
+// vector body and the scalar tail compile the same expression.
+template <class T>
+FUSEDOPT_HD T sign_keep_zero(T x) {
+  const T magnitude = (x > T(0) || x < T(0)) ? T(1) : T(0);  // 0 for +-0 and NaN
+  return (x != x) ? x : copysign_hd(magnitude, x);
+}
+
 }  // namespace math
 }  // namespace fusedopt
 

@@ -19,6 +19,7 @@ from fusedopt._kernels import (
     adam_,
     adamw_,
     adaptive_sgd_,
+    lion_,
     rmsprop_,
     sgd_,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "cuda",
     "get_num_threads",
     "info",
+    "lion_",
     "optim",
     "reference",
     "rmsprop_",

@@ -99,6 +99,7 @@ SgdCoeffs = _step_type("SgdCoeffs", "sgd")
 AdagradCoeffs = _step_type("AdagradCoeffs", "adagrad")
 RmspropCoeffs = _step_type("RmspropCoeffs", "rmsprop")
 AdamCoeffs = _step_type("AdamCoeffs", "adam")
+LionCoeffs = _step_type("LionCoeffs", "lion")
 
 
 def sgd(fn, *, lr, momentum, dampening, nesterov, weight_decay, maximize, step, convention):
@@ -177,6 +178,17 @@ def adam(fn, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled
                            inv_sqrt_bc2=inv_sqrt_bc2, eps=eps, weight_decay=weight_decay,
                            decay_factor=decay_factor, maximize=maximize, wd_mode=wd_mode,
                            amsgrad=amsgrad)
+
+
+def lion(fn, *, lr, betas, weight_decay, maximize):
+    lr = _number(fn, "lr", lr)
+    beta1, beta2 = _betas(fn, betas)
+    weight_decay = _number(fn, "weight_decay", weight_decay)
+    maximize = _flag(fn, "maximize", maximize)
+    return LionCoeffs.make(lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                           one_minus_beta2=1.0 - beta2, weight_decay=weight_decay,
+                           decay_factor=1.0 - lr * weight_decay, maximize=maximize,
+                           wd_mode=WD_DECOUPLED if weight_decay else WD_NONE)
 
 
 def _adam_by_step(lr, weight_decay, beta1_t, beta2_t, sqrt) -> tuple:

@@ -23,7 +23,7 @@ from fusedopt import _coeffs
 from fusedopt._dispatch import AdaptiveRate, FallbackWarning, StepStatus, fallbacks, run
 
 __all__ = ["AdaptiveRate", "FallbackWarning", "StepStatus", "fallbacks", "sgd_", "adaptive_sgd_",
-           "adagrad_", "rmsprop_", "adam_", "adamw_"]
+           "adagrad_", "rmsprop_", "adam_", "adamw_", "lion_"]
 
 
 def _required(fn: str, name: str, value, because: str):
@@ -161,3 +161,22 @@ def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, 
     ``p *= 1 - lr*weight_decay`` applied before the update."""
     return _adam("adamw_", True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
           eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend)
+
+
+def lion_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+          maximize=False, skip_if_nonfinite=False, backend="auto"):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; optax.lion),
+    in place. ``exp_avgs`` (the momentum) starts at zero; there is no step count.
+
+    ``c = b1*m + (1-b1)*g``; ``p *= 1 - lr*weight_decay`` (decoupled, as AdamW);
+    ``p -= lr * sign(c)``; ``m = b2*m + (1-b2)*g``. ``sign`` is -1 or 1 away from zero and
+    keeps +0, -0 and NaN as they are. Every element moves by exactly ``lr`` (or not at all),
+    so Lion wants a learning rate 3-10x smaller than AdamW's and a weight decay that much
+    larger for the same effective decay ``lr*weight_decay``.
+    """
+    fn = "lion_"
+    c = _coeffs.lion(fn, lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+    return run("lion", fn, params, grads, ("exp_avgs",), [exp_avgs], c,
+               lambda c: dict(lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay,
+                              maximize=c.maximize),
+               backend, skip_if_nonfinite)

@@ -108,6 +108,24 @@ def adam_exact(xp, p, g, states, c):
     p[...] = p - T(c.step_size) * (m / denom)
 
 
+def _sign_keep_zero(xp, x):
+    # math::sign_keep_zero: (x > 0) ? 1 : ((x < 0) ? -1 : x), so +0, -0 and NaN come back
+    # as they are (numpy.sign would turn -0 into +0).
+    T = x.dtype.type
+    return xp.where(x > 0, T(1), xp.where(x < 0, T(-1), x))
+
+
+def lion_exact(xp, p, g, states, c):
+    T = p.dtype.type
+    g = _effective_grad(xp, T, p, g, c.maximize, c.wd_mode, c.weight_decay)
+    m = states[0]
+    direction = T(c.beta1) * m + T(c.one_minus_beta1) * g
+    if c.wd_mode == WD_DECOUPLED:
+        p[...] = p * T(c.decay_factor)
+    p[...] = p - T(c.lr) * _sign_keep_zero(xp, direction)
+    m[...] = T(c.beta2) * m + T(c.one_minus_beta2) * g
+
+
 def sum_of_squares_exact(xp, grads) -> float:
     """csrc/math/sumsq.h in array form: 32 lanes per block, each accumulated in order."""
     import numpy as np
@@ -137,7 +155,8 @@ def sum_of_squares_exact(xp, grads) -> float:
     return total
 
 
-EXACT = {"sgd": sgd_exact, "adagrad": adagrad_exact, "rmsprop": rmsprop_exact, "adam": adam_exact}
+EXACT = {"sgd": sgd_exact, "adagrad": adagrad_exact, "rmsprop": rmsprop_exact, "adam": adam_exact,
+         "lion": lion_exact}
 
 
 def apply_exact(rule: str, prep, coeffs) -> None:
@@ -217,8 +236,19 @@ def adam_float64(xp, p, g, states, h):
     return p - lr * m_hat / (xp.sqrt(v_hat) + h["eps"]), out
 
 
+def lion_float64(xp, p, g, states, h):
+    b1, b2 = h["betas"]
+    lr, wd = h["lr"], h["weight_decay"]
+    g = -g if h["maximize"] else g
+    update = xp.sign(b1 * states[0] + (1 - b1) * g)
+    if wd:
+        p = p - lr * wd * p
+    m = b2 * states[0] + (1 - b2) * g
+    return p - lr * update, [m]
+
+
 FLOAT64 = {"sgd": sgd_float64, "adagrad": adagrad_float64, "rmsprop": rmsprop_float64,
-           "adam": adam_float64}
+           "adam": adam_float64, "lion": lion_float64}
 
 
 def apply_float64(rule: str, prep, hyper: dict) -> None:

@@ -35,6 +35,12 @@ CASES = [
      ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], True),
     ("adam-maximize", "adam_", dict(lr=0.01, maximize=True), ["exp_avgs", "exp_avg_sqs"], True),
     ("adamw", "adamw_", dict(lr=0.01, weight_decay=0.1), ["exp_avgs", "exp_avg_sqs"], True),
+    # Lion moves an element by exactly lr: where float32 rounds the direction
+    # b1*m + (1-b1)*g to the other side of zero than float64, the parameter ends 2*lr from
+    # the float64 formula's. lr = 1e-5 keeps such a flip inside FLOAT64_TOLERANCE (relative
+    # to the largest parameter, about 4.5 here), so only an error in the rule fails.
+    ("lion", "lion_", dict(lr=1e-5, weight_decay=1.0), ["exp_avgs"], False),
+    ("lion-maximize", "lion_", dict(lr=1e-5, maximize=True), ["exp_avgs"], False),
 ]
 
 SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]

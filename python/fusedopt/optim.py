@@ -38,7 +38,7 @@ from typing import Any
 
 from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, cuda
 
-__all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion"]
 
 
 class Optimizer:
@@ -56,8 +56,8 @@ class Optimizer:
         capturable = _coeffs._flag(name, "capturable", capturable)
         if capturable and self._rule is None:
             raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients "
-                            "change every step. SGD's from its second step, RMSprop's and "
-                            "Adagrad's with lr_decay=0 are the same every step, so those steps "
+                            "change every step. SGD's from its second step, Lion's, RMSprop's "
+                            "and Adagrad's with lr_decay=0 are the same every step, so those steps "
                             "can be captured as they are")
         if not isinstance(params, (list, tuple)):
             params = [params]
@@ -438,3 +438,15 @@ class AdamW(Adam):
     _kernel = staticmethod(_kernels.adamw_)
     _defaults = dict(Adam._defaults, weight_decay=1e-2)
     _decoupled = True
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023; optax.lion); see :func:`fusedopt.lion_`. One state,
+    ``exp_avgs``, starting at zero; the coefficients are the same every step."""
+
+    _kernel = staticmethod(_kernels.lion_)
+    _takes_step = False
+    _defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)
+
+    def _state_names(self):
+        return ["exp_avgs"]

@@ -17,7 +17,7 @@ import functools
 
 from fusedopt import _dispatch, _kernels
 
-__all__ = ["sgd_", "adaptive_sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "MODES"]
+__all__ = ["sgd_", "adaptive_sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "lion_", "MODES"]
 
 MODES = {"exact": "reference", "float64": _dispatch.FLOAT64}
 
@@ -43,3 +43,4 @@ adagrad_ = _reference_of(_kernels.adagrad_)
 rmsprop_ = _reference_of(_kernels.rmsprop_)
 adam_ = _reference_of(_kernels.adam_)
 adamw_ = _reference_of(_kernels.adamw_)
+lion_ = _reference_of(_kernels.lion_)

@@ -26,6 +26,7 @@ TRAFFIC = {
     "adam":          (4, 3, 2),   # p, g, m, v -> p, m, v
     "adamw":         (4, 3, 2),
     "amsgrad":       (5, 4, 3),   # p, g, m, v, vmax -> p, m, v, vmax
+    "lion":          (3, 2, 1),   # p, g, m -> p, m
 }
 RULES = tuple(TRAFFIC)
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -58,6 +59,8 @@ def call_fusedopt(rule: str, mod, p, g, s) -> None:
         mod.adamw_(p, g, s[0], s[1], step=STEP, lr=1e-3, weight_decay=0.01)
     elif rule == "amsgrad":
         mod.adam_(p, g, s[0], s[1], s[2], step=STEP, lr=1e-3, amsgrad=True)
+    elif rule == "lion":
+        mod.lion_(p, g, s[0], lr=1e-4, weight_decay=0.1)
     else:  # pragma: no cover
         raise ValueError(rule)
 
