@@ -1,9 +1,5 @@
 #include "bindings/array_facts.h"
 
-#include <stdexcept>
-#include <string>
-#include <vector>
-
 #include "common/dtype.h"
 
 namespace fusedopt {
@@ -25,12 +21,10 @@ py::object imported_attr(const char* module, PyObject* name) {
   return py::reinterpret_steal<py::object>(value);
 }
 
-ArrayTypes ArrayTypes::imported(bool with_cupy, bool torch_needs_cupy) {
+ArrayTypes ArrayTypes::imported() {
   const Names& n = names();
   ArrayTypes t;
-  if (with_cupy || torch_needs_cupy) t.cupy_ndarray = imported_attr("cupy", n.ndarray);
-  if (torch_needs_cupy && t.cupy_ndarray.is_none()) return t;
-  if (!with_cupy) t.cupy_ndarray = py::none();
+  t.cupy_ndarray = imported_attr("cupy", n.ndarray);
   t.torch_tensor = imported_attr("torch", n.Tensor);
   if (!t.torch_tensor.is_none()) {
     t.torch_parameter = imported_attr("torch.nn", n.Parameter);
@@ -60,24 +54,21 @@ bool take_int(PyObject* v, long long& out) {
   return true;
 }
 
-bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize) {
+bool read_cupy(PyObject* o, ArrayFacts& f) {
   const Names& n = names();
   PyObject* data = PyObject_GetAttr(o, n.data);
   if (data == nullptr) {
     PyErr_Clear();
     return false;
   }
-  long long ptr = 0, device = 0, size = 0, contiguous = 0, itemsize = 0;
+  long long ptr = 0, device = 0, size = 0, contiguous = 0;
   const bool ok = int_attr(data, n.ptr, ptr) && int_attr(data, n.device_id, device);
   Py_DECREF(data);
-  if (!ok || !int_attr(o, n.size, size) || !int_attr(o, n.c_contiguous, contiguous) ||
-      (with_itemsize && !int_attr(o, n.itemsize, itemsize)))
-    return false;
+  if (!ok || !int_attr(o, n.size, size) || !int_attr(o, n.c_contiguous, contiguous)) return false;
   if (ptr < 0 || size < 0 || device < 0) return false;
   f.ptr = static_cast<uintptr_t>(ptr);
   f.device = static_cast<int>(device);
   f.size = size;
-  f.itemsize = static_cast<int>(itemsize);
   f.contiguous = contiguous != 0;
   return true;
 }
@@ -103,30 +94,6 @@ bool read_torch(PyObject* o, int64_t numel, ArrayFacts& f) {
   f.size = numel;
   f.contiguous = contiguous != 0;
   return true;
-}
-
-void read_interface(py::handle h, ArrayFacts& f) {
-  if (!py::hasattr(h, "__cuda_array_interface__"))
-    throw std::invalid_argument("is not a CUDA device array (no __cuda_array_interface__)");
-  py::dict cai = h.attr("__cuda_array_interface__");
-  f.ptr = py::cast<py::tuple>(cai["data"])[0].cast<uintptr_t>();
-  const auto typestr = cai["typestr"].cast<std::string>();
-  f.itemsize = std::stoi(typestr.substr(2));
-  f.size = 1;
-  std::vector<int64_t> shape;
-  for (py::handle d : py::cast<py::tuple>(cai["shape"])) {
-    shape.push_back(d.cast<int64_t>());
-    f.size *= shape.back();
-  }
-  f.contiguous = true;
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
-    auto strides = py::cast<py::tuple>(cai["strides"]);
-    int64_t expected = f.itemsize;
-    for (size_t k = shape.size(); k-- > 0;) {
-      if (shape[k] != 1 && strides[k].cast<int64_t>() != expected) f.contiguous = false;
-      expected *= shape[k];
-    }
-  }
 }
 
 bool read_shape(PyObject* shape, int64_t* dims, int& ndim, int max_dims) {

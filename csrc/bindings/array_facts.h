@@ -1,9 +1,7 @@
-// How both modules read one array object that is not a NumPy array: a torch tensor (on the
-// CPU or a GPU), a CuPy array, or anything with __cuda_array_interface__. The CPU module
-// reads torch CPU tensors with it (batch_from_python.cpp), the CUDA module CuPy arrays and
-// torch CUDA tensors (bindings/cuda_batch.cpp); each decides which of what it read it takes.
-// Reads go through the objects' own C-level fields and methods, never through Python code
-// that builds a dict or imports a module.
+// The reader's (bindings/reader.cpp) access to torch tensors and CuPy arrays: their types,
+// looked up where their library is imported, and their facts, read through the objects'
+// own C-level fields and methods, never through Python code that builds a dict or imports
+// a module.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -22,7 +20,6 @@ struct Names {
   PyObject* ptr = PyUnicode_InternFromString("ptr");
   PyObject* device_id = PyUnicode_InternFromString("device_id");
   PyObject* size = PyUnicode_InternFromString("size");
-  PyObject* itemsize = PyUnicode_InternFromString("itemsize");
   PyObject* dtype = PyUnicode_InternFromString("dtype");
   PyObject* shape = PyUnicode_InternFromString("shape");
   PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
@@ -54,10 +51,7 @@ enum class Kind { kNone, kCupy, kTorch };
 struct ArrayTypes {
   py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64;
 
-  // with_cupy: CuPy's type too. torch's types are looked up if torch is imported, unless
-  // torch_needs_cupy and CuPy is not (the CUDA path reaches a torch tensor's memory
-  // through CuPy when it must word an error, so it takes only what it could word).
-  static ArrayTypes imported(bool with_cupy, bool torch_needs_cupy);
+  static ArrayTypes imported();
 
   Kind kind(PyObject* o) const {
     auto* type = reinterpret_cast<PyObject*>(Py_TYPE(o));
@@ -80,7 +74,6 @@ inline bool call_int(PyObject* o, PyObject* method, long long& out) {
 struct ArrayFacts {
   uintptr_t ptr = 0;
   int64_t size = 0;
-  int itemsize = 0;
   bool contiguous = false;
   bool on_cpu = false;  // a torch tensor in host memory
   int device = -1;      // the GPU; -1: not known from the object itself (or on the CPU)
@@ -91,16 +84,12 @@ struct ArrayFacts {
 
 // A cupy.ndarray's own fields: data.ptr, data.device_id, size and _c_contiguous are plain
 // reads of CuPy's C fields (tens of ns each); `flags` would build an object per read.
-// itemsize only if asked.
-bool read_cupy(PyObject* o, ArrayFacts& f, bool with_itemsize);
+bool read_cupy(PyObject* o, ArrayFacts& f);
 
 // A torch tensor's facts through its own C methods and fields (about 0.1 us each): on the
 // CPU or on a CUDA device (other devices, and a tensor with the negative bit, whose memory
 // holds -x, are refused: false). The size comes from the caller's shape read (`numel`).
 bool read_torch(PyObject* o, int64_t numel, ArrayFacts& f);
-
-// The __cuda_array_interface__ of any other device array (a dict built per access).
-void read_interface(py::handle h, ArrayFacts& f);
 
 // A shape tuple (torch.Size is one) into dims; false if it is not a tuple of ints or has
 // more than `max_dims` entries.

@@ -98,7 +98,7 @@ std::shared_ptr<const ArrayTypes> ArrayKinds::current_types() {
   PyObject* torch = PyDict_GetItemString(modules, "torch");  // borrowed
   PyObject* cupy = PyDict_GetItemString(modules, "cupy");
   if (*types && torch == torch_module->ptr() && cupy == cupy_module->ptr()) return *types;
-  auto fresh = std::make_shared<const ArrayTypes>(ArrayTypes::imported(/*with_cupy=*/true, /*torch_needs_cupy=*/false));
+  auto fresh = std::make_shared<const ArrayTypes>(ArrayTypes::imported());
   // A module still being imported (on another thread) has no Tensor or ndarray yet: use
   // what it has now, but do not keep it, or torch tensors would stay unknown for good.
   const bool complete = (torch == nullptr || (!fresh->torch_tensor.is_none() && !fresh->torch_float64.is_none())) &&
@@ -158,7 +158,7 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
   }
   if (types.known.kind(o) == Kind::kCupy || ArrayKinds::is_cupy(o)) {
     ArrayFacts f;
-    if (read_cupy(o, f, false) && read_array_shape(o, it)) {
+    if (read_cupy(o, f) && read_array_shape(o, it)) {
       PyObject* d = PyObject_GetAttr(o, names().dtype);
       if (d == nullptr) {
         PyErr_Clear();

@@ -27,9 +27,9 @@ namespace {
 // without the GIL.
 class HostCall {
  public:
-  HostCall(py::handle params, py::handle grads, py::handle states, bool host_only) {
+  HostCall(py::handle params, py::handle grads, py::handle states) {
     ReadOptions options = module_read_options();
-    options.host_only = host_only;
+    options.host_only = true;  // stop at params[0] if it is a device array: not ours
     refusal_ = read_call(params, grads, states, options, call_);
     if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
     batch_ = call_.batch();
@@ -107,8 +107,7 @@ void register_kernels(py::module_& m) {
   py::class_<HostCall>(m, "Call",
                        "A call's arrays as the reader took them (host memory): counted, normed or "
                        "run without being read again.")
-      .def(py::init<py::handle, py::handle, py::handle, bool>(), arg("params"), arg("grads"), arg("states"),
-           arg("host_only") = true)
+      .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"))
       .def_property_readonly("refusal", &HostCall::refusal,
                              "None, or (rule, role, index, other role, other index): what the call broke")
       .def("run", &HostCall::run, arg("rule"), arg("coeffs"))
@@ -122,7 +121,7 @@ void register_kernels(py::module_& m) {
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
          py::handle coeffs) -> py::object {
-        HostCall call(params, grads, states, /*host_only=*/true);
+        HostCall call(params, grads, states);
         if (!call.ok()) return call.refusal();
         call.run(rule, coeffs);
         return py::none();

@@ -22,30 +22,21 @@ import numpy as np
 
 from fusedopt import _core
 
-# Storage dtypes of the kernels and their codes in csrc/common/dtype.h.
-DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
-SUPPORTED_DTYPES = "float32 or float64"
+SUPPORTED_DTYPES = "float32 or float64"  # as the reader (csrc/bindings/reader.cpp) takes them
 
 
 class Prepared:
-    """A call the reader accepted: lists of arrays per role (NumPy or CuPy), one dtype and
+    """A call the reader accepted, adapted: lists of arrays per role (NumPy or CuPy) of one
     device."""
 
-    __slots__ = ("fn", "device", "xp", "dtype", "dtype_code", "params", "grads", "states",
-                 "state_names", "single", "torch_device")
+    __slots__ = ("device", "xp", "params", "grads", "states", "torch_device")
 
-    def __init__(self, fn, device, xp, dtype, params, grads, states, state_names, single,
-                 torch_device=None):
-        self.fn = fn
+    def __init__(self, device, xp, params, grads, states, torch_device=None):
         self.device = device  # "cpu" or "cuda"
         self.xp = xp  # numpy or cupy: the array module of the arrays
-        self.dtype = dtype
-        self.dtype_code = DTYPE_CODES.get(dtype)
         self.params = params
         self.grads = grads
         self.states = states  # list of lists, in the rule's state order
-        self.state_names = state_names
-        self.single = single
         # The GPU of the params if they are torch CUDA tensors, else None: device work on
         # torch params runs on torch's current stream there (fusedopt.cuda.params_stream).
         self.torch_device = torch_device
@@ -53,10 +44,6 @@ class Prepared:
     @property
     def n_tensors(self) -> int:
         return len(self.params)
-
-    @property
-    def n_elements(self) -> int:
-        return sum(int(p.size) for p in self.params)
 
 
 def _is_list(value) -> bool:
@@ -160,13 +147,12 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     if native[0]:
         device = "cpu" if isinstance(native[0][0], np.ndarray) else "cuda"
     xp = _cupy() if device == "cuda" else np
-    dtype = native[0][0].dtype if native[0] else np.dtype(np.float32)
     torch_device = None
     if device == "cuda" and is_torch_tensor(lists[0][0]):
         torch_device = int(native[0][0].device.id)
     first_state = 2 if has_grads else 1
-    return Prepared(fn, device, xp, np.dtype(dtype), native[0], native[1] if has_grads else None,
-                    native[first_state:], names[first_state:], single, torch_device)
+    return Prepared(device, xp, native[0], native[1] if has_grads else None, native[first_state:],
+                    torch_device)
 
 
 def _adapted(fn: str, label: str, x):

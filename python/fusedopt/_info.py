@@ -9,23 +9,19 @@ from fusedopt import _kernels, _native, cuda
 from fusedopt._version import __version__
 
 
-def _core_or_raise():
-    return _native.core()
-
-
 def set_num_threads(n: int) -> None:
     """Sets how many threads a CPU kernel may use (the calling thread included)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _core_or_raise().set_num_threads(n)
+    _native.core().set_num_threads(n)
 
 
 def get_num_threads() -> int:
     """How many threads a CPU kernel may use (default: the cores this process may run on,
     or FUSEDOPT_NUM_THREADS)."""
-    return _core_or_raise().get_num_threads()
+    return _native.core().get_num_threads()
 
 
 def set_cpu_target(name: str) -> None:
@@ -35,7 +31,7 @@ def set_cpu_target(name: str) -> None:
     variable FUSEDOPT_CPU_TARGET does the same at import time.
     """
     try:
-        _core_or_raise().select_target(name)
+        _native.core().select_target(name)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"set_cpu_target: {exc}") from None
 

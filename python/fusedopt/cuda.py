@@ -47,10 +47,10 @@ def is_built() -> bool:
 
 def is_available() -> bool:
     """True if the CUDA module is built and can run on the current GPU."""
-    return unavailable_reason(None) is None
+    return unavailable_reason() is None
 
 
-def unavailable_reason(prep=None) -> str | None:
+def unavailable_reason() -> str | None:
     """Why CUDA kernels cannot run (None if they can): not built, no driver, a driver older
     than the module's runtime, no device, or a device this build has no code for."""
     if _cuda is None:
