@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bindings/steps_from_python.h"
+#include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "bindings/register_cuda.h"
 #include "cuda/device.h"
@@ -92,15 +93,15 @@ void run_step(const DeviceBatch& b, py::handle coeffs, const py::object& stream,
   const Step step = bindings::step_from_python<Step>(coeffs);
   // The kernels dereference one state pointer per state the rule keeps: a call with
   // another number of state lists than the flags ask for would read through a null one.
-  if (step.n_states() != b.n_states())
-    throw std::invalid_argument(std::string(Step::kName) + ": these flags need " + std::to_string(step.n_states()) +
+  if (fusedopt::n_states(step) != b.n_states())
+    throw std::invalid_argument(std::string(Step::kName) + ": these flags need " + std::to_string(fusedopt::n_states(step)) +
                                 " state lists, got " + std::to_string(b.n_states()));
   on_device(b, stream, [&](cudaStream_t s) { update(step, b.batch(), s, reinterpret_cast<const void*>(device_coeffs)); });
 }
 
 void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, const py::object& stream,
               uintptr_t device_coeffs) {
-#define FUSEDOPT_RUN_IF(Step, COEFFS, FLAGS) \
+#define FUSEDOPT_RUN_IF(Step, ...) \
   if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
@@ -122,7 +123,7 @@ double sum_of_squares_now(const DeviceBatch& b, const py::object& stream) {
 // names of the Batch methods; 0 for any other name.
 int device_coeffs_doubles(const std::string& rule) {
   size_t bytes = 0;
-#define FUSEDOPT_COEFF_BYTES(Step, COEFFS, FLAGS) \
+#define FUSEDOPT_COEFF_BYTES(Step, ...) \
   if (rule == Step::kName) bytes = sizeof(DeviceCoeffs<decltype(Step::c)>);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_COEFF_BYTES)
 #undef FUSEDOPT_COEFF_BYTES
@@ -199,8 +200,8 @@ void register_batch(py::module_& m) {
           "adaptive_sgd",
           [](const DeviceBatch& b, py::handle coeffs, uintptr_t result, py::object stream) {
             const SgdStep step = bindings::step_from_python<SgdStep>(coeffs);
-            if (step.n_states() != b.n_states())
-              throw std::invalid_argument("adaptive_sgd: these flags need " + std::to_string(step.n_states()) +
+            if (fusedopt::n_states(step) != b.n_states())
+              throw std::invalid_argument("adaptive_sgd: these flags need " + std::to_string(fusedopt::n_states(step)) +
                                           " state lists, got " + std::to_string(b.n_states()));
             if (result == 0) throw std::invalid_argument("adaptive_sgd: result must be a device address");
             if (b.has_grads() && b.batch().total() == 0) {
@@ -310,7 +311,7 @@ void register_plan(py::module_& m) {
   m.attr("THREADS_PER_BLOCK") = kThreads;
   m.attr("PARAM_LIMIT") = kParamLimit;
   py::dict coeff_doubles;
-#define FUSEDOPT_COEFF_DOUBLES(Step, COEFFS, FLAGS) coeff_doubles[Step::kName] = device_coeffs_doubles(Step::kName);
+#define FUSEDOPT_COEFF_DOUBLES(Step, ...) coeff_doubles[Step::kName] = device_coeffs_doubles(Step::kName);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_COEFF_DOUBLES)
 #undef FUSEDOPT_COEFF_DOUBLES
   m.attr("DEVICE_COEFFS_DOUBLES") = coeff_doubles;

@@ -11,6 +11,7 @@
 
 #include "bindings/reader.h"
 #include "bindings/steps_from_python.h"
+#include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cpu/driver.h"
 #include "math/modes.h"
@@ -78,9 +79,9 @@ class HostCall {
     const Step step = step_from_python<Step>(coeffs);
     // The loops dereference one state pointer per state the rule keeps: a call with another
     // number of state lists than the flags ask for would read through a null pointer.
-    if (step.n_states() != n_states())
+    if (fusedopt::n_states(step) != n_states())
       throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
-                                  std::to_string(step.n_states()) + " state lists, got " +
+                                  std::to_string(fusedopt::n_states(step)) + " state lists, got " +
                                   std::to_string(n_states()));
     const Batch& b = grads_batch();
     py::gil_scoped_release release;
@@ -93,7 +94,7 @@ class HostCall {
 };
 
 void HostCall::run(const std::string& rule, py::handle coeffs) const {
-#define FUSEDOPT_RUN_IF(Step, COEFFS, FLAGS) \
+#define FUSEDOPT_RUN_IF(Step, ...) \
   if (rule == Step::kName) return run_step<Step>(coeffs);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF

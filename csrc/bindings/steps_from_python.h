@@ -20,8 +20,8 @@ namespace py = pybind11;
 
 // Every rule's field names, in order: its numbers, then its flags.
 #define FUSEDOPT_NAME_OF_NUMBER(name) #name,
-#define FUSEDOPT_NAME_OF_FLAG(pyname, member, kind) #pyname,
-#define FUSEDOPT_STEP_FIELDS(Step, COEFFS, FLAGS)                                        \
+#define FUSEDOPT_NAME_OF_FLAG(name, kind) #name,
+#define FUSEDOPT_STEP_FIELDS(Step, COEFFS, FLAGS, ...)                                   \
   {                                                                                      \
     const char* fields[] = {COEFFS(FUSEDOPT_NAME_OF_NUMBER) FLAGS(FUSEDOPT_NAME_OF_FLAG)}; \
     const char* numbers[] = {COEFFS(FUSEDOPT_NAME_OF_NUMBER)};                           \
@@ -97,12 +97,11 @@ class FieldReader {
   py::object held_;
 };
 
-template <class T>
-T read_flag(FieldReader& r, const char* name, FlagKind kind) {
+template <FlagKind kKind>
+typename FlagType<kKind>::type read_flag(FieldReader& r, const char* name) {
   const long long v = r.integer(name);
-  const long long high = kind == FlagKind::kBool ? 1 : kind == FlagKind::kWeightDecay ? 2 : 3;
-  if (v < 0 || v > high) throw std::invalid_argument(std::string("bad value of coefficient flag ") + name);
-  return static_cast<T>(v);
+  if (!flag_allows(kKind, v)) throw std::invalid_argument(std::string("bad value of coefficient flag ") + name);
+  return static_cast<typename FlagType<kKind>::type>(v);
 }
 
 }  // namespace detail
@@ -111,8 +110,8 @@ template <class Step>
 Step step_from_python(py::handle obj);
 
 #define FUSEDOPT_READ_NUMBER(name) s.c.name = r.number(#name);
-#define FUSEDOPT_READ_FLAG(pyname, member, kind) s.member = detail::read_flag<decltype(s.member)>(r, #pyname, kind);
-#define FUSEDOPT_STEP_READER(Step, COEFFS, FLAGS)          \
+#define FUSEDOPT_READ_FLAG(name, kind) s.name = detail::read_flag<FlagKind::kind>(r, #name);
+#define FUSEDOPT_STEP_READER(Step, COEFFS, FLAGS, ...)     \
   template <>                                              \
   inline Step step_from_python<Step>(py::handle obj) {     \
     detail::FieldReader r(obj, Step::kName);               \

@@ -12,12 +12,7 @@
 
 #include "common/dtype.h"
 #include "common/steps.h"
-#include "math/adagrad.h"
-#include "math/adam.h"
-#include "math/lion.h"
 #include "math/modes.h"
-#include "math/rmsprop.h"
-#include "math/sgd.h"
 
 namespace fusedopt {
 namespace {  // NOLINT(build/namespaces): internal linkage is the point, see above
@@ -62,31 +57,8 @@ struct TypeTag {
   using type = T;
 };
 
-// The rule variant a step's flags select, for both backends: calls
-// f(TypeTag<Rule>{}, TypeTag<S>{}) with S the storage type. Variants that cannot differ are
-// folded: Adagrad and RMSprop apply weight decay only in its coupled form (their rules
-// never call decoupled_decay), Lion only in its decoupled form, and SGD without momentum
-// never reads kNesterov.
-template <class F>
-void with_rule(const SgdStep& s, DType d, F&& f) {
-  const bool nesterov = s.nesterov && s.momentum != math::Momentum::kNone;
-  with_storage(d, [&](auto st) {
-    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        with_momentum(s.momentum, [&](auto mom) {
-          with_bool(nesterov, [&](auto nest) {
-            if constexpr (mom.value != math::Momentum::kNone || !nest.value)
-              f(TypeTag<math::SgdRule<S, mx.value, wd.value, mom.value, nest.value>>{}, TypeTag<S>{});
-          });
-        });
-      });
-    });
-  });
-}
-
 // For rules with one form of weight decay: kForm where the step asks for it, else kNone
-// (their coefficient functions in fusedopt/_coeffs.py never ask for the other form).
+// (their flag's kind, FlagKind::kCoupledDecay or kDecoupledDecay, admits no other).
 template <math::WeightDecay kForm, class F>
 void with_decay_or_none(math::WeightDecay wd, F&& f) {
   using math::WeightDecay;
@@ -96,59 +68,55 @@ void with_decay_or_none(math::WeightDecay wd, F&& f) {
     f(std::integral_constant<WeightDecay, WeightDecay::kNone>{});
 }
 
+// A flag's runtime value as a compile-time constant, over the values its kind takes.
 template <class F>
-void with_rule(const AdagradStep& s, DType d, F&& f) {
-  with_storage(d, [&](auto st) {
-    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
-    with_bool(s.maximize, [&](auto mx) {
-      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
-        f(TypeTag<math::AdagradRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
-      });
-    });
+void with_flag(FlagValue<FlagKind::kBool> v, F&& f) { with_bool(v.value, f); }
+template <class F>
+void with_flag(FlagValue<FlagKind::kWeightDecay> v, F&& f) { with_weight_decay(v.value, f); }
+template <class F>
+void with_flag(FlagValue<FlagKind::kCoupledDecay> v, F&& f) {
+  with_decay_or_none<math::WeightDecay::kCoupled>(v.value, f);
+}
+template <class F>
+void with_flag(FlagValue<FlagKind::kDecoupledDecay> v, F&& f) {
+  with_decay_or_none<math::WeightDecay::kDecoupled>(v.value, f);
+}
+template <class F>
+void with_flag(FlagValue<FlagKind::kMomentum> v, F&& f) { with_momentum(v.value, f); }
+
+template <auto... kValues>
+struct Constants {};
+
+// The flags still to turn into constants, one at a time; then the rule of those constants.
+template <class Step, class S, class F, auto... kDone>
+void with_constants(F& f, Constants<kDone...>) {
+  f(TypeTag<typename Step::template Rule<S, kDone...>::type>{}, TypeTag<S>{});
+}
+template <class Step, class S, class F, auto... kDone, class Flag, class... Rest>
+void with_constants(F& f, Constants<kDone...>, Flag flag, Rest... rest) {
+  with_flag(flag, [&](auto c) {
+    with_constants<Step, S>(f, Constants<kDone..., decltype(c)::value>{}, rest...);
   });
 }
 
-template <class F>
-void with_rule(const RmspropStep& s, DType d, F&& f) {
+// The rule variant a step's flags select, for both backends: calls
+// f(TypeTag<Rule>{}, TypeTag<S>{}) with S the storage type and Rule the step's rule
+// template (common/steps.h) at S and the flags' values, in the order the rule's
+// FUSEDOPT_<RULE>_FLAGS lists them.
+template <class Step, class F>
+void with_rule(const Step& s, DType d, F&& f) {
   with_storage(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
-    with_bool(s.maximize, [&](auto mx) {
-      with_decay_or_none<math::WeightDecay::kCoupled>(s.weight_decay, [&](auto wd) {
-        with_bool(s.centered, [&](auto centered) {
-          with_bool(s.momentum, [&](auto mom) {
-            f(TypeTag<math::RmspropRule<S, mx.value, wd.value, centered.value, mom.value>>{},
-              TypeTag<S>{});
-          });
-        });
-      });
-    });
+    s.flags([&](int, auto... flags) { with_constants<Step, S>(f, Constants<>{}, flags...); });
   });
 }
 
-template <class F>
-void with_rule(const AdamStep& s, DType d, F&& f) {
-  with_storage(d, [&](auto st) {
-    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
-    with_bool(s.maximize, [&](auto mx) {
-      with_weight_decay(s.weight_decay, [&](auto wd) {
-        with_bool(s.amsgrad, [&](auto ams) {
-          f(TypeTag<math::AdamRule<S, mx.value, wd.value, ams.value>>{}, TypeTag<S>{});
-        });
-      });
-    });
-  });
-}
-
-template <class F>
-void with_rule(const LionStep& s, DType d, F&& f) {
-  with_storage(d, [&](auto st) {
-    using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
-    with_bool(s.maximize, [&](auto mx) {
-      with_decay_or_none<math::WeightDecay::kDecoupled>(s.weight_decay, [&](auto wd) {
-        f(TypeTag<math::LionRule<S, mx.value, wd.value>>{}, TypeTag<S>{});
-      });
-    });
-  });
+// How many state lists the step's variant reads and writes.
+template <class Step>
+int n_states(const Step& s) {
+  int n = 0;
+  with_rule(s, DType::kFloat32, [&](auto rule, auto) { n = decltype(rule)::type::kNumStates; });
+  return n;
 }
 
 }  // namespace

@@ -2,10 +2,13 @@
 // computed in double on the host (fusedopt/_coeffs.py), and the flags that select the
 // rule's compile-time variant. Loops cast the coefficients to the compute type once.
 //
-// Each step is described once, here: its rule's numbers (the X-macro in the rule's math
-// header) followed by its flags (FUSEDOPT_*_FLAGS below: Python's name, the member, its
-// kind). The bindings read Python's coefficient objects by these names, and the modules
-// give Python the names (step_fields()) to build those objects with.
+// A rule is described once, in its math header: its numbers (FUSEDOPT_<RULE>_COEFFS), its
+// flags (FUSEDOPT_<RULE>_FLAGS: Python's name and how the flag is read, in the order of the
+// rule's template arguments) and the two together (FUSEDOPT_<RULE>_RULE). Registering it
+// is its include and one line of FUSEDOPT_FOR_EACH_STEP below; its step struct, the
+// bindings' reading of Python's coefficient objects (by these names), the CPU kernel
+// table, the CUDA entry point (generated per rule by CMake) and the names Python builds
+// its objects with (step_fields()) all follow from that line.
 #pragma once
 
 #include "math/adagrad.h"
@@ -17,74 +20,74 @@
 
 namespace fusedopt {
 
-// How a flag is read from Python: a bool, or a mode's code (math/modes.h).
-enum class FlagKind { kBool, kWeightDecay, kMomentum };
+// Every rule, one line each: FUSEDOPT_<RULE>_RULE(X) expands to
+// X(step struct, numbers' X-macro, flags' X-macro, coefficients struct, rule template, name).
+#define FUSEDOPT_FOR_EACH_STEP(X) \
+  FUSEDOPT_SGD_RULE(X)            \
+  FUSEDOPT_ADAGRAD_RULE(X)        \
+  FUSEDOPT_RMSPROP_RULE(X)        \
+  FUSEDOPT_ADAM_RULE(X)           \
+  FUSEDOPT_LION_RULE(X)
 
-#define FUSEDOPT_SGD_FLAGS(X)                                                                   \
-  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay)     \
-  X(momentum_mode, momentum, FlagKind::kMomentum) X(nesterov, nesterov, FlagKind::kBool)
-struct SgdStep {
-  static constexpr const char* kName = "sgd";
-  math::SgdCoeffs<double> c;
-  bool maximize;
-  math::WeightDecay weight_decay;
-  math::Momentum momentum;
-  bool nesterov;
-  int n_states() const { return momentum == math::Momentum::kNone ? 0 : 1; }
+// How a flag is read from Python and which values it takes: a bool, a weight-decay mode
+// (any, or one form and none: a rule that applies only that form folds the other into
+// it), or a momentum mode (math/modes.h numbers them).
+enum class FlagKind { kBool, kWeightDecay, kCoupledDecay, kDecoupledDecay, kMomentum };
+
+template <FlagKind K>
+struct FlagType {
+  using type = math::WeightDecay;
+};
+template <>
+struct FlagType<FlagKind::kBool> {
+  using type = bool;
+};
+template <>
+struct FlagType<FlagKind::kMomentum> {
+  using type = math::Momentum;
 };
 
-#define FUSEDOPT_ADAGRAD_FLAGS(X) \
-  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay)
-struct AdagradStep {
-  static constexpr const char* kName = "adagrad";
-  math::AdagradCoeffs<double> c;
-  bool maximize;
-  math::WeightDecay weight_decay;
-  int n_states() const { return 1; }
+// Whether `code` is a value a flag of this kind takes.
+constexpr bool flag_allows(FlagKind kind, long long code) {
+  switch (kind) {
+    case FlagKind::kBool: return code == 0 || code == 1;
+    case FlagKind::kWeightDecay: return code >= 0 && code <= 2;
+    case FlagKind::kCoupledDecay: return code == 0 || code == static_cast<int>(math::WeightDecay::kCoupled);
+    case FlagKind::kDecoupledDecay: return code == 0 || code == static_cast<int>(math::WeightDecay::kDecoupled);
+    case FlagKind::kMomentum: return code >= 0 && code <= 3;
+  }
+  return false;
+}
+
+// A flag's value with its kind, for common/flag_dispatch.h to turn into a constant.
+template <FlagKind K>
+struct FlagValue {
+  typename FlagType<K>::type value;
 };
 
-#define FUSEDOPT_RMSPROP_FLAGS(X)                                                           \
-  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay) \
-  X(centered, centered, FlagKind::kBool) X(has_momentum, momentum, FlagKind::kBool)
-struct RmspropStep {
-  static constexpr const char* kName = "rmsprop";
-  math::RmspropCoeffs<double> c;
-  bool maximize;
-  math::WeightDecay weight_decay;
-  bool centered;
-  bool momentum;
-  int n_states() const { return 1 + (centered ? 1 : 0) + (momentum ? 1 : 0); }
-};
-
-#define FUSEDOPT_ADAM_FLAGS(X)                                                              \
-  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay) \
-  X(amsgrad, amsgrad, FlagKind::kBool)
-struct AdamStep {
-  static constexpr const char* kName = "adam";
-  math::AdamCoeffs<double> c;
-  bool maximize;
-  math::WeightDecay weight_decay;
-  bool amsgrad;
-  int n_states() const { return amsgrad ? 3 : 2; }
-};
-
-#define FUSEDOPT_LION_FLAGS(X) \
-  X(maximize, maximize, FlagKind::kBool) X(wd_mode, weight_decay, FlagKind::kWeightDecay)
-struct LionStep {
-  static constexpr const char* kName = "lion";
-  math::LionCoeffs<double> c;
-  bool maximize;
-  math::WeightDecay weight_decay;
-  int n_states() const { return 1; }
-};
-
-// Every rule: (step struct, its numbers' X-macro, its flags' X-macro). One line a rule.
-#define FUSEDOPT_FOR_EACH_STEP(X)                               \
-  X(SgdStep, FUSEDOPT_SGD_COEFFS, FUSEDOPT_SGD_FLAGS)           \
-  X(AdagradStep, FUSEDOPT_ADAGRAD_COEFFS, FUSEDOPT_ADAGRAD_FLAGS) \
-  X(RmspropStep, FUSEDOPT_RMSPROP_COEFFS, FUSEDOPT_RMSPROP_FLAGS) \
-  X(AdamStep, FUSEDOPT_ADAM_COEFFS, FUSEDOPT_ADAM_FLAGS)        \
-  X(LionStep, FUSEDOPT_LION_COEFFS, FUSEDOPT_LION_FLAGS)
+// The step structs, one per rule: kName, the coefficients `c`, and a member per flag named
+// as in Python; flags() lists them for flag_dispatch.h; Rule<S, flag constants...> is the
+// rule's variant for storage type S.
+#define FUSEDOPT_STEP_FLAG_MEMBER(name, kind) FlagType<FlagKind::kind>::type name;
+#define FUSEDOPT_STEP_FLAG_VALUE(name, kind) , FlagValue<FlagKind::kind>{name}
+#define FUSEDOPT_DEFINE_STEP(Step, COEFFS, FLAGS, Coeffs, RuleTemplate, name)  \
+  struct Step {                                                                \
+    static constexpr const char* kName = name;                                 \
+    math::Coeffs<double> c;                                                    \
+    FLAGS(FUSEDOPT_STEP_FLAG_MEMBER)                                           \
+    template <class F>                                                         \
+    void flags(F&& f) const {                                                  \
+      f(0 FLAGS(FUSEDOPT_STEP_FLAG_VALUE));                                    \
+    }                                                                          \
+    template <class S, auto... kFlags>                                         \
+    struct Rule {                                                              \
+      using type = math::RuleTemplate<S, kFlags...>;                           \
+    };                                                                         \
+  };
+FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DEFINE_STEP)
+#undef FUSEDOPT_DEFINE_STEP
+#undef FUSEDOPT_STEP_FLAG_MEMBER
+#undef FUSEDOPT_STEP_FLAG_VALUE
 
 struct TrafficStep {
   int n_states;  // 0..3: the byte pattern of the rule being measured

@@ -41,7 +41,7 @@ template <class Step>
 void update(const Step& s, const Batch& b) {
   run_split(active_table().update<Step>(), s, b);
 }
-#define FUSEDOPT_INSTANTIATE(Step, COEFFS, FLAGS) template void update<Step>(const Step&, const Batch&);
+#define FUSEDOPT_INSTANTIATE(Step, ...) template void update<Step>(const Step&, const Batch&);
 FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_INSTANTIATE)
 #undef FUSEDOPT_INSTANTIATE
 

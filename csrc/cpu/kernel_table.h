@@ -17,7 +17,7 @@ using UpdateFn = void (*)(const Step&, const Batch&, int64_t begin, int64_t end)
 struct KernelTable {
   const char* name;
   // One update entry per rule of FUSEDOPT_FOR_EACH_STEP (common/steps.h), in its order.
-#define FUSEDOPT_UPDATE_FIELD(Step, COEFFS, FLAGS) UpdateFn<Step> update_##Step;
+#define FUSEDOPT_UPDATE_FIELD(Step, ...) UpdateFn<Step> update_##Step;
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_FIELD)
 #undef FUSEDOPT_UPDATE_FIELD
   UpdateFn<TrafficStep> traffic;
@@ -33,7 +33,7 @@ struct KernelTable {
   UpdateFn<Step> update() const;  // the entry of Step
 };
 
-#define FUSEDOPT_UPDATE_ENTRY(Step, COEFFS, FLAGS) \
+#define FUSEDOPT_UPDATE_ENTRY(Step, ...) \
   template <>                                      \
   inline UpdateFn<Step> KernelTable::update<Step>() const { return update_##Step; }
 FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)

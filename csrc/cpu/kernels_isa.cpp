@@ -17,11 +17,6 @@
 #include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cpu/kernel_table.h"
-#include "math/adagrad.h"
-#include "math/adam.h"
-#include "math/lion.h"
-#include "math/rmsprop.h"
-#include "math/sgd.h"
 #include "math/sumsq.h"
 #include "math/traffic.h"
 
@@ -265,7 +260,7 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
 
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
-#define FUSEDOPT_UPDATE_ENTRY(Step, COEFFS, FLAGS) update<Step>,
+#define FUSEDOPT_UPDATE_ENTRY(Step, ...) update<Step>,
 const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY) traffic,
                             sumsq_blocks, count_nonfinite};
 #undef FUSEDOPT_UPDATE_ENTRY

@@ -25,7 +25,7 @@ struct DeviceCoeffs {
 // device_coeffs: a DeviceCoeffs<math::XCoeffs<double>> in device memory, or null to use the
 // coefficients of `step`. The flags of `step` choose the kernel either way.
 // One per rule of FUSEDOPT_FOR_EACH_STEP, each defined in its own kernels_<rule>.cu.
-#define FUSEDOPT_DECLARE_UPDATE(Step, COEFFS, FLAGS) \
+#define FUSEDOPT_DECLARE_UPDATE(Step, ...) \
   void update(const Step& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
 FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DECLARE_UPDATE)
 #undef FUSEDOPT_DECLARE_UPDATE

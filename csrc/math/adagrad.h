@@ -19,6 +19,14 @@ namespace math {
 
 FUSEDOPT_DEFINE_COEFFS(AdagradCoeffs, FUSEDOPT_ADAGRAD_COEFFS)
 
+// The flags that pick the rule's variant, in the order of its template arguments after T:
+// (Python's name, how it is read: common/steps.h FlagKind).
+#define FUSEDOPT_ADAGRAD_FLAGS(X) X(maximize, kBool) X(wd_mode, kCoupledDecay)
+
+// The rule as common/steps.h registers it: (step struct, numbers, flags, coefficients
+// struct, rule template, Python's name).
+#define FUSEDOPT_ADAGRAD_RULE(X) X(AdagradStep, FUSEDOPT_ADAGRAD_COEFFS, FUSEDOPT_ADAGRAD_FLAGS, AdagradCoeffs, AdagradRule, "adagrad")
+
 template <class T, bool kMaximize, WeightDecay kWd>
 struct AdagradRule {
   using compute_t = T;

@@ -26,6 +26,14 @@ namespace math {
 
 FUSEDOPT_DEFINE_COEFFS(AdamCoeffs, FUSEDOPT_ADAM_COEFFS)
 
+// The flags that pick the rule's variant, in the order of its template arguments after T:
+// (Python's name, how it is read: common/steps.h FlagKind).
+#define FUSEDOPT_ADAM_FLAGS(X) X(maximize, kBool) X(wd_mode, kWeightDecay) X(amsgrad, kBool)
+
+// The rule as common/steps.h registers it: (step struct, numbers, flags, coefficients
+// struct, rule template, Python's name).
+#define FUSEDOPT_ADAM_RULE(X) X(AdamStep, FUSEDOPT_ADAM_COEFFS, FUSEDOPT_ADAM_FLAGS, AdamCoeffs, AdamRule, "adam")
+
 template <class T, bool kMaximize, WeightDecay kWd, bool kAmsgrad>
 struct AdamRule {
   using compute_t = T;

@@ -24,6 +24,14 @@ namespace math {
 
 FUSEDOPT_DEFINE_COEFFS(LionCoeffs, FUSEDOPT_LION_COEFFS)
 
+// The flags that pick the rule's variant, in the order of its template arguments after T:
+// (Python's name, how it is read: common/steps.h FlagKind).
+#define FUSEDOPT_LION_FLAGS(X) X(maximize, kBool) X(wd_mode, kDecoupledDecay)
+
+// The rule as common/steps.h registers it: (step struct, numbers, flags, coefficients
+// struct, rule template, Python's name).
+#define FUSEDOPT_LION_RULE(X) X(LionStep, FUSEDOPT_LION_COEFFS, FUSEDOPT_LION_FLAGS, LionCoeffs, LionRule, "lion")
+
 template <class T, bool kMaximize, WeightDecay kWd>
 struct LionRule {
   using compute_t = T;

@@ -23,6 +23,14 @@ namespace math {
 
 FUSEDOPT_DEFINE_COEFFS(RmspropCoeffs, FUSEDOPT_RMSPROP_COEFFS)
 
+// The flags that pick the rule's variant, in the order of its template arguments after T:
+// (Python's name, how it is read: common/steps.h FlagKind).
+#define FUSEDOPT_RMSPROP_FLAGS(X) X(maximize, kBool) X(wd_mode, kCoupledDecay) X(centered, kBool) X(has_momentum, kBool)
+
+// The rule as common/steps.h registers it: (step struct, numbers, flags, coefficients
+// struct, rule template, Python's name).
+#define FUSEDOPT_RMSPROP_RULE(X) X(RmspropStep, FUSEDOPT_RMSPROP_COEFFS, FUSEDOPT_RMSPROP_FLAGS, RmspropCoeffs, RmspropRule, "rmsprop")
+
 template <class T, bool kMaximize, WeightDecay kWd, bool kCentered, bool kMomentum>
 struct RmspropRule {
   using compute_t = T;

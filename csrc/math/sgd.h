@@ -25,6 +25,14 @@ namespace math {
 
 FUSEDOPT_DEFINE_COEFFS(SgdCoeffs, FUSEDOPT_SGD_COEFFS)
 
+// The flags that pick the rule's variant, in the order of its template arguments after T:
+// (Python's name, how it is read: common/steps.h FlagKind).
+#define FUSEDOPT_SGD_FLAGS(X) X(maximize, kBool) X(wd_mode, kWeightDecay) X(momentum_mode, kMomentum) X(nesterov, kBool)
+
+// The rule as common/steps.h registers it: (step struct, numbers, flags, coefficients
+// struct, rule template, Python's name).
+#define FUSEDOPT_SGD_RULE(X) X(SgdStep, FUSEDOPT_SGD_COEFFS, FUSEDOPT_SGD_FLAGS, SgdCoeffs, SgdRule, "sgd")
+
 template <class T, bool kMaximize, WeightDecay kWd, Momentum kMomentum, bool kNesterov>
 struct SgdRule {
   using compute_t = T;
