@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import fusedopt
 import fusedopt.reference
+import fusedopt.rules
 import numpy as np
 import pytest
 
@@ -73,22 +74,17 @@ class Case:
 
     @property
     def takes_step(self) -> bool:
-        return self.fn not in ("rmsprop_", "lion_")
+        return fusedopt.rules.kernel(self.fn)[1].takes_step
 
     @property
     def states(self) -> tuple[str, ...]:
-        """The state arguments this call needs, in the function's positional order."""
-        k = self.kwargs
-        if self.fn in ("sgd_", "adaptive_sgd_"):
-            return ("momentum_buffers",) if k.get("momentum", 0.0) else ()
-        if self.fn == "adagrad_":
-            return ("state_sums",)
-        if self.fn == "lion_":
-            return ("exp_avgs",)
-        if self.fn == "rmsprop_":
-            return (("square_avgs",) + (("grad_avgs",) if k.get("centered") else ())
-                    + (("momentum_buffers",) if k.get("momentum", 0.0) else ()))
-        return ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if k.get("amsgrad") else ())
+        """The state arguments this call needs, in the function's positional order (the
+        rule's description says which its flags use)."""
+        rule, kernel = fusedopt.rules.kernel(self.fn)
+        defaults = {k: v for k, v in kernel.keywords.items() if v is not fusedopt.rules.REQUIRED}
+        step = {"step": 2} if kernel.takes_step else {}
+        coeffs = rule.coefficients(self.fn, **kernel.fixed, **{**defaults, **self.kwargs, **step})
+        return rule.states_for(coeffs)
 
     def call(self, params, grads, states: dict, step: int, **extra):
         """Calls the function; ``extra`` carries backend= (fusedopt) or mode= (reference)."""

@@ -1091,20 +1091,20 @@ if __name__ == "__main__":
 # The private module re-checks what memory safety rests on
 # --------------------------------------------------------------------------------------
 def _core_calls():
-    from fusedopt import _coeffs, _core
+    from fusedopt import _core, rules
 
     p = np.ones(100, np.float32)
     g = np.ones(100, np.float32)
     s = np.ones(100, np.float32)
     raw = np.zeros(401, np.uint8)
     unaligned = raw[1:].view(np.float32)
-    adam = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+    adam = rules.adam.coefficients("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                         amsgrad=False, maximize=False, decoupled=False)
-    sgd = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+    sgd = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
                       weight_decay=0.0, maximize=False, step=2, convention="torch")
-    rmsprop = _coeffs.rmsprop("rmsprop_", lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0,
+    rmsprop = rules.rmsprop.coefficients("rmsprop_", lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0,
                               momentum=0.9, centered=True, maximize=False)
-    adagrad = _coeffs.adagrad("adagrad_", step=1, lr=0.1, lr_decay=0.0, weight_decay=0.0,
+    adagrad = rules.adagrad.coefficients("adagrad_", step=1, lr=0.1, lr_decay=0.0, weight_decay=0.0,
                               eps=1e-8, maximize=False)
     return {
         # fewer state lists than the flags need: the loop would dereference a null pointer
@@ -1134,9 +1134,9 @@ def test_private_module_refuses_unsafe_calls(name):
 def test_private_module_reader_refuses_what_memory_safety_rests_on():
     """The reader behind the private module's run() refuses, with nothing written, the
     calls that would read or write out of bounds or misaligned: it answers with the rule."""
-    from fusedopt import _coeffs, _core
+    from fusedopt import _core, rules
 
-    c = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+    c = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
                     weight_decay=0.0, maximize=False, step=1, convention="torch")
     p, g = np.ones(100, np.float32), np.ones(100, np.float32)
     unaligned = np.zeros(401, np.uint8)[1:].view(np.float32)
@@ -1158,10 +1158,10 @@ def test_private_module_takes_arrays_only_in_lists_or_tuples():
     one would outlive it (such calls crashed). The reader never iterates anything but a list
     or tuple: a 2-D array is one tensor, and any other container of state lists is a clean
     TypeError with nothing written."""
-    from fusedopt import _coeffs, _core
+    from fusedopt import _core, rules
 
     rows, grads = np.ones((4, 8), np.float32), np.ones((4, 8), np.float32)
-    c = _coeffs.sgd("sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+    c = rules.sgd.coefficients("sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
                     weight_decay=0.0, maximize=False, step=1, convention="torch")
     assert _core.run("sgd", rows, grads, [], c) is None  # one tensor of shape (4, 8)
     assert np.all(rows == 0.5)
@@ -1190,9 +1190,9 @@ def test_fast_path_takes_one_array_per_role_and_refuses_mixes():
     """The reader behind the fast path (fusedopt._dispatch.run) takes the arguments as the
     caller passed them: every role one array, or every role a list. A mix is refused with
     nothing written."""
-    from fusedopt import _coeffs, _core
+    from fusedopt import _core, rules
 
-    c = _coeffs.sgd("sgd_", lr=0.5, momentum=0.9, dampening=0.0, nesterov=False,
+    c = rules.sgd.coefficients("sgd_", lr=0.5, momentum=0.9, dampening=0.0, nesterov=False,
                     weight_decay=0.0, maximize=False, step=2, convention="torch")
     p, g, buf = (np.full(8, 2.0, np.float32) for _ in range(3))
     before = [p.copy(), buf.copy()]

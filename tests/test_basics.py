@@ -359,16 +359,16 @@ def test_cpu_calls_never_ask_for_a_gpu(monkeypatch):
 def test_adam_coefficient_table_rows_are_the_steps_coefficients(betas, decoupled):
     """A capturable Adam's table (fusedopt._coeffs.adam_table): row t-1 has the bits of
     adam() at step t, and the last row those of every later step too."""
-    from fusedopt import _coeffs
+    from fusedopt import rules
 
     hyper = dict(lr=3e-3, betas=betas, eps=1e-8, weight_decay=0.05, amsgrad=False,
                  maximize=True, decoupled=decoupled)
-    first, table = _coeffs.adam_table("adam_", **hyper)
+    first, table = rules.adam.adam_table("adam_", **hyper)
     n = len(table)
-    assert n == _coeffs.adam_table_steps("adam_", *betas)
-    assert first == _coeffs.adam("adam_", step=1, **hyper)
+    assert n == rules.adam.adam_table_steps("adam_", *betas)
+    assert first == rules.adam.coefficients("adam_", step=1, **hyper)
     for t in sorted({1, 2, 3, n // 2 + 1, n - 1, n, n + 1, 10 * n, 10**9} - {0}):
-        c = _coeffs.adam("adam_", step=t, **hyper)
+        c = rules.adam.coefficients("adam_", step=t, **hyper)
         row = table[min(t, n) - 1]
         assert [float(x) for x in row] == list(c[:9]), t
         assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64))
@@ -412,30 +412,30 @@ def test_lr_factors_are_a_schedule_given_ahead(cls):
 
 def test_lr_factors_with_a_float32_lr():
     """A NumPy float32 lr: eager rates are double products, as the table's are."""
-    from fusedopt import _coeffs
+    from fusedopt import _coeffs, rules
 
     lr, factors = np.float32(1e-3), _coeffs.lr_factors("f", np.linspace(0.1, 1.0, 50))
     hyper = dict(betas=(0.5, 0.6), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                  decoupled=False)
-    _, table = _coeffs.adam_table("adam_", lr=lr, lr_factors=factors, **hyper)
+    _, table = rules.adam.adam_table("adam_", lr=lr, lr_factors=factors, **hyper)
     for t in range(1, 60):
-        c = _coeffs.adam("adam_", step=t, lr=_coeffs.rate_at(lr, factors, t), **hyper)
+        c = rules.adam.coefficients("adam_", step=t, lr=_coeffs.rate_at(lr, factors, t), **hyper)
         assert table[min(t, len(table)) - 1][4] == c.step_size, t
 
 
 def test_adam_coefficient_table_follows_lr_factors():
     """With lr_factors the table's row t-1 has adam()'s bits at step t and rate
     lr * lr_factors[t-1]; it runs to the longer of the schedule and the betas' steps."""
-    from fusedopt import _coeffs
+    from fusedopt import _coeffs, rules
 
     hyper = dict(betas=(0.5, 0.6), eps=1e-8, weight_decay=0.05, amsgrad=False, maximize=False,
                  decoupled=True)
     for n_factors in (5, 200):
         factors = _coeffs.lr_factors("f", np.linspace(0.1, 1.3, n_factors))
-        _, table = _coeffs.adam_table("adam_", lr=3e-3, lr_factors=factors, **hyper)
-        assert len(table) == max(n_factors, _coeffs.adam_table_steps("adam_", 0.5, 0.6))
+        _, table = rules.adam.adam_table("adam_", lr=3e-3, lr_factors=factors, **hyper)
+        assert len(table) == max(n_factors, rules.adam.adam_table_steps("adam_", 0.5, 0.6))
         for t in (1, 2, n_factors, n_factors + 1, len(table), len(table) + 5):
-            c = _coeffs.adam("adam_", step=t, lr=_coeffs.rate_at(3e-3, factors, t), **hyper)
+            c = rules.adam.coefficients("adam_", step=t, lr=_coeffs.rate_at(3e-3, factors, t), **hyper)
             row = table[min(t, len(table)) - 1]
             assert np.array_equal(row.view(np.uint64), np.array(c[:9], np.float64).view(np.uint64)), t
 
@@ -475,11 +475,11 @@ def test_masked_device_array_is_refused():
 def test_coefficients_of_another_rule_are_refused():
     """A coefficient object is read by the field names of the rule it is run as, whatever
     type was read before: an SGD object run as Adam is an error, before and after SGD runs."""
-    from fusedopt import _coeffs
+    from fusedopt import rules
 
     p, g = np.ones(4, np.float32), np.ones(4, np.float32)
     m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
-    sgd = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+    sgd = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
                       weight_decay=0.0, maximize=False, step=1, convention="torch")
     for _ in range(2):
         with pytest.raises(AttributeError, match="beta1"):

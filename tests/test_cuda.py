@@ -26,7 +26,7 @@ from conftest import (
     rng_for,
     run_steps,
 )
-from fusedopt import _coeffs, _dispatch, _kernels
+from fusedopt import _dispatch, _kernels, rules
 from fusedopt import _reference_impl as _ref
 
 
@@ -186,7 +186,7 @@ def test_device_coefficients_and_skip():
     """Coefficients read from device memory (a step a CUDA graph can replay) give the same
     bits as the same coefficients passed by value; skip != 0 writes nothing."""
     rng = rng_for("device-coeffs")
-    c = _coeffs.adam("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
+    c = rules.adam.coefficients("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
                      amsgrad=False, maximize=False, decoupled=True)
     arrays = [cupy.asarray(rng.standard_normal(10_007).astype(np.float32)) for _ in range(4)]
     arrays[3] = abs(arrays[3])
@@ -523,7 +523,7 @@ def test_capturable_refusals():
     ok["step"] = 7
     opt.load_state_dict(ok)
     assert opt.step_count == 7 and opt.lr == 0.25
-    first, rows = _coeffs.adam_table("Adam", lr=0.25, betas=(0.8, 0.999), eps=1e-8,
+    first, rows = rules.adam.adam_table("Adam", lr=0.25, betas=(0.8, 0.999), eps=1e-8,
                                      weight_decay=0.0, amsgrad=False, maximize=False,
                                      decoupled=False)
     assert np.array_equal(cupy.asnumpy(opt._schedule.table)[:, :-1], rows)

@@ -28,7 +28,7 @@ import fusedopt
 import numpy as np
 import pytest
 from conftest import CASES, CASES_BY_ID, CUDA_EMULATION, Inputs, assert_bitwise, make_inputs, rng_for
-from fusedopt import _coeffs, _dispatch, _native
+from fusedopt import _coeffs, _dispatch, _native, rules
 
 emu = pytest.importorskip(
     "fusedopt._cuda_emulated",
@@ -318,7 +318,7 @@ def test_adaptive_rate_of_nonfinite_gradient_propagates():
     g = np.full(1000, 0.01, np.float32)
     g[17] = np.nan
     p_emu, p_cpu = np.ones(1000, np.float32), np.ones(1000, np.float32)
-    base = _coeffs.sgd("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+    base = rules.sgd.coefficients("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
                        weight_decay=0.0, maximize=False, step=1, convention="torch")
     result = np.zeros(2)
     emu.Batch(dev([p_emu]), dev([g]), []).adaptive_sgd(base, result=result.ctypes.data)
@@ -333,7 +333,7 @@ def test_device_coefficients_and_skip():
     """Coefficients read from device memory give the bits of the same coefficients passed
     by value, whatever the by-value ones say; skip != 0 writes nothing."""
     rng = rng_for("device-coeffs")
-    c = _coeffs.adam("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
+    c = rules.adam.coefficients("adam_", step=3, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
                      amsgrad=False, maximize=False, decoupled=True)
     wrong = c._replace(step_size=0.0, beta1=0.0)  # by-value numbers the kernel must ignore
     arrays = [rng.standard_normal(10_007).astype(np.float32) for _ in range(4)]
@@ -410,7 +410,8 @@ def test_empty_calls_launch_nothing():
     assert emu.take_launches() == []
 
 
-CASE_SGD = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+CASE_SGD = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+                                      weight_decay=0.0,
                        maximize=False, step=1, convention="torch")
 
 
@@ -493,7 +494,7 @@ def test_host_cupy_names_are_cupy_names():
 # The fast path for torch tensors (Batch.strict reads them through their own C methods;
 # prepare() would go through CuPy). On the emulation, whose device memory is host memory,
 # CPU tensors stand in for CUDA ones; a real build refuses them (get_device() is -1).
-_ADAM = _coeffs.adam("adam_", step=1, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+_ADAM = rules.adam.coefficients("adam_", step=1, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
                      amsgrad=False, maximize=False, decoupled=False)
 
 
@@ -652,7 +653,7 @@ def test_batch_keeps_the_memory_of_a_swapped_torch_tensor(monkeypatch):
 # cannot name a current stream), stand in for both libraries' current streams, and read
 # the stream each launch was queued on.
 CUPY_STREAM, TORCH_STREAM, TORCH_RAW_STREAM = 0x5A00, 0x7B00, 0x9C00
-_ADAPTIVE_BASE = _coeffs.sgd("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
+_ADAPTIVE_BASE = rules.sgd.coefficients("adaptive_sgd_", lr=0.5, momentum=0.0, dampening=0.0, nesterov=False,
                              weight_decay=0.0, maximize=False, step=1, convention="torch")
 
 
@@ -685,7 +686,8 @@ def test_cupy_calls_run_on_cupy_current_stream(streams):
     p, g, m = (host_cupy.asarray(np.full(5000, x, np.float32)) for x in (1.0, 0.5, 0.0))
     batch = emu.Batch.strict([p], [g], [[m]])
     assert not batch.torch_params
-    momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
+    momentum = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+                                          weight_decay=0.0,
                            maximize=False, step=2, convention="torch")
     batch.run("sgd", momentum)
     assert batch.count_nonfinite() == 0
@@ -712,7 +714,8 @@ def test_torch_params_run_on_torch_current_stream(streams, monkeypatch):
     states = [[host_cupy.zeros(3000, np.float32), torch.zeros(7)]]
     batch = emu.Batch.strict(params, grads, states)
     assert batch.torch_params
-    momentum = _coeffs.sgd("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0,
+    momentum = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+                                      weight_decay=0.0,
                            maximize=False, step=2, convention="torch")
     batch.run("sgd", momentum)
     assert batch.count_nonfinite() == 0

@@ -13,7 +13,7 @@ import fusedopt
 import fusedopt.cuda
 import numpy as np
 import pytest
-from fusedopt import _coeffs, _dispatch, _native
+from fusedopt import _dispatch, _native, rules
 
 if not fusedopt.cuda.is_built():
     pytest.skip(f"no CUDA planning tests: {fusedopt.cuda.unavailable_reason()}",
@@ -78,7 +78,7 @@ class FakeDeviceArray:
                                          "strides": strides, "version": 3}
 
 
-SGD = _coeffs.sgd("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+SGD = rules.sgd.coefficients("sgd_", lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                   maximize=False, step=1, convention="torch")
 
 
@@ -104,7 +104,7 @@ def test_bindings_reassert_what_memory_safety_rests_on(bad, rule):
 
 def test_state_count_is_checked():
     a, b, c = (FakeDeviceArray(4, ptr=0x7F0000000000 + 0x1000 * k) for k in range(3))
-    adam = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+    adam = rules.adam.coefficients("adam_", step=1, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
                         amsgrad=False, maximize=False, decoupled=False)
     with pytest.raises(ValueError, match="need 2 state lists"):
         _cuda.run("adam", [a], [b], [[c]], adam)

@@ -23,40 +23,14 @@ import time
 
 import numpy as np
 
-# (id, function, hyperparameters, state argument names). One case per compiled code path
-# family: every rule, each momentum convention, and the options that add a state.
-CASES = [
-    ("sgd", "sgd_", dict(lr=0.05, weight_decay=0.01), []),
-    ("sgd-momentum", "sgd_", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
-     ["momentum_buffers"]),
-    ("sgd-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True), ["momentum_buffers"]),
-    ("sgd-keras-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
-                                        convention="keras"), ["momentum_buffers"]),
-    ("sgd-maximize", "sgd_", dict(lr=0.05, momentum=0.5, maximize=True), ["momentum_buffers"]),
-    ("adaptive_sgd", "adaptive_sgd_", dict(lr=0.5), []),
-    ("adaptive_sgd-momentum", "adaptive_sgd_", dict(lr=0.5, momentum=0.9, weight_decay=0.01),
-     ["momentum_buffers"]),
-    ("adagrad", "adagrad_", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01), ["state_sums"]),
-    ("rmsprop", "rmsprop_", dict(lr=0.01, weight_decay=0.01), ["square_avgs"]),
-    ("rmsprop-centered-momentum", "rmsprop_", dict(lr=0.01, momentum=0.9, centered=True),
-     ["square_avgs", "grad_avgs", "momentum_buffers"]),
-    ("adam", "adam_", dict(lr=0.01, weight_decay=0.01), ["exp_avgs", "exp_avg_sqs"]),
-    ("adam-amsgrad", "adam_", dict(lr=0.01, amsgrad=True),
-     ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"]),
-    ("adam-maximize", "adam_", dict(lr=0.01, maximize=True), ["exp_avgs", "exp_avg_sqs"]),
-    ("adamw", "adamw_", dict(lr=0.01, weight_decay=0.1), ["exp_avgs", "exp_avg_sqs"]),
-    ("lion", "lion_", dict(lr=1e-3, weight_decay=0.1), ["exp_avgs"]),
-    ("lion-maximize", "lion_", dict(lr=1e-3, maximize=True), ["exp_avgs"]),
-]
 # Around 4, 8 and 16 lanes (SSE2, AVX2, AVX-512 float32) and 2, 4, 8 (float64), plus 0.
 SMALL_SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 1000, 4099]
 # One list above 2 x 32768 elements, so a call is split across threads.
 LARGE_SIZES = [70_001, 5]
 STEPS = 3
-SQUARE_STATES = {"state_sums", "square_avgs", "exp_avg_sqs", "max_exp_avg_sqs"}
 
 
-def _inputs(rng, dtype, sizes, state_names):
+def _inputs(rng, dtype, sizes, state_names, squares):
     def nonzero(n, low=0.1, high=2.0, signed=True):
         x = rng.uniform(low, high, n)
         if signed:
@@ -66,7 +40,7 @@ def _inputs(rng, dtype, sizes, state_names):
     params = [nonzero(n) for n in sizes]
     states = {}
     for name in state_names:
-        if name in SQUARE_STATES:
+        if name in squares:
             states[name] = [nonzero(n, 0.5, 2.0, signed=False) for n in sizes]
         elif name == "grad_avgs":
             states[name] = [nonzero(n, 0.01, 0.3) for n in sizes]
@@ -86,9 +60,10 @@ def _bits(a):
 
 
 def run_case(fusedopt, case, dtype, sizes, seed):
-    name, fn, hyper, state_names = case
+    name, fn, hyper, state_names, takes_step = case
     rng = np.random.default_rng(seed)
-    params, states, grads = _inputs(rng, dtype, sizes, state_names)
+    squares = set().union(*(r.square_states for r in fusedopt.rules.RULES.values()))
+    params, states, grads = _inputs(rng, dtype, sizes, state_names, squares)
     results = {}
     for label, func, extra in (("native", getattr(fusedopt, fn), {"backend": "native"}),
                                ("exact", getattr(fusedopt.reference, fn), {"mode": "exact"})):
@@ -96,7 +71,7 @@ def run_case(fusedopt, case, dtype, sizes, seed):
         returned = []
         for k in range(STEPS):
             kwargs = dict(hyper, **extra)
-            if fn not in ("rmsprop_", "lion_"):  # the rules without a step count
+            if takes_step:
                 kwargs["step"] = k + 1
             returned.append(func(p, grads[k], **s, **kwargs))
         results[label] = (p, s, returned)
@@ -130,6 +105,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     import fusedopt
     import fusedopt.reference
+    import fusedopt.rules
+
+    # One case per example of every rule (fusedopt/rules/): each momentum convention and
+    # the options that add a state among them.
+    cases = fusedopt.rules.examples()
 
     info = fusedopt.info()
     cpu = info["cpu"]
@@ -162,7 +142,7 @@ def main(argv=None) -> int:
     for target in targets:
         if args.all_targets:
             fusedopt.set_cpu_target(target)
-        for seed, case in enumerate(CASES):
+        for seed, case in enumerate(cases):
             for dtype in (np.float32, np.float64):
                 for sizes in size_lists:
                     label = f"{target}/{case[0]}/{np.dtype(dtype).name}/{len(sizes)} tensors"
@@ -181,7 +161,7 @@ def main(argv=None) -> int:
 
     for f in failures:
         print(f"FAIL {f}")
-    print(f"smoke: {len(CASES)} cases x 2 dtypes x {len(size_lists)} size lists on "
+    print(f"smoke: {len(cases)} cases x 2 dtypes x {len(size_lists)} size lists on "
           f"{targets} in {time.perf_counter() - t0:.1f} s")
     print(f"{passed} passed, {len(failures)} failed")
     return 1 if failures else 0

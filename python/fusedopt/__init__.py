@@ -11,39 +11,26 @@ Stateful optimizers live in :mod:`fusedopt.optim`, reference implementations in
 
 from fusedopt import cuda, optim, reference
 from fusedopt._info import get_num_threads, info, set_cpu_target, set_num_threads
-from fusedopt._kernels import (
-    AdaptiveRate,
-    FallbackWarning,
-    StepStatus,
-    adagrad_,
-    adam_,
-    adamw_,
-    adaptive_sgd_,
-    lion_,
-    rmsprop_,
-    sgd_,
-)
+from fusedopt._kernels import KERNELS as _KERNELS
+from fusedopt._kernels import AdaptiveRate, FallbackWarning, StepStatus
 from fusedopt._version import __version__
+
+# The functional kernels, one per rule's public function (fusedopt/rules/): adam_, sgd_, ...
+globals().update(_KERNELS)
 
 __all__ = [
     "__version__",
     "AdaptiveRate",
     "FallbackWarning",
-    "adagrad_",
-    "adam_",
-    "adamw_",
-    "adaptive_sgd_",
     "cuda",
     "get_num_threads",
     "info",
-    "lion_",
     "optim",
     "reference",
-    "rmsprop_",
     "set_cpu_target",
     "set_num_threads",
-    "sgd_",
     "StepStatus",
+    *sorted(_KERNELS),
 ]
 
 # Submodules that import a framework (torch, Keras) or a large harness are imported on

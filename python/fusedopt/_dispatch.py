@@ -130,7 +130,7 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
     # A refusal (worded now), a flag that is not a bool, the reference, or a fallback.
     return _run_checked(call, check_backend(call.fn, backend),
-                        _coeffs._flag(call.fn, "skip_if_nonfinite", skip_if_nonfinite))
+                        _coeffs.flag(call.fn, "skip_if_nonfinite", skip_if_nonfinite))
 
 
 def _first(params):

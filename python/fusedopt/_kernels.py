@@ -1,9 +1,11 @@
 """The functional kernels: in place, one fused call per list of tensors.
 
-Each function checks its hyperparameters and computes its coefficients (fusedopt._coeffs),
-then hands the call to the one dispatch (fusedopt._dispatch), whose reader checks the
-arrays before anything is written and which runs the native kernel or the reference
-implementation according to ``backend``:
+Each public function (``fusedopt.adam_`` and the rest) is made here from its rule's
+description (fusedopt/rules/<rule>.py: :class:`fusedopt.rules.Kernel`): it checks the
+hyperparameters and computes the coefficients (the rule's ``coefficients``), then hands
+the call to the one dispatch (fusedopt._dispatch), whose reader checks the arrays before
+anything is written and which runs the native kernel or the reference implementation
+according to ``backend``:
 
 * ``"auto"``: the compiled kernel; where none exists for these arrays (no module built for
   their device, say), the reference implementation, with a one-time FallbackWarning and a
@@ -19,164 +21,62 @@ Without it, NaN and inf propagate exactly as the reference says.
 
 from __future__ import annotations
 
-from fusedopt import _coeffs
+from fusedopt import rules
 from fusedopt._dispatch import AdaptiveRate, FallbackWarning, StepStatus, fallbacks, run
 
-__all__ = ["AdaptiveRate", "FallbackWarning", "StepStatus", "fallbacks", "sgd_", "adaptive_sgd_",
-           "adagrad_", "rmsprop_", "adam_", "adamw_", "lion_"]
-
-
-def _required(fn: str, name: str, value, because: str):
-    """A state argument the call's flags need (``because`` says which flag)."""
-    if value is None:
-        raise ValueError(f"{fn}: {name} is required {because}")
-    return value
-
-
-# --------------------------------------------------------------------------------------
-def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
-         nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
-         skip_if_nonfinite=False, backend="auto"):
-    """SGD with optional heavy-ball or Nesterov momentum, in place.
-
-    ``convention="torch"`` follows torch.optim.SGD: coupled weight decay, and on ``step == 1``
-    the momentum buffer is set to the gradient (its previous contents are ignored).
-    ``convention="keras"`` follows Keras/TensorFlow: ``v = momentum*v - lr*g; p += v``
-    (Nesterov: ``p += momentum*v - lr*g``), buffers starting at zero, and decoupled weight
-    decay ``p *= 1 - lr*weight_decay``. ``momentum_buffers`` is required when momentum > 0.
-    The exact operation order is in csrc/math/sgd.h and the README.
+_COMMON_DOC = """
+    Every kernel also takes ``skip_if_nonfinite`` (write nothing, and say so in the
+    returned :class:`StepStatus`, when a gradient holds NaN or inf) and ``backend``
+    (``"auto"``, ``"native"`` or ``"reference"``).
     """
-    fn = "sgd_"
-    c = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                    weight_decay=weight_decay, maximize=maximize, step=step, convention=convention)
-    names, values = _momentum_state(fn, c, momentum_buffers)
-    return run("sgd", fn, params, grads, names, values, c, _sgd_hyper(dampening, step, convention),
-               backend, skip_if_nonfinite)
 
 
-def _sgd_hyper(dampening, step, convention):
-    """SGD's raw hyperparameters from its coefficients (the adaptive rate's lr included)."""
-    return lambda c: dict(lr=c.lr, momentum=c.momentum, dampening=dampening, nesterov=c.nesterov,
-                          weight_decay=c.weight_decay, maximize=c.maximize, step=step,
-                          convention=convention)
+def _missing(fn: str, name: str, when: str):
+    raise ValueError(f"{fn}: {name} is required {when}")
 
 
-def _momentum_state(fn: str, c, momentum_buffers):
-    if c.momentum_mode == _coeffs.MOM_NONE:
-        return (), []
-    return ("momentum_buffers",), [_required(fn, "momentum_buffers", momentum_buffers,
-                                             "when momentum > 0")]
+def _make(rule: rules.Rule, kernel: rules.Kernel):
+    """The public function of ``kernel``: its signature written out (positional arrays,
+    then keyword-only hyperparameters), so that a call costs what a hand-written one does
+    and ``help()`` shows the real arguments."""
+    fn = kernel.name
+    states = list(rule.states)
+    positional = ["params", "grads"] + [f"{s}=None" if s in rule.optional_states else s
+                                        for s in states]
+    keywords = list(kernel.keywords) + ["skip_if_nonfinite", "backend"]
+    passed = ", ".join(f"{k}={k}" for k in kernel.keywords)
+    fixed = "".join(f", {k}={v!r}" for k, v in kernel.fixed.items())
+    lines = [f"def {fn}({', '.join(positional)}, *, {', '.join(keywords)}):",
+             f"    c = _coefficients({fn!r}{fixed}, {passed})"]
+    # The states these coefficients' flags use, in rule order; a missing one is named.
+    lines.append("    names, values = [], []")
+    for s in states:
+        if s in rule.optional_states:
+            flag, when = rule.optional_states[s]
+            lines.append(f"    if c.{flag}:")
+            lines.append(f"        if {s} is None: _missing({fn!r}, {s!r}, {when!r})")
+            lines.append(f"        names.append({s!r}); values.append({s})")
+        else:
+            lines.append(f"    names.append({s!r}); values.append({s})")
+    # The raw hyperparameters, for the float64 reference (the adaptive rate's lr is the
+    # coefficients' own, set by the dispatch).
+    hyper = f"dict({passed}{fixed})"
+    if kernel.adaptive:
+        hyper = f"dict({hyper}, lr=c.lr)"
+    lines.append(f"    return _run({rule.name!r}, {fn!r}, params, grads, tuple(names), values, c, "
+                 f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive})")
+    namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run}
+    exec("\n".join(lines), namespace)  # noqa: S102
+    function = namespace[fn]
+    defaults = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}
+    function.__kwdefaults__ = dict(defaults, skip_if_nonfinite=False, backend="auto")
+    function.__doc__ = kernel.doc.strip("\n") + "\n" + _COMMON_DOC
+    function.__module__ = "fusedopt"
+    function.__qualname__ = fn
+    return function
 
 
-def adaptive_sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
-                  nesterov=False, weight_decay=0.0, maximize=False, step=1, convention="torch",
-                  skip_if_nonfinite=False, backend="auto") -> AdaptiveRate:
-    """SGD at the adaptive rate ``lr_t = lr / (1 + ||g||^2)``, in place.
+KERNELS = {k.name: _make(r, k) for r, k in rules.KERNELS.values()}
+globals().update(KERNELS)
 
-    ``||g||`` is the L2 norm of every gradient of the call together (before weight decay),
-    summed in a fixed blocking and order, so it has the same bits for any thread count.
-    ``lr`` is the base rate lr0; every other argument is as in :func:`sgd_`. Returns the
-    rate used and the norm.
-    """
-    fn = "adaptive_sgd_"
-    base = _coeffs.sgd(fn, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                       weight_decay=weight_decay, maximize=maximize, step=step,
-                       convention=convention)
-    names, values = _momentum_state(fn, base, momentum_buffers)
-    return run("sgd", fn, params, grads, names, values, base, _sgd_hyper(dampening, step, convention),
-               backend, skip_if_nonfinite, adaptive=True)
-
-
-def adagrad_(params, grads, state_sums, *, step, lr=0.01, lr_decay=0.0, weight_decay=0.0,
-             eps=1e-10, maximize=False, skip_if_nonfinite=False, backend="auto"):
-    """Adagrad (torch.optim.Adagrad), in place. ``step`` counts from 1.
-
-    ``clr = lr / (1 + (step-1)*lr_decay)``; ``sum += g*g``; ``p -= clr * g / (sqrt(sum) + eps)``.
-    """
-    fn = "adagrad_"
-    c = _coeffs.adagrad(fn, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                        eps=eps, maximize=maximize)
-    return run("adagrad", fn, params, grads, ("state_sums",), [state_sums], c,
-               lambda c: dict(step=step, lr=float(lr), lr_decay=float(lr_decay),
-                              weight_decay=c.weight_decay, eps=c.eps, maximize=c.maximize),
-               backend, skip_if_nonfinite)
-
-
-def rmsprop_(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr=0.01,
-             alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-             maximize=False, skip_if_nonfinite=False, backend="auto"):
-    """RMSprop (torch.optim.RMSprop), in place.
-
-    ``grad_avgs`` is required when ``centered``; ``momentum_buffers`` when momentum > 0.
-    All states start at zero.
-    """
-    fn = "rmsprop_"
-    c = _coeffs.rmsprop(fn, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                        momentum=momentum, centered=centered, maximize=maximize)
-    names, values = ["square_avgs"], [square_avgs]
-    if c.centered:
-        names.append("grad_avgs")
-        values.append(_required(fn, "grad_avgs", grad_avgs, "when centered=True"))
-    if c.has_momentum:
-        names.append("momentum_buffers")
-        values.append(_required(fn, "momentum_buffers", momentum_buffers, "when momentum > 0"))
-    return run("rmsprop", fn, params, grads, tuple(names), values, c,
-               lambda c: dict(lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
-                              momentum=c.momentum, centered=c.centered, maximize=c.maximize),
-               backend, skip_if_nonfinite)
-
-
-def _adam(fn, decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend):
-    c = _coeffs.adam(fn, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                     amsgrad=amsgrad, maximize=maximize, decoupled=decoupled)
-    names, values = ["exp_avgs", "exp_avg_sqs"], [exp_avgs, exp_avg_sqs]
-    if c.amsgrad:
-        names.append("max_exp_avg_sqs")
-        values.append(_required(fn, "max_exp_avg_sqs", max_exp_avg_sqs, "when amsgrad=True"))
-    return run("adam", fn, params, grads, tuple(names), values, c,
-               lambda c: dict(step=step, lr=float(lr), betas=(c.beta1, c.beta2), eps=c.eps,
-                              weight_decay=c.weight_decay, amsgrad=c.amsgrad, maximize=c.maximize,
-                              decoupled=decoupled),
-               backend, skip_if_nonfinite)
-
-
-def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
-          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-          skip_if_nonfinite=False, backend="auto"):
-    """Adam (torch.optim.Adam), in place, with coupled (L2) weight decay. ``step`` counts
-    from 1 and is the step being taken. ``max_exp_avg_sqs`` is required when ``amsgrad``.
-
-    ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``;
-    ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
-    """
-    return _adam("adam_", False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend)
-
-
-def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr=1e-3,
-           betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-           skip_if_nonfinite=False, backend="auto"):
-    """AdamW (torch.optim.AdamW), in place: as :func:`adam_`, with decoupled weight decay
-    ``p *= 1 - lr*weight_decay`` applied before the update."""
-    return _adam("adamw_", True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas,
-          eps, weight_decay, amsgrad, maximize, skip_if_nonfinite, backend)
-
-
-def lion_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
-          maximize=False, skip_if_nonfinite=False, backend="auto"):
-    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; optax.lion),
-    in place. ``exp_avgs`` (the momentum) starts at zero; there is no step count.
-
-    ``c = b1*m + (1-b1)*g``; ``p *= 1 - lr*weight_decay`` (decoupled, as AdamW);
-    ``p -= lr * sign(c)``; ``m = b2*m + (1-b2)*g``. ``sign`` is -1 or 1 away from zero and
-    keeps +0, -0 and NaN as they are. Every element moves by exactly ``lr`` (or not at all),
-    so Lion wants a learning rate 3-10x smaller than AdamW's and a weight decay that much
-    larger for the same effective decay ``lr*weight_decay``.
-    """
-    fn = "lion_"
-    c = _coeffs.lion(fn, lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-    return run("lion", fn, params, grads, ("exp_avgs",), [exp_avgs], c,
-               lambda c: dict(lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay,
-                              maximize=c.maximize),
-               backend, skip_if_nonfinite)
+__all__ = ["AdaptiveRate", "FallbackWarning", "StepStatus", "fallbacks", *KERNELS]

@@ -11,37 +11,11 @@ import sys
 
 import numpy as np
 
-from fusedopt import _kernels, reference
+from fusedopt import _kernels, reference, rules
 
-# (name, kernel, hyperparameters, state argument names, whether the kernel takes step=)
-CASES = [
-    ("sgd", "sgd_", dict(lr=0.05, weight_decay=0.01), [], True),
-    ("sgd-momentum", "sgd_", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
-     ["momentum_buffers"], True),
-    ("sgd-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True), ["momentum_buffers"], True),
-    ("sgd-keras", "sgd_", dict(lr=0.05, momentum=0.9, convention="keras"), ["momentum_buffers"], True),
-    ("sgd-keras-nesterov", "sgd_", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
-                                        convention="keras"), ["momentum_buffers"], True),
-    ("sgd-maximize", "sgd_", dict(lr=0.05, momentum=0.5, maximize=True), ["momentum_buffers"], True),
-    ("adaptive_sgd", "adaptive_sgd_", dict(lr=0.5), [], True),
-    ("adaptive_sgd-momentum", "adaptive_sgd_", dict(lr=0.5, momentum=0.9, weight_decay=0.01),
-     ["momentum_buffers"], True),
-    ("adagrad", "adagrad_", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01), ["state_sums"], True),
-    ("rmsprop", "rmsprop_", dict(lr=0.01, weight_decay=0.01), ["square_avgs"], False),
-    ("rmsprop-centered-momentum", "rmsprop_", dict(lr=0.01, momentum=0.9, centered=True),
-     ["square_avgs", "grad_avgs", "momentum_buffers"], False),
-    ("adam", "adam_", dict(lr=0.01, weight_decay=0.01), ["exp_avgs", "exp_avg_sqs"], True),
-    ("adam-amsgrad", "adam_", dict(lr=0.01, amsgrad=True),
-     ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], True),
-    ("adam-maximize", "adam_", dict(lr=0.01, maximize=True), ["exp_avgs", "exp_avg_sqs"], True),
-    ("adamw", "adamw_", dict(lr=0.01, weight_decay=0.1), ["exp_avgs", "exp_avg_sqs"], True),
-    # Lion moves an element by exactly lr: where float32 rounds the direction
-    # b1*m + (1-b1)*g to the other side of zero than float64, the parameter ends 2*lr from
-    # the float64 formula's. lr = 1e-5 keeps such a flip inside FLOAT64_TOLERANCE (relative
-    # to the largest parameter, about 4.5 here), so only an error in the rule fails.
-    ("lion", "lion_", dict(lr=1e-5, weight_decay=1.0), ["exp_avgs"], False),
-    ("lion-maximize", "lion_", dict(lr=1e-5, maximize=True), ["exp_avgs"], False),
-]
+# (name, kernel, hyperparameters, state argument names, whether it takes step=): every
+# example of every rule (fusedopt/rules/).
+CASES = rules.examples()
 
 SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]
 STEPS = 5

@@ -36,25 +36,39 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, cuda
-
-__all__ = ["Optimizer", "SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion"]
+from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, cuda, rules
 
 
 class Optimizer:
-    """Base class: owns params, states and the step count; subclasses name their rule."""
+    """Base class: owns params, states and the step count. A subclass names its functional
+    kernel (``_kernel_name``); the rule's description (fusedopt/rules/) gives the rest: the
+    defaults, the states and whether the kernel takes a step count."""
 
-    _kernel: Any = None  # the functional kernel, e.g. fusedopt.adam_
-    _takes_step = True  # whether the kernel takes step=
+    _kernel_name: str | None = None  # e.g. "adam_"
+    _extra_defaults: dict[str, Any] = {}  # hyperparameters of the class, not the kernel
+    _capturable_rule: str | None = None  # the CUDA module's rule, where capturable=True works
+    _kernel: Any = None  # set from _kernel_name: the functional kernel, e.g. fusedopt.adam_
+    _takes_step = True
     _defaults: dict[str, Any] = {}
-    _rule: str | None = None  # the CUDA module's rule, for optimizers that can be capturable
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_kernel_name" not in cls.__dict__:
+            return
+        rule, kernel = rules.kernel(cls._kernel_name)
+        cls._kernel = staticmethod(_kernels.KERNELS[kernel.name])
+        cls._rule_spec, cls._kernel_spec = rule, kernel
+        cls._takes_step = kernel.takes_step
+        defaults = kernel.optimizer_defaults or {k: v for k, v in kernel.keywords.items()
+                                                 if k != "step"}
+        cls._defaults = {**defaults, **cls._extra_defaults}
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
                  capturable: bool = False, **hyper):
         name = type(self).__name__
-        self._skip = _coeffs._flag(name, "skip_if_nonfinite", skip_if_nonfinite)
-        capturable = _coeffs._flag(name, "capturable", capturable)
-        if capturable and self._rule is None:
+        self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
+        capturable = _coeffs.flag(name, "capturable", capturable)
+        if capturable and self._capturable_rule is None:
             raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients "
                             "change every step. SGD's from its second step, Lion's, RMSprop's "
                             "and Adagrad's with lr_decay=0 are the same every step, so those steps "
@@ -90,7 +104,13 @@ class Optimizer:
 
     # --- subclass hooks ---------------------------------------------------------------
     def _state_names(self) -> list[str]:
-        return []
+        """The states the hyperparameters' flags use (the rule's description says which)."""
+        kernel = self._kernel_spec
+        hyper = {k: v for k, v in self._hyper.items() if k in kernel.keywords}
+        if self._takes_step:
+            hyper["step"] = 1
+        coeffs = self._rule_spec.coefficients(kernel.name, **kernel.fixed, **hyper)
+        return list(self._rule_spec.states_for(coeffs))
 
     def _initial_value(self, name: str) -> float:
         return 0.0
@@ -131,7 +151,7 @@ class Optimizer:
         if reason is not None:
             raise RuntimeError(f"{name}: capturable=True needs the CUDA kernels: {reason}")
         self._first_coeffs, table = self._table(self._hyper)
-        return cuda.StepSchedule(self._rule, table, device=prep.params[0].data.device_id,
+        return cuda.StepSchedule(self._capturable_rule, table, device=prep.params[0].data.device_id,
                                  torch_device=self._torch_device)
 
     def _load_schedule(self, name: str, step: int) -> None:
@@ -155,7 +175,7 @@ class Optimizer:
         device counts the step and picks its coefficients, then the update reads them
         (cuda.StepSchedule). The arrays are checked as every step's are."""
         names = self._state_names()
-        call = _dispatch.Call(self._rule, f"{type(self).__name__}.step", self._params, grads,
+        call = _dispatch.Call(self._capturable_rule, f"{type(self).__name__}.step", self._params, grads,
                               tuple(names), [self._states[n] for n in names], self._first_coeffs,
                               hyper=None)
         _dispatch.run_captured(call, self._schedule, self._skip, self._torch_device)
@@ -168,7 +188,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        _coeffs._number(type(self).__name__, "lr", value)
+        _coeffs.number(type(self).__name__, "lr", value)
         _coeffs.check_rates(type(self).__name__, value, self._hyper.get("lr_factors"))
         with self._lock:
             if self._schedule is not None:
@@ -278,7 +298,7 @@ class Optimizer:
             old = self._hyper
             try:
                 self._hyper = self._normalized(name, hyper)
-                self._call([], [], {n: [] for n in self._state_names()}, step=1)
+                self._call([], [], {n: [] for n in self._states}, step=1)
                 if self._schedule is not None:
                     self._load_schedule(name, step)
             except BaseException:
@@ -304,7 +324,7 @@ class Optimizer:
                                   **kwargs)
 
     def _state_args(self, states):
-        return [states[n] for n in self._state_names()]
+        return [states.get(n) for n in self._rule_spec.states]
 
 
 def _carve(xp, like: list, value: float) -> list:
@@ -327,64 +347,18 @@ def _carve(xp, like: list, value: float) -> list:
     return [block[s:s + int(a.size)].reshape(a.shape) for s, a in zip(starts, like)]
 
 
-class SGD(Optimizer):
-    """torch.optim.SGD semantics (``convention="keras"`` for the Keras form); see
-    :func:`fusedopt.sgd_`."""
-
-    _kernel = staticmethod(_kernels.sgd_)
-    _defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                     maximize=False, convention="torch")
-
-    def _state_names(self):
-        return ["momentum_buffers"] if self._hyper["momentum"] else []
-
-    def _state_args(self, states):
-        return [states.get("momentum_buffers")]
-
-
-class AdaptiveSGD(SGD):
-    """SGD at ``lr_t = lr / (1 + ||g||^2)`` (global gradient norm); ``step`` returns the
-    :class:`fusedopt.AdaptiveRate` used. See :func:`fusedopt.adaptive_sgd_`."""
-
-    _kernel = staticmethod(_kernels.adaptive_sgd_)
-
-
 class Adagrad(Optimizer):
     """torch.optim.Adagrad semantics; see :func:`fusedopt.adagrad_`."""
 
-    _kernel = staticmethod(_kernels.adagrad_)
-    _defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False)
+    _kernel_name = "adagrad_"
 
     def __init__(self, params, *, initial_accumulator_value: float = 0.0, **kwargs):
-        self._initial_accumulator = _coeffs._number("Adagrad", "initial_accumulator_value",
-                                                    initial_accumulator_value)
+        self._initial_accumulator = _coeffs.number("Adagrad", "initial_accumulator_value",
+                                                   initial_accumulator_value)
         super().__init__(params, **kwargs)
-
-    def _state_names(self):
-        return ["state_sums"]
 
     def _initial_value(self, name: str) -> float:
         return self._initial_accumulator
-
-
-class RMSprop(Optimizer):
-    """torch.optim.RMSprop semantics; see :func:`fusedopt.rmsprop_`."""
-
-    _kernel = staticmethod(_kernels.rmsprop_)
-    _takes_step = False
-    _defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                     centered=False, maximize=False)
-
-    def _state_names(self):
-        names = ["square_avgs"]
-        if self._hyper["centered"]:
-            names.append("grad_avgs")
-        if self._hyper["momentum"]:
-            names.append("momentum_buffers")
-        return names
-
-    def _state_args(self, states):
-        return [states["square_avgs"], states.get("grad_avgs"), states.get("momentum_buffers")]
 
 
 class Adam(Optimizer):
@@ -415,38 +389,35 @@ class Adam(Optimizer):
     step with any writes nothing and is not counted, and ``step()`` returns None.
     """
 
-    _kernel = staticmethod(_kernels.adam_)
-    _defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                     maximize=False, lr_factors=None)
-    _rule = "adam"
-    _decoupled = False
+    _kernel_name = "adam_"
+    _extra_defaults = dict(lr_factors=None)
+    _capturable_rule = "adam"
 
     def _table(self, hyper):
-        return _coeffs.adam_table(type(self).__name__, decoupled=self._decoupled, **hyper)
-
-    def _state_names(self):
-        return ["exp_avgs", "exp_avg_sqs"] + (["max_exp_avg_sqs"] if self._hyper["amsgrad"] else [])
-
-    def _state_args(self, states):
-        return [states["exp_avgs"], states["exp_avg_sqs"], states.get("max_exp_avg_sqs")]
+        return rules.adam.adam_table(type(self).__name__, **self._kernel_spec.fixed, **hyper)
 
 
 class AdamW(Adam):
     """torch.optim.AdamW semantics; see :func:`fusedopt.adamw_`. ``lr_factors`` and
     ``capturable`` as in :class:`Adam`."""
 
-    _kernel = staticmethod(_kernels.adamw_)
-    _defaults = dict(Adam._defaults, weight_decay=1e-2)
-    _decoupled = True
+    _kernel_name = "adamw_"
 
 
-class Lion(Optimizer):
-    """Lion (Chen et al. 2023; optax.lion); see :func:`fusedopt.lion_`. One state,
-    ``exp_avgs``, starting at zero; the coefficients are the same every step."""
+def _simple_class(rule: rules.Rule, kernel: rules.Kernel) -> type:
+    """The optimizer of a kernel that needs nothing beyond its description."""
+    summary = kernel.doc.strip().split("\n\n")[0].strip()
+    doc = (f"Steps :func:`fusedopt.{kernel.name}` on the arrays it holds, with its own states "
+           f"(starting at zero).\n\n    {summary}")
+    return type(kernel.optimizer, (Optimizer,),
+                {"_kernel_name": kernel.name, "__doc__": doc, "__module__": __name__,
+                 "__qualname__": kernel.optimizer})
 
-    _kernel = staticmethod(_kernels.lion_)
-    _takes_step = False
-    _defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)
 
-    def _state_names(self):
-        return ["exp_avgs"]
+# Every other rule's optimizer: SGD, AdaptiveSGD, RMSprop, Lion, ...
+for _rule, _kernel in rules.KERNELS.values():
+    if _kernel.optimizer and _kernel.optimizer not in globals():
+        globals()[_kernel.optimizer] = _simple_class(_rule, _kernel)
+del _rule, _kernel
+
+__all__ = ["Optimizer", *(k.optimizer for _, k in rules.KERNELS.values() if k.optimizer)]

@@ -17,7 +17,7 @@ import functools
 
 from fusedopt import _dispatch, _kernels
 
-__all__ = ["sgd_", "adaptive_sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "lion_", "MODES"]
+__all__ = [*_kernels.KERNELS, "MODES"]
 
 MODES = {"exact": "reference", "float64": _dispatch.FLOAT64}
 
@@ -37,10 +37,5 @@ def _reference_of(kernel):
     return wrapper
 
 
-sgd_ = _reference_of(_kernels.sgd_)
-adaptive_sgd_ = _reference_of(_kernels.adaptive_sgd_)
-adagrad_ = _reference_of(_kernels.adagrad_)
-rmsprop_ = _reference_of(_kernels.rmsprop_)
-adam_ = _reference_of(_kernels.adam_)
-adamw_ = _reference_of(_kernels.adamw_)
-lion_ = _reference_of(_kernels.lion_)
+# One reference per functional kernel, by the same name.
+globals().update({name: _reference_of(k) for name, k in _kernels.KERNELS.items()})

@@ -8,29 +8,53 @@ import math
 
 import numpy as np
 
-# --------------------------------------------------------------------------------------
-# The byte table: arrays read and arrays written per element, per rule. Bytes per element
-# are (reads + writes) * itemsize, so float64 moves twice the bytes of float32. A rule's
-# second pass counts again: the adaptive rate reads every gradient once for ||g|| before
-# the update reads it again. Momentum rules are measured after their first step (on step
-# 1 torch's convention writes the buffer without reading it).
-# --------------------------------------------------------------------------------------
-TRAFFIC = {
-    # rule:          (reads, writes, states)
-    "sgd":           (2, 1, 0),   # p, g -> p
-    "sgd+momentum":  (3, 2, 1),   # p, g, buf -> p, buf
-    "sgd+nesterov":  (3, 2, 1),
-    "adaptive_sgd":  (3, 1, 0),   # g (norm pass); p, g -> p
-    "adagrad":       (3, 2, 1),   # p, g, sum -> p, sum
-    "rmsprop":       (3, 2, 1),   # p, g, square_avg -> p, square_avg
-    "adam":          (4, 3, 2),   # p, g, m, v -> p, m, v
-    "adamw":         (4, 3, 2),
-    "amsgrad":       (5, 4, 3),   # p, g, m, v, vmax -> p, m, v, vmax
-    "lion":          (3, 2, 1),   # p, g, m -> p, m
+from fusedopt import rules as _rules
+
+# The cases: name -> (public function, hyperparameters). Every rule's first function is
+# measured; a rule without a case here is measured by its first example (fusedopt/rules/).
+_NAMED = {
+    "sgd": ("sgd_", dict(lr=0.01)),
+    "sgd+momentum": ("sgd_", dict(lr=0.01, momentum=0.9)),
+    "sgd+nesterov": ("sgd_", dict(lr=0.01, momentum=0.9, nesterov=True)),
+    "adaptive_sgd": ("adaptive_sgd_", dict(lr=0.1)),
+    "adagrad": ("adagrad_", dict(lr=0.01)),
+    "rmsprop": ("rmsprop_", dict(lr=0.01)),
+    "adam": ("adam_", dict(lr=1e-3)),
+    "adamw": ("adamw_", dict(lr=1e-3, weight_decay=0.01)),
+    "amsgrad": ("adam_", dict(lr=1e-3, amsgrad=True)),
+    "lion": ("lion_", dict(lr=1e-4, weight_decay=0.1)),
 }
+STEP = 10  # the step passed to every call: past the first, so every state is read
+
+
+def _cases() -> dict:
+    cases = dict(_NAMED)
+    for rule in _rules.RULES.values():
+        kernel = rule.kernels[0]
+        if rule.name not in cases and kernel.examples:
+            cases[rule.name] = (kernel.name, next(iter(kernel.examples.values())))
+    return cases
+
+
+CASES = _cases()
+
+
+def _states(fn: str, hyper: dict) -> tuple:
+    rule, kernel = _rules.kernel(fn)
+    keywords = {k: v for k, v in kernel.keywords.items() if v is not _rules.REQUIRED}
+    step = {"step": STEP} if kernel.takes_step else {}
+    return rule.states_for(rule.coefficients(fn, **kernel.fixed, **{**keywords, **hyper, **step}))
+
+
+# The byte table: arrays read and arrays written per element, per case: the param, the
+# gradient and each state are read, and the param and each state written. A second pass
+# counts again: the adaptive rate reads every gradient once for ||g|| before the update
+# reads it again. Momentum rules are measured after their first step (on step 1 torch's
+# convention writes the buffer without reading it).
+TRAFFIC = {name: (2 + len(_states(fn, h)) + _rules.kernel(fn)[1].adaptive, 1 + len(_states(fn, h)),
+                  len(_states(fn, h))) for name, (fn, h) in CASES.items()}
 RULES = tuple(TRAFFIC)
 DTYPES = {"float32": np.float32, "float64": np.float64}
-STEP = 10  # the step passed to every call: past the first, so every state is read
 
 
 def bytes_per_element(rule: str, dtype: str) -> int:
@@ -38,31 +62,12 @@ def bytes_per_element(rule: str, dtype: str) -> int:
     return (reads + writes) * np.dtype(DTYPES[dtype]).itemsize
 
 
-# The fusedopt call of each rule; `mod` is fusedopt or fusedopt.reference, p and g are an
-# array or a list of arrays, s the list of state roles.
 def call_fusedopt(rule: str, mod, p, g, s) -> None:
-    if rule == "sgd":
-        mod.sgd_(p, g, lr=0.01, step=STEP)
-    elif rule == "sgd+momentum":
-        mod.sgd_(p, g, s[0], lr=0.01, momentum=0.9, step=STEP)
-    elif rule == "sgd+nesterov":
-        mod.sgd_(p, g, s[0], lr=0.01, momentum=0.9, nesterov=True, step=STEP)
-    elif rule == "adaptive_sgd":
-        mod.adaptive_sgd_(p, g, lr=0.1, step=STEP)
-    elif rule == "adagrad":
-        mod.adagrad_(p, g, s[0], step=STEP, lr=0.01)
-    elif rule == "rmsprop":
-        mod.rmsprop_(p, g, s[0], lr=0.01)
-    elif rule == "adam":
-        mod.adam_(p, g, s[0], s[1], step=STEP, lr=1e-3)
-    elif rule == "adamw":
-        mod.adamw_(p, g, s[0], s[1], step=STEP, lr=1e-3, weight_decay=0.01)
-    elif rule == "amsgrad":
-        mod.adam_(p, g, s[0], s[1], s[2], step=STEP, lr=1e-3, amsgrad=True)
-    elif rule == "lion":
-        mod.lion_(p, g, s[0], lr=1e-4, weight_decay=0.1)
-    else:  # pragma: no cover
-        raise ValueError(rule)
+    """One step of the case ``rule``: ``mod`` is fusedopt or fusedopt.reference, p and g an
+    array or a list of arrays, s the list of state roles."""
+    fn, hyper = CASES[rule]
+    step = {"step": STEP} if _rules.kernel(fn)[1].takes_step else {}
+    getattr(mod, fn)(p, g, **dict(zip(_states(fn, hyper), s)), **hyper, **step)
 
 
 SIZE_NAMES = {"2^10": 1 << 10, "2^16": 1 << 16, "2^20": 1 << 20, "2^24": 1 << 24, "2^27": 1 << 27}

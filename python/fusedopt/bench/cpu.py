@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fusedopt
-from fusedopt import _arrays, _coeffs, _dispatch
+from fusedopt import _arrays, _dispatch, rules
 from fusedopt import reference as _reference
 
 from .cases import (
@@ -395,7 +395,7 @@ def run_latency(cfg: Config, torch) -> list:
     impls["fusedopt.adam_ skip_if_nonfinite=True"] = lambda: fusedopt.adam_(
         p, g, m, v, step=STEP, lr=1e-3, skip_if_nonfinite=True)
     prep = _arrays.prepare("adam_", p, g, [("exp_avgs", m), ("exp_avg_sqs", v)])
-    c = _coeffs.adam("adam_", step=STEP, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    c = rules.adam.coefficients("adam_", step=STEP, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                      weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False)
     prepared = _dispatch.native_target(prep)
     impls["native call, arrays read (Call.run)"] = lambda: prepared.run("adam", c)

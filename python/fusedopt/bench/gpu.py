@@ -114,18 +114,18 @@ class Case:
 
     def fusedopt_step(self, fusedopt, _cuda):
         """The prepared call: pointers read once, one plan and one or two launches a step."""
-        from fusedopt import _coeffs
+        from fusedopt import rules
 
         batch = _cuda.Batch(self.params, self.grads, self.states)
         if self.rule == "adam":
-            c = _coeffs.adam("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+            c = rules.adam.coefficients("adam_", step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False)
             return lambda: batch.run("adam", c)
         if self.rule == "sgd_momentum":
-            c = _coeffs.sgd("sgd_", lr=1e-3, momentum=0.9, dampening=0.0, nesterov=False,
+            c = rules.sgd.coefficients("sgd_", lr=1e-3, momentum=0.9, dampening=0.0, nesterov=False,
                             weight_decay=0.0, maximize=False, step=2, convention="torch")
             return lambda: batch.run("sgd", c)
-        c = _coeffs.adagrad("adagrad_", step=1, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+        c = rules.adagrad.coefficients("adagrad_", step=1, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                             eps=1e-10, maximize=False)
         return lambda: batch.run("adagrad", c)
 

@@ -1,0 +1,102 @@
+"""The rules, one module each: everything Python knows of a rule, in one place.
+
+A rule's module (``fusedopt/rules/<rule>.py``) holds:
+
+* ``coefficients(fn, **hyperparameters)``: the hyperparameters checked and the per-step
+  coefficients computed in double (a NamedTuple whose fields are those of the rule's
+  ``FUSEDOPT_<RULE>_RULE`` in ``csrc/math/<rule>.h``, which the modules read by name);
+* ``exact(xp, p, g, states, c)``: the rule in the kernel's operation order, at the
+  arrays' precision (the bitwise reference), mirroring ``csrc/math/<rule>.h`` line by line;
+* ``float64(xp, p, g, states, h)``: the textbook formula from the raw hyperparameters;
+* ``RULE``: a :class:`Rule` naming its public functions (:class:`Kernel`) and the
+  examples that ``verify``, the smoke test, the benchmark and the tests run.
+
+Everything else follows from ``RULE``: ``fusedopt.<rule>_`` and its reference
+(fusedopt._kernels, fusedopt.reference), the ``fusedopt.optim`` class, the cases of
+``python -m fusedopt verify`` and of the benchmark. A module here is found by its file:
+adding one registers it (its C++ side registers with one line in csrc/common/steps.h).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REQUIRED = object()  # a keyword argument without a default (``step`` of most rules)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One public function of a rule (Adam's rule has two: ``adam_`` and ``adamw_``)."""
+
+    name: str  # "adam_"
+    keywords: dict  # keyword-only arguments and their defaults (REQUIRED: none), in order
+    doc: str
+    fixed: dict = field(default_factory=dict)  # passed to coefficients(), not by the caller
+    optimizer: str | None = None  # the fusedopt.optim class of the same rule, if any
+    optimizer_defaults: dict | None = None  # its defaults where they differ from keywords
+    adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2) (fusedopt._dispatch)
+    # Cases run by verify, the wheel smoke test and the tests: name -> hyperparameters.
+    examples: dict = field(default_factory=dict)
+
+    @property
+    def takes_step(self) -> bool:
+        return "step" in self.keywords
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # as the modules know it: "adam"
+    coefficients: Callable  # (fn, **hyperparameters) -> coefficients
+    exact: Callable
+    float64: Callable
+    states: tuple  # the state arguments, in rule order
+    # States some flags leave out: name -> (the coefficients' flag that needs it, the
+    # condition as a message says it, e.g. "when amsgrad=True").
+    optional_states: dict = field(default_factory=dict)
+    kernels: tuple = ()
+    # States that hold squares (kept >= 0 by the tests' inputs) and their start value.
+    square_states: frozenset = frozenset()
+    initial: dict = field(default_factory=dict)  # state -> the value optimizers start it at
+
+    def states_for(self, coeffs) -> tuple:
+        """The state arguments these coefficients' flags read and write, in rule order."""
+        return tuple(s for s in self.states
+                     if s not in self.optional_states or getattr(coeffs, self.optional_states[s][0]))
+
+
+def _discover() -> dict[str, Rule]:
+    found: dict[str, Rule] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        rule = module.RULE
+        found[rule.name] = rule
+    return found
+
+
+RULES: dict[str, Rule] = _discover()
+KERNELS: dict[str, tuple[Rule, Kernel]] = {k.name: (r, k) for r in RULES.values() for k in r.kernels}
+
+
+def kernel(name: str) -> tuple[Rule, Kernel]:
+    """(rule, kernel) of a public function's name, e.g. "adamw_"."""
+    return KERNELS[name]
+
+
+def examples() -> list[tuple[str, str, dict[str, Any], list[str], bool]]:
+    """Every rule's example cases, for verify, the wheel smoke test and the tests: (case
+    name, public function, hyperparameters, the state arguments they use, whether the
+    function takes step=)."""
+    out = []
+    for rule in RULES.values():
+        for k in rule.kernels:
+            defaults = {n: v for n, v in k.keywords.items() if v is not REQUIRED}
+            for case, hyper in k.examples.items():
+                step = {"step": 1} if k.takes_step else {}
+                coeffs = rule.coefficients(k.name, **k.fixed, **{**defaults, **hyper, **step})
+                out.append((case, k.name, dict(hyper), list(rule.states_for(coeffs)), k.takes_step))
+    return out
