@@ -59,7 +59,7 @@ def rng_for(*key) -> np.random.Generator:
 # Rule cases: one public function plus the hyperparameters that pick one code path.
 # --------------------------------------------------------------------------------------
 # States that are squares (or sums of squares) and must stay >= 0.
-_SQUARE_STATES = {"state_sums", "square_avgs", "exp_avg_sqs", "max_exp_avg_sqs"}
+_SQUARE_STATES = set().union(*(r.square_states for r in fusedopt.rules.RULES.values()))
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,12 @@ def _cases() -> list[Case]:
         parts = ["lion", "wd" if wd else "", "max" if maximize else ""]
         out.append(Case("-".join(p for p in parts if p), "lion_",
                         dict(lr=0.01, betas=(0.8, 0.95), weight_decay=wd, maximize=maximize)))
+    # Every other rule by its examples (fusedopt/rules/<rule>.py), with and without
+    # maximize: a rule added there joins the grid without a line here.
+    listed = {c.fn for c in out}
+    for name, fn, hyper, _, _ in fusedopt.rules.examples():
+        if fn not in listed:
+            out.append(Case(name, fn, dict(hyper)))
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import fusedopt
 import fusedopt.optim
 import fusedopt.reference
+import fusedopt.rules
 import numpy as np
 import pytest
 
@@ -76,6 +77,21 @@ SPECS = {
     ]
 }
 
+
+def _described_spec(rule, kernel) -> Spec:
+    """The spec of a rule not listed above, from its description (fusedopt/rules/): its
+    first example with weight decay, every state, a step past the first."""
+    hyper = dict(next(iter(kernel.examples.values())), weight_decay=0.01)
+    if kernel.takes_step:
+        hyper["step"] = 3
+    return Spec(kernel.name, rule.states, hyper, tuple(s for s in rule.states if s in rule.square_states),
+                optional=tuple(rule.optional_states))
+
+
+for _rule, _kernel in fusedopt.rules.KERNELS.values():
+    if _kernel.name not in SPECS:
+        SPECS[_kernel.name] = _described_spec(_rule, _kernel)
+
 # Optimizer classes with the options that create every state.
 OPTIMIZERS = {
     "SGD": (fusedopt.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
@@ -88,6 +104,11 @@ OPTIMIZERS = {
 }
 OPT_FUNCTION = {"SGD": "sgd_", "AdaptiveSGD": "adaptive_sgd_", "Adagrad": "adagrad_",
                 "RMSprop": "rmsprop_", "Adam": "adam_", "AdamW": "adamw_", "Lion": "lion_"}
+for _rule, _kernel in fusedopt.rules.KERNELS.values():
+    if _kernel.optimizer and _kernel.optimizer not in OPTIMIZERS:
+        _hyper = {k: v for k, v in SPECS[_kernel.name].hyper.items() if k != "step"}
+        OPTIMIZERS[_kernel.optimizer] = (getattr(fusedopt.optim, _kernel.optimizer), _hyper)
+        OPT_FUNCTION[_kernel.optimizer] = _kernel.name
 
 
 def _values(rng, shape, dtype, positive=False, small=False):
@@ -463,7 +484,15 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
         step()
         out.append(("amsgrad-without-max_exp_avg_sqs", dict(_drop="max_exp_avg_sqs"),
                     ValueError, "max_exp_avg_sqs"))
-    if spec.name in ("adam_", "adamw_", "lion_"):
+    described = spec.name not in WHOLE_NAMES  # a rule known here by its description only
+    if described:
+        keywords = fusedopt.rules.kernel(spec.name)[1].keywords
+        for name in ("eps", "lr_decay", "momentum"):
+            if name in keywords:
+                nonneg(name)
+        if "step" in keywords:
+            step()
+    if spec.name in ("adam_", "adamw_", "lion_") or (described and "betas" in keywords):
         for k, v in {"beta1-one": (1.0, 0.999), "beta2-one": (0.9, 1.0),
                      "beta1-negative": (-0.1, 0.999), "beta2-negative": (0.9, -1e-3),
                      "beta1-nan": (float("nan"), 0.999), "beta2-inf": (0.9, float("inf")),
@@ -497,7 +526,7 @@ WHOLE_NAMES = {
 
 def _hyper_cases(spec: Spec) -> list[Case]:
     out = []
-    whole = WHOLE_NAMES[spec.name]
+    whole = WHOLE_NAMES.get(spec.name, {})
     for hid, kw, exc, name in _hyper_values(spec):
         kw = dict(kw)
         drop = kw.pop("_drop", None)

@@ -25,6 +25,7 @@ torch counterpart, nor has Lion; those cases are skipped.
 
 from __future__ import annotations
 
+import fusedopt.rules
 import numpy as np
 import pytest
 from conftest import CASES, make_inputs, rng_for
@@ -40,16 +41,9 @@ SIZES = [1, 17, 4097]
 RTOL = 1e-5
 ADAGRAD_INIT = 0.1
 
-# Our state argument -> torch's state key.
-TORCH_STATE = {
-    "momentum_buffers": "momentum_buffer",
-    "state_sums": "sum",
-    "square_avgs": "square_avg",
-    "grad_avgs": "grad_avg",
-    "exp_avgs": "exp_avg",
-    "exp_avg_sqs": "exp_avg_sq",
-    "max_exp_avg_sqs": "max_exp_avg_sq",
-}
+# Our state argument -> torch's state key: the singular, except Adagrad's sum.
+def torch_state(name: str) -> str:
+    return "sum" if name == "state_sums" else name[:-1]
 
 
 def _torch_optimizer(case, tensors):
@@ -68,8 +62,9 @@ def _torch_optimizer(case, tensors):
         opt = torch.optim.RMSprop(tensors, alpha=k.pop("alpha"), momentum=k.pop("momentum", 0.0),
                                   centered=k.pop("centered", False), **common)
     else:
-        cls = torch.optim.Adam if case.fn == "adam_" else torch.optim.AdamW
-        opt = cls(tensors, betas=k.pop("betas"), amsgrad=k.pop("amsgrad", False), **common)
+        # Every other rule: the torch class of its optimizer's name takes the same names.
+        cls = getattr(torch.optim, fusedopt.rules.kernel(case.fn)[1].optimizer)
+        opt, k = cls(tensors, **k, **common), {}
     assert not k, f"hyperparameters not mapped to torch: {sorted(k)}"
     return opt
 
@@ -114,7 +109,7 @@ def test_matches_torch_for_50_steps(case):
     errors = {"params": _rel(ours, theirs, theirs),
               "params vs their displacement": _rel(ours, theirs, theirs - cat(p0))}
     for name, arrays in inputs.states.items():
-        theirs = cat(opt.state[t][TORCH_STATE[name]].numpy() for t in tensors)
+        theirs = cat(opt.state[t][torch_state(name)].numpy() for t in tensors)
         errors[name] = _rel(cat(arrays), theirs, theirs)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= RTOL, f"{worst}: relative error {errors[worst]:.3g} > {RTOL}"

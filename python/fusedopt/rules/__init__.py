@@ -57,9 +57,8 @@ class Rule:
     # condition as a message says it, e.g. "when amsgrad=True").
     optional_states: dict = field(default_factory=dict)
     kernels: tuple = ()
-    # States that hold squares (kept >= 0 by the tests' inputs) and their start value.
+    # States that never go negative (squares, norms): the tests' inputs keep them so.
     square_states: frozenset = frozenset()
-    initial: dict = field(default_factory=dict)  # state -> the value optimizers start it at
 
     def states_for(self, coeffs) -> tuple:
         """The state arguments these coefficients' flags read and write, in rule order."""
