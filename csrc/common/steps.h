@@ -13,6 +13,7 @@
 
 #include "math/adagrad.h"
 #include "math/adam.h"
+#include "math/adamax.h"
 #include "math/lion.h"
 #include "math/modes.h"
 #include "math/rmsprop.h"
@@ -27,6 +28,7 @@ namespace fusedopt {
   FUSEDOPT_ADAGRAD_RULE(X)        \
   FUSEDOPT_RMSPROP_RULE(X)        \
   FUSEDOPT_ADAM_RULE(X)           \
+  FUSEDOPT_ADAMAX_RULE(X)         \
   FUSEDOPT_LION_RULE(X)
 
 // How a flag is read from Python and which values it takes: a bool, a weight-decay mode
