@@ -584,3 +584,53 @@ def test_importing_fusedopt_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "grad in C order"])
+def test_params_laid_out_in_another_order_match_torch(layout):
+    def make():
+        gen = torch.Generator().manual_seed(5)
+        if layout == "transposed":
+            return [torch.randn(6, 4, generator=gen).t().requires_grad_(),
+                    torch.randn(5, generator=gen).requires_grad_()]
+        t = torch.randn(2, 3, 4, 5, generator=gen).to(memory_format=torch.channels_last)
+        return [t.requires_grad_(), torch.randn(5, generator=gen).requires_grad_()]
+
+    p, q = make(), make()
+    ours = ft.Adam(p, lr=0.01, amsgrad=True)
+    theirs = torch.optim.Adam(q, lr=0.01, amsgrad=True, foreach=False)
+    for k in range(STEPS):
+        g = _grads(p, k)
+        if layout != "grad in C order":
+            g = [torch.empty_like(t).copy_(x) for x, t in zip(g, p)]  # laid out as the param
+        _set_grads(p, g)
+        _set_grads(q, g)
+        ours.step()
+        theirs.step()
+    _assert_close(p, q, ours, theirs)
+    assert ours.state[p[0]]["exp_avg"].stride() == p[0].stride()
+
+
+def test_a_param_with_gaps_in_its_memory_is_refused():
+    p = torch.randn(4, 6)[:, :3].requires_grad_()
+    opt = ft.SGD([p], lr=0.1)
+    p.grad = torch.ones(4, 3)
+    with pytest.raises(ValueError, match="gaps or overlaps"):
+        opt.step()
+
+
+def test_a_param_listed_twice_in_a_group_is_refused_at_the_step():
+    p = torch.randn(3, requires_grad=True)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = ft.Adam([p, p])
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="more than once"):
+        opt.step()
+
+
+def test_empty_and_zero_dim_params():
+    p, q = [torch.zeros(0, requires_grad=True), torch.tensor(1.5, requires_grad=True)], \
+        [torch.zeros(0, requires_grad=True), torch.tensor(1.5, requires_grad=True)]
+    ours, theirs = ft.AdamW(p, lr=0.1), torch.optim.AdamW(q, lr=0.1, foreach=False)
+    _run_pair(ours, theirs, p, q, steps=5)
+    assert torch.equal(p[1], q[1]) or abs(float(p[1] - q[1])) < 1e-6

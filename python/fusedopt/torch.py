@@ -62,6 +62,35 @@ def _local(t):
     return t if type(t) is _PLAIN else getattr(t, "_local_tensor", t)
 
 
+def _dense(t) -> bool:
+    """Whether ``t``'s elements fill its memory span exactly once (contiguous in some
+    dimension order: C order, channels_last, a transpose)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted((d for d in zip(t.shape, t.stride()) if d[0] != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat(t):
+    """A dense tensor as the 1-D view of its memory that the kernels walk (itself when it is
+    C-contiguous); params, grads and states of one param share their strides, so their
+    elements pair up in memory order."""
+    return t if t.is_contiguous() else t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _laid_out_like(g, like):
+    return g if g.stride() == like.stride() else torch.empty_like(like).copy_(g)
+
+
+def _like(p, value: float):
+    """A state for ``p`` filled with ``value``, laid out as ``p`` (a DTensor for a DTensor)."""
+    return torch.full_like(p.detach(), value, memory_format=torch.preserve_format)
+
+
 def _check_lr(name: str, lr) -> None:
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
         raise ValueError(f"{name}: a tensor lr must have exactly 1 element, got {lr.numel()}")
@@ -91,9 +120,10 @@ class _Unit:
     """The params of one param group that have gradients and share a step count, with
     their state tensors as the kernel takes them."""
 
-    __slots__ = ("group", "params", "tensors", "states", "count", "steps", "dtensor", "key")
+    __slots__ = ("group", "params", "tensors", "states", "count", "steps", "dtensor", "key",
+                 "strided", "locals")
 
-    def __init__(self, group, params, tensors, states, count, steps, dtensor, key):
+    def __init__(self, group, params, tensors, states, count, steps, dtensor, key, strided, locals_):
         self.group = group  # the param group (its index in param_groups)
         self.params = params  # the params as the group holds them (p.grad is read off these)
         self.tensors = tensors  # what the kernel writes: the params, or their local shards
@@ -102,6 +132,8 @@ class _Unit:
         self.steps = steps  # the 1-D tensor whose elements are state[p]["step"], or None
         self.dtensor = dtensor  # whether grads are DTensors (read their local shard)
         self.key = key  # (device, dtype): what a call must share beside hyperparameters
+        self.strided = strided  # indices of params that are not C-contiguous (channels_last...)
+        self.locals = locals_  # the params' tensors as laid out (the shards of DTensors)
 
 
 class _Plan:
@@ -194,15 +226,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 self._new_state(group, part, count)
             return
         keys = self._layout(group)
-        plain = all(type(p) is _PLAIN or type(p) is torch.nn.Parameter for p in params)
+        plain = all((type(p) is _PLAIN or type(p) is torch.nn.Parameter) and p.is_contiguous()
+                    for p in params)
         states = [self.state[p] for p in params]
         for key in keys:
             init = self._initial(group, key)
             if plain:
                 pieces = _carve(params, init)
             else:
-                pieces = [torch.full_like(p, init, memory_format=torch.preserve_format).detach()
-                          for p in params]
+                pieces = [_like(p, init) for p in params]
             for st, t in zip(states, pieces):
                 st.setdefault(key, t)
         if self._has_step:
@@ -225,28 +257,42 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for p in with_grad:
                 if p.grad.is_sparse or p.grad.layout != torch.strided:
                     raise RuntimeError(self._sparse_message())
+            if len({id(p) for p in with_grad}) != len(with_grad):
+                raise ValueError(f"{type(self).__name__}: a param appears more than once in param "
+                                 f"group {gi}; list each param once")
             by_key: dict = {}
             for p in with_grad:
                 loc = _local(p)
+                if not _dense(loc):
+                    raise ValueError(f"{type(self).__name__}: a param of shape {tuple(loc.shape)} and "
+                                     f"strides {loc.stride()} has gaps or overlaps in its memory; the "
+                                     "kernels update dense tensors in place (any dimension order)")
                 st = self.state.get(p)
                 count = self._count_of(st) if st else 0
                 by_key.setdefault((count, loc.device, loc.dtype), []).append(p)
             for (count, device, dtype), ps in by_key.items():
                 self._new_state(group, [p for p in ps if not self.state.get(p)], count)
-                for p in ps:  # a state loaded without a key this layout now needs
+                locs = [_local(p) for p in ps]
+                for p, loc in zip(ps, locs):
                     st = self.state[p]
                     for key in layout:
-                        if key not in st:
-                            st[key] = torch.full_like(p, self._initial(group, key)).detach()
-                states = {key: [_local(self.state[p][key]) for p in ps] for key in layout}
+                        value = st.get(key)
+                        if value is None:  # a state loaded without a key this layout now needs
+                            st[key] = _like(p, self._initial(group, key))
+                        elif _local(value).stride() != loc.stride() and type(value) is _PLAIN:
+                            # A state laid out unlike its param (loaded from elsewhere): the
+                            # kernel walks all of them in one order, so copy it into the param's.
+                            st[key] = _like(p, 0.0).copy_(value)
+                strided = [i for i, loc in enumerate(locs) if not loc.is_contiguous()]
+                states = {key: [_flat(_local(self.state[p][key])) for p in ps] for key in layout}
                 steps = None
                 if self._has_step:
                     steps = torch.full((len(ps),), float(count), dtype=_scalar_dtype())
                     for p, t in zip(ps, steps.unbind(0)):
                         self.state[p]["step"] = t
                 dtensor = any(type(p.grad) is not _PLAIN for p in ps)
-                units.append(_Unit(gi, ps, [_local(p) for p in ps], states, count, steps, dtensor,
-                                   (device, dtype)))
+                units.append(_Unit(gi, ps, [_flat(loc) for loc in locs], states, count, steps,
+                                   dtensor, (device, dtype), strided, locs))
         return _Plan(units, idle, lengths, layouts, self.state)
 
     def _count_of(self, st: dict) -> int:
@@ -288,6 +334,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
             grads = list(map(_grad_of, unit.params))
             if unit.dtensor:
                 grads = [_local(g) for g in grads]
+            for i in unit.strided:  # every array of such a param is walked in memory order
+                if grads[i] is not None:
+                    grads[i] = _flat(_laid_out_like(grads[i], unit.locals[i]))
             if type(None) in set(map(type, grads)):
                 # A grad went away since the plan was made (set to None by hand): make it again.
                 self._plan = None
