@@ -352,6 +352,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
             for lst, key_name in zip(entry[5], unit.states):
                 lst.extend(unit.states[key_name])
             entry[6].append(unit)
+        if len(calls) > 1:
+            # Each call checks its own arrays before it writes; a step of several calls is
+            # checked whole first, so that a refusal of the last leaves the first unwritten.
+            self._precheck(calls)
         if self._skip and len(calls) > 1 and not self._all_finite(calls):
             self.last_step_skipped = True
             return
@@ -376,6 +380,20 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 if unit.steps is not None:
                     unit.steps.add_(1.0)
         self.last_step_skipped = skipped
+
+    def _precheck(self, calls) -> None:
+        name = type(self).__name__
+        for kernel, kwargs, names, params, grads, _, units in calls.values():
+            kernel([], [], **{names[k]: [] for k in units[0].states if names[k]}, **kwargs)
+            for p, g in zip(params, grads):
+                if g.layout != torch.strided:
+                    raise RuntimeError(self._sparse_message())
+                if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device \
+                        or not g.is_contiguous():
+                    raise ValueError(
+                        f"{name}: a gradient of dtype {g.dtype}, shape {tuple(g.shape)} on {g.device} "
+                        f"for a param of dtype {p.dtype}, shape {tuple(p.shape)} on {p.device}; "
+                        "nothing was written")
 
     def _all_finite(self, calls) -> bool:
         grads = [g for entry in calls.values() for g in entry[4]]
