@@ -653,3 +653,14 @@ def test_a_step_of_several_calls_refused_late_writes_nothing():
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(p, before))
     assert not any(float(opt.state[t]["step"]) for t in p)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_the_constructor_is_torchs(name):
+    import inspect
+
+    ours = inspect.signature(getattr(ft, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim, name)).parameters
+    assert [(p.name, p.kind, p.default) for p in theirs.values()] == \
+        [(p.name, p.kind, p.default) for p in ours.values() if p.name != "skip_if_nonfinite"]
+    assert ours["skip_if_nonfinite"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -163,9 +163,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if defaults.get("differentiable"):
             raise ValueError(
                 f"{name}: differentiable=True is not supported: the fused kernels write the params "
-                "in place outside autograd, so no graph runs through the step. Use "
-                f"torch.optim.{name if name not in ('AdaptiveSGD', 'Lion') else 'SGD'}"
-                "(differentiable=True) where the step itself must be differentiated")
+                "in place outside autograd, so no graph runs through the step. Where the step "
+                "itself must be differentiated, use "
+                + (f"torch.optim.{name}(differentiable=True)" if hasattr(torch.optim, name)
+                   else "a torch.optim optimizer with differentiable=True"))
         if defaults.get("capturable"):
             raise ValueError(
                 f"{name}: capturable=True is not supported by fusedopt.torch yet: its steps keep the "
@@ -584,9 +585,13 @@ class AdaptiveSGD(SGD):
         # Several calls: one norm over all of them first, then SGD at each group's rate.
         grads = [_local(g) for u in plan.units for g in map(_grad_of, u.params)]
         sum_sq = math.fsum(float(torch.sum(torch.square(g.to(torch.float64)))) for g in grads)
-        if self._skip and not math.isfinite(sum_sq):
-            self.last_step_skipped = True
-            return
+        if not math.isfinite(sum_sq):
+            if self._skip:
+                self.last_step_skipped = True
+                return
+            raise ValueError("AdaptiveSGD: the gradients hold NaN or inf, so the rate "
+                             "lr / (1 + ||g||^2) is not a number; nothing was written. Pass "
+                             "skip_if_nonfinite=True to skip such steps")
         self._sum_sq = sum_sq
         try:
             SGD._fused_step(self)
