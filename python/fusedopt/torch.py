@@ -44,6 +44,7 @@ import fusedopt
 __all__ = ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion"]
 
 _grad_of = attrgetter("grad")
+_NONE = type(None)
 _PLAIN = torch.Tensor
 
 
@@ -120,14 +121,15 @@ class _Unit:
     """The params of one param group that have gradients and share a step count, with
     their state tensors as the kernel takes them."""
 
-    __slots__ = ("group", "params", "tensors", "states", "count", "steps", "dtensor", "key",
+    __slots__ = ("group", "params", "tensors", "state_args", "count", "steps", "dtensor", "key",
                  "strided", "locals")
 
-    def __init__(self, group, params, tensors, states, count, steps, dtensor, key, strided, locals_):
+    def __init__(self, group, params, tensors, state_args, count, steps, dtensor, key, strided,
+                 locals_):
         self.group = group  # the param group (its index in param_groups)
         self.params = params  # the params as the group holds them (p.grad is read off these)
         self.tensors = tensors  # what the kernel writes: the params, or their local shards
-        self.states = states  # kernel argument name -> list of tensors, or None
+        self.state_args = state_args  # the kernel's state arguments: name -> list of tensors
         self.count = count  # the steps taken so far (all params of the unit alike)
         self.steps = steps  # the 1-D tensor whose elements are state[p]["step"], or None
         self.dtensor = dtensor  # whether grads are DTensors (read their local shard)
@@ -188,9 +190,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _initial(self, group, key: str) -> float:
         return 0.0
 
+    # torch's state key -> the kernel's state argument
+    _state_args = {"momentum_buffer": "momentum_buffers", "sum": "state_sums",
+                   "square_avg": "square_avgs", "grad_avg": "grad_avgs", "exp_avg": "exp_avgs",
+                   "exp_avg_sq": "exp_avg_sqs", "max_exp_avg_sq": "max_exp_avg_sqs"}
+
     def _call(self, group, count: int):
-        """(kernel, its keyword arguments for this group at step count ``count``, state
-        argument name for each key of _layout)."""
+        """(kernel, its keyword arguments for this group at step count ``count``)."""
         raise NotImplementedError
 
     # --- param groups ------------------------------------------------------------------
@@ -285,7 +291,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
                             # kernel walks all of them in one order, so copy it into the param's.
                             st[key] = _like(p, 0.0).copy_(value)
                 strided = [i for i, loc in enumerate(locs) if not loc.is_contiguous()]
-                states = {key: [_flat(_local(self.state[p][key])) for p in ps] for key in layout}
+                states = {self._state_args[key]: [_flat(_local(self.state[p][key])) for p in ps]
+                          for key in layout}
                 steps = None
                 if self._has_step:
                     steps = torch.full((len(ps),), float(count), dtype=_scalar_dtype())
@@ -324,68 +331,92 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with torch.no_grad():
+        # torch.no_grad() without its context-manager object: a few µs a step on small models.
+        was = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
             self._fused_step()
+        finally:
+            torch._C._set_grad_enabled(was)
         return loss
+
+    def _grads(self, unit):
+        """The unit's grads as the kernel takes them, or None if one went away."""
+        grads = list(map(_grad_of, unit.params))
+        if _NONE in set(map(type, grads)):
+            return None
+        if unit.dtensor:
+            grads = [_local(g) for g in grads]
+        for i in unit.strided:  # every array of such a param is walked in memory order
+            grads[i] = _flat(_laid_out_like(grads[i], unit.locals[i]))
+        return grads
 
     def _fused_step(self) -> None:
         plan = self._plan_for_step()
+        units = plan.units
+        if len(units) == 1:  # one group, or groups of one call: no merging
+            unit = units[0]
+            grads = self._grads(unit)
+            if grads is None:
+                self._plan = None
+                return self._fused_step()
+            kernel, kwargs = self._call(self.param_groups[unit.group], unit.count)
+            self._run(kernel, kwargs, unit.tensors, grads, unit.state_args, units)
+            return
         calls: dict = {}
-        for unit in plan.units:
-            grads = list(map(_grad_of, unit.params))
-            if unit.dtensor:
-                grads = [_local(g) for g in grads]
-            for i in unit.strided:  # every array of such a param is walked in memory order
-                if grads[i] is not None:
-                    grads[i] = _flat(_laid_out_like(grads[i], unit.locals[i]))
-            if type(None) in set(map(type, grads)):
+        for unit in units:
+            grads = self._grads(unit)
+            if grads is None:
                 # A grad went away since the plan was made (set to None by hand): make it again.
                 self._plan = None
                 return self._fused_step()
-            group = self.param_groups[unit.group]
-            kernel, kwargs, names = self._call(group, unit.count)
+            kernel, kwargs = self._call(self.param_groups[unit.group], unit.count)
             key = (kernel, tuple(kwargs.items()), unit.key)
             entry = calls.get(key)
             if entry is None:
-                calls[key] = entry = (kernel, kwargs, names, [], [], [[] for _ in names], [])
-            entry[3].extend(unit.tensors)
-            entry[4].extend(grads)
-            for lst, key_name in zip(entry[5], unit.states):
-                lst.extend(unit.states[key_name])
-            entry[6].append(unit)
+                calls[key] = entry = (kernel, kwargs, [], [], {k: [] for k in unit.state_args}, [])
+            entry[2].extend(unit.tensors)
+            entry[3].extend(grads)
+            for name, lst in entry[4].items():
+                lst.extend(unit.state_args[name])
+            entry[5].append(unit)
         if len(calls) > 1:
             # Each call checks its own arrays before it writes; a step of several calls is
             # checked whole first, so that a refusal of the last leaves the first unwritten.
             self._precheck(calls)
-        if self._skip and len(calls) > 1 and not self._all_finite(calls):
-            self.last_step_skipped = True
-            return
+            if self._skip and not self._all_finite(calls):
+                self.last_step_skipped = True
+                return
         skipped = False
-        self._last_result = None
-        for kernel, kwargs, names, params, grads, states, units in calls.values():
-            state_args = {names[k]: states[i] for i, k in enumerate(units[0].states) if names[k]}
-            try:
-                result = kernel(params, grads, **state_args, **kwargs,
-                                skip_if_nonfinite=self._skip)
-            except (TypeError, ValueError):
-                if any(g.layout != torch.strided for g in grads):
-                    raise RuntimeError(self._sparse_message()) from None
-                raise
-            if self._last_result is None:
-                self._last_result = result
-            if result is not None and result.skipped:
-                skipped = True
-                continue
-            for unit in units:
-                unit.count += 1
-                if unit.steps is not None:
-                    unit.steps.add_(1.0)
+        results = [self._run(*entry) for entry in calls.values()]
+        for result in results:
+            skipped = skipped or (result is not None and result.skipped)
+        self._last_result = results[0] if results else None
         self.last_step_skipped = skipped
+
+    def _run(self, kernel, kwargs, params, grads, state_args, units):
+        """One kernel call; the step counts of its units advance unless it was skipped."""
+        try:
+            result = kernel(params, grads, **state_args, **kwargs, skip_if_nonfinite=self._skip)
+        except (TypeError, ValueError):
+            if any(g.layout != torch.strided for g in grads):
+                raise RuntimeError(self._sparse_message()) from None
+            raise
+        self._last_result = result
+        if result is not None and result.skipped:
+            self.last_step_skipped = True
+            return result
+        self.last_step_skipped = False
+        for unit in units:
+            unit.count += 1
+            if unit.steps is not None:
+                unit.steps.add_(1.0)
+        return result
 
     def _precheck(self, calls) -> None:
         name = type(self).__name__
-        for kernel, kwargs, names, params, grads, _, units in calls.values():
-            kernel([], [], **{names[k]: [] for k in units[0].states if names[k]}, **kwargs)
+        for kernel, kwargs, params, grads, state_args, _ in calls.values():
+            kernel([], [], **{k: [] for k in state_args}, **kwargs)
             for p, g in zip(params, grads):
                 if g.layout != torch.strided:
                     raise RuntimeError(self._sparse_message())
@@ -397,7 +428,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                         "nothing was written")
 
     def _all_finite(self, calls) -> bool:
-        grads = [g for entry in calls.values() for g in entry[4]]
+        grads = [g for entry in calls.values() for g in entry[3]]
         norms = torch._foreach_norm(grads, float("inf"))
         return bool(torch.stack([n.to(torch.float64) for n in norms]).isfinite().all())
 
@@ -549,7 +580,7 @@ class SGD(_FusedOptimizer):
                       dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
                       weight_decay=_value(group["weight_decay"]), maximize=bool(group["maximize"]),
                       step=1 if count == 0 else 2)
-        return self._kernel, kwargs, {"momentum_buffer": "momentum_buffers"}
+        return self._kernel, kwargs
 
 
 class AdaptiveSGD(SGD):
@@ -604,11 +635,11 @@ class AdaptiveSGD(SGD):
     _sum_sq = None
 
     def _call(self, group, count):
-        kernel, kwargs, names = super()._call(group, count)
+        kernel, kwargs = super()._call(group, count)
         if self._sum_sq is not None:
             kwargs["lr"] = kwargs["lr"] / (1.0 + self._sum_sq)
-            return fusedopt.sgd_, kwargs, names
-        return kernel, kwargs, names
+            return fusedopt.sgd_, kwargs
+        return kernel, kwargs
 
 
 class Adagrad(_FusedOptimizer):
@@ -642,7 +673,7 @@ class Adagrad(_FusedOptimizer):
         kwargs = dict(lr=_value(group["lr"]), lr_decay=float(group["lr_decay"]),
                       weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
                       maximize=bool(group["maximize"]), step=count + 1)
-        return fusedopt.adagrad_, kwargs, {"sum": "state_sums"}
+        return fusedopt.adagrad_, kwargs
 
 
 class RMSprop(_FusedOptimizer):
@@ -676,9 +707,7 @@ class RMSprop(_FusedOptimizer):
         kwargs = dict(lr=_value(group["lr"]), alpha=float(group["alpha"]), eps=float(group["eps"]),
                       weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
                       centered=bool(group["centered"]), maximize=bool(group["maximize"]))
-        return fusedopt.rmsprop_, kwargs, {"square_avg": "square_avgs",
-                                           "momentum_buffer": "momentum_buffers",
-                                           "grad_avg": "grad_avgs"}
+        return fusedopt.rmsprop_, kwargs
 
 
 class Adam(_FusedOptimizer):
@@ -712,8 +741,7 @@ class Adam(_FusedOptimizer):
                       weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
                       maximize=bool(group["maximize"]), step=count + 1)
         kernel = fusedopt.adamw_ if group.get("decoupled_weight_decay") else fusedopt.adam_
-        return kernel, kwargs, {"exp_avg": "exp_avgs", "exp_avg_sq": "exp_avg_sqs",
-                                "max_exp_avg_sq": "max_exp_avg_sqs"}
+        return kernel, kwargs
 
 
 class AdamW(Adam):
@@ -761,4 +789,4 @@ class Lion(_FusedOptimizer):
         b1, b2 = group["betas"]
         kwargs = dict(lr=_value(group["lr"]), betas=(_value(b1), _value(b2)),
                       weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]))
-        return fusedopt.lion_, kwargs, {"exp_avg": "exp_avgs"}
+        return fusedopt.lion_, kwargs
