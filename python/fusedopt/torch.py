@@ -141,7 +141,7 @@ class _Unit:
 class _Plan:
     """What a step reuses: the units, and what they were built for."""
 
-    __slots__ = ("units", "idle", "lengths", "layouts", "state")
+    __slots__ = ("units", "idle", "lengths", "layouts", "state", "n_state")
 
     def __init__(self, units, idle, lengths, layouts, state):
         self.units = units
@@ -149,6 +149,7 @@ class _Plan:
         self.lengths = lengths  # per group: len(group["params"])
         self.layouts = layouts  # per group: which states exist (_layout)
         self.state = state  # the optimizer's state dict object it was made with
+        self.n_state = len(state)  # ... and how many params it held state for
 
 
 class _FusedOptimizer(torch.optim.Optimizer):
@@ -211,6 +212,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_skip", False)
         self.__dict__.setdefault("last_step_skipped", False)
+        self.__dict__.setdefault("_last_result", None)
         self._plan = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -313,7 +315,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _plan_for_step(self) -> _Plan:
         plan = self._plan
         groups = self.param_groups
-        if plan is not None and plan.state is self.state and len(plan.lengths) == len(groups):
+        if plan is not None and plan.state is self.state and len(plan.lengths) == len(groups) \
+                and plan.n_state == len(self.state):
             for gi, group in enumerate(groups):
                 if (len(group["params"]) != plan.lengths[gi] or self._layout(group) != plan.layouts[gi]
                         or any(p.grad is not None for p in plan.idle[gi])):
@@ -595,6 +598,7 @@ class AdaptiveSGD(SGD):
     :class:`fusedopt.AdaptiveRate` (of its first call)."""
 
     _kernel = staticmethod(fusedopt.adaptive_sgd_)
+    last_rate = None
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
