@@ -664,3 +664,14 @@ def test_the_constructor_is_torchs(name):
     assert [(p.name, p.kind, p.default) for p in theirs.values()] == \
         [(p.name, p.kind, p.default) for p in ours.values() if p.name != "skip_if_nonfinite"]
     assert ours["skip_if_nonfinite"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_state_cleared_in_place_starts_again_as_torch_does():
+    p, q = _params(), _params()
+    ours, theirs = ft.Adam(p, lr=0.01), torch.optim.Adam(q, lr=0.01, foreach=False)
+    _run_pair(ours, theirs, p, q, steps=4)
+    ours.state.clear()
+    theirs.state.clear()
+    _run_pair(ours, theirs, p, q, steps=4, start=4)
+    _assert_close(p, q, ours, theirs)
+    assert float(ours.state[p[0]]["step"]) == 4
