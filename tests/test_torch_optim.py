@@ -675,3 +675,32 @@ def test_state_cleared_in_place_starts_again_as_torch_does():
     _run_pair(ours, theirs, p, q, steps=4, start=4)
     _assert_close(p, q, ours, theirs)
     assert float(ours.state[p[0]]["step"]) == 4
+
+
+@pytest.mark.parametrize("name,kw", [("Lion", dict(lr=1e-3, weight_decay=0.1)),
+                                     ("AdaptiveSGD", dict(lr=0.5, momentum=0.9))])
+def test_state_dict_round_trip_of_the_classes_torch_lacks(name, kw):
+    cls = getattr(ft, name)
+    ref, p = _params(), _params()
+    ref_opt, first = cls(ref, **kw), cls(p, **kw)
+    _run_pair(first, ref_opt, p, ref, steps=10)
+    q = [t.detach().clone().requires_grad_() for t in p]
+    second = cls(q, **kw)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    _run_pair(second, ref_opt, q, ref, steps=10, start=10)
+    assert torch.equal(torch.cat([t.reshape(-1) for t in q]), torch.cat([t.reshape(-1) for t in ref]))
+
+
+def test_adaptive_sgd_skips_a_nonfinite_step_and_reports_it():
+    p = _params()
+    opt = ft.AdaptiveSGD(p, lr=0.5, skip_if_nonfinite=True)
+    before = [t.detach().clone() for t in p]
+    g = _grads(p, 0)
+    g[0][0, 0] = float("nan")
+    _set_grads(p, g)
+    opt.step()
+    assert opt.last_step_skipped and opt.last_rate.skipped
+    assert all(torch.equal(a, b) for a, b in zip(p, before))
+    _set_grads(p, _grads(p, 1))
+    opt.step()
+    assert not opt.last_step_skipped and 0.0 < opt.last_rate.lr < 0.5
