@@ -18,7 +18,8 @@ hyperparameters, step count, device and dtype: param groups whose hyperparameter
 share one call. ``foreach`` and ``fused`` are accepted and change nothing (every step is
 fused); ``differentiable=True`` and ``capturable=True`` are refused. Keyword-only
 ``skip_if_nonfinite=True`` makes a step whose gradients hold NaN or inf write nothing and
-leave the step counts as they were (``last_step_skipped`` then says so).
+leave the step counts as they were (``last_step_skipped`` then says so). Params are float32
+or float64 tensors of any dense layout (channels_last included); states take the param's.
 
 What a step keeps between steps: the lists of params, state tensors and step counts of each
 call, made again when the set of params with gradients changes, after ``add_param_group`` and
