@@ -1,6 +1,7 @@
 """fusedopt.torch under torch.distributed on the CPU (gloo, 2 processes): as the
 optimizer_class of ZeroRedundancyOptimizer, under DistributedDataParallel, and on FSDP2
-(fully_shard, DTensor params whose local shards the step updates).
+(fully_shard, DTensor params whose local shards the step updates), including a checkpoint
+taken with torch.distributed.checkpoint's state_dict helpers and resumed by torch's AdamW.
 
 One spawn of 2 processes runs every setup in turn (starting processes that import torch is
 most of the cost); each setup trains the same small model from the same weights on halves
@@ -24,7 +25,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 WORLD = 2
 STEPS = 6
 RTOL = 1e-4
-SETUPS = ("ddp", "zero", "fsdp2")
+SETUPS = ("ddp", "zero", "fsdp2", "fsdp2-dcp")
 
 
 def _model():
@@ -51,6 +52,25 @@ def _reference():
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _sharded(model):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _steps(model, opt, batches, rank):
+    for x, y in batches:
+        half = slice(rank * 4, rank * 4 + 4)
+        opt.zero_grad()
+        _loss(model, x[half], y[half]).backward()
+        opt.step()
+
+
 def _train(setup, rank):
     import fusedopt.torch as ft
 
@@ -65,20 +85,23 @@ def _train(setup, rank):
         model = torch.nn.parallel.DistributedDataParallel(model)
         opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=ft.AdamW, **kw)
     else:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh("cpu", (WORLD,))
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = _sharded(model)
         opt = ft.AdamW(model.parameters(), **kw)
-    for x, y in _batches():
-        half = slice(rank * 4, rank * 4 + 4)
-        opt.zero_grad()
-        _loss(model, x[half], y[half]).backward()
-        opt.step()
+    batches = _batches()
+    if setup == "fsdp2-dcp":
+        # Half the run with fusedopt, a checkpoint through torch.distributed.checkpoint's
+        # state_dict helpers, and the other half with torch's AdamW on a new sharded model.
+        from torch.distributed.checkpoint import state_dict as dcp_sd
+
+        _steps(model, opt, batches[:STEPS // 2], rank)
+        model_sd = dcp_sd.get_model_state_dict(model)
+        opt_sd = dcp_sd.get_optimizer_state_dict(model, opt)
+        model = _sharded(_model())
+        opt = torch.optim.AdamW(model.parameters(), foreach=False, **kw)
+        dcp_sd.set_model_state_dict(model, model_sd)
+        dcp_sd.set_optimizer_state_dict(model, opt, opt_sd)
+        batches = batches[STEPS // 2:]
+    _steps(model, opt, batches, rank)
     extra = {}
     if setup == "zero":
         opt.consolidate_state_dict(to=0)
@@ -89,7 +112,7 @@ def _train(setup, rank):
             theirs = torch.optim.AdamW(plain.parameters(), **kw)
             theirs.load_state_dict(sd)
             extra["steps"] = sorted({float(s["step"]) for s in theirs.state.values()})
-    if setup == "fsdp2":
+    if setup.startswith("fsdp2"):
         extra["dtensor"] = type(next(model.parameters())).__name__
         full = [p.full_tensor().detach().clone() for p in model.parameters()]
     else:
@@ -149,3 +172,7 @@ def test_as_zero_redundancy_optimizer_class(results):
 def test_on_fsdp2_local_shards(results):
     extra = _check(results, "fsdp2")
     assert extra["dtensor"] == "DTensor"
+
+
+def test_fsdp2_checkpoint_through_dcp_resumes_with_torch(results):
+    _check(results, "fsdp2-dcp")
