@@ -704,3 +704,13 @@ def test_adaptive_sgd_skips_a_nonfinite_step_and_reports_it():
     _set_grads(p, _grads(p, 1))
     opt.step()
     assert not opt.last_step_skipped and 0.0 < opt.last_rate.lr < 0.5
+
+
+def test_adagrad_share_memory():
+    p = _params()
+    opt = ft.Adagrad(p)
+    opt.share_memory()
+    assert all(opt.state[t]["sum"].is_shared() for t in p)
+    _set_grads(p, _grads(p, 0))
+    opt.step()
+    assert all(opt.state[t]["sum"].is_shared() for t in p)

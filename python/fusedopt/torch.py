@@ -671,6 +671,13 @@ class Adagrad(_FusedOptimizer):
     def _layout(self, group):
         return ("sum",)
 
+    def share_memory(self) -> None:
+        """Moves the ``sum`` states into shared memory, as torch's Adagrad does (for
+        Hogwild-style training across processes)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
     def _initial(self, group, key):
         return float(group["initial_accumulator_value"])
 
