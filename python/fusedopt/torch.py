@@ -591,11 +591,11 @@ class AdaptiveSGD(SGD):
     """SGD at the adaptive rate ``lr_t = lr / (1 + ||g||^2)`` through
     :func:`fusedopt.adaptive_sgd_` (no torch counterpart; SGD's arguments and state).
 
-    ``||g||`` is the L2 norm of all the gradients of the step. Where every param group
-    shares its hyperparameters but lr (or there is one group), the kernel computes it in its
-    fixed blocking; where the step needs several calls (groups that differ in momentum,
-    weight decay...), it is summed in float64 over the calls first, and each group steps at
-    its own ``lr / (1 + ||g||^2)``. ``last_rate`` holds the last step's
+    ``||g||`` is the L2 norm of all the gradients of the step. Where the step is one call
+    (one param group, or groups with equal hyperparameters), the kernel computes it in its
+    fixed blocking; where it needs several (groups that differ in lr, momentum, weight
+    decay...), it is summed in float64 over all of them first, and each group steps at its
+    own ``lr / (1 + ||g||^2)``. ``last_rate`` holds the last step's
     :class:`fusedopt.AdaptiveRate` (of its first call)."""
 
     _kernel = staticmethod(fusedopt.adaptive_sgd_)
