@@ -11,11 +11,14 @@
 // its objects with (step_fields()) all follow from that line.
 #pragma once
 
+#include "math/adadelta.h"
 #include "math/adagrad.h"
 #include "math/adam.h"
 #include "math/adamax.h"
 #include "math/lion.h"
 #include "math/modes.h"
+#include "math/nadam.h"
+#include "math/radam.h"
 #include "math/rmsprop.h"
 #include "math/sgd.h"
 
@@ -29,7 +32,10 @@ namespace fusedopt {
   FUSEDOPT_RMSPROP_RULE(X)        \
   FUSEDOPT_ADAM_RULE(X)           \
   FUSEDOPT_ADAMAX_RULE(X)         \
-  FUSEDOPT_LION_RULE(X)
+  FUSEDOPT_LION_RULE(X)           \
+  FUSEDOPT_NADAM_RULE(X)          \
+  FUSEDOPT_RADAM_RULE(X)          \
+  FUSEDOPT_ADADELTA_RULE(X)
 
 // How a flag is read from Python and which values it takes: a bool, a weight-decay mode
 // (any, or one form and none: a rule that applies only that form folds the other into

@@ -48,16 +48,18 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
     fixed = "".join(f", {k}={v!r}" for k, v in kernel.fixed.items())
     lines = [f"def {fn}({', '.join(positional)}, *, {', '.join(keywords)}):",
              f"    c = _coefficients({fn!r}{fixed}, {passed})"]
-    # The states these coefficients' flags use, in rule order; a missing one is named.
-    lines.append("    names, values = [], []")
+    # The states these coefficients' flags use, in rule order; a missing one is named. The
+    # lists start as literals of the states every call uses (a call appends nothing else).
+    always = [s for s in states if s not in rule.optional_states]
+    if states[:len(always)] != always:
+        raise TypeError(f"rule {rule.name}: its optional states must come after the others")
+    lines.append(f"    names, values = {always!r}, [{', '.join(always)}]")
     for s in states:
         if s in rule.optional_states:
             flag, when = rule.optional_states[s]
             lines.append(f"    if c.{flag}:")
             lines.append(f"        if {s} is None: _missing({fn!r}, {s!r}, {when!r})")
             lines.append(f"        names.append({s!r}); values.append({s})")
-        else:
-            lines.append(f"    names.append({s!r}); values.append({s})")
     # The raw hyperparameters, for the float64 reference (the adaptive rate's lr is the
     # coefficients' own, set by the dispatch).
     hyper = f"dict({passed}{fixed})"

@@ -18,7 +18,7 @@ from fusedopt import _kernels, reference, rules
 CASES = rules.examples()
 
 SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]
-STEPS = 5
+STEPS = 6  # RAdam rectifies from step 6 (rho_t > 5): both of its forms are run
 # Largest error of native float32 against the float64 textbook formula after STEPS steps,
 # relative to the largest parameter: a few float32 roundings per step.
 FLOAT64_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
