@@ -91,8 +91,9 @@ def _lion_near_zero(case, truth: Inputs) -> list:
     return near
 
 
-def test_tolerance_table_covers_every_rule():
-    assert {c.rule for c in CASES} == set(TOLERANCE)
+def test_tolerance_table_names_only_rules_that_exist():
+    # A rule it does not name gets ONE_ULP_PER_STEP; a name no rule has is a stale entry.
+    assert set(TOLERANCE) <= {c.rule for c in CASES}
 
 
 @pytest.mark.parametrize("dt", ["f32", "f64"])

@@ -40,6 +40,16 @@ TORCH_PAIRS = [
     ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
     ("AdamW", dict(lr=0.01)),
     ("AdamW", dict(lr=0.01, weight_decay=0.3, amsgrad=True, maximize=True, eps=1e-6)),
+    # The classes made from a rule's description (fusedopt/rules/).
+    ("Adamax", dict(lr=0.01)),
+    ("Adamax", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(lr=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.01)),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1, maximize=True)),
 ]
 
 
@@ -307,7 +317,11 @@ def test_zero_grad_and_named_parameters():
 @pytest.mark.parametrize("name,kw", [("AdamW", dict(lr=0.01, amsgrad=True)),
                                      ("SGD", dict(lr=0.05, momentum=0.9)),
                                      ("Adagrad", dict(lr=0.1)),
-                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True))])
+                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+                                     ("NAdam", dict(lr=0.01, weight_decay=0.1)),
+                                     ("RAdam", dict(lr=0.01)),
+                                     ("Adamax", dict(lr=0.01)),
+                                     ("Adadelta", dict(lr=0.5))])
 @pytest.mark.parametrize("direction", ["fusedopt-to-torch", "torch-to-fusedopt"])
 def test_state_dict_round_trip_continues_as_torch(name, kw, direction):
     first_cls, second_cls = getattr(ft, name), getattr(torch.optim, name)
@@ -655,7 +669,8 @@ def test_a_step_of_several_calls_refused_late_writes_nothing():
     assert not any(float(opt.state[t]["step"]) for t in p)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam",
+                                  "RAdam", "Adadelta"])
 def test_the_constructor_is_torchs(name):
     import inspect
 
@@ -714,3 +729,29 @@ def test_adagrad_share_memory():
     _set_grads(p, _grads(p, 0))
     opt.step()
     assert all(opt.state[t]["sum"].is_shared() for t in p)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-1.0), dict(betas=(1.0, 0.9)), dict(momentum_decay=-0.1),
+                                 dict(eps=-1.0)])
+def test_described_classes_check_arguments_as_torch_does(bad):
+    """A class made from a rule's description takes torch's checks: the same error."""
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.NAdam(_params(), **bad)
+    with pytest.raises(ValueError) as ours:
+        ft.NAdam(_params(), **bad)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_nadam_mu_product_is_kept_as_torch_keeps_it():
+    """NAdam's per-param momentum product: a 0-d tensor under torch's key, equal to torch's
+    after every step, and a refused state_dict when it is not a number."""
+    p, q = _params(), _params()
+    ours, theirs = ft.NAdam(p, lr=0.01), torch.optim.NAdam(q, lr=0.01, foreach=False)
+    _run_pair(ours, theirs, p, q, steps=5)
+    for a, b in zip(p, q):
+        assert ours.state[a]["mu_product"].shape == () and \
+            float(ours.state[a]["mu_product"]) == float(theirs.state[b]["mu_product"])
+    sd = ours.state_dict()
+    sd["state"][0]["mu_product"] = "one"
+    with pytest.raises(ValueError, match="mu_product"):
+        ft.NAdam(_params(), lr=0.01).load_state_dict(sd)

@@ -3,8 +3,10 @@
     import fusedopt.torch
     opt = fusedopt.torch.AdamW(model.parameters(), lr=1e-3)   # was torch.optim.AdamW
 
-:class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam` and :class:`AdamW` take the
-arguments, defaults and checks of the ``torch.optim`` class of the same name (torch 2.13),
+:class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam`, :class:`AdamW`,
+:class:`Adamax`, :class:`NAdam`, :class:`RAdam` and :class:`Adadelta` take the arguments,
+defaults and checks of the ``torch.optim`` class of the same name (torch 2.13; the last four
+are made from their rules' descriptions and torch's own constructors),
 keep their state under torch's keys (``step`` as a 0-d float32 tensor, ``exp_avg``,
 ``exp_avg_sq``, ``momentum_buffer``, ...) and write and read torch's ``state_dict`` format:
 a checkpoint of one loads into the other and training goes on as if it had never left.
@@ -123,7 +125,7 @@ class _Unit:
     their state tensors as the kernel takes them."""
 
     __slots__ = ("group", "params", "tensors", "state_args", "count", "steps", "dtensor", "key",
-                 "strided", "locals")
+                 "strided", "locals", "scalars")
 
     def __init__(self, group, params, tensors, state_args, count, steps, dtensor, key, strided,
                  locals_):
@@ -137,6 +139,7 @@ class _Unit:
         self.key = key  # (device, dtype): what a call must share beside hyperparameters
         self.strided = strided  # indices of params that are not C-contiguous (channels_last...)
         self.locals = locals_  # the params' tensors as laid out (the shards of DTensors)
+        self.scalars: dict = {}  # key -> the 1-D tensor whose elements are state[p][key]
 
 
 class _Plan:
@@ -157,6 +160,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     """The part every optimizer here shares: construction checks, the step, state_dict."""
 
     _has_step = True  # whether torch keeps a `step` tensor in each param's state
+    _scalar_states: dict = {}  # per-param 0-d states besides step (NAdam's mu_product): initial
     _eager_state = False  # Adagrad makes every param's state in its constructor
 
     def __init__(self, params, defaults: dict, skip_if_nonfinite: bool):
@@ -200,6 +204,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _call(self, group, count: int):
         """(kernel, its keyword arguments for this group at step count ``count``)."""
         raise NotImplementedError
+
+    def _unit_call(self, unit):
+        """(kernel, keyword arguments) of a unit: its group's, at its step count."""
+        return self._call(self.param_groups[unit.group], unit.count)
+
+    def _advance_scalars(self, unit) -> None:
+        """After a step of ``unit`` (its count already advanced): its scalar states."""
 
     # --- param groups ------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -302,8 +313,17 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     for p, t in zip(ps, steps.unbind(0)):
                         self.state[p]["step"] = t
                 dtensor = any(type(p.grad) is not _PLAIN for p in ps)
-                units.append(_Unit(gi, ps, [_flat(loc) for loc in locs], states, count, steps,
-                                   dtensor, (device, dtype), strided, locs))
+                unit = _Unit(gi, ps, [_flat(loc) for loc in locs], states, count, steps,
+                             dtensor, (device, dtype), strided, locs)
+                for key, initial in self._scalar_states.items():
+                    # Like the step counts: one block, each param's state a view of it.
+                    block = torch.tensor([initial if self.state[p].get(key) is None
+                                          else _value(self.state[p][key]) for p in ps],
+                                         dtype=_scalar_dtype())
+                    for p, t in zip(ps, block.unbind(0)):
+                        self.state[p][key] = t
+                    unit.scalars[key] = block
+                units.append(unit)
         return _Plan(units, idle, lengths, layouts, self.state)
 
     def _count_of(self, st: dict) -> int:
@@ -364,7 +384,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if grads is None:
                 self._plan = None
                 return self._fused_step()
-            kernel, kwargs = self._call(self.param_groups[unit.group], unit.count)
+            kernel, kwargs = self._unit_call(unit)
             self._run(kernel, kwargs, unit.tensors, grads, unit.state_args, units)
             return
         calls: dict = {}
@@ -374,7 +394,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 # A grad went away since the plan was made (set to None by hand): make it again.
                 self._plan = None
                 return self._fused_step()
-            kernel, kwargs = self._call(self.param_groups[unit.group], unit.count)
+            kernel, kwargs = self._unit_call(unit)
             key = (kernel, tuple(kwargs.items()), unit.key)
             entry = calls.get(key)
             if entry is None:
@@ -415,6 +435,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             unit.count += 1
             if unit.steps is not None:
                 unit.steps.add_(1.0)
+            if unit.scalars:
+                self._advance_scalars(unit)
         return result
 
     def _precheck(self, calls) -> None:
@@ -512,7 +534,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _checked_state(self, name, k, p, v, group) -> dict:
         where = f"{name}.load_state_dict: state[{k!r}]"
         out = {}
-        needed = list(self._layout(group)) + (["step"] if self._has_step else [])
+        needed = (list(self._layout(group)) + (["step"] if self._has_step else [])
+                  + list(self._scalar_states))
         missing = [key for key in needed if key not in v]
         if missing:
             raise ValueError(f"{where} lacks {missing} (has {sorted(map(str, v))}); is the "
@@ -525,6 +548,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 if step is None or not math.isfinite(step) or step < 0 or step != int(step):
                     raise ValueError(f"{where}['step'] must be a whole number >= 0, got {value!r}")
                 out[key] = torch.tensor(step, dtype=_scalar_dtype())
+            elif key in self._scalar_states:
+                number = value if isinstance(value, (int, float)) else None
+                if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+                    number = _value(value)
+                if number is None or not math.isfinite(number):
+                    raise ValueError(f"{where}[{key!r}] must be a finite number, got {value!r}")
+                out[key] = torch.tensor(float(number), dtype=_scalar_dtype())
             elif isinstance(value, torch.Tensor):
                 if tuple(value.shape) != tuple(p.shape):
                     raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, its param "
@@ -802,3 +832,74 @@ class Lion(_FusedOptimizer):
         kwargs = dict(lr=_value(group["lr"]), betas=(_value(b1), _value(b2)),
                       weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]))
         return fusedopt.lion_, kwargs
+
+
+# ---------------------------------------------------------------------------------------
+class _Described(_FusedOptimizer):
+    """A torch.optim class through the kernel its rule's description names
+    (fusedopt/rules/): torch's own constructor checks the arguments and gives the defaults
+    (on a stand-in param), the states are the rule's under torch's singular keys, and a
+    group's hyperparameters are the kernel's keywords of the same names."""
+
+    _torch_class: Any = None
+    _kernel_name = ""
+
+    def __init__(self, params, *args, skip_if_nonfinite=False, **kwargs):
+        probe = self._torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
+        super().__init__(params, dict(probe.defaults), skip_if_nonfinite)
+
+    def _layout(self, group):
+        return self._keys
+
+    def _call(self, group, count):
+        kwargs = {}
+        for k in self._keywords:
+            v = group[k]
+            kwargs[k] = (tuple(_value(b) for b in v) if k == "betas"
+                         else v if isinstance(v, bool) else _value(v))
+        if self._takes_step:
+            kwargs["step"] = count + 1
+        return self._kernel, kwargs
+
+
+def _described(name: str, kernel_name: str, **extra) -> type:
+    import inspect
+
+    torch_class = getattr(torch.optim, name)
+    rule, kernel = fusedopt.rules.kernel(kernel_name)
+    keys = tuple(s[:-1] for s in rule.states)  # torch's key: exp_infs -> exp_inf
+    signature = inspect.signature(torch_class)
+    signature = signature.replace(parameters=[
+        *signature.parameters.values(),
+        inspect.Parameter("skip_if_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False)])
+    attrs = dict(
+        _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
+        _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},
+        _keywords=tuple(k for k in kernel.keywords if k not in ("step", "mu_product")),
+        _takes_step=kernel.takes_step, __signature__=signature, __module__=__name__,
+        __qualname__=name,
+        __doc__=f"``torch.optim.{name}`` through :func:`fusedopt.{kernel.name}`: torch's arguments, "
+                f"defaults, checks and state ({', '.join(f'``{k}``' for k in ('step',) + keys)}).")
+    attrs.update(extra)
+    return type(name, (_Described,), attrs)
+
+
+def _nadam_unit_call(self, unit):
+    kernel, kwargs = self._call(self.param_groups[unit.group], unit.count)
+    # The product torch keeps per param (a unit's params share their step and history).
+    kwargs["mu_product"] = min(1.0, float(unit.scalars["mu_product"][0]))
+    return kernel, kwargs
+
+
+def _nadam_advance(self, unit):
+    group = self.param_groups[unit.group]
+    beta1, psi = _value(group["betas"][0]), _value(group["momentum_decay"])
+    unit.scalars["mu_product"].mul_(beta1 * (1.0 - 0.5 * 0.96 ** (unit.count * psi)))
+
+
+Adamax = _described("Adamax", "adamax_")
+NAdam = _described("NAdam", "nadam_", _scalar_states={"mu_product": 1.0},
+                   _unit_call=_nadam_unit_call, _advance_scalars=_nadam_advance)
+RAdam = _described("RAdam", "radam_")
+Adadelta = _described("Adadelta", "adadelta_")
+__all__ += ["Adamax", "NAdam", "RAdam", "Adadelta"]
