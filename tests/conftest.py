@@ -145,8 +145,8 @@ def _cases() -> list[Case]:
         parts = ["lion", "wd" if wd else "", "max" if maximize else ""]
         out.append(Case("-".join(p for p in parts if p), "lion_",
                         dict(lr=0.01, betas=(0.8, 0.95), weight_decay=wd, maximize=maximize)))
-    # Every other rule by its examples (fusedopt/rules/<rule>.py), with and without
-    # maximize: a rule added there joins the grid without a line here.
+    # Every other rule by its examples (fusedopt/rules/<rule>.py: each names its forms, with
+    # and without decay and maximize): a rule added there joins the grid without a line here.
     listed = {c.fn for c in out}
     for name, fn, hyper, _, _ in fusedopt.rules.examples():
         if fn not in listed:

@@ -3,7 +3,7 @@
 // package is the API.
 //
 // The rule functions take the same arguments, in the same order, as those of fusedopt._core
-// (fusedopt/_coeffs.py's NamedTuples are that order), so fusedopt/_native.py calls either
+// (the rules' coefficient NamedTuples are that order), so fusedopt/_native.py calls either
 // module the same way. Two keyword-only extras: `stream`, a cudaStream_t as an int (default:
 // the current stream of the params' library, see resolve_stream), and `device_coeffs`, the
 // address of the coefficients in device memory (kernels.h: DeviceCoeffs) for steps whose

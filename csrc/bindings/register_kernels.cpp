@@ -1,5 +1,5 @@
 // The CPU update kernels. A call's arrays are read by the one reader (bindings/reader.h),
-// its coefficients arrive computed (fusedopt/_coeffs.py) as one object per step, read by
+// its coefficients arrive computed (fusedopt/rules/) as one object per step, read by
 // the names of common/steps.h; this file only joins the two and releases the GIL while the
 // kernel runs. No rule of what a call accepts is written here.
 #include <pybind11/pybind11.h>

@@ -1,4 +1,4 @@
-// Python's coefficient objects (fusedopt/_coeffs.py) as the step structs of
+// Python's coefficient objects (fusedopt/rules/<rule>.py) as the step structs of
 // common/steps.h, in both modules. The names come from steps.h's descriptions, and so do
 // the names Python builds its objects with (step_fields()): one list a rule.
 #pragma once

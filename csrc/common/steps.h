@@ -1,5 +1,5 @@
 // What one step of each rule needs besides the arrays: the per-step coefficients, already
-// computed in double on the host (fusedopt/_coeffs.py), and the flags that select the
+// computed in double on the host (fusedopt/rules/<rule>.py), and the flags that select the
 // rule's compile-time variant. Loops cast the coefficients to the compute type once.
 //
 // A rule is described once, in its math header: its numbers (FUSEDOPT_<RULE>_COEFFS), its

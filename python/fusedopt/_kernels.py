@@ -35,6 +35,21 @@ def _missing(fn: str, name: str, when: str):
     raise ValueError(f"{fn}: {name} is required {when}")
 
 
+def _plain(hyper: dict) -> dict:
+    """The raw hyperparameters for the float64 reference as Python floats (a NumPy float32
+    lr would make its arithmetic float32), bools and strings; pairs as tuples of floats."""
+    out = {}
+    for k, v in hyper.items():
+        if isinstance(v, (tuple, list)):
+            v = tuple(float(x) for x in v)
+        elif isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", "") == "b":
+            v = bool(v)
+        elif v is not None and not isinstance(v, str):
+            v = int(v) if k == "step" else float(v)
+        out[k] = v
+    return out
+
+
 def _make(rule: rules.Rule, kernel: rules.Kernel):
     """The public function of ``kernel``: its signature written out (positional arrays,
     then keyword-only hyperparameters), so that a call costs what a hand-written one does
@@ -62,12 +77,13 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
             lines.append(f"        names.append({s!r}); values.append({s})")
     # The raw hyperparameters, for the float64 reference (the adaptive rate's lr is the
     # coefficients' own, set by the dispatch).
-    hyper = f"dict({passed}{fixed})"
+    hyper = f"_plain(dict({passed}{fixed}))"
     if kernel.adaptive:
         hyper = f"dict({hyper}, lr=c.lr)"
     lines.append(f"    return _run({rule.name!r}, {fn!r}, params, grads, tuple(names), values, c, "
                  f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive})")
-    namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run}
+    namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run,
+                 "_plain": _plain}
     exec("\n".join(lines), namespace)  # noqa: S102
     function = namespace[fn]
     defaults = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}

@@ -69,10 +69,14 @@ class Optimizer:
         self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
         capturable = _coeffs.flag(name, "capturable", capturable)
         if capturable and self._capturable_rule is None:
-            raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients "
-                            "change every step. SGD's from its second step, Lion's, RMSprop's "
-                            "and Adagrad's with lr_decay=0 are the same every step, so those steps "
-                            "can be captured as they are")
+            if self._takes_step:
+                why = (f"{name}'s coefficients change every step and are computed on the host, so "
+                       "a captured step would replay the coefficients of the step it captured")
+            else:
+                why = (f"{name}'s coefficients are the same every step (SGD's from its second), so "
+                       "its steps can be captured as they are")
+            raise TypeError(f"{name}: capturable=True is for Adam and AdamW, whose coefficients of "
+                            f"every step the device keeps in a table. {why}")
         if not isinstance(params, (list, tuple)):
             params = [params]
         if len(params) == 0:
@@ -106,7 +110,8 @@ class Optimizer:
     def _state_names(self) -> list[str]:
         """The states the hyperparameters' flags use (the rule's description says which)."""
         kernel = self._kernel_spec
-        hyper = {k: v for k, v in self._hyper.items() if k in kernel.keywords}
+        hyper = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}
+        hyper.update((k, v) for k, v in self._hyper.items() if k in kernel.keywords)
         if self._takes_step:
             hyper["step"] = 1
         coeffs = self._rule_spec.coefficients(kernel.name, **kernel.fixed, **hyper)
@@ -404,11 +409,25 @@ class AdamW(Adam):
     _kernel_name = "adamw_"
 
 
+class SGD(Optimizer):
+    """torch.optim.SGD semantics (``convention="keras"`` for the Keras form); see
+    :func:`fusedopt.sgd_`."""
+
+    _kernel_name = "sgd_"
+
+
+class AdaptiveSGD(SGD):
+    """SGD at ``lr_t = lr / (1 + ||g||^2)`` (global gradient norm); ``step`` returns the
+    :class:`fusedopt.AdaptiveRate` used. See :func:`fusedopt.adaptive_sgd_`."""
+
+    _kernel_name = "adaptive_sgd_"
+
+
 def _simple_class(rule: rules.Rule, kernel: rules.Kernel) -> type:
     """The optimizer of a kernel that needs nothing beyond its description."""
     summary = kernel.doc.strip().split("\n\n")[0].strip()
-    doc = (f"Steps :func:`fusedopt.{kernel.name}` on the arrays it holds, with its own states "
-           f"(starting at zero).\n\n    {summary}")
+    doc = (f"Steps :func:`fusedopt.{kernel.name}` on the arrays it holds, with states of its "
+           f"own; see there.\n\n    {summary}")
     return type(kernel.optimizer, (Optimizer,),
                 {"_kernel_name": kernel.name, "__doc__": doc, "__module__": __name__,
                  "__qualname__": kernel.optimizer})

@@ -853,10 +853,10 @@ class _Described(_FusedOptimizer):
 
     def _call(self, group, count):
         kwargs = {}
-        for k in self._keywords:
+        for k, default in self._keywords.items():
             v = group[k]
             kwargs[k] = (tuple(_value(b) for b in v) if k == "betas"
-                         else v if isinstance(v, bool) else _value(v))
+                         else bool(v) if isinstance(default, bool) else _value(v))
         if self._takes_step:
             kwargs["step"] = count + 1
         return self._kernel, kwargs
@@ -869,17 +869,18 @@ def _described(name: str, kernel_name: str, **extra) -> type:
     rule, kernel = fusedopt.rules.kernel(kernel_name)
     keys = tuple(s[:-1] for s in rule.states)  # torch's key: exp_infs -> exp_inf
     signature = inspect.signature(torch_class)
+    state_keys = ("step",) + keys + tuple(extra.get("_scalar_states", ()))
     signature = signature.replace(parameters=[
         *signature.parameters.values(),
         inspect.Parameter("skip_if_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False)])
     attrs = dict(
         _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
         _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},
-        _keywords=tuple(k for k in kernel.keywords if k not in ("step", "mu_product")),
+        _keywords={k: v for k, v in kernel.keywords.items() if k not in ("step", "mu_product")},
         _takes_step=kernel.takes_step, __signature__=signature, __module__=__name__,
         __qualname__=name,
         __doc__=f"``torch.optim.{name}`` through :func:`fusedopt.{kernel.name}`: torch's arguments, "
-                f"defaults, checks and state ({', '.join(f'``{k}``' for k in ('step',) + keys)}).")
+                f"defaults, checks and state ({', '.join(f'``{k}``' for k in state_keys)}).")
     attrs.update(extra)
     return type(name, (_Described,), attrs)
 

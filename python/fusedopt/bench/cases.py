@@ -62,12 +62,17 @@ def bytes_per_element(rule: str, dtype: str) -> int:
     return (reads + writes) * np.dtype(DTYPES[dtype]).itemsize
 
 
+# Per case, worked out once (a timed call does nothing else): (function name, its state
+# argument names, its keyword arguments).
+_CALLS = {name: (fn, _states(fn, h), {**h, **({"step": STEP} if _rules.kernel(fn)[1].takes_step else {})})
+          for name, (fn, h) in CASES.items()}
+
+
 def call_fusedopt(rule: str, mod, p, g, s) -> None:
     """One step of the case ``rule``: ``mod`` is fusedopt or fusedopt.reference, p and g an
     array or a list of arrays, s the list of state roles."""
-    fn, hyper = CASES[rule]
-    step = {"step": STEP} if _rules.kernel(fn)[1].takes_step else {}
-    getattr(mod, fn)(p, g, **dict(zip(_states(fn, hyper), s)), **hyper, **step)
+    fn, names, kwargs = _CALLS[rule]
+    getattr(mod, fn)(p, g, **dict(zip(names, s)), **kwargs)
 
 
 SIZE_NAMES = {"2^10": 1 << 10, "2^16": 1 << 16, "2^20": 1 << 20, "2^24": 1 << 24, "2^27": 1 << 27}

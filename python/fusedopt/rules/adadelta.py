@@ -55,6 +55,7 @@ RULE = Rule(
     ``acc = rho*acc + (1-rho)*delta*delta``; ``p -= lr*delta``.
     """, examples={
             "adadelta": dict(lr=1.0, weight_decay=0.01),
+            "adadelta-plain": dict(),
             "adadelta-maximize": dict(lr=0.5, rho=0.5, maximize=True),
         }),),
 )

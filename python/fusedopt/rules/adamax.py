@@ -53,6 +53,8 @@ RULE = Rule(
     ``m = b1*m + (1-b1)*g``; ``u = max(b2*u, |g| + eps)``; ``p -= lr/(1-b1^t) * m / u``.
     """, examples={
             "adamax": dict(lr=0.01, weight_decay=0.01),
+            "adamax-plain": dict(lr=0.01),
+            "adamax-decay-maximize": dict(lr=0.01, weight_decay=0.1, maximize=True),
             "adamax-maximize": dict(lr=0.01, betas=(0.8, 0.99), maximize=True),
         }),),
 )

@@ -27,23 +27,27 @@ def _mu(beta1: float, momentum_decay: float, t: int) -> float:
     return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
 
 
-# The product mu_1 ... mu_t of the last call, so that a run of steps extends it by one
-# factor a call instead of multiplying from step 1 (the same products, in the same order).
-_last_product = (None, 0, 1.0)  # ((beta1, momentum_decay), t, product)
+# The product mu_1 ... mu_t of the last call for each (beta1, momentum_decay), so that a
+# run of steps extends it by one factor a call instead of multiplying from step 1 (the
+# same products, in the same order). Few settings are in use at once; the oldest goes.
+_products: dict = {}  # (beta1, momentum_decay) -> (t, product)
+_MAX_SETTINGS = 16
 _product_lock = threading.Lock()
 
 
 def mu_product_before(beta1: float, momentum_decay: float, step: int) -> float:
     """mu_1 * ... * mu_{step-1}: torch's mu_product state as the step finds it."""
-    global _last_product
-    key, t, product = _last_product
-    if key != (beta1, momentum_decay) or t > step - 1:
+    key = (beta1, momentum_decay)
+    t, product = _products.get(key, (0, 1.0))
+    if t > step - 1:
         t, product = 0, 1.0
-    while t < step - 1:
+    while t < step - 1 and product != 0.0:  # once it underflows to 0 it stays 0
         t += 1
         product *= _mu(beta1, momentum_decay, t)
     with _product_lock:
-        _last_product = ((beta1, momentum_decay), t, product)
+        if key not in _products and len(_products) >= _MAX_SETTINGS:
+            del _products[next(iter(_products))]
+        _products[key] = (max(t, step - 1) if product == 0.0 else t, product)
     return product
 
 
@@ -111,7 +115,10 @@ RULE = Rule(
         "nadam_", dict(step=REQUIRED, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                        momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
                        mu_product=None),
-        optimizer="NAdam", doc="""
+        optimizer="NAdam", optimizer_defaults=dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                                                   weight_decay=0.0, momentum_decay=4e-3,
+                                                   decoupled_weight_decay=False, maximize=False),
+        doc="""
     NAdam (torch.optim.NAdam), in place: Adam with Nesterov momentum on a schedule
     ``mu_t = b1 * (1 - 0.5 * 0.96^(t * momentum_decay))``. ``step`` counts from 1;
     ``exp_avgs`` and ``exp_avg_sqs`` start at zero. ``decoupled_weight_decay=True`` decays
@@ -119,12 +126,14 @@ RULE = Rule(
 
     ``mu_product`` is ``mu_1 * ... * mu_{step-1}``, the product torch keeps per parameter;
     None computes it from ``step`` with these betas and momentum_decay (pass it if they
-    changed during the run).
+    changed during the run). ``fusedopt.optim.NAdam`` computes it from the step;
+    ``fusedopt.torch.NAdam`` keeps it per param as torch does.
 
     ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``; ``d = sqrt(v/(1-b2^t)) + eps``;
     ``p -= lr*(1-mu_t)/(1-mu_1..mu_t) * g/d + lr*mu_{t+1}/(1-mu_1..mu_{t+1}) * m/d``.
     """, examples={
             "nadam": dict(lr=0.01, weight_decay=0.01),
+            "nadam-plain": dict(lr=0.01),
             "nadamw-maximize": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
                                     maximize=True),
         }),),

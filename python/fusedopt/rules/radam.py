@@ -102,6 +102,7 @@ RULE = Rule(
     """, examples={
             # rho_t passes 5 at step 6 for these betas: verify's 6 steps take both forms.
             "radam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
+            "radam-plain": dict(lr=0.01, betas=(0.9, 0.9)),
             "radamw-maximize": dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1,
                                     decoupled_weight_decay=True, maximize=True),
         }),),
