@@ -24,6 +24,8 @@ struct Names {
   PyObject* shape = PyUnicode_InternFromString("shape");
   PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
   PyObject* ndarray = PyUnicode_InternFromString("ndarray");
+  PyObject* torch = PyUnicode_InternFromString("torch");  // module names
+  PyObject* cupy = PyUnicode_InternFromString("cupy");
   // torch
   PyObject* Tensor = PyUnicode_InternFromString("Tensor");
   PyObject* Parameter = PyUnicode_InternFromString("Parameter");

@@ -95,8 +95,9 @@ std::shared_ptr<const ArrayTypes> ArrayKinds::current_types() {
   static py::object* cupy_module = new py::object();
   static auto* types = new std::shared_ptr<const ArrayTypes>();
   PyObject* modules = PyImport_GetModuleDict();
-  PyObject* torch = PyDict_GetItemString(modules, "torch");  // borrowed
-  PyObject* cupy = PyDict_GetItemString(modules, "cupy");
+  // Borrowed; by interned names: PyDict_GetItemString made a string per call.
+  PyObject* torch = PyDict_GetItem(modules, names().torch);
+  PyObject* cupy = PyDict_GetItem(modules, names().cupy);
   // A change to torch.Tensor or nn.Parameter (an attribute set on either) looks up their
   // slots again.
   if (*types && torch == torch_module->ptr() && cupy == cupy_module->ptr() &&
