@@ -159,7 +159,17 @@ bool take_int(PyObject* v, long long& out) {
     PyErr_Clear();
     return false;
   }
-  out = PyLong_AsLongLong(v);  // a bool is an int too
+  if (v == Py_True || v == Py_False) {  // most facts read are bools
+    out = v == Py_True;
+    Py_DECREF(v);
+    return true;
+  }
+  // Where long is 64 bits, PyLong_AsLong converts a pointer-sized int without the
+  // byte-array path PyLong_AsLongLong takes for it (CPython 3.11).
+  if constexpr (sizeof(long) == sizeof(long long))
+    out = PyLong_AsLong(v);
+  else
+    out = PyLong_AsLongLong(v);
   Py_DECREF(v);
   if (out == -1 && PyErr_Occurred()) {
     PyErr_Clear();
