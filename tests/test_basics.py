@@ -558,6 +558,24 @@ def test_torch_type_with_a_replaced_shape_is_checked_as_a_subclass(monkeypatch):
     assert torch.all(p == -1.0) and torch.count_nonzero(guard[4:]) == 0
 
 
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_facts_are_read_after_is_neg():
+    """torch's is_neg() releases the GIL, and another thread may point the tensor at other
+    memory meanwhile: the shape, pointer and storage are read after it, so that they are
+    of one tensor. Here a subclass's is_neg stands for that thread."""
+    import torch
+
+    class Moved(torch.Tensor):
+        def is_neg(self):
+            self.data = torch.zeros(4)
+            return False
+
+    p, g = torch.zeros(8).as_subclass(Moved), torch.ones(4)
+    assert fusedopt._core.read([p], [g], []) is None
+    fusedopt.sgd_([p], [g], lr=1.0)
+    assert p.shape == (4,) and torch.all(p == -1.0)
+
+
 def test_numpy_bool_flags_are_bools():
     """np.True_ is a bool to the flags (its type is numpy.bool in NumPy 2, numpy.bool_ in 1)."""
     p, g = np.ones(4, np.float32), np.full(4, 0.5, np.float32)

@@ -199,14 +199,13 @@ bool read_cupy(PyObject* o, ArrayFacts& f) {
 
 bool read_torch(PyObject* o, const TorchSlots& slots, bool direct, int64_t numel, ArrayFacts& f) {
   using S = TorchSlots;
-  long long on_cpu = 0, on_cuda = 0, ptr = 0, device = -1, contiguous = 0, negative = 0;
+  long long on_cpu = 0, on_cuda = 0, ptr = 0, device = -1, contiguous = 0;
   if (!take_int(slots.get(o, S::kIsCpu, direct), on_cpu)) return false;
   if (!on_cpu && (!take_int(slots.get(o, S::kIsCuda, direct), on_cuda) || !on_cuda ||
                   !take_int(slots.call(o, S::kGetDevice, direct), device) || device < 0))
     return false;
   if (!take_int(slots.call(o, S::kDataPtr, direct), ptr) ||
-      !take_int(slots.call(o, S::kIsContiguous, direct), contiguous) ||
-      !take_int(slots.call(o, S::kIsNeg, direct), negative) || negative || ptr < 0 || numel < 0)
+      !take_int(slots.call(o, S::kIsContiguous, direct), contiguous) || ptr < 0 || numel < 0)
     return false;
   PyObject* storage = slots.call(o, S::kUntypedStorage, direct);
   if (storage == nullptr) {

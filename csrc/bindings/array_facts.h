@@ -125,9 +125,9 @@ struct ArrayFacts {
 bool read_cupy(PyObject* o, ArrayFacts& f);
 
 // A torch tensor's facts through its own C methods and fields (through `slots` where
-// `direct`, else by name): on the CPU or on a CUDA device (other devices, and a tensor with
-// the negative bit, whose memory holds -x, are refused: false). The size comes from the
-// caller's shape read (`numel`).
+// `direct`, else by name): on the CPU or on a CUDA device (other devices are refused:
+// false). The size comes from the caller's shape read (`numel`); the negative bit is the
+// caller's to read, before anything else (read_array).
 bool read_torch(PyObject* o, const TorchSlots& slots, bool direct, int64_t numel, ArrayFacts& f);
 
 // A shape tuple (torch.Size is one) into dims; false if it is not a tuple of ints or has

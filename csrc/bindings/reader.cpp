@@ -135,6 +135,12 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
     it.torch = true;
     const TorchSlots& slots = types.known.torch_slots;
     const bool direct = types.torch_direct(o);
+    // The negative bit (its memory holds -x) first: is_neg() releases the GIL, and another
+    // thread may then point the tensor at other memory (.data =, set_()). The facts read
+    // after it, the GIL held throughout, are then all of one tensor: shape, pointer and the
+    // storage that keeps that pointer's memory.
+    long long negative = 0;
+    const bool sign_known = take_int(slots.call(o, TorchSlots::kIsNeg, direct), negative);
     PyObject* shape = slots.get(o, TorchSlots::kShape, direct);
     const bool shape_ok = read_shape(shape, it.dims, it.ndim, kMaxDims);
     Py_XDECREF(shape);
@@ -151,7 +157,7 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
     it.dtype = types.known.torch_dtype_code(d);
     Py_DECREF(d);
     ArrayFacts f;
-    if (!read_torch(o, slots, direct, it.count, f)) return Rule::kUnreachable;  // negative bit, or another device
+    if (!sign_known || negative || !read_torch(o, slots, direct, it.count, f)) return Rule::kUnreachable;
     if (!direct && it.dtype >= 0 && it.count > 0) {
       // A subclass, or a torch.Tensor whose attributes were replaced: its shape and methods
       // may be Python code, and a shape that claims more elements than the tensor has would
