@@ -504,6 +504,78 @@ def test_torch_types_are_not_cached_from_a_half_imported_module(monkeypatch):
     assert fusedopt._core.read([torch.ones(3)], [torch.ones(3)], []) is None
 
 
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_tensors_are_read_through_their_c_slots():
+    """torch.Tensor and nn.Parameter are read through torch's own C getters and methods,
+    looked up once; a subclass, whose attributes may be Python code, by name."""
+    import torch
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert fusedopt._core._torch_direct(torch.ones(2))
+    assert fusedopt._core._torch_direct(torch.nn.Parameter(torch.ones(2)))
+    assert not fusedopt._core._torch_direct(torch.ones(2).as_subclass(Sub))
+    assert not fusedopt._core._torch_direct(np.ones(2, np.float32))
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+@pytest.mark.parametrize("cls", ["Tensor", "Parameter"])
+def test_torch_type_with_a_replaced_method_is_read_by_name(monkeypatch, cls):
+    """A torch.Tensor (or nn.Parameter) whose is_neg was replaced after the reader looked
+    torch up is read by name from then on, as the attribute now says; and through the C
+    slots again once the type is as it was."""
+    import torch
+
+    def p():
+        return torch.nn.Parameter(torch.ones(3)) if cls == "Parameter" else torch.ones(3)
+
+    assert fusedopt._core.read([p()], [torch.ones(3)], []) is None
+    owner = torch.nn.Parameter if cls == "Parameter" else torch.Tensor
+    monkeypatch.setattr(owner, "is_neg", lambda self: True)
+    assert not fusedopt._core._torch_direct(p())
+    assert fusedopt._core.read([p()], [torch.ones(3)], [])[:3] == ("unreachable", 0, 0)
+    monkeypatch.undo()
+    assert fusedopt._core._torch_direct(p())
+    assert fusedopt._core.read([p()], [torch.ones(3)], []) is None
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_type_with_a_replaced_shape_is_checked_as_a_subclass(monkeypatch):
+    """A torch.Tensor read by name gets a subclass's checks: a shape property put on the
+    type that claims more elements than the tensor has is refused, not run past its end."""
+    import torch
+
+    guard = torch.zeros(4096)
+    p, g = guard[:4], torch.ones(8)[:4]
+    monkeypatch.setattr(torch.Tensor, "shape", property(lambda self: torch.Size([1024])))
+    assert fusedopt._core.read([p], [g], [])[0] == "not_array"
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        fusedopt.sgd_([p], [g], lr=1.0)
+    assert torch.count_nonzero(guard) == 0
+    monkeypatch.undo()
+    fusedopt.sgd_([p], [g], lr=1.0)
+    assert torch.all(p == -1.0) and torch.count_nonzero(guard[4:]) == 0
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_facts_are_read_after_is_neg():
+    """torch's is_neg() releases the GIL, and another thread may point the tensor at other
+    memory meanwhile: the shape, pointer and storage are read after it, so that they are
+    of one tensor. Here a subclass's is_neg stands for that thread."""
+    import torch
+
+    class Moved(torch.Tensor):
+        def is_neg(self):
+            self.data = torch.zeros(4)
+            return False
+
+    p, g = torch.zeros(8).as_subclass(Moved), torch.ones(4)
+    assert fusedopt._core.read([p], [g], []) is None
+    fusedopt.sgd_([p], [g], lr=1.0)
+    assert p.shape == (4,) and torch.all(p == -1.0)
+
+
 def test_numpy_bool_flags_are_bools():
     """np.True_ is a bool to the flags (its type is numpy.bool in NumPy 2, numpy.bool_ in 1)."""
     p, g = np.ones(4, np.float32), np.full(4, 0.5, np.float32)

@@ -30,8 +30,122 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_parameter = imported_attr("torch.nn", n.Parameter);
     t.torch_float32 = imported_attr("torch", n.float32);
     t.torch_float64 = imported_attr("torch", n.float64);
+    t.torch_slots = TorchSlots::resolve(t.torch_tensor.ptr(), t.torch_parameter.ptr());
   }
   return t;
+}
+
+namespace {
+
+PyObject* getter_name(TorchSlots::Getter g) {
+  const Names& n = names();
+  PyObject* const all[TorchSlots::kGetters] = {n.is_cpu, n.is_cuda, n.dtype, n.shape};
+  return all[g];
+}
+
+PyObject* method_name(TorchSlots::Method m) {
+  const Names& n = names();
+  PyObject* const all[TorchSlots::kMethods] = {n.data_ptr, n.is_contiguous, n.is_neg, n.untyped_storage,
+                                               n.get_device};
+  return all[m];
+}
+
+// The attribute `name` of a type as its instances find it, if it is a descriptor of exactly
+// `descr_type` defined by a base of `type`; else null. Borrowed from the type's MRO.
+PyObject* c_descriptor(PyTypeObject* type, PyObject* name, PyTypeObject* descr_type) {
+  PyObject* d = _PyType_Lookup(type, name);
+  if (d == nullptr || Py_TYPE(d) != descr_type) return nullptr;
+  PyTypeObject* owner = reinterpret_cast<PyDescrObject*>(d)->d_type;
+  return PyType_IsSubtype(type, owner) ? d : nullptr;
+}
+
+// A type's version tag: CPython gives it a new one whenever the type or a base changes
+// (0: none yet). Before 3.12 a stale tag keeps its value and loses the flag.
+unsigned int version_tag(PyTypeObject* type) {
+#if PY_VERSION_HEX < 0x030C0000
+  if (!PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
+#endif
+  return type->tp_version_tag;
+}
+
+// Fills s's slots from torch's types; false where one is not as expected.
+bool resolve_slots(TorchSlots& s, PyTypeObject* tensor, PyTypeObject* parameter) {
+  using S = TorchSlots;
+  // The slots stand for what an attribute read finds: only through the generic lookup, where
+  // a data descriptor (the getters) wins over the instance's __dict__. A method could be
+  // shadowed by an instance's __dict__ entry; the slots then read the tensor's own facts.
+  if (tensor->tp_getattro != PyObject_GenericGetAttr || parameter->tp_getattro != PyObject_GenericGetAttr)
+    return false;
+  for (int g = 0; g < S::kGetters; ++g) {
+    PyObject* name = getter_name(static_cast<S::Getter>(g));
+    PyObject* d = c_descriptor(tensor, name, &PyGetSetDescr_Type);
+    // Parameter must find the very same descriptor (it overrides none of these today).
+    if (d == nullptr || d != c_descriptor(parameter, name, &PyGetSetDescr_Type)) return false;
+    PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(d)->d_getset;
+    if (def == nullptr || def->get == nullptr) return false;
+    s.getters[g] = def;
+    s.descrs[g] = py::reinterpret_borrow<py::object>(d);
+  }
+  for (int m = 0; m < S::kMethods; ++m) {
+    PyObject* name = method_name(static_cast<S::Method>(m));
+    PyObject* d = c_descriptor(tensor, name, &PyMethodDescr_Type);
+    if (d == nullptr || d != c_descriptor(parameter, name, &PyMethodDescr_Type)) return false;
+    PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(d)->d_method;
+    // The C function itself for the two calling conventions torch's tensor methods use;
+    // for any other, the descriptor's own call.
+    const int flags = def == nullptr ? 0 : def->ml_flags & ~METH_COEXIST;
+    if (def != nullptr && def->ml_meth != nullptr && (flags == METH_NOARGS || flags == (METH_VARARGS | METH_KEYWORDS)))
+      s.methods[m] = def;
+    s.descrs[S::kGetters + m] = py::reinterpret_borrow<py::object>(d);
+  }
+  s.no_args = py::reinterpret_steal<py::object>(PyTuple_New(0));
+  if (!s.no_args) PyErr_Clear();
+  return static_cast<bool>(s.no_args);
+}
+
+}  // namespace
+
+TorchSlots TorchSlots::resolve(PyObject* tensor_type, PyObject* parameter_type) {
+  TorchSlots s;
+  if (!PyType_Check(tensor_type) || !PyType_Check(parameter_type)) return s;
+  auto* tensor = reinterpret_cast<PyTypeObject*>(tensor_type);
+  auto* parameter = reinterpret_cast<PyTypeObject*>(parameter_type);
+  const bool resolved = resolve_slots(s, tensor, parameter);
+  // After the lookups, which give the types their tags; kept whether or not the slots
+  // resolved, so that a type changed back is looked up again.
+  s.tensor_tag = version_tag(tensor);
+  s.parameter_tag = version_tag(parameter);
+  s.ready = resolved && s.tensor_tag != 0 && s.parameter_tag != 0;
+  return s;
+}
+
+bool TorchSlots::stale(PyObject* tensor_type, PyObject* parameter_type) const {
+  if (!PyType_Check(tensor_type) || !PyType_Check(parameter_type)) return false;
+  return version_tag(reinterpret_cast<PyTypeObject*>(tensor_type)) != tensor_tag ||
+         version_tag(reinterpret_cast<PyTypeObject*>(parameter_type)) != parameter_tag;
+}
+
+PyObject* TorchSlots::get(PyObject* o, Getter g, bool direct) const {
+  if (!direct) return PyObject_GetAttr(o, getter_name(g));
+  return getters[g]->get(o, getters[g]->closure);
+}
+
+PyObject* TorchSlots::call(PyObject* o, Method m, bool direct) const {
+  if (!direct) return PyObject_CallMethodNoArgs(o, method_name(m));
+  const PyMethodDef* def = methods[m];
+  // The descriptor called with o as self: what o.m() runs, without the lookup.
+  if (def == nullptr) return PyObject_Vectorcall(descrs[kGetters + m].ptr(), &o, 1, nullptr);
+  // Its C function, without the descriptor's checks (o's type is one whose base defines m:
+  // checked when resolved).
+  PyObject* r = (def->ml_flags & METH_KEYWORDS)
+                    ? reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)()>(def->ml_meth))(
+                          o, no_args.ptr(), nullptr)
+                    : def->ml_meth(o, nullptr);
+  if (r != nullptr && PyErr_Occurred()) {  // a result and an error: as the interpreter, an error
+    Py_DECREF(r);
+    return nullptr;
+  }
+  return r;
 }
 
 int ArrayTypes::torch_dtype_code(PyObject* dtype) const {
@@ -45,7 +159,17 @@ bool take_int(PyObject* v, long long& out) {
     PyErr_Clear();
     return false;
   }
-  out = PyLong_AsLongLong(v);  // a bool is an int too
+  if (v == Py_True || v == Py_False) {  // most facts read are bools
+    out = v == Py_True;
+    Py_DECREF(v);
+    return true;
+  }
+  // Where long is 64 bits, PyLong_AsLong converts a pointer-sized int without the
+  // byte-array path PyLong_AsLongLong takes for it (CPython 3.11).
+  if constexpr (sizeof(long) == sizeof(long long))
+    out = PyLong_AsLong(v);
+  else
+    out = PyLong_AsLongLong(v);
   Py_DECREF(v);
   if (out == -1 && PyErr_Occurred()) {
     PyErr_Clear();
@@ -73,16 +197,17 @@ bool read_cupy(PyObject* o, ArrayFacts& f) {
   return true;
 }
 
-bool read_torch(PyObject* o, int64_t numel, ArrayFacts& f) {
-  const Names& n = names();
-  long long on_cpu = 0, on_cuda = 0, ptr = 0, device = -1, contiguous = 0, negative = 0;
-  if (!int_attr(o, n.is_cpu, on_cpu)) return false;
-  if (!on_cpu && (!int_attr(o, n.is_cuda, on_cuda) || !on_cuda || !call_int(o, n.get_device, device) || device < 0))
+bool read_torch(PyObject* o, const TorchSlots& slots, bool direct, int64_t numel, ArrayFacts& f) {
+  using S = TorchSlots;
+  long long on_cpu = 0, on_cuda = 0, ptr = 0, device = -1, contiguous = 0;
+  if (!take_int(slots.get(o, S::kIsCpu, direct), on_cpu)) return false;
+  if (!on_cpu && (!take_int(slots.get(o, S::kIsCuda, direct), on_cuda) || !on_cuda ||
+                  !take_int(slots.call(o, S::kGetDevice, direct), device) || device < 0))
     return false;
-  if (!call_int(o, n.data_ptr, ptr) || !call_int(o, n.is_contiguous, contiguous) ||
-      !call_int(o, n.is_neg, negative) || negative || ptr < 0 || numel < 0)
+  if (!take_int(slots.call(o, S::kDataPtr, direct), ptr) ||
+      !take_int(slots.call(o, S::kIsContiguous, direct), contiguous) || ptr < 0 || numel < 0)
     return false;
-  PyObject* storage = PyObject_CallMethodNoArgs(o, n.untyped_storage);
+  PyObject* storage = slots.call(o, S::kUntypedStorage, direct);
   if (storage == nullptr) {
     PyErr_Clear();
     return false;

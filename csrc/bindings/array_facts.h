@@ -24,6 +24,8 @@ struct Names {
   PyObject* shape = PyUnicode_InternFromString("shape");
   PyObject* c_contiguous = PyUnicode_InternFromString("_c_contiguous");
   PyObject* ndarray = PyUnicode_InternFromString("ndarray");
+  PyObject* torch = PyUnicode_InternFromString("torch");  // module names
+  PyObject* cupy = PyUnicode_InternFromString("cupy");
   // torch
   PyObject* Tensor = PyUnicode_InternFromString("Tensor");
   PyObject* Parameter = PyUnicode_InternFromString("Parameter");
@@ -44,12 +46,48 @@ const Names& names();
 // An attribute of a module that has been imported (this never imports one), or None.
 py::object imported_attr(const char* module, PyObject* name);
 
+// torch.Tensor's own C getters and methods, looked up once per torch module and called
+// without the attribute protocol: the type lookup, the instance __dict__ probe and the
+// method-call machinery cost about as much per fact as the fact itself (a tensor read
+// took ~0.5 us where a NumPy array takes ~30 ns). Used for torch.Tensor and
+// nn.Parameter exactly, while their types are as when looked up (tp_version_tag: any
+// attribute set on either type, or on a base, changes it); subclasses, a torch whose
+// attributes are not the C descriptors expected, and a changed type are read by name.
+struct TorchSlots {
+  enum Getter { kIsCpu, kIsCuda, kDtype, kShape, kGetters };
+  enum Method { kDataPtr, kIsContiguous, kIsNeg, kUntypedStorage, kGetDevice, kMethods };
+
+  bool ready = false;  // every slot below resolved as expected
+  PyGetSetDef* getters[kGetters] = {};
+  PyMethodDef* methods[kMethods] = {};     // null: called through its descriptor
+  py::object descrs[kGetters + kMethods];  // own the PyGetSetDefs and PyMethodDefs
+  py::object no_args;                      // () for METH_VARARGS methods
+  // The types' version tags when resolved (0: none, which never matches).
+  unsigned int tensor_tag = 0, parameter_tag = 0;
+
+  static TorchSlots resolve(PyObject* tensor_type, PyObject* parameter_type);
+  // Whether a tensor of exactly torch.Tensor or nn.Parameter may be read through the slots.
+  bool direct_for(PyObject* o, PyObject* tensor_type) const {
+    if (!ready) return false;
+    PyTypeObject* t = Py_TYPE(o);
+    const unsigned int tag = reinterpret_cast<PyObject*>(t) == tensor_type ? tensor_tag : parameter_tag;
+    return tag != 0 && t->tp_version_tag == tag;
+  }
+  // Whether either type changed since resolved (then the slots are looked up again).
+  bool stale(PyObject* tensor_type, PyObject* parameter_type) const;
+  // A getter's value or a method's result (no arguments): a new reference, or null with a
+  // Python error set. Through the slot where `direct`, else by name.
+  PyObject* get(PyObject* o, Getter g, bool direct) const;
+  PyObject* call(PyObject* o, Method m, bool direct) const;
+};
+
 // The array types read here, exactly (a subclass goes to the Python checks), where their
 // library has been imported. Looked up per call, not cached: a few dict lookups, and the
 // tests swap CuPy for a stand-in.
 enum class Kind { kNone, kCupy, kTorch };
 struct ArrayTypes {
   py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64;
+  TorchSlots torch_slots;
 
   static ArrayTypes imported();
 
@@ -86,10 +124,11 @@ struct ArrayFacts {
 // reads of CuPy's C fields (tens of ns each); `flags` would build an object per read.
 bool read_cupy(PyObject* o, ArrayFacts& f);
 
-// A torch tensor's facts through its own C methods and fields (about 0.1 us each): on the
-// CPU or on a CUDA device (other devices, and a tensor with the negative bit, whose memory
-// holds -x, are refused: false). The size comes from the caller's shape read (`numel`).
-bool read_torch(PyObject* o, int64_t numel, ArrayFacts& f);
+// A torch tensor's facts through its own C methods and fields (through `slots` where
+// `direct`, else by name): on the CPU or on a CUDA device (other devices are refused:
+// false). The size comes from the caller's shape read (`numel`); the negative bit is the
+// caller's to read, before anything else (read_array).
+bool read_torch(PyObject* o, const TorchSlots& slots, bool direct, int64_t numel, ArrayFacts& f);
 
 // A shape tuple (torch.Size is one) into dims; false if it is not a tuple of ints or has
 // more than `max_dims` entries.

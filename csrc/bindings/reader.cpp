@@ -95,9 +95,15 @@ std::shared_ptr<const ArrayTypes> ArrayKinds::current_types() {
   static py::object* cupy_module = new py::object();
   static auto* types = new std::shared_ptr<const ArrayTypes>();
   PyObject* modules = PyImport_GetModuleDict();
-  PyObject* torch = PyDict_GetItemString(modules, "torch");  // borrowed
-  PyObject* cupy = PyDict_GetItemString(modules, "cupy");
-  if (*types && torch == torch_module->ptr() && cupy == cupy_module->ptr()) return *types;
+  // Borrowed; by interned names: PyDict_GetItemString made a string per call.
+  PyObject* torch = PyDict_GetItem(modules, names().torch);
+  PyObject* cupy = PyDict_GetItem(modules, names().cupy);
+  // A change to torch.Tensor or nn.Parameter (an attribute set on either) looks up their
+  // slots again.
+  if (*types && torch == torch_module->ptr() && cupy == cupy_module->ptr() &&
+      ((*types)->torch_tensor.is_none() ||
+       !(*types)->torch_slots.stale((*types)->torch_tensor.ptr(), (*types)->torch_parameter.ptr())))
+    return *types;
   auto fresh = std::make_shared<const ArrayTypes>(ArrayTypes::imported());
   // A module still being imported (on another thread) has no Tensor or ndarray yet: use
   // what it has now, but do not keep it, or torch tensors would stay unknown for good.
@@ -127,8 +133,23 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
   }
   if (types.is_torch(o)) {
     it.torch = true;
-    if (!read_array_shape(o, it)) return Rule::kNotArray;
-    PyObject* d = PyObject_GetAttr(o, names().dtype);
+    const TorchSlots& slots = types.known.torch_slots;
+    const bool direct = types.torch_direct(o);
+    // The negative bit (its memory holds -x) first: is_neg() releases the GIL, and another
+    // thread may then point the tensor at other memory (.data =, set_()). The facts read
+    // after it, the GIL held throughout, are then all of one tensor: shape, pointer and the
+    // storage that keeps that pointer's memory.
+    long long negative = 0;
+    const bool sign_known = take_int(slots.call(o, TorchSlots::kIsNeg, direct), negative);
+    PyObject* shape = slots.get(o, TorchSlots::kShape, direct);
+    const bool shape_ok = read_shape(shape, it.dims, it.ndim, kMaxDims);
+    Py_XDECREF(shape);
+    if (!shape_ok) {
+      PyErr_Clear();
+      return Rule::kNotArray;
+    }
+    it.count_from_dims();
+    PyObject* d = slots.get(o, TorchSlots::kDtype, direct);
     if (d == nullptr) {
       PyErr_Clear();
       return Rule::kNotArray;
@@ -136,11 +157,12 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
     it.dtype = types.known.torch_dtype_code(d);
     Py_DECREF(d);
     ArrayFacts f;
-    if (!read_torch(o, it.count, f)) return Rule::kUnreachable;  // negative bit, or another device
-    if (types.known.kind(o) != Kind::kTorch && it.dtype >= 0 && it.count > 0) {
-      // A subclass: its shape and methods may be Python code, and a shape that claims
-      // more elements than the tensor has would send the kernel past its end. The shape
-      // must agree with numel(), and the elements lie inside the tensor's storage.
+    if (!sign_known || negative || !read_torch(o, slots, direct, it.count, f)) return Rule::kUnreachable;
+    if (!direct && it.dtype >= 0 && it.count > 0) {
+      // A subclass, or a torch.Tensor whose attributes were replaced: its shape and methods
+      // may be Python code, and a shape that claims more elements than the tensor has would
+      // send the kernel past its end. The shape must agree with numel(), and the elements
+      // lie inside the tensor's storage.
       long long numel = 0, first = 0, nbytes = 0;
       if (!call_int(o, names().numel, numel) || numel != it.count ||
           !call_int(f.memory.ptr(), names().data_ptr, first) || !call_int(f.memory.ptr(), names().nbytes, nbytes))

@@ -145,6 +145,10 @@ struct ArrayKinds {
   // either module object changed (it was imported, or swapped for a stand-in).
   static std::shared_ptr<const ArrayTypes> current_types();
   bool is_torch(PyObject* o) const;  // torch.Tensor and its subclasses
+  // A torch tensor read through torch's own C getters and methods (TorchSlots), not by name.
+  bool torch_direct(PyObject* o) const {
+    return known.kind(o) == Kind::kTorch && known.torch_slots.direct_for(o, known.torch_tensor.ptr());
+  }
   static bool is_cupy(PyObject* o);  // CuPy's arrays, by their type's module
 };
 

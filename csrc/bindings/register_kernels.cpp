@@ -157,6 +157,11 @@ void register_kernels(py::module_& m) {
       "count_nonfinite", [grads_call](py::handle grads) { return grads_call(grads)->count_nonfinite(); },
       arg("grads"), "NaN and infinite values among the grads.");
 
+  m.def(
+      "_torch_direct", [](py::handle o) { return ArrayKinds().torch_direct(o.ptr()); }, arg("tensor"),
+      "For the tests: whether the reader reads this torch tensor through torch's own C getters "
+      "and methods, resolved once, rather than by attribute name.");
+
   m.def("step_fields", &step_fields, "Each rule's coefficient fields, in order (common/steps.h).");
   m.def(
       "step_numbers", [] { return step_field_table().n_numbers; },
