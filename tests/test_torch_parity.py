@@ -48,7 +48,8 @@ def torch_state(name: str) -> str:
 
 def _torch_optimizer(case, tensors):
     k = dict(case.kwargs)
-    common = dict(lr=k.pop("lr"), weight_decay=k.pop("weight_decay", 0.0),
+    common = dict(lr=k.pop("lr", fusedopt.rules.kernel(case.fn)[1].keywords["lr"]),
+                  weight_decay=k.pop("weight_decay", 0.0),
                   maximize=k.pop("maximize", False), foreach=False)
     if case.fn in ("sgd_", "adaptive_sgd_"):
         assert k.pop("convention", "torch") == "torch"
