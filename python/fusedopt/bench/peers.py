@@ -4,7 +4,9 @@ case's arrays. The NumPy peer is fusedopt.reference, called as fusedopt is (case
 
 from __future__ import annotations
 
-from .cases import Arrays
+from fusedopt import rules as _rules
+
+from .cases import CASES, Arrays
 
 # The same rule in torch.optim: (class name, keyword arguments).
 _TORCH = {
@@ -23,6 +25,7 @@ _DEEPSPEED = {
     "adamw": ("deepspeed.ops.adam", "DeepSpeedCPUAdam",
               dict(lr=1e-3, weight_decay=0.01, adamw_mode=True)),
     "adagrad": ("deepspeed.ops.adagrad", "DeepSpeedCPUAdagrad", dict(lr=0.01)),
+    "lion": ("deepspeed.ops.lion", "DeepSpeedCPULion", dict(lr=1e-4, weight_decay=0.1)),
 }
 PEERS = ("numpy", "torch", "deepspeed")
 TORCH_VARIANTS = (("torch-foreach=False", dict(foreach=False)),
@@ -76,8 +79,18 @@ class TorchPeer:
         self.params = None
 
 
+def _torch_spec(torch, rule):
+    """(torch class name, keyword arguments) of a case, or None: the table above, else the
+    torch class of the case's optimizer name (fusedopt/rules/) with the case's arguments."""
+    if rule in _TORCH:
+        return _TORCH[rule]
+    fn, hyper = CASES[rule]
+    name = _rules.kernel(fn)[1].optimizer
+    return (name, dict(hyper)) if name and hasattr(torch.optim, name) else None
+
+
 def torch_peer(torch, rule, variant_kwargs, arrays):
-    spec = _TORCH.get(rule)
+    spec = _torch_spec(torch, rule)
     if spec is None:
         return None, "no torch.optim equivalent"
     cls_name, kwargs = spec
