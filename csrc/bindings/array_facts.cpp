@@ -30,6 +30,8 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_parameter = imported_attr("torch.nn", n.Parameter);
     t.torch_float32 = imported_attr("torch", n.float32);
     t.torch_float64 = imported_attr("torch", n.float64);
+    t.torch_bfloat16 = imported_attr("torch", n.bfloat16);
+    t.torch_float16 = imported_attr("torch", n.float16);
   }
   return t;
 }
@@ -37,6 +39,8 @@ ArrayTypes ArrayTypes::imported() {
 int ArrayTypes::torch_dtype_code(PyObject* dtype) const {
   if (dtype == torch_float32.ptr()) return static_cast<int>(DType::kFloat32);
   if (dtype == torch_float64.ptr()) return static_cast<int>(DType::kFloat64);
+  if (dtype == torch_bfloat16.ptr()) return static_cast<int>(DType::kBFloat16);
+  if (dtype == torch_float16.ptr()) return static_cast<int>(DType::kFloat16);
   return -1;
 }
 

@@ -13,10 +13,15 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "common/batch.h"
 #include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cpu/kernel_table.h"
+#include "math/storage.h"
 #include "math/sumsq.h"
 #include "math/traffic.h"
 
@@ -31,14 +36,65 @@ namespace {
 using math::Momentum;
 using math::WeightDecay;
 
-// --- storage <-> compute conversion: the one place float16/bfloat16 will slot in. -------
-template <class T, class S>
-inline T load_as(S x) {
-  return static_cast<T>(x);
+// --- storage <-> compute conversion ----------------------------------------------------
+// Arrays stored in the compute type are run in place (run_range). Any other call converts
+// in stages of kStage elements: each 16-bit role is widened into a float32 buffer on the
+// stack, the rule runs over the buffers (and over the float32 arrays themselves), and the
+// written 16-bit roles are rounded back (run_range_staged). Every array is still read and
+// written once per step; the buffers stay in L1. Each rule variant is compiled once for
+// staged calls, whatever the combination of storage types, instead of once per
+// combination: the conversions are the few loops below.
+constexpr int64_t kStage = 256;
+
+void widen_bf16(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = math::bf16_to_float(src[i]);
 }
-template <class S, class T>
-inline S store_as(T x) {
-  return static_cast<S>(x);
+
+void narrow_bf16(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = math::float_to_bf16(src[i]);
+}
+
+// F16C (the avx2 and avx512 builds) rounds to nearest even and treats NaN as
+// math::float_to_f16 does; the scalar ends take the integer path, with the same bits.
+void widen_f16(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#endif
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = math::f16_to_float(src[i]);
+}
+
+void narrow_f16(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = math::float_to_f16(src[i]);
+}
+
+// (itemsize_of of common/dtype.h is an inline function with external linkage: see the top.)
+int bytes_of(DType d) { return d == DType::kFloat64 ? 8 : (d == DType::kFloat32 ? 4 : 2); }
+
+void widen_into(DType d, const void* src, float* dst, int64_t n) {
+  if (d == DType::kBFloat16) widen_bf16(static_cast<const uint16_t*>(src), dst, n);
+  else widen_f16(static_cast<const uint16_t*>(src), dst, n);
+}
+
+void narrow_into(DType d, const float* src, void* dst, int64_t n) {
+  if (d == DType::kBFloat16) narrow_bf16(src, static_cast<uint16_t*>(dst), n);
+  else narrow_f16(src, static_cast<uint16_t*>(dst), n);
 }
 
 // --- the element loop ---------------------------------------------------------------------
@@ -48,17 +104,18 @@ inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, 
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
   for (int64_t i = lo; i < hi; ++i) {
-    T pv = load_as<T>(p[i]);
-    const T gv = load_as<T>(g[i]);
+    static_assert(std::is_same<S, T>::value, "the loop runs on arrays of the compute type");
+    T pv = p[i];
+    const T gv = g[i];
     T st[N > 0 ? N : 1];
-    if constexpr (N > 0) st[0] = load_as<T>(s0[i]);
-    if constexpr (N > 1) st[1] = load_as<T>(s1[i]);
-    if constexpr (N > 2) st[2] = load_as<T>(s2[i]);
+    if constexpr (N > 0) st[0] = s0[i];
+    if constexpr (N > 1) st[1] = s1[i];
+    if constexpr (N > 2) st[2] = s2[i];
     rule(pv, gv, st);
-    p[i] = store_as<S>(pv);
-    if constexpr (N > 0) s0[i] = store_as<S>(st[0]);
-    if constexpr (N > 1) s1[i] = store_as<S>(st[1]);
-    if constexpr (N > 2) s2[i] = store_as<S>(st[2]);
+    p[i] = pv;
+    if constexpr (N > 0) s0[i] = st[0];
+    if constexpr (N > 1) s1[i] = st[1];
+    if constexpr (N > 2) s2[i] = st[2];
   }
 }
 
@@ -174,31 +231,85 @@ void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   }
 }
 
+// A range of a call with 16-bit roles (float32 arithmetic): kStage elements at a time,
+// each 16-bit role through a float32 buffer, float32 roles in place. The prefetch runs
+// kPrefetchAhead bytes of float32 ahead of the stage on every stream (half that distance
+// in bytes on the 16-bit ones).
+template <class Rule>
+void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
+  constexpr int R = 2 + Rule::kNumStates;
+  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(float));
+  alignas(64) float buf[R][kStage];
+  int size[R];
+  bool narrow[R];
+  for (int r = 0; r < R; ++r) {
+    size[r] = bytes_of(b.dtypes[r]);
+    narrow[r] = b.dtypes[r] != DType::kFloat32;
+  }
+  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin); t < b.n_tensors && b.offsets[t] < end; ++t) {
+    const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+    const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+    char* base[R];
+    for (int r = 0; r < R; ++r) base[r] = static_cast<char*>(b.ptrs[r][t]);
+    for (int64_t i = lo; i < hi; i += kStage) {
+      const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+      if (i + D + m <= hi) {
+        for (int r = 0; r < R; ++r)
+          for (int64_t k = (i + D) * size[r]; k < (i + D + m) * size[r]; k += 64) {
+            if (r == kGrad) __builtin_prefetch(base[r] + k, 0, 3);
+            else __builtin_prefetch(base[r] + k, 1, 3);
+          }
+      }
+      float* x[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+      for (int r = 0; r < R; ++r) {
+        if (narrow[r]) {
+          widen_into(b.dtypes[r], base[r] + i * size[r], buf[r], m);
+          x[r] = buf[r];
+        } else {
+          x[r] = reinterpret_cast<float*>(base[r]) + i;
+        }
+      }
+      run_elems(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
+      for (int r = 0; r < R; ++r)
+        if (narrow[r] && r != kGrad) narrow_into(b.dtypes[r], buf[r], base[r] + i * size[r], m);
+    }
+  }
+}
+
 // --- entry points -------------------------------------------------------------------------
 // One entry point per rule: the step's flags select the rule variant (common/flag_dispatch.h,
 // shared with CUDA), whose coefficients are rounded once to the compute type.
 template <class Step>
 void update(const Step& s, const Batch& b, int64_t begin, int64_t end) {
-  with_rule(s, b.dtype, [&](auto rule, auto storage) {
+  with_rule(s, b.compute_dtype(), [&](auto rule, auto compute) {
     using Rule = typename decltype(rule)::type;
-    using S = typename decltype(storage)::type;
-    run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+    using T = typename decltype(compute)::type;
+    const Rule r{cast_coeffs<T>(s.c)};
+    if (b.stored_as_computed()) {
+      run_range<Rule, T>(r, b, begin, end);
+    } else if constexpr (std::is_same<T, float>::value) {
+      run_range_staged(r, b, begin, end);
+    }
   });
 }
 
-template <int N, class S>
+template <int N, class T>
 void traffic_n(const Batch& b, int64_t begin, int64_t end) {
-  run_range<math::TrafficRule<S, N>, S>(math::TrafficRule<S, N>{}, b, begin, end);
+  if (b.stored_as_computed()) {
+    run_range<math::TrafficRule<T, N>, T>(math::TrafficRule<T, N>{}, b, begin, end);
+  } else if constexpr (std::is_same<T, float>::value) {
+    run_range_staged(math::TrafficRule<float, N>{}, b, begin, end);
+  }
 }
 
 void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
+  with_compute(b.compute_dtype(), [&](auto st) {
+    using T = decltype(st);
     switch (s.n_states) {
-      case 0: traffic_n<0, S>(b, begin, end); break;
-      case 1: traffic_n<1, S>(b, begin, end); break;
-      case 2: traffic_n<2, S>(b, begin, end); break;
-      default: traffic_n<3, S>(b, begin, end); break;
+      case 0: traffic_n<0, T>(b, begin, end); break;
+      case 1: traffic_n<1, T>(b, begin, end); break;
+      case 2: traffic_n<2, T>(b, begin, end); break;
+      default: traffic_n<3, T>(b, begin, end); break;
     }
   });
 }
@@ -217,7 +328,7 @@ double block_sumsq(const S* __restrict x, int64_t n) {
 
 void sumsq_blocks(const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
                   double* partials) {
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
          t < b.n_tensors && block_offsets[t] < end; ++t) {
@@ -238,7 +349,8 @@ template <class S>
 int64_t count_nonfinite_in(const S* __restrict x, int64_t n) {
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const S d = x[i] - x[i];  // 0 for finite values, NaN for NaN and +-inf
+    const auto v = math::widen(x[i]);
+    const auto d = v - v;  // 0 for finite values, NaN for NaN and +-inf
     count += (d != d);
   }
   return count;
@@ -246,7 +358,7 @@ int64_t count_nonfinite_in(const S* __restrict x, int64_t n) {
 
 int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
   int64_t count = 0;
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
          t < b.n_tensors && b.offsets[t] < end; ++t) {
