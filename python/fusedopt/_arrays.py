@@ -22,7 +22,8 @@ import numpy as np
 
 from fusedopt import _core, _storage
 
-SUPPORTED_DTYPES = "float32, float64, bfloat16 or float16"  # as the reader (csrc/bindings/reader.cpp) takes them
+# As the reader (csrc/bindings/reader.cpp) takes them, in the combinations it allows.
+SUPPORTED_DTYPES = "float32, float64, bfloat16 or float16"
 
 
 class Prepared:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from fusedopt import _arrays, _coeffs, _core, _dispatch, _kernels, _native, _storage, cuda, rules
+from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, _storage, cuda, rules
 
 
 class Optimizer:
@@ -358,7 +358,7 @@ def _state_dtype(name: str, prep, state_dtype):
                 wanted = _storage.dtype_name(state_dtype)
             except TypeError:
                 pass  # a torch dtype: its name, as str() gives it
-        allowed = _core.storage_combinations.get(param, ((), ()))[1]
+        allowed = _native.core().storage_combinations.get(param, ((), ()))[1]
         if wanted not in allowed:
             raise TypeError(f"{name}: state_dtype {wanted} does not go with {param} params; "
                             f"with {param} params the states must be {' or '.join(allowed)}")

@@ -347,7 +347,10 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                     call_fusedopt(rule, _reference, *arrays_ref)
 
                 rows.append(peer_rows("numpy-reference", ref, cfg.ref_repeats, nt))
-        if torch is not None and "torch" in cfg.peers:
+        # The peers step on torch tensors made from float32/float64 arrays; bfloat16 rows
+        # (ml_dtypes arrays) have the roof and the NumPy reference only.
+        peers_take = dtype in ("float32", "float64")
+        if torch is not None and "torch" in cfg.peers and peers_take:
             for impl, kw in TORCH_VARIANTS:
                 progress.set(f"{label} t={nt}: {impl}")
                 peer, why = torch_peer(torch, rule, kw, arrays)
@@ -360,7 +363,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                 peer.close()
                 del peer
                 gc.collect()
-        if have_ds and "deepspeed" in cfg.peers:
+        if have_ds and "deepspeed" in cfg.peers and peers_take:
             progress.set(f"{label} t={nt}: deepspeed")
             peer, why = deepspeed_peer(torch, rule, arrays)
             if peer is None:
