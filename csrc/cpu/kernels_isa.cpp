@@ -43,7 +43,8 @@ using math::WeightDecay;
 // written 16-bit roles are rounded back (run_range_staged). Every array is still read and
 // written once per step; the buffers stay in L1. Each rule variant is compiled once for
 // staged calls, whatever the combination of storage types, instead of once per
-// combination: the conversions are the few loops below.
+// combination: the conversions are the few loops below. (The two bfloat16 recipes of
+// run_stored are compiled fused as well, for speed.)
 constexpr int64_t kStage = 256;
 
 void widen_bf16(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
@@ -98,24 +99,62 @@ void narrow_into(DType d, const float* src, void* dst, int64_t n) {
 }
 
 // --- the element loop ---------------------------------------------------------------------
-template <class Rule, class S>
-inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, S* __restrict s0,
-                      S* __restrict s1, S* __restrict s2, int64_t lo, int64_t hi) {
+// How a role's storage S is held in memory and converted: float and double as themselves,
+// bfloat16 as its 16 bits (math/storage.h).
+template <class S>
+struct Held {
+  using type = S;
+  static S load(S x) { return x; }
+  static S store(S x) { return x; }
+};
+template <>
+struct Held<math::BFloat16> {
+  using type = uint16_t;
+  static float load(uint16_t h) { return math::bf16_to_float(h); }
+  static uint16_t store(float x) { return math::float_to_bf16(x); }
+};
+
+// The storage of the params, the grads and the states of a call that the loops below run
+// in place, converting in registers. Uniform<T> is every call stored in its compute type;
+// two bfloat16 layouts, the recipes of bfloat16 training, are compiled fused too, since
+// the stage buffers of run_range_staged cost them about a third of their speed in cache;
+// every other combination is staged.
+template <class PS, class GS, class SS>
+struct Layout {
+  using PH = Held<PS>;
+  using GH = Held<GS>;
+  using SH = Held<SS>;
+  using P = typename PH::type;
+  using G = typename GH::type;
+  using St = typename SH::type;
+  static constexpr int64_t kWidest =
+      static_cast<int64_t>(sizeof(P) > sizeof(G) ? (sizeof(P) > sizeof(St) ? sizeof(P) : sizeof(St))
+                                                 : (sizeof(G) > sizeof(St) ? sizeof(G) : sizeof(St)));
+  static constexpr bool kSameSize = sizeof(P) == sizeof(G) && sizeof(G) == sizeof(St);
+};
+template <class S>
+using Uniform = Layout<S, S, S>;
+
+template <class Rule, class L>
+inline void run_elems(const Rule& rule, typename L::P* __restrict p, const typename L::G* __restrict g,
+                      typename L::St* __restrict s0, typename L::St* __restrict s1,
+                      typename L::St* __restrict s2, int64_t lo, int64_t hi) {
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
+  using PH = typename L::PH;
+  using SH = typename L::SH;
   for (int64_t i = lo; i < hi; ++i) {
-    static_assert(std::is_same<S, T>::value, "the loop runs on arrays of the compute type");
-    T pv = p[i];
-    const T gv = g[i];
+    T pv = PH::load(p[i]);
+    const T gv = L::GH::load(g[i]);
     T st[N > 0 ? N : 1];
-    if constexpr (N > 0) st[0] = s0[i];
-    if constexpr (N > 1) st[1] = s1[i];
-    if constexpr (N > 2) st[2] = s2[i];
+    if constexpr (N > 0) st[0] = SH::load(s0[i]);
+    if constexpr (N > 1) st[1] = SH::load(s1[i]);
+    if constexpr (N > 2) st[2] = SH::load(s2[i]);
     rule(pv, gv, st);
-    p[i] = pv;
-    if constexpr (N > 0) s0[i] = st[0];
-    if constexpr (N > 1) s1[i] = st[1];
-    if constexpr (N > 2) s2[i] = st[2];
+    p[i] = PH::store(pv);
+    if constexpr (N > 0) s0[i] = SH::store(st[0]);
+    if constexpr (N > 1) s1[i] = SH::store(st[1]);
+    if constexpr (N > 2) s2[i] = SH::store(st[2]);
   }
 }
 
@@ -129,19 +168,20 @@ inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, 
 // 2^24 and 2^27 elements on 1 and 2 threads (bench/prefetch_sweep.cpp, which sweeps blocks
 // of 64 B-1 KiB and distances of 1-8 KiB); blocks of 64-512 B were within noise of each
 // other, and the traffic loop itself hardly moved. It runs through this code too, so the
-// roof moves with any change here.
+// roof moves with any change here. (With streams of two element sizes the distances are
+// those of the widest: a 16-bit stream is prefetched half as far ahead in bytes.)
 constexpr int64_t kPrefetchBlock = 256;
 constexpr int64_t kPrefetchAhead = 2048;
 
 // One tensor's share of a thread's range: the role pointers at its first element and its
 // length (n <= 0: the tensor has no element in the range). Unused roles are null.
-template <class S>
+template <class L>
 struct Piece {
-  S* p;
-  const S* g;
-  S* s0;
-  S* s1;
-  S* s2;
+  typename L::P* p;
+  const typename L::G* g;
+  typename L::St* s0;
+  typename L::St* s1;
+  typename L::St* s2;
   int64_t n;
 };
 
@@ -150,30 +190,49 @@ S* role_ptr(const Batch& b, int role, int64_t t, int64_t lo) {
   return b.ptrs[role] ? static_cast<S*>(b.ptrs[role][t]) + lo : nullptr;
 }
 
-template <class S>
-Piece<S> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
+template <class L>
+Piece<L> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
   const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
   const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
-  return {role_ptr<S>(b, kParam, t, lo), role_ptr<const S>(b, kGrad, t, lo), role_ptr<S>(b, kState0, t, lo),
-          role_ptr<S>(b, kState1, t, lo), role_ptr<S>(b, kState2, t, lo), hi - lo};
+  using St = typename L::St;
+  return {role_ptr<typename L::P>(b, kParam, t, lo), role_ptr<const typename L::G>(b, kGrad, t, lo),
+          role_ptr<St>(b, kState0, t, lo), role_ptr<St>(b, kState1, t, lo), role_ptr<St>(b, kState2, t, lo),
+          hi - lo};
 }
 
-// Prefetches elements [from, to) of every stream the rule touches (from, to < x.n).
-template <int N, class S>
-inline void prefetch_lines(const Piece<S>& x, int64_t from, int64_t to) {
-  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(S));  // elements per cache line
+template <class X>
+inline void prefetch_stream(const X* x, int64_t from, int64_t to, bool write) {
+  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(X));
   for (int64_t k = from; k < to; k += L) {
-    __builtin_prefetch(x.p + k, 1, 3);
-    __builtin_prefetch(x.g + k, 0, 3);
-    if constexpr (N > 0) __builtin_prefetch(x.s0 + k, 1, 3);
-    if constexpr (N > 1) __builtin_prefetch(x.s1 + k, 1, 3);
-    if constexpr (N > 2) __builtin_prefetch(x.s2 + k, 1, 3);
+    if (write) __builtin_prefetch(x + k, 1, 3);
+    else __builtin_prefetch(x + k, 0, 3);
   }
 }
 
-template <int N, class S>
-inline void prefetch_head(const Piece<S>& x) {
-  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
+// Prefetches elements [from, to) of every stream the rule touches (from, to < x.n).
+template <int N, class L>
+inline void prefetch_lines(const Piece<L>& x, int64_t from, int64_t to) {
+  if constexpr (L::kSameSize) {
+    constexpr int64_t E = 64 / static_cast<int64_t>(sizeof(typename L::P));  // elements per line
+    for (int64_t k = from; k < to; k += E) {
+      __builtin_prefetch(x.p + k, 1, 3);
+      __builtin_prefetch(x.g + k, 0, 3);
+      if constexpr (N > 0) __builtin_prefetch(x.s0 + k, 1, 3);
+      if constexpr (N > 1) __builtin_prefetch(x.s1 + k, 1, 3);
+      if constexpr (N > 2) __builtin_prefetch(x.s2 + k, 1, 3);
+    }
+  } else {
+    prefetch_stream(x.p, from, to, true);
+    prefetch_stream(x.g, from, to, false);
+    if constexpr (N > 0) prefetch_stream(x.s0, from, to, true);
+    if constexpr (N > 1) prefetch_stream(x.s1, from, to, true);
+    if constexpr (N > 2) prefetch_stream(x.s2, from, to, true);
+  }
+}
+
+template <int N, class L>
+inline void prefetch_head(const Piece<L>& x) {
+  constexpr int64_t D = kPrefetchAhead / L::kWidest;
   prefetch_lines<N>(x, 0, x.n < D ? x.n : D);
 }
 
@@ -183,19 +242,19 @@ inline void prefetch_head(const Piece<S>& x) {
 // steadily as one flat tensor. Measured on 1,000 separately allocated tensors of median
 // size 1,184 elements (bench list1000): without the head prefetch, the heads of most
 // tensors were demand misses.
-template <class Rule, class S>
-void run_piece(const Rule& rule, const Piece<S>& x, const Piece<S>& next) {
+template <class Rule, class L>
+void run_piece(const Rule& rule, const Piece<L>& x, const Piece<L>& next) {
   constexpr int N = Rule::kNumStates;
-  constexpr int64_t B = kPrefetchBlock / static_cast<int64_t>(sizeof(S));
-  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
+  constexpr int64_t B = kPrefetchBlock / L::kWidest;
+  constexpr int64_t D = kPrefetchAhead / L::kWidest;
   int64_t i = 0;
   // Prefetch only inside the range: a thread never touches the lines of the next one's.
   for (; i + D + B <= x.n; i += B) {
     prefetch_lines<N>(x, i + D, i + D + B);
-    run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
+    run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
   }
   if (next.n > 0) prefetch_head<N>(next);
-  run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
+  run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
 }
 
 // First tensor whose elements reach past `index` (empty tensors are stepped over).
@@ -209,23 +268,23 @@ int64_t tensor_containing(const int64_t* offsets, int64_t n_tensors, int64_t ind
 }
 
 // The first tensor from t on with elements in [begin, end), as a piece (n == 0: none).
-template <class S>
-Piece<S> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
+template <class L>
+Piece<L> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
   for (; t < b.n_tensors && b.offsets[t] < end; ++t) {
-    const Piece<S> x = piece_of<S>(b, t, begin, end);
+    const Piece<L> x = piece_of<L>(b, t, begin, end);
     if (x.n > 0) return x;
   }
-  return Piece<S>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
+  return Piece<L>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
 }
 
-template <class Rule, class S>
+template <class Rule, class L>
 void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
-  Piece<S> x = next_piece<S>(b, t, begin, end);
+  Piece<L> x = next_piece<L>(b, t, begin, end);
   if (x.n > 0) prefetch_head<Rule::kNumStates>(x);
   while (x.n > 0) {
     ++t;
-    const Piece<S> next = next_piece<S>(b, t, begin, end);
+    const Piece<L> next = next_piece<L>(b, t, begin, end);
     run_piece(rule, x, next);
     x = next;
   }
@@ -269,7 +328,7 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
           x[r] = reinterpret_cast<float*>(base[r]) + i;
         }
       }
-      run_elems(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
+      run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
       for (int r = 0; r < R; ++r)
         if (narrow[r] && r != kGrad) narrow_into(b.dtypes[r], buf[r], base[r] + i * size[r], m);
     }
@@ -279,27 +338,44 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
 // --- entry points -------------------------------------------------------------------------
 // One entry point per rule: the step's flags select the rule variant (common/flag_dispatch.h,
 // shared with CUDA), whose coefficients are rounded once to the compute type.
+// Whether the roles a rule with N states uses are stored as p, g and s.
+template <int N>
+bool stored_as(const Batch& b, DType p, DType g, DType s) {
+  if (b.dtypes[kParam] != p || b.dtypes[kGrad] != g) return false;
+  for (int k = 0; k < N; ++k)
+    if (b.dtypes[kState0 + k] != s) return false;
+  return true;
+}
+
+// A rule (or the traffic loop) over a range, in the layout the call's storage selects.
+template <class Rule>
+void run_stored(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
+  using T = typename Rule::compute_t;
+  constexpr int N = Rule::kNumStates;
+  constexpr DType kBf16 = DType::kBFloat16;
+  using math::BFloat16;
+  if (b.stored_as_computed()) {
+    run_range<Rule, Uniform<T>>(rule, b, begin, end);
+  } else if constexpr (std::is_same<T, float>::value) {
+    if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
+    else if (stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
+      run_range<Rule, Layout<BFloat16, BFloat16, float>>(rule, b, begin, end);
+    else run_range_staged(rule, b, begin, end);
+  }
+}
+
 template <class Step>
 void update(const Step& s, const Batch& b, int64_t begin, int64_t end) {
   with_rule(s, b.compute_dtype(), [&](auto rule, auto compute) {
     using Rule = typename decltype(rule)::type;
     using T = typename decltype(compute)::type;
-    const Rule r{cast_coeffs<T>(s.c)};
-    if (b.stored_as_computed()) {
-      run_range<Rule, T>(r, b, begin, end);
-    } else if constexpr (std::is_same<T, float>::value) {
-      run_range_staged(r, b, begin, end);
-    }
+    run_stored(Rule{cast_coeffs<T>(s.c)}, b, begin, end);
   });
 }
 
 template <int N, class T>
 void traffic_n(const Batch& b, int64_t begin, int64_t end) {
-  if (b.stored_as_computed()) {
-    run_range<math::TrafficRule<T, N>, T>(math::TrafficRule<T, N>{}, b, begin, end);
-  } else if constexpr (std::is_same<T, float>::value) {
-    run_range_staged(math::TrafficRule<float, N>{}, b, begin, end);
-  }
+  run_stored(math::TrafficRule<T, N>{}, b, begin, end);
 }
 
 void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
