@@ -168,7 +168,10 @@ def _adapted(fn: str, label: str, x):
             if x.device.type != "cpu":
                 raise TypeError(f"{fn}: {label} is a bfloat16 torch tensor on {x.device}, which "
                                 "only the compiled CUDA kernels take (CuPy has no bfloat16)")
-            return x.detach().view(torch.int16).numpy().view(_storage.bfloat16())
+            if _storage.BFLOAT16 is None:
+                raise TypeError(f"{fn}: {label} is a bfloat16 torch tensor, which the reference "
+                                "reaches through ml_dtypes' NumPy bfloat16 (pip install ml_dtypes)")
+            return x.detach().view(torch.int16).numpy().view(_storage.BFLOAT16)
         if x.device.type == "cpu":
             return x.detach().numpy()  # detach(): parameters require grad; shares the memory
         return _need_cupy(fn, label, f"a torch tensor on {x.device}").asarray(x.detach())
