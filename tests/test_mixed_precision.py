@@ -391,3 +391,27 @@ def test_float64_reference_mode_takes_16_bit_arrays():
     run(ADAM, f64, mode="float64")
     a, b = exact[0][0].astype(np.float64), f64[0][0].astype(np.float64)
     assert np.allclose(a, b, rtol=2**-7, atol=0)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+def test_torch_adapter_steps_a_bfloat16_model():
+    """fusedopt.torch.AdamW on a bfloat16 model keeps torch's state layout (states in the
+    params' dtype) and steps with the bits of the functional call on the same tensors."""
+    import fusedopt.torch as ft
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(33, 17).to(torch.bfloat16)
+    params = [p.detach().clone() for p in model.parameters()]
+    states = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    opt = ft.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    x = torch.randn(8, 33, dtype=torch.bfloat16)
+    for step in (1, 2):
+        opt.zero_grad()
+        model(x).float().square().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        fusedopt.adamw_(params, grads, *states, step=step, lr=1e-2, weight_decay=0.1)
+    assert all(torch.equal(a.view(torch.int16), b.view(torch.int16))
+               for a, b in zip(model.parameters(), params))
+    assert {v.dtype for s in opt.state.values() for k, v in s.items() if k != "step"} == {torch.bfloat16}
