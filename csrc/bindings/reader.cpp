@@ -358,7 +358,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       ArrayItem& a = items[r];
       if (role_dtype[r] < 0) {  // tensor 0 sets each argument's dtype
         if (a.dtype < 0) return {Rule::kDtype, r, t};
-        if (r >= first_state && r > first_state && a.dtype != role_dtype[first_state])
+        if (r > first_state && a.dtype != role_dtype[first_state])
           return {Rule::kDtypeMismatch, r, t, first_state, t};  // every state one dtype
         if (r > 0 && !storage_allows(static_cast<DType>(role_dtype[0]), r == grad_role, static_cast<DType>(a.dtype)))
           return {Rule::kDtypeCombination, r, t};
