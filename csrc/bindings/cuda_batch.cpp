@@ -194,7 +194,8 @@ bool DeviceBatch::set_grads(py::handle grads) {
         !grad.same_shape(param) || !grad.contiguous || !grad.on_device || grad.count != batch_.size(t) ||
         grad.device < 0 || grad.stream != 0 ||  // a bare interface: the whole call is read again
         (device_ >= 0 && grad.device != device_) ||
-        (grad.count > 0 && (grad.ptr == 0 || grad.ptr % static_cast<uintptr_t>(itemsize_of(grad.dtype)) != 0)))
+        (grad.count > 0 &&
+         (grad.ptr == 0 || grad.ptr % static_cast<uintptr_t>(itemsize_of(grad.dtype)) != 0)))
       return false;
     if (grad.count > 0) {
       // The written spans are sorted and disjoint, so their ends ascend too: the first one

@@ -84,7 +84,8 @@ class DeviceBatch {
   void adopt_or_throw(const bindings::Refusal& refusal);
   void reset();
   uintptr_t bytes(int role, int64_t elements) const {
-    return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize_of(static_cast<int>(batch_.dtypes[role])));
+    const int itemsize = itemsize_of(static_cast<int>(batch_.dtypes[role]));
+    return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize);
   }
 
   Batch batch_;

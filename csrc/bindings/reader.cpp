@@ -360,7 +360,8 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
         if (a.dtype < 0) return {Rule::kDtype, r, t};
         if (r > first_state && a.dtype != role_dtype[first_state])
           return {Rule::kDtypeMismatch, r, t, first_state, t};  // every state one dtype
-        if (r > 0 && !storage_allows(static_cast<DType>(role_dtype[0]), r == grad_role, static_cast<DType>(a.dtype)))
+        const auto d = static_cast<DType>(a.dtype);
+        if (r > 0 && !storage_allows(static_cast<DType>(role_dtype[0]), r == grad_role, d))
           return {Rule::kDtypeCombination, r, t};
         role_dtype[r] = a.dtype;
       } else if (a.dtype != role_dtype[r]) {

@@ -28,7 +28,9 @@ struct Batch {
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }
-  DType compute_dtype() const { return dtypes[kParam] == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32; }
+  DType compute_dtype() const {
+    return dtypes[kParam] == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  }
   // Every role stored in the compute type: the loops run on the arrays themselves, with no
   // conversion (the float32 and float64 calls of before mixed precision).
   bool stored_as_computed() const {

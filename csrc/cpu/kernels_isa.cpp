@@ -71,16 +71,19 @@ void widen_f16(const uint16_t* __restrict src, float* __restrict dst, int64_t n)
 }
 
 void narrow_f16(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+#if defined(__F16C__) || defined(__AVX512F__)
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#endif
   int64_t i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), kNearest));
 #endif
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), kNearest));
 #endif
   for (; i < n; ++i) dst[i] = math::float_to_f16(src[i]);
 }
@@ -305,7 +308,8 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
     size[r] = bytes_of(b.dtypes[r]);
     narrow[r] = b.dtypes[r] != DType::kFloat32;
   }
-  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin); t < b.n_tensors && b.offsets[t] < end; ++t) {
+  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+       t < b.n_tensors && b.offsets[t] < end; ++t) {
     const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
     const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
     char* base[R];

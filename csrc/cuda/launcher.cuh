@@ -329,7 +329,8 @@ void launch_step(const Step& s, const Batch& b, cudaStream_t stream, const void*
     using Rule = typename decltype(rule)::type;
     using T = typename decltype(compute)::type;
     if (b.stored_as_computed()) launch_update<Rule, T>(s.c, device_coeffs, b, stream);
-    else if constexpr (std::is_same<T, float>::value) launch_update<Rule, void>(s.c, device_coeffs, b, stream);
+    else if constexpr (std::is_same<T, float>::value)
+      launch_update<Rule, void>(s.c, device_coeffs, b, stream);
   });
 }
 

@@ -5,7 +5,8 @@
 // lane accumulates its elements in order, in double (a float32 square is exact in double;
 // 16-bit gradients are squared as their float32 values). The 32 lanes are then combined
 // by a fixed halving tree: lane[j] += lane[j + 16] for j < 16, then + 8, + 4, + 2, + 1,
-// which is a warp's shuffle-down order on CUDA. The block sums are added one after another in call order (tensor by tensor, block by block).
+// which is a warp's shuffle-down order on CUDA. The block sums are added one after another
+// in call order (tensor by tensor, block by block).
 // Nothing here depends on the thread count, the instruction set or the backend.
 #pragma once
 
