@@ -187,7 +187,7 @@ def _creator(fn):
 empty, zeros, ones, full = (_creator(f) for f in (np.empty, np.zeros, np.ones, np.full))
 # Ufuncs and array functions dispatch to ndarray.__array_ufunc__ / __array_function__.
 sqrt, maximum, isfinite, add, where = np.sqrt, np.maximum, np.isfinite, np.add, np.where
-abs = np.abs  # noqa: A001 (cupy.abs)
+abs = np.abs  # noqa: A001 - CuPy's name (Adamax's reference)
 count_nonzero, sum, all, array_equal = np.count_nonzero, np.sum, np.all, np.array_equal
 
 

@@ -174,8 +174,10 @@ def read_only(a):
 LAYOUTS = {"strided": strided, "transposed": transposed, "negative-strides": negative_strides,
            "broadcast-stride0": broadcast, "fortran-order": fortran, "unaligned": unaligned}
 
+# (float16 and bfloat16 are storage types in their combinations: tests/test_mixed_precision.py
+# has the refused ones.)
 BAD_DTYPES = {
-    "int32": np.int32, "int64": np.int64, "float16": np.float16, "complex64": np.complex64,
+    "int32": np.int32, "int64": np.int64, "float16-bigendian": np.dtype(">f2"), "complex64": np.complex64,
     "object": object, "bool": np.bool_, "uint8": np.uint8, "longdouble": np.longdouble,
     "float32-bigendian": np.dtype(">f4"),
 }
@@ -1173,7 +1175,8 @@ def test_private_module_reader_refuses_what_memory_safety_rests_on():
     cases = {
         "misaligned": ([unaligned], [g]),
         "shape": ([p], [g[:50]]),
-        "dtype_mismatch": ([p], [g.astype(np.float64)]),
+        "dtype_combination": ([p], [g.astype(np.float64)]),
+        "dtype_mismatch": ([p, p.copy()], [g, g.astype(np.float16)]),
     }
     for rule, (params, grads) in cases.items():
         before = [a.copy() for a in params]

@@ -20,13 +20,14 @@ from conftest import (
     CASES,
     CASES_BY_ID,
     CUDA_EMULATION,
+    Case,
     Inputs,
     assert_bitwise,
     make_inputs,
     rng_for,
     run_steps,
 )
-from fusedopt import _dispatch, _kernels, rules
+from fusedopt import _arrays, _dispatch, _kernels, rules
 from fusedopt import _reference_impl as _ref
 
 
@@ -583,8 +584,9 @@ def _bad_calls():
     return {
         "grad of another dtype": (TypeError, r"grads\[1\] has dtype float64",
                                   lambda: case(lambda p, g: (p, [g[0], g[1].astype(cupy.float64)]))),
-        "float16 params": (TypeError, "float16",
-                           lambda: ([cupy.ones(6, cupy.float16)], [cupy.ones(6, cupy.float16)])),
+        "float16 params, float64 grads": (
+            TypeError, r"grads\[0\] has dtype float64.*with float16 params",
+            lambda: ([cupy.ones(6, cupy.float16)], [cupy.ones(6, cupy.float64)])),
         "same size, other shape": (ValueError, r"grads\[0\] has shape \(3, 2\)",
                                    lambda: ([cupy.ones((2, 3), f32)], [cupy.ones((3, 2), f32)])),
         "non-contiguous param": (ValueError, r"params\[0\] is not C-contiguous",
@@ -952,7 +954,104 @@ def test_verify_command_on_the_device(monkeypatch, capsys):
         _cuda.take_launches()
     assert _verify.main(["--device", "cuda"]) == 0
     out = capsys.readouterr().out
-    assert f"{2 * len(_verify.CASES)} passed, 0 failed" in out
+    device_dtypes = [d for d in _verify.DTYPES if d.name != "bfloat16"]  # CuPy has no bfloat16
+    assert f"{len(device_dtypes) * len(_verify.CASES)} passed, 0 failed" in out
     assert "vs CPU" in out and "DIFFERENT" not in out
     if CUDA_EMULATION:  # the device kernels ran, not the CPU's under another name
         assert len(_cuda.take_launches()) >= 2 * len(_verify.CASES) * _verify.STEPS
+
+
+# --------------------------------------------------------------------------------------
+# Storage types: 16-bit params, grads and states (tests/test_mixed_precision.py checks the
+# CPU against the exact reference), on the device bit for bit with the CPU.
+MIXED_COMBOS = [("bf16", "bf16", "bf16"), ("bf16", "f32", "f32"), ("f16", "f16", "f32"),
+                ("f16", "f32", "bf16"), ("f32", "bf16", "f32"), ("f32", "f16", "bf16")]
+MIXED_EXAMPLES = ["adam-amsgrad", "adamw", "sgd-momentum", "rmsprop-centered-momentum", "lion",
+                  "adamax", "adagrad", "adaptive_sgd-momentum"]
+
+
+def _mixed():
+    return pytest.importorskip("test_mixed_precision")
+
+
+def _to_device_array(x):
+    """A device copy of a host array: CuPy's; for bfloat16, which CuPy lacks, a torch CUDA
+    tensor (the host emulation's CuPy stand-in holds NumPy's ml_dtypes arrays as they are)."""
+    if x.dtype.name == "bfloat16" and not CUDA_EMULATION:
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("bfloat16 device arrays need torch with CUDA here")
+        return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16).cuda()
+    return cupy.asarray(x)
+
+
+def _to_host_array(x, dtype):
+    if not _arrays.is_torch_tensor(x):
+        return cupy.asnumpy(x)
+    import torch
+
+    return x.cpu().view(torch.int16).numpy().view(dtype)
+
+
+@pytest.mark.parametrize("combo", MIXED_COMBOS, ids=lambda c: "p{}-g{}-s{}".format(*c))
+@pytest.mark.parametrize("name", MIXED_EXAMPLES)
+def test_mixed_storage_matches_cpu(name, combo):
+    mp = _mixed()
+    (case,) = [c for c in mp.EXAMPLES if c.id == name]
+    sizes = [0, 1, 3, 4, 5, 7, 8, 17, 16383, 16385, 65537]
+    host = mp.make_arrays(case, combo, sizes, rng_for("cuda mixed", name, combo))
+    cpu = mp._copy(host)
+    params, states, grads = host
+    dev = ([_to_device_array(p) for p in params],
+           {k: [_to_device_array(a) for a in v] for k, v in states.items()},
+           [[_to_device_array(g) for g in step] for step in grads])
+    out_dev = mp.run(case, dev, backend="native")
+    out_cpu = mp.run(case, cpu, backend="native")
+    cupy.cuda.get_current_stream().synchronize()
+    back = ([_to_host_array(a, b.dtype) for a, b in zip(dev[0], params)],
+            {k: [_to_host_array(a, b.dtype) for a, b in zip(dev[1][k], states[k])] for k in states}, [])
+    mp.assert_same(back, cpu)
+    if case.fn == "adaptive_sgd_":
+        for g, c in zip(out_dev, out_cpu):
+            assert float(g.lr) == c.lr
+
+
+@pytest.mark.parametrize("offsets", [(1, 1, 1), (0, 1, 1), (3, 3, 2), (2, 2, 2)],
+                         ids=lambda o: "-".join(map(str, o)))
+def test_mixed_storage_misaligned_views(offsets):
+    """float16 params and grads with float32 states: the same element offset in every role
+    runs the vector body after a peeled head, different ones the scalar path."""
+    mp = _mixed()
+    case = Case("adam", "adam_", dict(lr=0.01, weight_decay=0.01))
+    host = mp.make_arrays(case, ("f16", "f16", "f32"), [1, 2, 5, 16384 + 3, 100_001],
+                          rng_for("mixed views", offsets))
+    cpu = mp._copy(host)
+
+    def view(x, off):
+        buf = cupy.empty(x.size + 4, dtype=x.dtype)
+        v = buf[off:off + x.size]
+        v.set(x)
+        return v
+
+    op, og, os_ = offsets
+    params, states, grads = host
+    dev = ([view(p, op) for p in params], {k: [view(a, os_) for a in v] for k, v in states.items()},
+           [[view(g, og) for g in step] for step in grads])
+    mp.run(case, dev, backend="native")
+    mp.run(case, cpu, backend="native")
+    back = ([cupy.asnumpy(p) for p in dev[0]], {k: [cupy.asnumpy(a) for a in v] for k, v in dev[1].items()},
+            [])
+    mp.assert_same(back, cpu)
+
+
+def test_mixed_storage_norm_and_count():
+    mp = _mixed()
+    rng = rng_for("mixed sumsq")
+    for dtype in (np.float16, mp.BF16):
+        host = [(rng.standard_normal(n) * 3).astype(np.float32).astype(dtype)
+                for n in (0, 1, 33, 65537, 200_003)]
+        dev = [_to_device_array(g) for g in host]
+        assert _cuda.grad_sum_of_squares(dev) == fusedopt._native.core().grad_sum_of_squares(host)
+        host[3][[0, 9]] = np.array([np.nan, np.inf], np.float32).astype(dtype)
+        dev = [_to_device_array(g) for g in host]
+        assert _cuda.count_nonfinite(dev) == 2

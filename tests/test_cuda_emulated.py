@@ -424,8 +424,10 @@ def test_bindings_refuse_mismatched_arrays():
     before = p.copy()
     with pytest.raises(ValueError, match=r"\('shape', 1, 1,"):
         emu.Batch(dev([p, p[:5].copy()]), dev([g, g[:4].copy()]), [])
-    with pytest.raises(ValueError, match=r"\('dtype_mismatch', 1, 0,"):
+    with pytest.raises(ValueError, match=r"\('dtype_combination', 1, 0,"):
         emu.Batch(dev([p]), dev([np.ones(10, np.float64)]), [])
+    with pytest.raises(ValueError, match=r"\('dtype_mismatch', 1, 1,"):
+        emu.Batch(dev([p, p.copy()]), dev([g, np.ones(10, np.float16)]), [])
     with pytest.raises(ValueError, match=r"\('not_contiguous', 1, 0,"):
         emu.Batch(dev([p]), dev([np.ones(20, np.float32)[::2]]), [])
     with pytest.raises(ValueError, match=r"\('mixed_memory', 1, 0,"):
@@ -541,15 +543,16 @@ def test_fast_path_refuses_torch_tensors_prepare_refuses(monkeypatch):
     refused = {
         "non-contiguous": ([torch.ones(4, 6).t()], [torch.ones(6, 4)]),
         "negative bit": ([p], [torch._neg_view(torch.ones(6))]),
-        "float16": ([torch.ones(6, dtype=torch.float16)], [torch.ones(6, dtype=torch.float16)]),
+        "float16 states": ([torch.ones(6, dtype=torch.float16)], [torch.ones(6, dtype=torch.float16)],
+                           [[torch.ones(6, dtype=torch.float16)]]),
         "grad of another dtype": ([p], [torch.ones(6, dtype=torch.float64)]),
         "same size, other shape": ([torch.ones(2, 3)], [torch.ones(3, 2)]),
         "a param as its own grad": ([p], [p]),
         "two params in one storage": ([block[:7], block[5:]], [torch.ones(7), torch.ones(7)]),
         "a NumPy array among tensors": ([p], [np.ones(6, np.float32)]),
     }
-    for why, (params, grads) in refused.items():
-        assert emu.Batch.strict(params, grads, []) is None, why
+    for why, (params, grads, *states) in refused.items():
+        assert emu.Batch.strict(params, grads, states[0] if states else []) is None, why
     assert emu.Batch.strict([p], [g], []) is not None
     # A subclass is a torch tensor to the reader, as it was to the checked path.
     assert emu.Batch.strict([p.as_subclass(Sub)], [g], []) is not None

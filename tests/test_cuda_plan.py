@@ -90,7 +90,7 @@ def test_empty_call_needs_no_device():
 
 @pytest.mark.parametrize("bad, rule", [
     (FakeDeviceArray(5), "shape"),
-    (FakeDeviceArray(4, typestr="<f8"), "dtype_mismatch"),
+    (FakeDeviceArray(4, typestr="<f8"), "dtype_combination"),  # float64 grads, float32 params
     (FakeDeviceArray(4, strides=(8,)), "not_contiguous"),
     (np.ones(4, np.float32), "mixed_memory"),
     (FakeDeviceArray(4, ptr=0), "null_data"),

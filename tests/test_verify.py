@@ -20,8 +20,9 @@ def small(monkeypatch):
 def test_every_case_passes(small, capsys):
     assert _verify.main([]) == 0
     out = capsys.readouterr().out
-    assert f"{2 * len(_verify.CASES)} passed, 0 failed" in out
-    assert out.count("identical") == 2 * len(_verify.CASES)
+    total = len(_verify.DTYPES) * len(_verify.CASES)
+    assert f"{total} passed, 0 failed" in out
+    assert out.count("identical") == total
 
 
 def test_a_kernel_one_ulp_off_fails(small, monkeypatch, capsys):
@@ -40,7 +41,7 @@ def test_a_kernel_one_ulp_off_fails(small, monkeypatch, capsys):
     out = capsys.readouterr().out
     failed = [line.split()[0] for line in out.splitlines() if line.endswith("FAIL")]
     sgd_cases = [name for name, kernel, *_ in _verify.CASES if kernel == "sgd_"]
-    assert sorted(set(failed)) == sorted(sgd_cases) and len(failed) == 2 * len(sgd_cases)
+    assert sorted(set(failed)) == sorted(sgd_cases) and len(failed) == len(_verify.DTYPES) * len(sgd_cases)
 
 
 @pytest.mark.skipif(fusedopt.cuda.unavailable_reason() is None, reason="a GPU is here: test_cuda.py runs it")

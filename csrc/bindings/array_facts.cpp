@@ -30,6 +30,8 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_parameter = imported_attr("torch.nn", n.Parameter);
     t.torch_float32 = imported_attr("torch", n.float32);
     t.torch_float64 = imported_attr("torch", n.float64);
+    t.torch_bfloat16 = imported_attr("torch", n.bfloat16);
+    t.torch_float16 = imported_attr("torch", n.float16);
     t.torch_slots = TorchSlots::resolve(t.torch_tensor.ptr(), t.torch_parameter.ptr());
   }
   return t;
@@ -151,6 +153,8 @@ PyObject* TorchSlots::call(PyObject* o, Method m, bool direct) const {
 int ArrayTypes::torch_dtype_code(PyObject* dtype) const {
   if (dtype == torch_float32.ptr()) return static_cast<int>(DType::kFloat32);
   if (dtype == torch_float64.ptr()) return static_cast<int>(DType::kFloat64);
+  if (dtype == torch_bfloat16.ptr()) return static_cast<int>(DType::kBFloat16);
+  if (dtype == torch_float16.ptr()) return static_cast<int>(DType::kFloat16);
   return -1;
 }
 

@@ -31,6 +31,8 @@ struct Names {
   PyObject* Parameter = PyUnicode_InternFromString("Parameter");
   PyObject* float32 = PyUnicode_InternFromString("float32");
   PyObject* float64 = PyUnicode_InternFromString("float64");
+  PyObject* bfloat16 = PyUnicode_InternFromString("bfloat16");
+  PyObject* float16 = PyUnicode_InternFromString("float16");
   PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
   PyObject* get_device = PyUnicode_InternFromString("get_device");
   PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
@@ -86,7 +88,8 @@ struct TorchSlots {
 // tests swap CuPy for a stand-in.
 enum class Kind { kNone, kCupy, kTorch };
 struct ArrayTypes {
-  py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64;
+  py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64, torch_bfloat16,
+      torch_float16;
   TorchSlots torch_slots;
 
   static ArrayTypes imported();
@@ -97,7 +100,7 @@ struct ArrayTypes {
     if (type == torch_tensor.ptr() || type == torch_parameter.ptr()) return Kind::kTorch;
     return Kind::kNone;  // (None's type is never one of these)
   }
-  // The DType code of a torch dtype object if float32 or float64, else -1.
+  // The DType code of a torch dtype object (float32, float64, bfloat16, float16), else -1.
   int torch_dtype_code(PyObject* dtype) const;
 };
 

@@ -79,7 +79,6 @@ void DeviceBatch::reset() {
   has_grads_ = true;
   torch_params_ = false;
   on_device_ = false;
-  itemsize_ = 0;
   device_ = -1;
   check_devices_ = false;
   n_states_ = 0;
@@ -94,8 +93,7 @@ bindings::Refusal DeviceBatch::read(py::handle params, py::handle grads, py::han
 
 void DeviceBatch::adopt(bindings::ReadCall&& call) {
   const auto n = static_cast<size_t>(call.n_tensors);
-  batch_.dtype = call.dtype;
-  itemsize_ = itemsize_of(static_cast<int>(call.dtype));
+  for (int r = 0; r < kMaxRoles; ++r) batch_.dtypes[r] = call.dtypes[r];
   offsets_ = std::move(call.offsets);
   n_states_ = call.n_roles - 2;
   for (int r = 0; r < kMaxRoles; ++r) {
@@ -126,7 +124,7 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
     for (size_t t = 0; t < n; ++t)
       if (batch_.size(static_cast<int64_t>(t)) > 0) {
         const auto lo = reinterpret_cast<uintptr_t>(ptrs_[r][t]);
-        written_.push_back({lo, lo + bytes(batch_.size(static_cast<int64_t>(t))), written_.size(), true});
+        written_.push_back({lo, lo + bytes(r, batch_.size(static_cast<int64_t>(t))), written_.size(), true});
       }
   }
   std::sort(written_.begin(), written_.end(), [](const ByteSpan& a, const ByteSpan& b) { return a.lo < b.lo; });
@@ -158,7 +156,6 @@ bool DeviceBatch::set_grads(py::handle grads) {
   py::tuple items = py::reinterpret_steal<py::tuple>(PySequence_Tuple(grads.ptr()));
   if (!items) throw py::error_already_set();
   if (static_cast<Py_ssize_t>(items.size()) != n) return false;
-  const int call_dtype = static_cast<int>(batch_.dtype);
   std::vector<void*> ptrs(static_cast<size_t>(n));
   std::vector<py::object> keep(static_cast<size_t>(n)), memory, held_memory;
   bindings::ArrayItem param, held, grad;
@@ -180,7 +177,8 @@ bool DeviceBatch::set_grads(py::handle grads) {
       if (kinds.is_torch(o)) {
         // A torch tensor can be re-pointed, re-typed or restrided in place: every rule
         // again, on the memory the Batch holds.
-        if (bindings::read_array(o, kinds, options, a) != bindings::Rule::kNone || a.dtype != call_dtype ||
+        if (bindings::read_array(o, kinds, options, a) != bindings::Rule::kNone ||
+            a.dtype != static_cast<int>(batch_.dtypes[r]) ||
             !a.contiguous || !a.on_device || a.ptr != reinterpret_cast<uintptr_t>(ptrs_[r][i]) ||
             a.count != batch_.size(t) || (a.device >= 0 && device_ >= 0 && a.device != device_))
           return false;
@@ -191,16 +189,18 @@ bool DeviceBatch::set_grads(py::handle grads) {
       if (r != kParam && !a.same_shape(param)) return false;
     }
     PyObject* g = PyTuple_GET_ITEM(items.ptr(), t);
-    if (bindings::read_array(g, kinds, options, grad) != bindings::Rule::kNone || grad.dtype != call_dtype ||
+    if (bindings::read_array(g, kinds, options, grad) != bindings::Rule::kNone ||
+        grad.dtype != static_cast<int>(batch_.dtypes[kGrad]) ||
         !grad.same_shape(param) || !grad.contiguous || !grad.on_device || grad.count != batch_.size(t) ||
         grad.device < 0 || grad.stream != 0 ||  // a bare interface: the whole call is read again
         (device_ >= 0 && grad.device != device_) ||
-        (grad.count > 0 && (grad.ptr == 0 || grad.ptr % static_cast<uintptr_t>(itemsize_) != 0)))
+        (grad.count > 0 &&
+         (grad.ptr == 0 || grad.ptr % static_cast<uintptr_t>(itemsize_of(grad.dtype)) != 0)))
       return false;
     if (grad.count > 0) {
       // The written spans are sorted and disjoint, so their ends ascend too: the first one
       // ending after this gradient starts is the only one that can overlap it.
-      const uintptr_t lo = grad.ptr, hi = grad.ptr + bytes(grad.count);
+      const uintptr_t lo = grad.ptr, hi = grad.ptr + bytes(kGrad, grad.count);
       const auto it = std::upper_bound(written_.begin(), written_.end(), lo,
                                        [](uintptr_t v, const ByteSpan& s) { return v < s.hi; });
       if (it != written_.end() && it->lo < hi) return false;

@@ -42,8 +42,8 @@ class DeviceBatch {
   // True if every array is a cupy.ndarray, torch.Tensor or torch.nn.Parameter (exactly
   // those types; a torch tensor on a GPU, without the negative bit) and the call obeys the
   // rules of _arrays.prepare(): params, grads and each of `states` a list or tuple of
-  // arrays of one length, or each one array (a one-tensor call); one dtype, float32 or
-  // float64; equal shapes per tensor; C-contiguous; aligned to the element size; one
+  // arrays of one length, or each one array (a one-tensor call); dtypes as the reader
+  // allows them (bindings/reader.h: storage_allows); equal shapes per tensor; C-contiguous; aligned to the element size; one
   // device; no written array (param or state) sharing memory with another array. CuPy
   // arrays and torch tensors are always writable. False leaves this batch empty (no
   // tensors, no references).
@@ -83,8 +83,9 @@ class DeviceBatch {
   void adopt(bindings::ReadCall&& call);
   void adopt_or_throw(const bindings::Refusal& refusal);
   void reset();
-  uintptr_t bytes(int64_t elements) const {
-    return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize_);
+  uintptr_t bytes(int role, int64_t elements) const {
+    const int itemsize = itemsize_of(static_cast<int>(batch_.dtypes[role]));
+    return static_cast<uintptr_t>(elements) * static_cast<uintptr_t>(itemsize);
   }
 
   Batch batch_;
@@ -102,7 +103,6 @@ class DeviceBatch {
   bool torch_params_ = false;
   bool on_device_ = false;
   mutable bool check_devices_ = false;  // some array did not say its GPU: device() asks
-  int itemsize_ = 0;
   mutable int device_ = -1;
   int n_states_ = 0;
 };

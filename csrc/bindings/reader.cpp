@@ -14,7 +14,8 @@ const std::vector<std::string>& rule_names() {
   static const std::vector<std::string> names = {
       "ok",        "not_list",      "list_for_single", "length",  "too_many_states", "not_array",
       "unreachable", "mixed_memory", "dtype",          "dtype_mismatch", "shape",     "not_contiguous",
-      "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data"};
+      "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data",
+      "dtype_combination"};
   return names;
 }
 
@@ -22,9 +23,21 @@ py::tuple Refusal::to_python() const {
   return py::make_tuple(rule_names()[static_cast<size_t>(rule)], role, index, other_role, other_index);
 }
 
+bool storage_allows(DType param, bool is_grad, DType d) {
+  switch (param) {
+    case DType::kFloat64: return d == DType::kFloat64;
+    case DType::kFloat32:
+      return is_grad ? d != DType::kFloat64 : (d == DType::kFloat32 || d == DType::kBFloat16);
+    case DType::kBFloat16:
+    case DType::kFloat16:
+      return is_grad ? (d == param || d == DType::kFloat32) : (d == DType::kFloat32 || d == DType::kBFloat16);
+  }
+  return false;
+}
+
 Batch ReadCall::batch() const {
   Batch b;
-  b.dtype = dtype;
+  for (int r = 0; r < kMaxRoles; ++r) b.dtypes[r] = dtypes[r];
   b.n_tensors = n_tensors;
   b.offsets = offsets.data();
   for (int r = 0; r < kMaxRoles; ++r) b.ptrs[r] = ptrs[r].empty() ? nullptr : ptrs[r].data();
@@ -41,12 +54,21 @@ namespace {
 using npy = py::detail::npy_api;
 
 // A NumPy dtype (NumPy's own arrays, CuPy's, which carry NumPy dtypes) as a DType code:
-// float32 or float64 of the machine's byte order, else -1.
+// float32, float64 or float16 of the machine's byte order, ml_dtypes' bfloat16 (a dtype
+// NumPy registers at run time: known by its scalar type's name and size), else -1.
 int numpy_dtype_code(PyObject* descr) {
   const auto dt = py::reinterpret_borrow<py::dtype>(descr);
   if (dt.byteorder() == '>' || dt.byteorder() == '<') return -1;  // '=' and '|' are native
-  if (dt.num() == 11) return static_cast<int>(DType::kFloat32);
-  if (dt.num() == 12) return static_cast<int>(DType::kFloat64);
+  switch (dt.num()) {
+    case 11: return static_cast<int>(DType::kFloat32);
+    case 12: return static_cast<int>(DType::kFloat64);
+    case 23: return static_cast<int>(DType::kFloat16);
+  }
+  if (dt.num() >= 256 && dt.itemsize() == 2) {  // NPY_USERDEF and up
+    PyObject* type = reinterpret_cast<const py::detail::PyArrayDescr_Proxy*>(descr)->typeobj;
+    const std::string name = type != nullptr ? reinterpret_cast<PyTypeObject*>(type)->tp_name : "";
+    if (name == "bfloat16" || name == "ml_dtypes.bfloat16") return static_cast<int>(DType::kBFloat16);
+  }
   return -1;
 }
 
@@ -209,8 +231,9 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
       it.ptr = data[0].cast<uintptr_t>();
       it.writable = !data[1].cast<bool>();
       const auto typestr = cai["typestr"].cast<std::string>();
-      it.dtype = typestr == "<f4" ? static_cast<int>(DType::kFloat32)
+      it.dtype = typestr == "<f4"   ? static_cast<int>(DType::kFloat32)
                  : typestr == "<f8" ? static_cast<int>(DType::kFloat64)
+                 : typestr == "<f2" ? static_cast<int>(DType::kFloat16)
                                     : -1;
       const int itemsize = std::stoi(typestr.substr(2));
       py::tuple shape = cai["shape"];
@@ -323,8 +346,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   ArrayItem items[kMaxRoles];
   std::vector<ByteSpan> spans;
   spans.reserve(static_cast<size_t>(n) * n_named);
-  int call_dtype = -1;
-  int itemsize = 0;
+  int role_dtype[kMaxRoles] = {-1, -1, -1, -1, -1};  // per named role, from tensor 0
   bool memory_known = false;
   int gpu_role = -1;  // the first array that said which GPU it is on
   Py_ssize_t gpu_index = -1;
@@ -353,14 +375,22 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       }
     }
     const ArrayItem& p = items[0];
-    if (call_dtype < 0) {
-      if (p.dtype < 0) return {Rule::kDtype, 0, t};
-      call_dtype = p.dtype;
-      itemsize = itemsize_of(call_dtype);
-    }
+    const int first_state = has_grads ? 2 : 1;
     for (int r = 0; r < n_named; ++r) {
       ArrayItem& a = items[r];
-      if (a.dtype != call_dtype) return {Rule::kDtypeMismatch, r, t};
+      if (role_dtype[r] < 0) {  // tensor 0 sets each argument's dtype
+        if (a.dtype < 0) return {Rule::kDtype, r, t};
+        if (r > first_state && a.dtype != role_dtype[first_state])
+          return {Rule::kDtypeMismatch, r, t, first_state, t};  // every state one dtype
+        const auto d = static_cast<DType>(a.dtype);
+        if (r > 0 && !storage_allows(static_cast<DType>(role_dtype[0]), r == grad_role, d))
+          return {Rule::kDtypeCombination, r, t};
+        role_dtype[r] = a.dtype;
+      } else if (a.dtype != role_dtype[r]) {
+        if (a.dtype < 0) return {Rule::kDtype, r, t};
+        return {Rule::kDtypeMismatch, r, t, r, 0};
+      }
+      const int itemsize = itemsize_of(a.dtype);
       if (r > 0 && !a.same_shape(p)) return {Rule::kShape, r, t};
       if (!a.contiguous) return {Rule::kNotContiguous, r, t};
       const bool misaligned = !a.aligned || a.ptr % static_cast<uintptr_t>(itemsize) != 0;
@@ -369,9 +399,9 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       if (written(r) && !a.writable) return {Rule::kReadOnly, r, t};
     }
     out.offsets[static_cast<size_t>(t) + 1] = out.offsets[static_cast<size_t>(t)] + p.count;
-    const uintptr_t nbytes = static_cast<uintptr_t>(p.count) * static_cast<uintptr_t>(itemsize);
     for (int r = 0; r < n_named; ++r) {
       ArrayItem& a = items[r];
+      const uintptr_t nbytes = static_cast<uintptr_t>(p.count) * static_cast<uintptr_t>(itemsize_of(a.dtype));
       out.ptrs[slot[r]][static_cast<size_t>(t)] = reinterpret_cast<void*>(a.ptr);
       if (options.want_items) out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
       // The span's index numbers the arrays role by role, as the refusal names them.
@@ -390,7 +420,8 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
             pair.second % n};
   }
   if (n > 0) {
-    out.dtype = static_cast<DType>(call_dtype);
+    for (int r = 0; r < kMaxRoles; ++r) out.dtypes[r] = static_cast<DType>(role_dtype[0]);
+    for (int r = 1; r < n_named; ++r) out.dtypes[slot[r]] = static_cast<DType>(role_dtype[r]);
     out.torch_params = types.is_torch(roles[0].at[0]);
   }
   if (out.single) {  // the lone arrays are the caller's: hold them as the tuples hold a list's

@@ -7,7 +7,8 @@
 // __cuda_array_interface__) and applies every rule of what a call may be, once:
 //
 //   list structure and lengths; a known kind of array; one kind of memory (host or
-//   device); a supported dtype shared by the call; equal shapes per tensor; C-contiguous;
+//   device); a supported dtype per argument, shared by its arrays, in a combination the
+//   params' dtype allows (storage_allows); equal shapes per tensor; C-contiguous;
 //   aligned to the element; writable where written; no written array sharing a byte with
 //   another array.
 //
@@ -41,8 +42,8 @@ enum class Rule : int {
   kNotArray,       // not an array this reader knows
   kUnreachable,    // a torch tensor whose memory does not hold its values, or on another device
   kMixedMemory,    // host and device arrays in one call
-  kDtype,          // params' dtype is not one the kernels store
-  kDtypeMismatch,  // another dtype than the call's
+  kDtype,          // a dtype the kernels do not store
+  kDtypeMismatch,  // another dtype than the same argument's first array (other_role, other_index)
   kShape,          // another shape than its param
   kNotContiguous,
   kMisaligned,
@@ -51,6 +52,7 @@ enum class Rule : int {
   kDeviceCall,  // (not an error) a host-only read met device arrays: the CUDA module's call
   kOtherGpu,    // on another GPU than the call's first array that says which
   kNullData,    // elements, but a null data pointer
+  kDtypeCombination,  // a dtype the params' dtype does not go with (storage_combinations())
 };
 const std::vector<std::string>& rule_names();
 
@@ -66,7 +68,8 @@ struct Refusal {
 
 // An accepted call: one Batch's worth of pointers, and what keeps them valid.
 struct ReadCall {
-  DType dtype = DType::kFloat32;
+  DType dtypes[kMaxRoles] = {DType::kFloat32, DType::kFloat32, DType::kFloat32, DType::kFloat32,
+                             DType::kFloat32};  // per Batch role (common/batch.h)
   bool single = false;     // one array per role, not lists
   bool on_device = false;  // CUDA memory (CuPy arrays, torch CUDA tensors, interfaces)
   int device = -1;         // the GPU where the arrays say (-1: not said, or host)
@@ -182,6 +185,15 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
 // A gradients-only call (norms, non-finite counts): `grads` read as one role, nothing
 // written, its pointers in the grads' slot of the batch.
 Refusal read_grads(py::handle grads, ReadOptions options, ReadCall& out);
+
+// The storage combinations a call may have: with params of dtype `param`, whether the
+// grads (is_grad) or the states may be stored in `d`. Every state of a call shares one dtype.
+//   float64 params: everything float64 (float64 arithmetic).
+//   float32 params: grads float32, bfloat16 or float16; states float32 or bfloat16.
+//   bfloat16 and float16 params: grads in the params' dtype or float32; states float32 or
+//   bfloat16.
+// Arithmetic is float32 for every storage but float64.
+bool storage_allows(DType param, bool is_grad, DType d);
 
 // The process-wide options of the module this is compiled into (see ReadOptions).
 ReadOptions& module_read_options();

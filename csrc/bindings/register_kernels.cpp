@@ -169,6 +169,18 @@ void register_kernels(py::module_& m) {
   py::list rules;
   for (const std::string& name : rule_names()) rules.append(name);
   m.attr("refusal_rules") = py::tuple(rules);
+  // For the wording of a refused combination: params' dtype -> (grads' dtypes, states').
+  py::dict combinations;
+  const DType all[] = {DType::kFloat32, DType::kFloat64, DType::kBFloat16, DType::kFloat16};
+  for (DType param : all) {
+    py::list grads, states;
+    for (DType d : all) {
+      if (storage_allows(param, true, d)) grads.append(dtype_name(d));
+      if (storage_allows(param, false, d)) states.append(dtype_name(d));
+    }
+    combinations[dtype_name(param)] = py::make_tuple(py::tuple(grads), py::tuple(states));
+  }
+  m.attr("storage_combinations") = combinations;
   py::dict modes;
   modes["WD_NONE"] = static_cast<int>(math::WeightDecay::kNone);
   modes["WD_COUPLED"] = static_cast<int>(math::WeightDecay::kCoupled);

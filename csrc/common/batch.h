@@ -1,6 +1,7 @@
 // One fused call: many tensors, each with a parameter, a gradient and up to three state
-// arrays of the same size. This is all the loop layer sees: pointers, sizes and a dtype.
-// Every check on the arrays themselves happened in Python (fusedopt/_arrays.py).
+// arrays of the same size. This is all the loop layer sees: pointers, sizes and the storage
+// dtype of each role. Every check on the arrays themselves happened in the reader
+// (bindings/reader.cpp), which also decides which dtype combinations a call may have.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,10 @@ constexpr int kMaxRoles = 5;
 constexpr int kMaxStates = kMaxRoles - 2;
 
 struct Batch {
-  DType dtype = DType::kFloat32;
+  // The storage of each role (unused roles: the params'). Arithmetic is float64 where the
+  // params are float64 (then every role is) and float32 otherwise, whatever the storage.
+  DType dtypes[kMaxRoles] = {DType::kFloat32, DType::kFloat32, DType::kFloat32, DType::kFloat32,
+                             DType::kFloat32};
   int64_t n_tensors = 0;
   // offsets[t] is the first element of tensor t in the call's concatenated index space;
   // offsets[n_tensors] is the total. The driver splits that space into equal chunks.
@@ -24,6 +28,16 @@ struct Batch {
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }
+  DType compute_dtype() const {
+    return dtypes[kParam] == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  }
+  // Every role stored in the compute type: the loops run on the arrays themselves, with no
+  // conversion (the float32 and float64 calls of before mixed precision).
+  bool stored_as_computed() const {
+    for (DType d : dtypes)
+      if (d != compute_dtype()) return false;
+    return true;
+  }
 };
 
 }  // namespace fusedopt

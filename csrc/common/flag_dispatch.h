@@ -13,6 +13,7 @@
 #include "common/dtype.h"
 #include "common/steps.h"
 #include "math/modes.h"
+#include "math/storage.h"
 
 namespace fusedopt {
 namespace {  // NOLINT(build/namespaces): internal linkage is the point, see above
@@ -43,12 +44,21 @@ void with_momentum(math::Momentum m, F&& f) {
   }
 }
 
-// The storage type S; arithmetic is float for float32 storage and double for float64.
+// The compute type of a call (common/batch.h: compute_dtype): float, or double for float64.
+template <class F>
+void with_compute(DType d, F&& f) {
+  if (d == DType::kFloat64) f(double{}); else f(float{});
+}
+
+// The storage type S of one role, the 16-bit ones as the tags of math/storage.h (read
+// through math::widen). For code that reads a role alone: the gradients' norm and count.
 template <class F>
 void with_storage(DType d, F&& f) {
   switch (d) {
     case DType::kFloat32: f(float{}); break;
     case DType::kFloat64: f(double{}); break;
+    case DType::kBFloat16: f(math::BFloat16{}); break;
+    case DType::kFloat16: f(math::Float16{}); break;
   }
 }
 
@@ -100,12 +110,14 @@ void with_constants(F& f, Constants<kDone...>, Flag flag, Rest... rest) {
 }
 
 // The rule variant a step's flags select, for both backends: calls
-// f(TypeTag<Rule>{}, TypeTag<S>{}) with S the storage type and Rule the step's rule
-// template (common/steps.h) at S and the flags' values, in the order the rule's
-// FUSEDOPT_<RULE>_FLAGS lists them.
+// f(TypeTag<Rule>{}, TypeTag<T>{}) with T the compute type of `d` (a Batch's
+// compute_dtype()) and Rule the step's rule template (common/steps.h) at T and the flags'
+// values, in the order the rule's FUSEDOPT_<RULE>_FLAGS lists them. The loops instantiate
+// each variant once for arrays stored in T and once for other storage (converted on load
+// and store), not once per combination of storage types.
 template <class Step, class F>
 void with_rule(const Step& s, DType d, F&& f) {
-  with_storage(d, [&](auto st) {
+  with_compute(d, [&](auto st) {
     using S = std::decay_t<decltype(st)>;  // decay: GCC sees a reference here
     s.flags([&](int, auto... flags) { with_constants<Step, S>(f, Constants<>{}, flags...); });
   });

@@ -13,10 +13,15 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "common/batch.h"
 #include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cpu/kernel_table.h"
+#include "math/storage.h"
 #include "math/sumsq.h"
 #include "math/traffic.h"
 
@@ -31,34 +36,128 @@ namespace {
 using math::Momentum;
 using math::WeightDecay;
 
-// --- storage <-> compute conversion: the one place float16/bfloat16 will slot in. -------
-template <class T, class S>
-inline T load_as(S x) {
-  return static_cast<T>(x);
+// --- storage <-> compute conversion ----------------------------------------------------
+// Arrays stored in the compute type are run in place (run_range). Any other call converts
+// in stages of kStage elements: each 16-bit role is widened into a float32 buffer on the
+// stack, the rule runs over the buffers (and over the float32 arrays themselves), and the
+// written 16-bit roles are rounded back (run_range_staged). Every array is still read and
+// written once per step; the buffers stay in L1. Each rule variant is compiled once for
+// staged calls, whatever the combination of storage types, instead of once per
+// combination: the conversions are the few loops below. (The two bfloat16 recipes of
+// run_stored are compiled fused as well, for speed.)
+constexpr int64_t kStage = 256;
+
+void widen_bf16(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = math::bf16_to_float(src[i]);
 }
-template <class S, class T>
-inline S store_as(T x) {
-  return static_cast<S>(x);
+
+void narrow_bf16(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = math::float_to_bf16(src[i]);
+}
+
+// F16C (the avx2 and avx512 builds) rounds to nearest even and treats NaN as
+// math::float_to_f16 does; the scalar ends take the integer path, with the same bits.
+void widen_f16(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#endif
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = math::f16_to_float(src[i]);
+}
+
+void narrow_f16(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+#if defined(__F16C__) || defined(__AVX512F__)
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#endif
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), kNearest));
+#endif
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), kNearest));
+#endif
+  for (; i < n; ++i) dst[i] = math::float_to_f16(src[i]);
+}
+
+// (itemsize_of of common/dtype.h is an inline function with external linkage: see the top.)
+int bytes_of(DType d) { return d == DType::kFloat64 ? 8 : (d == DType::kFloat32 ? 4 : 2); }
+
+void widen_into(DType d, const void* src, float* dst, int64_t n) {
+  if (d == DType::kBFloat16) widen_bf16(static_cast<const uint16_t*>(src), dst, n);
+  else widen_f16(static_cast<const uint16_t*>(src), dst, n);
+}
+
+void narrow_into(DType d, const float* src, void* dst, int64_t n) {
+  if (d == DType::kBFloat16) narrow_bf16(src, static_cast<uint16_t*>(dst), n);
+  else narrow_f16(src, static_cast<uint16_t*>(dst), n);
 }
 
 // --- the element loop ---------------------------------------------------------------------
-template <class Rule, class S>
-inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, S* __restrict s0,
-                      S* __restrict s1, S* __restrict s2, int64_t lo, int64_t hi) {
+// How a role's storage S is held in memory and converted: float and double as themselves,
+// bfloat16 as its 16 bits (math/storage.h).
+template <class S>
+struct Held {
+  using type = S;
+  static S load(S x) { return x; }
+  static S store(S x) { return x; }
+};
+template <>
+struct Held<math::BFloat16> {
+  using type = uint16_t;
+  static float load(uint16_t h) { return math::bf16_to_float(h); }
+  static uint16_t store(float x) { return math::float_to_bf16(x); }
+};
+
+// The storage of the params, the grads and the states of a call that the loops below run
+// in place, converting in registers. Uniform<T> is every call stored in its compute type;
+// two bfloat16 layouts, the recipes of bfloat16 training, are compiled fused too, since
+// the stage buffers of run_range_staged cost them about a third of their speed in cache;
+// every other combination is staged.
+template <class PS, class GS, class SS>
+struct Layout {
+  using PH = Held<PS>;
+  using GH = Held<GS>;
+  using SH = Held<SS>;
+  using P = typename PH::type;
+  using G = typename GH::type;
+  using St = typename SH::type;
+  static constexpr int64_t kWidest =
+      static_cast<int64_t>(sizeof(P) > sizeof(G) ? (sizeof(P) > sizeof(St) ? sizeof(P) : sizeof(St))
+                                                 : (sizeof(G) > sizeof(St) ? sizeof(G) : sizeof(St)));
+  static constexpr bool kSameSize = sizeof(P) == sizeof(G) && sizeof(G) == sizeof(St);
+};
+template <class S>
+using Uniform = Layout<S, S, S>;
+
+template <class Rule, class L>
+inline void run_elems(const Rule& rule, typename L::P* __restrict p, const typename L::G* __restrict g,
+                      typename L::St* __restrict s0, typename L::St* __restrict s1,
+                      typename L::St* __restrict s2, int64_t lo, int64_t hi) {
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
+  using PH = typename L::PH;
+  using SH = typename L::SH;
   for (int64_t i = lo; i < hi; ++i) {
-    T pv = load_as<T>(p[i]);
-    const T gv = load_as<T>(g[i]);
+    T pv = PH::load(p[i]);
+    const T gv = L::GH::load(g[i]);
     T st[N > 0 ? N : 1];
-    if constexpr (N > 0) st[0] = load_as<T>(s0[i]);
-    if constexpr (N > 1) st[1] = load_as<T>(s1[i]);
-    if constexpr (N > 2) st[2] = load_as<T>(s2[i]);
+    if constexpr (N > 0) st[0] = SH::load(s0[i]);
+    if constexpr (N > 1) st[1] = SH::load(s1[i]);
+    if constexpr (N > 2) st[2] = SH::load(s2[i]);
     rule(pv, gv, st);
-    p[i] = store_as<S>(pv);
-    if constexpr (N > 0) s0[i] = store_as<S>(st[0]);
-    if constexpr (N > 1) s1[i] = store_as<S>(st[1]);
-    if constexpr (N > 2) s2[i] = store_as<S>(st[2]);
+    p[i] = PH::store(pv);
+    if constexpr (N > 0) s0[i] = SH::store(st[0]);
+    if constexpr (N > 1) s1[i] = SH::store(st[1]);
+    if constexpr (N > 2) s2[i] = SH::store(st[2]);
   }
 }
 
@@ -72,19 +171,20 @@ inline void run_elems(const Rule& rule, S* __restrict p, const S* __restrict g, 
 // 2^24 and 2^27 elements on 1 and 2 threads (bench/prefetch_sweep.cpp, which sweeps blocks
 // of 64 B-1 KiB and distances of 1-8 KiB); blocks of 64-512 B were within noise of each
 // other, and the traffic loop itself hardly moved. It runs through this code too, so the
-// roof moves with any change here.
+// roof moves with any change here. (With streams of two element sizes the distances are
+// those of the widest: a 16-bit stream is prefetched half as far ahead in bytes.)
 constexpr int64_t kPrefetchBlock = 256;
 constexpr int64_t kPrefetchAhead = 2048;
 
 // One tensor's share of a thread's range: the role pointers at its first element and its
 // length (n <= 0: the tensor has no element in the range). Unused roles are null.
-template <class S>
+template <class L>
 struct Piece {
-  S* p;
-  const S* g;
-  S* s0;
-  S* s1;
-  S* s2;
+  typename L::P* p;
+  const typename L::G* g;
+  typename L::St* s0;
+  typename L::St* s1;
+  typename L::St* s2;
   int64_t n;
 };
 
@@ -93,30 +193,49 @@ S* role_ptr(const Batch& b, int role, int64_t t, int64_t lo) {
   return b.ptrs[role] ? static_cast<S*>(b.ptrs[role][t]) + lo : nullptr;
 }
 
-template <class S>
-Piece<S> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
+template <class L>
+Piece<L> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
   const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
   const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
-  return {role_ptr<S>(b, kParam, t, lo), role_ptr<const S>(b, kGrad, t, lo), role_ptr<S>(b, kState0, t, lo),
-          role_ptr<S>(b, kState1, t, lo), role_ptr<S>(b, kState2, t, lo), hi - lo};
+  using St = typename L::St;
+  return {role_ptr<typename L::P>(b, kParam, t, lo), role_ptr<const typename L::G>(b, kGrad, t, lo),
+          role_ptr<St>(b, kState0, t, lo), role_ptr<St>(b, kState1, t, lo), role_ptr<St>(b, kState2, t, lo),
+          hi - lo};
 }
 
-// Prefetches elements [from, to) of every stream the rule touches (from, to < x.n).
-template <int N, class S>
-inline void prefetch_lines(const Piece<S>& x, int64_t from, int64_t to) {
-  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(S));  // elements per cache line
+template <class X>
+inline void prefetch_stream(const X* x, int64_t from, int64_t to, bool write) {
+  constexpr int64_t L = 64 / static_cast<int64_t>(sizeof(X));
   for (int64_t k = from; k < to; k += L) {
-    __builtin_prefetch(x.p + k, 1, 3);
-    __builtin_prefetch(x.g + k, 0, 3);
-    if constexpr (N > 0) __builtin_prefetch(x.s0 + k, 1, 3);
-    if constexpr (N > 1) __builtin_prefetch(x.s1 + k, 1, 3);
-    if constexpr (N > 2) __builtin_prefetch(x.s2 + k, 1, 3);
+    if (write) __builtin_prefetch(x + k, 1, 3);
+    else __builtin_prefetch(x + k, 0, 3);
   }
 }
 
-template <int N, class S>
-inline void prefetch_head(const Piece<S>& x) {
-  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
+// Prefetches elements [from, to) of every stream the rule touches (from, to < x.n).
+template <int N, class L>
+inline void prefetch_lines(const Piece<L>& x, int64_t from, int64_t to) {
+  if constexpr (L::kSameSize) {
+    constexpr int64_t E = 64 / static_cast<int64_t>(sizeof(typename L::P));  // elements per line
+    for (int64_t k = from; k < to; k += E) {
+      __builtin_prefetch(x.p + k, 1, 3);
+      __builtin_prefetch(x.g + k, 0, 3);
+      if constexpr (N > 0) __builtin_prefetch(x.s0 + k, 1, 3);
+      if constexpr (N > 1) __builtin_prefetch(x.s1 + k, 1, 3);
+      if constexpr (N > 2) __builtin_prefetch(x.s2 + k, 1, 3);
+    }
+  } else {
+    prefetch_stream(x.p, from, to, true);
+    prefetch_stream(x.g, from, to, false);
+    if constexpr (N > 0) prefetch_stream(x.s0, from, to, true);
+    if constexpr (N > 1) prefetch_stream(x.s1, from, to, true);
+    if constexpr (N > 2) prefetch_stream(x.s2, from, to, true);
+  }
+}
+
+template <int N, class L>
+inline void prefetch_head(const Piece<L>& x) {
+  constexpr int64_t D = kPrefetchAhead / L::kWidest;
   prefetch_lines<N>(x, 0, x.n < D ? x.n : D);
 }
 
@@ -126,19 +245,19 @@ inline void prefetch_head(const Piece<S>& x) {
 // steadily as one flat tensor. Measured on 1,000 separately allocated tensors of median
 // size 1,184 elements (bench list1000): without the head prefetch, the heads of most
 // tensors were demand misses.
-template <class Rule, class S>
-void run_piece(const Rule& rule, const Piece<S>& x, const Piece<S>& next) {
+template <class Rule, class L>
+void run_piece(const Rule& rule, const Piece<L>& x, const Piece<L>& next) {
   constexpr int N = Rule::kNumStates;
-  constexpr int64_t B = kPrefetchBlock / static_cast<int64_t>(sizeof(S));
-  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(S));
+  constexpr int64_t B = kPrefetchBlock / L::kWidest;
+  constexpr int64_t D = kPrefetchAhead / L::kWidest;
   int64_t i = 0;
   // Prefetch only inside the range: a thread never touches the lines of the next one's.
   for (; i + D + B <= x.n; i += B) {
     prefetch_lines<N>(x, i + D, i + D + B);
-    run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
+    run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
   }
   if (next.n > 0) prefetch_head<N>(next);
-  run_elems(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
+  run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
 }
 
 // First tensor whose elements reach past `index` (empty tensors are stepped over).
@@ -152,53 +271,125 @@ int64_t tensor_containing(const int64_t* offsets, int64_t n_tensors, int64_t ind
 }
 
 // The first tensor from t on with elements in [begin, end), as a piece (n == 0: none).
-template <class S>
-Piece<S> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
+template <class L>
+Piece<L> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
   for (; t < b.n_tensors && b.offsets[t] < end; ++t) {
-    const Piece<S> x = piece_of<S>(b, t, begin, end);
+    const Piece<L> x = piece_of<L>(b, t, begin, end);
     if (x.n > 0) return x;
   }
-  return Piece<S>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
+  return Piece<L>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
 }
 
-template <class Rule, class S>
+template <class Rule, class L>
 void run_range(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
-  Piece<S> x = next_piece<S>(b, t, begin, end);
+  Piece<L> x = next_piece<L>(b, t, begin, end);
   if (x.n > 0) prefetch_head<Rule::kNumStates>(x);
   while (x.n > 0) {
     ++t;
-    const Piece<S> next = next_piece<S>(b, t, begin, end);
+    const Piece<L> next = next_piece<L>(b, t, begin, end);
     run_piece(rule, x, next);
     x = next;
+  }
+}
+
+// A range of a call with 16-bit roles (float32 arithmetic): kStage elements at a time,
+// each 16-bit role through a float32 buffer, float32 roles in place. The prefetch runs
+// kPrefetchAhead bytes of float32 ahead of the stage on every stream (half that distance
+// in bytes on the 16-bit ones).
+template <class Rule>
+void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
+  constexpr int R = 2 + Rule::kNumStates;
+  constexpr int64_t D = kPrefetchAhead / static_cast<int64_t>(sizeof(float));
+  alignas(64) float buf[R][kStage];
+  int size[R];
+  bool narrow[R];
+  for (int r = 0; r < R; ++r) {
+    size[r] = bytes_of(b.dtypes[r]);
+    narrow[r] = b.dtypes[r] != DType::kFloat32;
+  }
+  for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+       t < b.n_tensors && b.offsets[t] < end; ++t) {
+    const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+    const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+    char* base[R];
+    for (int r = 0; r < R; ++r) base[r] = static_cast<char*>(b.ptrs[r][t]);
+    for (int64_t i = lo; i < hi; i += kStage) {
+      const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+      if (i + D + m <= hi) {
+        for (int r = 0; r < R; ++r)
+          for (int64_t k = (i + D) * size[r]; k < (i + D + m) * size[r]; k += 64) {
+            if (r == kGrad) __builtin_prefetch(base[r] + k, 0, 3);
+            else __builtin_prefetch(base[r] + k, 1, 3);
+          }
+      }
+      float* x[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+      for (int r = 0; r < R; ++r) {
+        if (narrow[r]) {
+          widen_into(b.dtypes[r], base[r] + i * size[r], buf[r], m);
+          x[r] = buf[r];
+        } else {
+          x[r] = reinterpret_cast<float*>(base[r]) + i;
+        }
+      }
+      run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
+      for (int r = 0; r < R; ++r)
+        if (narrow[r] && r != kGrad) narrow_into(b.dtypes[r], buf[r], base[r] + i * size[r], m);
+    }
   }
 }
 
 // --- entry points -------------------------------------------------------------------------
 // One entry point per rule: the step's flags select the rule variant (common/flag_dispatch.h,
 // shared with CUDA), whose coefficients are rounded once to the compute type.
+// Whether the roles a rule with N states uses are stored as p, g and s.
+template <int N>
+bool stored_as(const Batch& b, DType p, DType g, DType s) {
+  if (b.dtypes[kParam] != p || b.dtypes[kGrad] != g) return false;
+  for (int k = 0; k < N; ++k)
+    if (b.dtypes[kState0 + k] != s) return false;
+  return true;
+}
+
+// A rule (or the traffic loop) over a range, in the layout the call's storage selects.
+template <class Rule>
+void run_stored(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
+  using T = typename Rule::compute_t;
+  constexpr int N = Rule::kNumStates;
+  constexpr DType kBf16 = DType::kBFloat16;
+  using math::BFloat16;
+  if (b.stored_as_computed()) {
+    run_range<Rule, Uniform<T>>(rule, b, begin, end);
+  } else if constexpr (std::is_same<T, float>::value) {
+    if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
+    else if (stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
+      run_range<Rule, Layout<BFloat16, BFloat16, float>>(rule, b, begin, end);
+    else run_range_staged(rule, b, begin, end);
+  }
+}
+
 template <class Step>
 void update(const Step& s, const Batch& b, int64_t begin, int64_t end) {
-  with_rule(s, b.dtype, [&](auto rule, auto storage) {
+  with_rule(s, b.compute_dtype(), [&](auto rule, auto compute) {
     using Rule = typename decltype(rule)::type;
-    using S = typename decltype(storage)::type;
-    run_range<Rule, S>(Rule{cast_coeffs<S>(s.c)}, b, begin, end);
+    using T = typename decltype(compute)::type;
+    run_stored(Rule{cast_coeffs<T>(s.c)}, b, begin, end);
   });
 }
 
-template <int N, class S>
+template <int N, class T>
 void traffic_n(const Batch& b, int64_t begin, int64_t end) {
-  run_range<math::TrafficRule<S, N>, S>(math::TrafficRule<S, N>{}, b, begin, end);
+  run_stored(math::TrafficRule<T, N>{}, b, begin, end);
 }
 
 void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
+  with_compute(b.compute_dtype(), [&](auto st) {
+    using T = decltype(st);
     switch (s.n_states) {
-      case 0: traffic_n<0, S>(b, begin, end); break;
-      case 1: traffic_n<1, S>(b, begin, end); break;
-      case 2: traffic_n<2, S>(b, begin, end); break;
-      default: traffic_n<3, S>(b, begin, end); break;
+      case 0: traffic_n<0, T>(b, begin, end); break;
+      case 1: traffic_n<1, T>(b, begin, end); break;
+      case 2: traffic_n<2, T>(b, begin, end); break;
+      default: traffic_n<3, T>(b, begin, end); break;
     }
   });
 }
@@ -217,7 +408,7 @@ double block_sumsq(const S* __restrict x, int64_t n) {
 
 void sumsq_blocks(const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
                   double* partials) {
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
          t < b.n_tensors && block_offsets[t] < end; ++t) {
@@ -238,7 +429,8 @@ template <class S>
 int64_t count_nonfinite_in(const S* __restrict x, int64_t n) {
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const S d = x[i] - x[i];  // 0 for finite values, NaN for NaN and +-inf
+    const auto v = math::widen(x[i]);
+    const auto d = v - v;  // 0 for finite values, NaN for NaN and +-inf
     count += (d != d);
   }
   return count;
@@ -246,7 +438,7 @@ int64_t count_nonfinite_in(const S* __restrict x, int64_t n) {
 
 int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
   int64_t count = 0;
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
          t < b.n_tensors && b.offsets[t] < end; ++t) {

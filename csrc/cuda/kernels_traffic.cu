@@ -9,21 +9,23 @@ namespace fusedopt {
 namespace cuda {
 namespace {
 
-template <int N, class S>
+template <int N, class T>
 void traffic_n(const Batch& b, cudaStream_t stream) {
-  launch_update<math::TrafficRule<S, N>, S>(NoCoeffs{}, nullptr, b, stream);
+  if (b.stored_as_computed()) launch_update<math::TrafficRule<T, N>, T>(NoCoeffs{}, nullptr, b, stream);
+  else if constexpr (std::is_same<T, float>::value)
+    launch_update<math::TrafficRule<float, N>, void>(NoCoeffs{}, nullptr, b, stream);
 }
 
 }  // namespace
 
 void traffic(const TrafficStep& s, const Batch& b, cudaStream_t stream) {
-  with_storage(b.dtype, [&](auto st) {
-    using S = decltype(st);
+  with_compute(b.compute_dtype(), [&](auto st) {
+    using T = decltype(st);
     switch (s.n_states) {
-      case 0: traffic_n<0, S>(b, stream); break;
-      case 1: traffic_n<1, S>(b, stream); break;
-      case 2: traffic_n<2, S>(b, stream); break;
-      default: traffic_n<3, S>(b, stream); break;
+      case 0: traffic_n<0, T>(b, stream); break;
+      case 1: traffic_n<1, T>(b, stream); break;
+      case 2: traffic_n<2, T>(b, stream); break;
+      default: traffic_n<3, T>(b, stream); break;
     }
   });
 }

@@ -27,6 +27,7 @@
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 #include "cuda/plan.h"
+#include "math/storage.h"
 
 namespace fusedopt {
 namespace cuda {
@@ -41,6 +42,7 @@ struct UpdateParams {
   int64_t n_chunks;
   int64_t chunk;  // elements per chunk (cuda/plan.h: chunk_elements)
   int32_t n_slots;
+  DType storage[kRoles];  // each role's storage (update_kernel_mixed only)
 };
 
 template <class Rule, class C>
@@ -148,9 +150,129 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The launch-time half: plan the call and queue one launch per table of tensors.
+
+// --- calls with 16-bit roles -----------------------------------------------------------------
+// float32 arithmetic over roles stored in float32, bfloat16 or float16, each role's storage a
+// kernel parameter: one kernel per rule variant, whatever the combination of storage types
+// (the branches on it are uniform across the grid). Vectors of kMixedVector elements: 16
+// bytes of a float32 role, 8 of a 16-bit one. Conversions are math/storage.h's, the CPU's bits.
+constexpr int kMixedVector = 4;
+
+__device__ __forceinline__ float load_float(DType d, const void* p, int64_t i) {
+  if (d == DType::kBFloat16) return math::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+  if (d == DType::kFloat16) return math::f16_to_float(static_cast<const uint16_t*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+
+__device__ __forceinline__ void store_float(DType d, void* p, int64_t i, float x) {
+  if (d == DType::kBFloat16) static_cast<uint16_t*>(p)[i] = math::float_to_bf16(x);
+  else if (d == DType::kFloat16) static_cast<uint16_t*>(p)[i] = math::float_to_f16(x);
+  else static_cast<float*>(p)[i] = x;
+}
+
+__device__ __forceinline__ void load_vector(DType d, const void* p, int64_t i, float (&out)[kMixedVector]) {
+  if (d == DType::kFloat32) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const float*>(p) + i);
+    memcpy(out, &raw, sizeof(raw));
+    return;
+  }
+  const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p) + i);
+  uint16_t h[kMixedVector];
+  memcpy(h, &raw, sizeof(raw));
+#pragma unroll
+  for (int j = 0; j < kMixedVector; ++j)
+    out[j] = d == DType::kBFloat16 ? math::bf16_to_float(h[j]) : math::f16_to_float(h[j]);
+}
+
+__device__ __forceinline__ void store_vector(DType d, void* p, int64_t i, const float (&in)[kMixedVector]) {
+  if (d == DType::kFloat32) {
+    uint4 raw;
+    memcpy(&raw, in, sizeof(raw));
+    *reinterpret_cast<uint4*>(static_cast<float*>(p) + i) = raw;
+    return;
+  }
+  uint16_t h[kMixedVector];
+#pragma unroll
+  for (int j = 0; j < kMixedVector; ++j)
+    h[j] = d == DType::kBFloat16 ? math::float_to_bf16(in[j]) : math::float_to_f16(in[j]);
+  uint2 raw;
+  memcpy(&raw, h, sizeof(raw));
+  *reinterpret_cast<uint2*>(static_cast<uint16_t*>(p) + i) = raw;
+}
+
+template <class Rule, class C, int kRoles>
+__device__ __forceinline__ void apply_mixed_scalar(const Rule& rule, const UpdateParams<C, kRoles>& P,
+                                                   void* const (&ptr)[kRoles], int64_t i) {
+  float x[kRoles];
+#pragma unroll
+  for (int r = 0; r < kRoles; ++r) x[r] = load_float(P.storage[r], ptr[r], i);
+  apply_values<Rule, float, kRoles>(rule, x);
+  store_float(P.storage[0], ptr[0], i, x[0]);
+#pragma unroll
+  for (int r = 2; r < kRoles; ++r) store_float(P.storage[r], ptr[r], i, x[r]);
+}
+
+template <class Rule, class C, int kRoles>
+__global__ void __launch_bounds__(kThreads)
+    update_kernel_mixed(const __grid_constant__ UpdateParams<C, kRoles> P) {
+  C c = P.coeffs;
+  if (P.device_coeffs != nullptr) {
+    if (P.device_coeffs->skip != 0.0) return;
+    c = P.device_coeffs->c;
+  }
+  const Rule rule = make_rule<Rule>(c);
+  constexpr int V = kMixedVector;
+  constexpr int64_t kStride = int64_t{kThreads} * V * kUnroll;
+
+  for (int64_t chunk = blockIdx.x; chunk < P.n_chunks; chunk += gridDim.x) {
+    const int slot = locate(P.table.chunk_start, P.n_slots, chunk);
+    const ChunkSpan s = chunk_span(P.table.size[slot], P.table.head[slot], P.chunk, V,
+                                   chunk - P.table.chunk_start[slot]);
+    void* ptr[kRoles];
+#pragma unroll
+    for (int r = 0; r < kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
+
+    for (int64_t i = s.lo + threadIdx.x; i < s.vec_lo; i += kThreads) apply_mixed_scalar(rule, P, ptr, i);
+
+    for (int64_t base = s.vec_lo + int64_t{threadIdx.x} * V; base < s.vec_hi; base += kStride) {
+      float v[kUnroll][kRoles][V];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + int64_t{u} * kThreads * V;
+        if (i < s.vec_hi) {
+#pragma unroll
+          for (int r = 0; r < kRoles; ++r) load_vector(P.storage[r], ptr[r], i, v[u][r]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + int64_t{u} * kThreads * V;
+        if (i < s.vec_hi) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            float x[kRoles];
+#pragma unroll
+            for (int r = 0; r < kRoles; ++r) x[r] = v[u][r][j];
+            apply_values<Rule, float, kRoles>(rule, x);
+#pragma unroll
+            for (int r = 0; r < kRoles; ++r) v[u][r][j] = x[r];
+          }
+          store_vector(P.storage[0], ptr[0], i, v[u][0]);
+#pragma unroll
+          for (int r = 2; r < kRoles; ++r) store_vector(P.storage[r], ptr[r], i, v[u][r]);
+        }
+      }
+    }
+
+    for (int64_t i = s.vec_hi + threadIdx.x; i < s.hi; i += kThreads) apply_mixed_scalar(rule, P, ptr, i);
+  }
+}
+
+// The launch-time half: plan the call and queue one launch per table of tensors. S is the
+// storage of every role, or void for a call with 16-bit roles (update_kernel_mixed).
 template <class Rule, class S, class C>
 void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, cudaStream_t stream) {
+  constexpr bool kMixed = std::is_void<S>::value;
   constexpr int kRoles = 2 + Rule::kNumStates;
   using Params = UpdateParams<C, kRoles>;
   static_assert(sizeof(Params) <= kParamLimit, "kernel parameters exceed the parameter space");
@@ -161,13 +283,18 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
   const int64_t n = b.n_tensors;
   std::vector<int64_t> sizes(static_cast<size_t>(n));
   std::vector<int32_t> heads(static_cast<size_t>(n));
+  int itemsizes[kRoles];
+  for (int r = 0; r < kRoles; ++r) itemsizes[r] = itemsize_of(static_cast<int>(b.dtypes[r]));
   for (int64_t t = 0; t < n; ++t) {
     uintptr_t addresses[kRoles];
     for (int r = 0; r < kRoles; ++r) addresses[r] = reinterpret_cast<uintptr_t>(b.ptrs[r][t]);
     sizes[t] = b.size(t);
-    heads[t] = vector_head(addresses, kRoles, sizeof(S));
+    if constexpr (kMixed) heads[t] = mixed_vector_head(addresses, itemsizes, kRoles, kMixedVector);
+    else heads[t] = vector_head(addresses, kRoles, sizeof(S));
   }
-  const auto kernel = update_kernel<Rule, S, C, kRoles>;
+  void (*kernel)(Params) = nullptr;
+  if constexpr (kMixed) kernel = update_kernel_mixed<Rule, C, kRoles>;
+  else kernel = update_kernel<Rule, S, C, kRoles>;
   const int64_t chunk = chunk_elements();
   const auto plans = plan_launches(sizes.data(), heads.data(), n, chunk, kCap,
                                    max_resident_blocks(reinterpret_cast<const void*>(kernel), kThreads));
@@ -176,6 +303,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
   params.coeffs = coeffs;
   params.device_coeffs = static_cast<const DeviceCoeffs<C>*>(device_coeffs);
   params.chunk = chunk;
+  for (int r = 0; r < kRoles; ++r) params.storage[r] = b.dtypes[r];
   for (const LaunchPlan& plan : plans) {
     const int slots = static_cast<int>(plan.tensors.size());
     params.n_slots = slots;
@@ -197,9 +325,12 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
 // compiles the rules' variants in parallel.
 template <class Step>
 void launch_step(const Step& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {
-  with_rule(s, b.dtype, [&](auto rule, auto storage) {
+  with_rule(s, b.compute_dtype(), [&](auto rule, auto compute) {
     using Rule = typename decltype(rule)::type;
-    launch_update<Rule, typename decltype(storage)::type>(s.c, device_coeffs, b, stream);
+    using T = typename decltype(compute)::type;
+    if (b.stored_as_computed()) launch_update<Rule, T>(s.c, device_coeffs, b, stream);
+    else if constexpr (std::is_same<T, float>::value)
+      launch_update<Rule, void>(s.c, device_coeffs, b, stream);
   });
 }
 

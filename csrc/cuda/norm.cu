@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) count_nonfinite_kernel(const __grid_
     const int64_t left = P.table.size[slot] - lo;
     const int len = static_cast<int>(left < math::kNormBlock ? left : math::kNormBlock);
     const S* x = static_cast<const S*>(P.table.ptr[0][slot]) + lo;
-    for (int i = threadIdx.x; i < len; i += kThreads) count += isfinite(x[i]) ? 0 : 1;
+    for (int i = threadIdx.x; i < len; i += kThreads) count += isfinite(math::widen(x[i])) ? 0 : 1;
   }
   for (int width = 16; width >= 1; width /= 2) count += __shfl_down_sync(kFullMask, count, width);
   if (threadIdx.x % 32 == 0 && count != 0)
@@ -144,7 +144,7 @@ void launch_reduce(Kernel kernel, const Batch& b, void* out, int chunks_per_bloc
 }
 
 void queue_block_sums(const Batch& b, double* partials, cudaStream_t stream) {
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     launch_reduce(block_sumsq_kernel<S>, b, partials, kWarps, stream);
   });
@@ -179,7 +179,7 @@ void adaptive_sgd(const SgdStep& base, const Batch& b, double* result, cudaStrea
 
 void count_nonfinite(const Batch& b, unsigned long long* out, cudaStream_t stream) {
   check(cudaMemsetAsync(out, 0, sizeof(*out), stream), "cudaMemsetAsync");
-  with_storage(b.dtype, [&](auto st) {
+  with_storage(b.dtypes[kGrad], [&](auto st) {
     using S = decltype(st);
     launch_reduce(count_nonfinite_kernel<S>, b, out, 1, stream);
   });

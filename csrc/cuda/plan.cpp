@@ -31,6 +31,19 @@ int32_t vector_head(const uintptr_t* addresses, int n_roles, int itemsize) {
   return static_cast<int32_t>(((kVectorBytes - offset) % kVectorBytes) / itemsize);
 }
 
+int32_t mixed_vector_head(const uintptr_t* addresses, const int* itemsizes, int n_roles, int vec) {
+  int32_t head = kScalarOnly;
+  for (int r = 0; r < n_roles; ++r) {
+    const auto size = static_cast<uintptr_t>(itemsizes[r]);
+    if (size == 0 || addresses[r] % size != 0) return kScalarOnly;
+    const auto v = static_cast<uintptr_t>(vec);
+    const auto h = static_cast<int32_t>((v - (addresses[r] / size) % v) % v);
+    if (r > 0 && h != head) return kScalarOnly;
+    head = h;
+  }
+  return head;
+}
+
 std::vector<LaunchPlan> plan_launches(const int64_t* sizes, const int32_t* heads, int64_t n_tensors,
                                       int64_t chunk, int capacity, int64_t max_grid) {
   if (chunk <= 0 || capacity <= 0 || max_grid <= 0)

@@ -122,6 +122,10 @@ FUSEDOPT_HD int locate(const int64_t* chunk_start, int n_slots, int64_t chunk) {
 // The common head of one tensor's roles: elements to the next 16-byte boundary, or
 // kScalarOnly if the roles are at different offsets or not aligned to their element size.
 int32_t vector_head(const uintptr_t* addresses, int n_roles, int itemsize);
+// The same for roles of different element sizes and vectors of `vec` elements (vec *
+// itemsizes[r] bytes of role r): elements to where every role is on such a boundary, or
+// kScalarOnly if the roles never get there together.
+int32_t mixed_vector_head(const uintptr_t* addresses, const int* itemsizes, int n_roles, int vec);
 
 struct LaunchPlan {
   std::vector<int64_t> tensors;      // index in the call of each slot's tensor

@@ -79,6 +79,9 @@ T shfl(unsigned mask, T value, int src) {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::fusedopt::cuda::emulation::warp_sync(mask); }
 

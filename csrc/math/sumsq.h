@@ -2,16 +2,18 @@
 //
 // The gradient of every tensor is cut into blocks of kNormBlock elements (the last block
 // of a tensor may be short). Inside a block, element i goes to lane i % kNormLanes; each
-// lane accumulates its elements in order, in double (a float32 square is exact in double).
-// The 32 lanes are then combined by a fixed halving tree: lane[j] += lane[j + 16] for
-// j < 16, then + 8, + 4, + 2, + 1, which is a warp's shuffle-down order on CUDA. The block
-// sums are added one after another in call order (tensor by tensor, block by block).
+// lane accumulates its elements in order, in double (a float32 square is exact in double;
+// 16-bit gradients are squared as their float32 values). The 32 lanes are then combined
+// by a fixed halving tree: lane[j] += lane[j + 16] for j < 16, then + 8, + 4, + 2, + 1,
+// which is a warp's shuffle-down order on CUDA. The block sums are added one after another
+// in call order (tensor by tensor, block by block).
 // Nothing here depends on the thread count, the instruction set or the backend.
 #pragma once
 
 #include <cstdint>
 
 #include "math/hd.h"
+#include "math/storage.h"
 
 namespace fusedopt {
 namespace math {
@@ -21,7 +23,7 @@ constexpr int64_t kNormBlock = 65536;
 
 template <class S>
 FUSEDOPT_HD double square_as_double(S x) {
-  const double d = static_cast<double>(x);
+  const double d = static_cast<double>(widen(x));  // 16-bit storage: its float32 value
   return d * d;
 }
 

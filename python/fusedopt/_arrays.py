@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from fusedopt import _core
+from fusedopt import _core, _storage
 
-SUPPORTED_DTYPES = "float32 or float64"  # as the reader (csrc/bindings/reader.cpp) takes them
+# As the reader (csrc/bindings/reader.cpp) takes them, in the combinations it allows.
+SUPPORTED_DTYPES = "float32, float64, bfloat16 or float16"
 
 
 class Prepared:
@@ -162,6 +163,15 @@ def _adapted(fn: str, label: str, x):
     if isinstance(x, np.ndarray):
         return x
     if is_torch_tensor(x):
+        torch = sys.modules["torch"]
+        if x.dtype == torch.bfloat16:  # NumPy's view: ml_dtypes' bfloat16 over the same bytes
+            if x.device.type != "cpu":
+                raise TypeError(f"{fn}: {label} is a bfloat16 torch tensor on {x.device}, which "
+                                "only the compiled CUDA kernels take (CuPy has no bfloat16)")
+            if _storage.BFLOAT16 is None:
+                raise TypeError(f"{fn}: {label} is a bfloat16 torch tensor, which the reference "
+                                "reaches through ml_dtypes' NumPy bfloat16 (pip install ml_dtypes)")
+            return x.detach().view(torch.int16).numpy().view(_storage.BFLOAT16)
         if x.device.type == "cpu":
             return x.detach().numpy()  # detach(): parameters require grad; shares the memory
         return _need_cupy(fn, label, f"a torch tensor on {x.device}").asarray(x.detach())
@@ -259,8 +269,19 @@ def _worded(fn: str, refusal, names, values, single) -> Exception:
     if rule == "dtype":
         return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)}; supported: {SUPPORTED_DTYPES}")
     if rule == "dtype_mismatch":
-        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {first} has "
-                         f"{_dtype_name(item(0, 0))}; every array of one call must share one dtype")
+        other = label(names[other_role], other_index)
+        what = ("every state of one call shares one dtype" if other_role != role
+                else f"every array of {names[role]} shares one dtype")
+        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {other} has "
+                         f"{_dtype_name(item(other_role, other_index))}; {what}")
+    if rule == "dtype_combination":
+        param = _dtype_name(item(0, index))
+        grads, states = _core.storage_combinations.get(param, ((), ()))
+        kind = "grads" if names[role] == "grads" else "states"
+        allowed = grads if kind == "grads" else states
+        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {label('params', index)} "
+                         f"has {param}; with {param} params the {kind} must be "
+                         f"{' or '.join(allowed)}")
     if rule == "shape":
         return ValueError(f"{fn}: {where} has shape {_shape(x)} but {label('params', index)} has "
                           f"shape {_shape(item(0, index))}")

@@ -2,9 +2,12 @@
 
 Two modes:
 
-* exact: the kernel's operation order, at the storage precision, with the rule's
-  coefficients. float32 results equal the native kernels bit for bit. Each rule's
-  ``exact`` (fusedopt/rules/<rule>.py) mirrors its csrc/math/<rule>.h line by line.
+* exact: the kernel's operation order, at the compute precision, with the rule's
+  coefficients: every array widened to float32 (float64 for float64 params), the rule's
+  ``exact`` run there, and what it wrote rounded back to each array's storage to nearest
+  even (fusedopt/_storage.py), as the kernels load and store. The results equal the native
+  kernels bit for bit. Each rule's ``exact`` (fusedopt/rules/<rule>.py) mirrors its
+  csrc/math/<rule>.h line by line and knows nothing of storage.
 * float64: the textbook formula from the raw hyperparameters (the rule's ``float64``),
   computed in float64 and stored back at the arrays' precision. It checks drift, not bits.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from fusedopt import _storage
 from fusedopt.rules import RULES
 
 # csrc/math/sumsq.h
@@ -54,9 +58,16 @@ def sum_of_squares_exact(xp, grads) -> float:
 
 def apply_exact(rule: str, prep, coeffs) -> None:
     fn = RULES[rule].exact
+    xp = prep.xp
     for i, p in enumerate(prep.params):
-        if p.size:
-            fn(prep.xp, p, prep.grads[i], [s[i] for s in prep.states], coeffs)
+        if not p.size:
+            continue
+        compute = _storage.compute_dtype(xp, p.dtype)
+        written = [p, *(s[i] for s in prep.states)]
+        values = [_storage.widened(xp, a, compute) for a in written]
+        fn(xp, values[0], _storage.widened(xp, prep.grads[i], compute), values[1:], coeffs)
+        for a, v in zip(written, values):
+            _storage.store(xp, a, v)
 
 
 def apply_float64(rule: str, prep, hyper: dict) -> None:

@@ -20,14 +20,31 @@ CASES = rules.examples()
 SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]
 STEPS = 6  # RAdam rectifies from step 6 (rho_t > 5): both of its forms are run
 # Largest error of native float32 against the float64 textbook formula after STEPS steps,
-# relative to the largest parameter: a few float32 roundings per step.
-FLOAT64_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+# relative to the largest parameter: a few roundings of the storage per step.
+FLOAT64_TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12,
+                     np.dtype(np.float16): 5e-3}
+# The params' (and grads') dtypes: float32 and float64, and the 16-bit storage types
+# (float32 arithmetic; bfloat16 where ml_dtypes is installed; states: state_dtype()).
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+try:
+    import ml_dtypes as _ml_dtypes
+
+    DTYPES.append(np.dtype(_ml_dtypes.bfloat16))
+    FLOAT64_TOLERANCE[DTYPES[-1]] = 4e-2
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+
+
+def state_dtype(dtype):
+    """The states' dtype of a case: the params' own, but float32 for float16 params (the
+    kernels store states in float32 or bfloat16 for every params' dtype but float64)."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
 def _arrays(rng, dtype, n_states):
     params = [rng.standard_normal(n).astype(dtype) for n in SIZES]
     # States start at zero, as every optimizer starts them.
-    states = [[np.zeros(n, dtype) for n in SIZES] for _ in range(n_states)]
+    states = [[np.zeros(n, state_dtype(dtype)) for n in SIZES] for _ in range(n_states)]
     return params, states
 
 
@@ -81,7 +98,7 @@ def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0, dev
     scale = max(float(np.max(np.abs(p))) for p in f64_p if p.size)
     f64_err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in
                   zip(outs[:len(f64_p)], f64_p) if a.size) / scale
-    ok = identical and same_as_cpu and f64_err <= FLOAT64_TOLERANCE[dtype]
+    ok = identical and same_as_cpu and f64_err <= FLOAT64_TOLERANCE[np.dtype(dtype)]
     return dict(case=name, dtype=np.dtype(dtype).name, identical=identical, exact_err=exact_err,
                 same_as_cpu=same_as_cpu, f64_rel_err=f64_err, ok=ok)
 
@@ -115,15 +132,17 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     failures = 0
+    # CuPy has no bfloat16 (torch CUDA tensors carry it: tests/test_cuda.py).
+    dtypes = [d for d in DTYPES if args.device == "cpu" or d.name != "bfloat16"]
     for name, kernel, hyper, states, takes_step in CASES:
-        for dtype in (np.float32, np.float64):
+        for dtype in dtypes:
             r = verify_case(name, kernel, hyper, states, takes_step, dtype, device=args.device)
             exact = "identical" if r["identical"] else f"{r['exact_err']:.3g}"
             vs_cpu = f" {'identical' if r['same_as_cpu'] else 'DIFFERENT':>10s}" if cpu_column else ""
             print(f"{r['case']:28s} {r['dtype']:8s} {exact:>12s}{vs_cpu} {r['f64_rel_err']:>17.3g}  "
                   f"{'PASS' if r['ok'] else 'FAIL'}")
             failures += not r["ok"]
-    total = 2 * len(CASES)
+    total = len(dtypes) * len(CASES)
     print(f"{total - failures} passed, {failures} failed")
     return 1 if failures else 0
 

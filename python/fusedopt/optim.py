@@ -13,6 +13,13 @@ count. Two threads stepping one optimizer are serialised by a lock. With
 status saying so (a capturable step returns None: see :class:`Adam`), and does not advance
 the step count (loss-scaling overflow skip).
 
+Params may be float32, float64, bfloat16 or float16 (fusedopt's storage rules: see the
+functional kernels). ``state_dtype=`` sets the states' storage: float32 or bfloat16 for
+every params' dtype but float64 (float64 states only), by default the params' own dtype for
+float32 and float64 params and float32 for bfloat16 and float16 params. Arithmetic is
+float32 either way (float64 for float64 params); bfloat16 states halve their memory and
+traffic at the cost of rounding each moment to 8 bits of mantissa every step.
+
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
 
@@ -36,7 +43,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, cuda, rules
+import numpy as np
+
+from fusedopt import _arrays, _coeffs, _dispatch, _kernels, _native, _storage, cuda, rules
 
 
 class Optimizer:
@@ -64,7 +73,7 @@ class Optimizer:
         cls._defaults = {**defaults, **cls._extra_defaults}
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
-                 capturable: bool = False, **hyper):
+                 capturable: bool = False, state_dtype=None, **hyper):
         name = type(self).__name__
         self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
         capturable = _coeffs.flag(name, "capturable", capturable)
@@ -95,9 +104,11 @@ class Optimizer:
         # Work on the states (made here, copied by state_dict, written by load_state_dict)
         # runs where the steps do: on torch's current stream for torch CUDA params.
         self._torch_device = prep.torch_device
+        self._state_dtype = _state_dtype(name, prep, state_dtype)
         with cuda.params_stream(self._torch_device):
             self._states = {
-                n: _carve(prep.xp, prep.params, self._initial_value(n)) for n in self._state_names()
+                n: _carve(prep.xp, prep.params, self._initial_value(n), self._state_dtype)
+                for n in self._state_names()
             }
         # The states are new arrays, so only params can clash with each other.
         if prep.device == "cuda":
@@ -212,6 +223,11 @@ class Optimizer:
         if self._schedule is not None:
             return self._schedule.steps_taken
         return self._step
+
+    @property
+    def state_dtype(self):
+        """The dtype of the states (moments, buffers): see the module's note on storage."""
+        return self._state_dtype
 
     @property
     def capturable(self) -> bool:
@@ -332,7 +348,34 @@ class Optimizer:
         return [states.get(n) for n in self._rule_spec.states]
 
 
-def _carve(xp, like: list, value: float) -> list:
+def _state_dtype(name: str, prep, state_dtype):
+    """The states' dtype: ``state_dtype``, checked against the params' dtype as the reader
+    checks a call (bindings/reader.h: storage_allows), or by default the params' dtype for
+    float32 and float64 params and float32 for bfloat16 and float16 ones (a 16-bit moment
+    loses most small updates: bfloat16 states are a choice to make, not a default)."""
+    param = _storage.dtype_name(prep.params[0].dtype)
+    if state_dtype is None:
+        wanted = param if param in ("float32", "float64") else "float32"
+    else:
+        wanted = str(state_dtype).replace("torch.", "")
+        if not isinstance(state_dtype, str):
+            try:
+                wanted = _storage.dtype_name(state_dtype)
+            except TypeError:
+                pass  # a torch dtype: its name, as str() gives it
+        allowed = _native.core().storage_combinations.get(param, ((), ()))[1]
+        if wanted not in allowed:
+            raise TypeError(f"{name}: state_dtype {wanted} does not go with {param} params; "
+                            f"with {param} params the states must be {' or '.join(allowed)}")
+    if wanted == "bfloat16":
+        if prep.xp is not np:
+            raise TypeError(f"{name}: state_dtype bfloat16 needs host params: the states of "
+                            "device params are CuPy arrays, and CuPy has no bfloat16")
+        return _storage.bfloat16()
+    return np.dtype(wanted)
+
+
+def _carve(xp, like: list, value: float, dtype=None) -> list:
     """One array shaped like each of ``like``, filled with ``value``, all cut from one block.
 
     An optimizer's states for a model's many small tensors then lie in one block of memory,
@@ -342,7 +385,7 @@ def _carve(xp, like: list, value: float) -> list:
     every array allocated on its own; carving the states alone moved Adam by 1.5 points,
     about the noise (bench/list_layout.py). Pieces are padded to multiples of 64 bytes.
     """
-    dtype = like[0].dtype
+    dtype = like[0].dtype if dtype is None else dtype
     align = max(1, 64 // dtype.itemsize)
     starts, total = [], 0
     for a in like:

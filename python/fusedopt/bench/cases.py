@@ -55,6 +55,12 @@ TRAFFIC = {name: (2 + len(_states(fn, h)) + _rules.kernel(fn)[1].adaptive, 1 + l
                   len(_states(fn, h))) for name, (fn, h) in CASES.items()}
 RULES = tuple(TRAFFIC)
 DTYPES = {"float32": np.float32, "float64": np.float64}
+try:  # bfloat16: params, grads and states all bfloat16 (float32 arithmetic), with ml_dtypes
+    import ml_dtypes as _ml_dtypes
+
+    DTYPES["bfloat16"] = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
 
 
 def bytes_per_element(rule: str, dtype: str) -> int:
@@ -121,9 +127,9 @@ class Arrays:
         self.n_tensors = len(sizes)
 
         def randn(n):
-            x = rng.standard_normal(n, dtype=np.float32 if t == np.float32 else np.float64)
+            x = rng.standard_normal(n, dtype=np.float64 if t == np.float64 else np.float32)
             x[x == 0] = 1.0  # nonzero: a zero gradient hides an unwritten output
-            return x
+            return x.astype(t, copy=False)  # bfloat16: rounded from float32, still nonzero
 
         self.p = [randn(k) for k in sizes]
         self.g = [randn(k) for k in sizes]
@@ -141,7 +147,7 @@ class Arrays:
     def grads_fingerprint(self) -> list:
         """The sum of each gradient's bit patterns: cheap (one read at memory speed), and
         any write to a gradient changes it in practice."""
-        ints = np.uint32 if self.g[0].itemsize == 4 else np.uint64
+        ints = {2: np.uint16, 4: np.uint32, 8: np.uint64}[self.g[0].itemsize]
         return [int(x.view(ints).sum(dtype=np.uint64)) for x in self.g]
 
     def check_case_data(self, case: str) -> None:

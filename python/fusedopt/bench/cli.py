@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                          "and all, every CPU target, every installed peer, latency; writes "
                          "CSV/JSON/PNG to --out")
     ap.add_argument("--rules", default=None, help=f"comma list of {', '.join(RULES)}, or all")
-    ap.add_argument("--dtypes", default=None, help="float32, float64, or both comma-separated")
+    ap.add_argument("--dtypes", default=None,
+                    help="float32, float64, bfloat16 (params, grads and states; needs ml_dtypes), "
+                         "comma-separated")
     ap.add_argument("--sizes", default=None,
                     help="comma list of 2^K, plain counts, list1000 (1,000 tensors of log-uniform "
                          "sizes totalling 2^24), or all")
@@ -101,7 +103,7 @@ def config_from_args(args) -> Config:
     dtypes = _split(args.dtypes) if args.dtypes else (list(DTYPES) if full else ["float32"])
     for d in dtypes:
         if d not in DTYPES:
-            raise SystemExit(f"bench: unknown dtype {d!r}; choose float32 or float64")
+            raise SystemExit(f"bench: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
     sizes = _parse_sizes(args.sizes) if args.sizes else (
         _parse_sizes("all") if full else [1 << 24])
     threads = _split(args.threads) if args.threads else (["1", "all"] if full else ["all"])

@@ -9,9 +9,11 @@ of the ratio of the roof's time to the kernel's time in the same round, on the s
 With no options this is the quick run (about 40 seconds on a 2-core machine): every
 rule, float32, 2^24 elements, all threads, the active CPU target, against the roof and the
 exact NumPy reference, plus the latency of one small call. ``--full`` is the sweep of
-bench/README.md: both dtypes, sizes 2^10 to 2^27 and a list of 1,000 tensors, 1 and all
-threads, every CPU target the machine runs, and every installed peer (PyTorch's
-``foreach=False``, ``foreach=True`` and ``fused=True``, DeepSpeed's CPU Adam and Adagrad).
+bench/README.md: every dtype (float32, float64, and bfloat16 where ml_dtypes is installed:
+params, grads and states all bfloat16, without peers), sizes 2^10 to 2^27 and a list of
+1,000 tensors, 1 and all threads, every CPU target the machine runs, and every installed
+peer (PyTorch's ``foreach=False``, ``foreach=True`` and ``fused=True``, DeepSpeed's CPU
+Adam and Adagrad).
 Results go to CSV and JSON with the machine's metadata, and to a PNG plot when matplotlib
 is installed.
 
@@ -347,7 +349,10 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                     call_fusedopt(rule, _reference, *arrays_ref)
 
                 rows.append(peer_rows("numpy-reference", ref, cfg.ref_repeats, nt))
-        if torch is not None and "torch" in cfg.peers:
+        # The peers step on torch tensors made from float32/float64 arrays; bfloat16 rows
+        # (ml_dtypes arrays) have the roof and the NumPy reference only.
+        peers_take = dtype in ("float32", "float64")
+        if torch is not None and "torch" in cfg.peers and peers_take:
             for impl, kw in TORCH_VARIANTS:
                 progress.set(f"{label} t={nt}: {impl}")
                 peer, why = torch_peer(torch, rule, kw, arrays)
@@ -360,7 +365,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                 peer.close()
                 del peer
                 gc.collect()
-        if have_ds and "deepspeed" in cfg.peers:
+        if have_ds and "deepspeed" in cfg.peers and peers_take:
             progress.set(f"{label} t={nt}: deepspeed")
             peer, why = deepspeed_peer(torch, rule, arrays)
             if peer is None:

@@ -1,0 +1,114 @@
+// Storage narrower than the arithmetic: bfloat16 and float16 held as their 16 bits, and the
+// conversions to and from float32 that every backend shares. Widening is exact. Narrowing
+// rounds to nearest, ties to even, as IEEE 754 converts: values past the largest finite one
+// become inf, subnormals are kept (no flush to zero), and a NaN stays a NaN with its sign
+// and the top bits of its payload, made quiet.
+//
+// These are integer operations on the bits, so they give the same result on every
+// instruction set, on the GPU and in the host emulation. The CPU loops use the F16C
+// instructions for float16 where the build has them (csrc/cpu/kernels_isa.cpp), which round
+// the same way and treat NaN the same way; tests/test_mixed_precision.py checks the two
+// against each other and against NumPy over every float16 value.
+#pragma once
+
+#include <cstdint>
+
+#include "math/hd.h"
+
+namespace fusedopt {
+namespace math {
+
+// Tags for the 16-bit storage types, for code templated on the storage type.
+struct BFloat16 {
+  uint16_t bits;
+};
+struct Float16 {
+  uint16_t bits;
+};
+
+FUSEDOPT_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  __builtin_memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+FUSEDOPT_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  __builtin_memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
+
+FUSEDOPT_HD float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+
+// Adding 0x7FFF plus the kept half's lowest bit rounds the dropped half to nearest even;
+// a carry out of the mantissa moves the exponent up, to inf past the largest finite value.
+FUSEDOPT_HD uint16_t float_to_bf16(float x) {
+  const uint32_t u = float_bits(x);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x0040u;
+  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
+}
+
+FUSEDOPT_HD float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  if (exponent == 0x1Fu)  // inf, or NaN made quiet
+    return bits_float(sign | 0x7F800000u | (mantissa << 13) | (mantissa != 0 ? 0x00400000u : 0u));
+  if (exponent == 0)  // zero or subnormal: mantissa * 2^-24, exact in float32
+    return bits_float(sign | float_bits(static_cast<float>(mantissa) * 5.9604644775390625e-08f));
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+FUSEDOPT_HD uint16_t float_to_f16(float x) {
+  const uint32_t u = float_bits(x);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // 65520 and up: inf
+  if (a >= 0x38800000u) {  // a normal float16 (2^-14 and up): rebias, round off 13 bits
+    const uint32_t r = a - 0x38000000u;
+    return static_cast<uint16_t>(sign | ((r + 0xFFFu + ((r >> 13) & 1u)) >> 13));
+  }
+  const uint32_t e = a >> 23;
+  if (e < 102u) return static_cast<uint16_t>(sign);  // below 2^-25 (2^-25 ties to 0)
+  // A subnormal float16: the value in units of 2^-24, rounded to nearest even. The result
+  // can reach 0x400, the smallest normal, which is the right encoding for it.
+  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
+  const uint32_t shift = 126u - e;  // 14 (e = 112) .. 24 (e = 102)
+  const uint32_t q = m >> shift, rest = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  return static_cast<uint16_t>(sign | (q + ((rest > half || (rest == half && (q & 1u))) ? 1u : 0u)));
+}
+
+// The compute value of a stored one: float32 for the 16-bit types, the value itself for
+// float32 and float64.
+FUSEDOPT_HD float widen(float x) { return x; }
+FUSEDOPT_HD double widen(double x) { return x; }
+FUSEDOPT_HD float widen(BFloat16 x) { return bf16_to_float(x.bits); }
+FUSEDOPT_HD float widen(Float16 x) { return f16_to_float(x.bits); }
+
+// A compute value rounded to the storage type S.
+template <class S>
+struct Narrow {
+  template <class T>
+  FUSEDOPT_HD static S from(T x) { return static_cast<S>(x); }
+};
+template <>
+struct Narrow<BFloat16> {
+  FUSEDOPT_HD static BFloat16 from(float x) { return BFloat16{float_to_bf16(x)}; }
+};
+template <>
+struct Narrow<Float16> {
+  FUSEDOPT_HD static Float16 from(float x) { return Float16{float_to_f16(x)}; }
+};
+
+}  // namespace math
+}  // namespace fusedopt

@@ -1,0 +1,73 @@
+"""Storage dtypes in the array modules: what the reference computes in and how it rounds back.
+
+The kernels store params, grads and states in float32, float64, bfloat16 or float16 and
+compute in float32 (float64 for float64 params): a load widens exactly, a store rounds to
+nearest even (csrc/math/storage.h). The exact reference does the same around each rule's
+``exact``: :func:`widened` before, :func:`store` after. bfloat16 is ml_dtypes' NumPy dtype
+(the one JAX and TensorFlow use); without ml_dtypes installed everything else still works.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # optional: NumPy has no bfloat16 of its own
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - depends on the environment
+    _ml_dtypes = None
+
+BFLOAT16 = np.dtype(_ml_dtypes.bfloat16) if _ml_dtypes is not None else None
+
+
+def dtype_name(dtype) -> str:
+    """The name of a storage dtype ("bfloat16" for ml_dtypes' one)."""
+    return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+
+
+def bfloat16():
+    """ml_dtypes' bfloat16 as a NumPy dtype, or a TypeError saying how to get it."""
+    if BFLOAT16 is None:
+        raise TypeError("bfloat16 arrays need ml_dtypes (pip install ml_dtypes, or "
+                        "pip install 'fusedopt[bf16]')")
+    return BFLOAT16
+
+
+def is_bfloat16(dtype) -> bool:
+    return dtype.itemsize == 2 and dtype.kind == "V" and dtype.name == "bfloat16"
+
+
+def compute_dtype(xp, param_dtype):
+    """float64 for float64 params, float32 for every other storage."""
+    return xp.float64 if np.dtype(param_dtype) == np.float64 else xp.float32
+
+
+def widened(xp, a, compute):
+    """``a`` in the compute dtype: the array itself where it is stored so, else a widened
+    copy (exact). bfloat16 widens by its bits: its 16 bits are float32's high half."""
+    if a.dtype == compute:
+        return a
+    if is_bfloat16(a.dtype):
+        return (a.view(xp.uint16).astype(xp.uint32) << 16).view(xp.float32)
+    return a.astype(compute)
+
+
+def _bfloat16_bits(xp, x):
+    """float32 values rounded to bfloat16 bits, as math::float_to_bf16: to nearest even by
+    adding 0x7FFF and the kept half's lowest bit; NaN keeps its sign and top payload bits,
+    made quiet."""
+    u = x.view(xp.uint32)
+    rounded = (u + xp.uint32(0x7FFF) + ((u >> 16) & xp.uint32(1))) >> 16  # wraps only for NaN
+    nan = (u >> 16) | xp.uint32(0x0040)
+    return xp.where((u & xp.uint32(0x7FFFFFFF)) > xp.uint32(0x7F800000), nan, rounded).astype(xp.uint16)
+
+
+def store(xp, a, values) -> None:
+    """Writes compute-dtype ``values`` into ``a``, rounded to nearest even where ``a`` is
+    narrower (nothing to do where ``values`` is ``a`` itself)."""
+    if values is a:
+        return
+    if is_bfloat16(a.dtype):
+        a.view(xp.uint16)[...] = _bfloat16_bits(xp, xp.ascontiguousarray(values, dtype=xp.float32))
+        return
+    with np.errstate(over="ignore"):  # past float16's largest value: inf, as IEEE rounds
+        a[...] = values.astype(a.dtype)
