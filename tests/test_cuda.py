@@ -560,10 +560,10 @@ def test_fast_path_takes_plain_cupy_calls(monkeypatch):
     assert isinstance(rate.lr, cupy.ndarray)  # computed on the device, no host sync
     assert not any(np.array_equal(x.get(), e) for x, e in zip(p, expected))
     # skip_if_nonfinite: the fast path's checks, then the count, then the update or nothing
-    assert fusedopt.adam_(p, g, m, v, step=2, skip_if_nonfinite=True) == (False, 0)
+    assert fusedopt.adam_(p, g, m, v, step=2, skip_if_nonfinite=True) == fusedopt.StepStatus(False, 0)
     g[1][2] = cupy.float32(np.inf)
     before = [x.get() for x in p + m + v]
-    assert fusedopt.adam_(p, g, m, v, step=3, skip_if_nonfinite=True) == (True, 1)
+    assert fusedopt.adam_(p, g, m, v, step=3, skip_if_nonfinite=True) == fusedopt.StepStatus(True, 1)
     assert fusedopt.adaptive_sgd_(p, g, lr=0.1, skip_if_nonfinite=True).skipped
     assert all(np.array_equal(x.get(), b) for x, b in zip(p + m + v, before))
 

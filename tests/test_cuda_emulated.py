@@ -63,10 +63,10 @@ class _RecordingCore:
     def __getattr__(self, name):
         return getattr(self._core, name)
 
-    def run(self, rule, params, grads, states, coeffs):
-        refusal = self._core.run(rule, params, grads, states, coeffs)
+    def run(self, rule, params, grads, states, coeffs, grad_multiplier=1.0):
+        refusal = self._core.run(rule, params, grads, states, coeffs, grad_multiplier)
         if refusal is None:
-            self.calls.append((rule, coeffs))
+            self.calls.append((rule, coeffs, grad_multiplier))
         return refusal
 
     def Call(self, *args, **kwargs):  # noqa: N802 - the module's class
@@ -80,9 +80,9 @@ class _RecordingCall:
     def __getattr__(self, name):
         return getattr(self._call, name)
 
-    def run(self, rule, coeffs):
-        self._recorder.calls.append((rule, coeffs))
-        return self._call.run(rule, coeffs)
+    def run(self, rule, coeffs, grad_multiplier=1.0):
+        self._recorder.calls.append((rule, coeffs, grad_multiplier))
+        return self._call.run(rule, coeffs, grad_multiplier=grad_multiplier)
 
 
 @contextlib.contextmanager
@@ -102,8 +102,9 @@ def device_shape(multiprocessors, blocks_per_multiprocessor):
         emu.set_device_shape(*old)
 
 
-def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs):
-    """Step k of `case` on the emulated device with the coefficients the CPU call used."""
+def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs, grad_multiplier=1.0):
+    """Step k of `case` on the emulated device with the coefficients (and the gradients'
+    multiplier) the CPU call used."""
     params, grads, states = dev(inputs.params), dev(inputs.grads[k]), [dev(v) for v in inputs.states.values()]
     if case.fn == "adaptive_sgd_":
         # The whole adaptive step on the device: the norm, the rate, then SGD reading the
@@ -113,18 +114,19 @@ def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs):
         result = np.full(2, np.nan)
         emu.Batch(params, grads, states).adaptive_sgd(base, result=result.ctypes.data)
         return result
-    assert emu.run(rule, params, grads, states, coeffs) is None
+    assert emu.run(rule, params, grads, states, coeffs, grad_multiplier=grad_multiplier) is None
     return None
 
 
-def check_case(monkeypatch, case, dtype, sizes, *, steps=3, key=()):
+def check_case(monkeypatch, case, dtype, sizes, *, steps=3, key=(), **scaling):
     """Runs `steps` steps on the CPU and on the emulated device from the same inputs; every
-    array must agree bit for bit (and the adaptive rate and norm with them)."""
+    array must agree bit for bit (and the adaptive rate and norm with them). ``scaling``:
+    loss scaling and clipping arguments of the CPU call, whose multiplier the device gets."""
     host = make_inputs(case, dtype, sizes, steps=steps, rng=rng_for("emulated", case.id, dtype, sizes, *key))
     cpu, gpu = host.copy(), host.copy()
     for k in range(steps):
         with recording(monkeypatch) as rec:
-            out = case.call(*cpu.args(k), k + 1, backend="native")
+            out = case.call(*cpu.args(k), k + 1, backend="native", **scaling)
         assert len(rec.calls) == 1, rec.calls
         result = emulated_step(case, gpu, k, *rec.calls[0])
         if result is not None:
@@ -140,6 +142,15 @@ SIZES = [0, 1, 3, 4, 5, 17, 8191, 8192, 8193, 16384 + 3, 65537, 0]
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_rule_bitwise(monkeypatch, case, dtype):
     check_case(monkeypatch, case, dtype, SIZES)
+
+
+@pytest.mark.parametrize("case", [CASES_BY_ID[i] for i in ("adam-amsgrad-wd", "sgd-keras-nesterov-wd",
+                                                           "lion-wd-max", "rmsprop-centered-mom-wd")],
+                         ids=lambda c: c.id)
+def test_scaled_and_clipped_bitwise(monkeypatch, case):
+    """Loss scaling and clipping reach the device as the gradients' multiplier: the same
+    bits as the CPU, whose multiplier here is neither 1 nor a power of two."""
+    check_case(monkeypatch, case, np.float32, SIZES, grad_scale=3.0, max_grad_norm=0.25)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (64, 16)],

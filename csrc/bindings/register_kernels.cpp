@@ -50,8 +50,9 @@ class HostCall {
   int n_states() const { return call_.n_roles - 2; }
   bool has_grads() const { return call_.has_grads; }
 
-  // Runs the rule whose name is `rule` with the coefficients `coeffs`.
-  void run(const std::string& rule, py::handle coeffs) const;
+  // Runs the rule whose name is `rule` with the coefficients `coeffs`, the gradients read
+  // times `grad_multiplier` (math/grad_multiplier.h).
+  void run(const std::string& rule, py::handle coeffs, double grad_multiplier = 1.0) const;
   long long count_nonfinite() const {
     const Batch& b = grads_batch();
     py::gil_scoped_release release;
@@ -75,7 +76,7 @@ class HostCall {
     return batch();
   }
   template <class Step>
-  void run_step(py::handle coeffs) const {
+  void run_step(py::handle coeffs, double grad_multiplier) const {
     const Step step = step_from_python<Step>(coeffs);
     // The loops dereference one state pointer per state the rule keeps: a call with another
     // number of state lists than the flags ask for would read through a null pointer.
@@ -83,7 +84,8 @@ class HostCall {
       throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
                                   std::to_string(fusedopt::n_states(step)) + " state lists, got " +
                                   std::to_string(n_states()));
-    const Batch& b = grads_batch();
+    Batch b = grads_batch();
+    b.grad_multiplier = grad_multiplier;
     py::gil_scoped_release release;
     cpu::update(step, b);
   }
@@ -93,9 +95,9 @@ class HostCall {
   Batch batch_;
 };
 
-void HostCall::run(const std::string& rule, py::handle coeffs) const {
+void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier) const {
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(coeffs);
+  if (rule == Step::kName) return run_step<Step>(coeffs, grad_multiplier);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
@@ -111,7 +113,7 @@ void register_kernels(py::module_& m) {
       .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"))
       .def_property_readonly("refusal", &HostCall::refusal,
                              "None, or (rule, role, index, other role, other index): what the call broke")
-      .def("run", &HostCall::run, arg("rule"), arg("coeffs"))
+      .def("run", &HostCall::run, arg("rule"), arg("coeffs"), arg("grad_multiplier") = 1.0)
       .def("count_nonfinite", &HostCall::count_nonfinite, "NaN and infinite values among the grads.")
       .def("grad_sum_of_squares", &HostCall::grad_sum_of_squares,
            "The squared L2 norm of every grad together, in the fixed blocking of math/sumsq.h.")
@@ -121,13 +123,13 @@ void register_kernels(py::module_& m) {
   m.def(
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
-         py::handle coeffs) -> py::object {
+         py::handle coeffs, double grad_multiplier) -> py::object {
         HostCall call(params, grads, states);
         if (!call.ok()) return call.refusal();
-        call.run(rule, coeffs);
+        call.run(rule, coeffs, grad_multiplier);
         return py::none();
       },
-      arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"),
+      arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"), arg("grad_multiplier") = 1.0,
       "Reads and runs one call: None if it ran, else the refusal (see Call.refusal; "
       "'device_call' for device arrays, which are the CUDA module's).");
 

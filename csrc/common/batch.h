@@ -25,6 +25,9 @@ struct Batch {
   const int64_t* offsets = nullptr;
   // ptrs[role][t]: the data of tensor t for that role, or nullptr if the role is unused.
   void* const* ptrs[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  // Every gradient is read multiplied by this, rounded to the compute type: 1 / loss scale
+  // times the clipping coefficient (math/grad_multiplier.h). Gradients are never written.
+  double grad_multiplier = 1.0;
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }

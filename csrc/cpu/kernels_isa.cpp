@@ -21,6 +21,7 @@
 #include "common/flag_dispatch.h"
 #include "common/steps.h"
 #include "cpu/kernel_table.h"
+#include "math/grad_multiplier.h"
 #include "math/storage.h"
 #include "math/sumsq.h"
 #include "math/traffic.h"
@@ -373,7 +374,8 @@ void update(const Step& s, const Batch& b, int64_t begin, int64_t end) {
   with_rule(s, b.compute_dtype(), [&](auto rule, auto compute) {
     using Rule = typename decltype(rule)::type;
     using T = typename decltype(compute)::type;
-    run_stored(Rule{cast_coeffs<T>(s.c)}, b, begin, end);
+    const Rule plain{cast_coeffs<T>(s.c)};
+    run_stored(math::GradMultiplied<Rule>{plain, static_cast<T>(b.grad_multiplier)}, b, begin, end);
   });
 }
 

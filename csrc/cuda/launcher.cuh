@@ -27,6 +27,7 @@
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 #include "cuda/plan.h"
+#include "math/grad_multiplier.h"
 #include "math/storage.h"
 
 namespace fusedopt {
@@ -39,6 +40,7 @@ struct UpdateParams {
   TensorTable<kRoles, table_capacity(kRoles)> table;
   C coeffs;
   const DeviceCoeffs<C>* device_coeffs;  // null: use `coeffs`
+  double grad_multiplier;                 // Batch::grad_multiplier (math/grad_multiplier.h)
   int64_t n_chunks;
   int64_t chunk;  // elements per chunk (cuda/plan.h: chunk_elements)
   int32_t n_slots;
@@ -52,6 +54,16 @@ __device__ __forceinline__ Rule make_rule(const C& c) {
   } else {
     return Rule{cast_coeffs<typename Rule::compute_t>(c)};
   }
+}
+
+// The rule as the loops run it: gradients read through the call's multiplier.
+template <class Rule>
+using Multiplied = math::GradMultiplied<Rule>;
+
+template <class Rule, class C, class Params>
+__device__ __forceinline__ Multiplied<Rule> make_multiplied(const C& c, const Params& P) {
+  using T = typename Rule::compute_t;
+  return Multiplied<Rule>{make_rule<Rule>(c), static_cast<T>(P.grad_multiplier)};
 }
 
 // One element, in registers: x[0] param, x[1] grad, x[2..] states.
@@ -102,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
     if (P.device_coeffs->skip != 0.0) return;
     c = P.device_coeffs->c;
   }
-  const Rule rule = make_rule<Rule>(c);
+  const Multiplied<Rule> rule = make_multiplied<Rule>(c, P);
   constexpr int V = kVectorBytes / sizeof(S);
   constexpr int64_t kStride = int64_t{kThreads} * V * kUnroll;  // elements per block pass
 
@@ -135,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
             S x[kRoles];
 #pragma unroll
             for (int r = 0; r < kRoles; ++r) x[r] = v[u][r][j];
-            apply_values<Rule, S, kRoles>(rule, x);
+            apply_values<Multiplied<Rule>, S, kRoles>(rule, x);
 #pragma unroll
             for (int r = 0; r < kRoles; ++r) v[u][r][j] = x[r];
           }
@@ -220,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
     if (P.device_coeffs->skip != 0.0) return;
     c = P.device_coeffs->c;
   }
-  const Rule rule = make_rule<Rule>(c);
+  const Multiplied<Rule> rule = make_multiplied<Rule>(c, P);
   constexpr int V = kMixedVector;
   constexpr int64_t kStride = int64_t{kThreads} * V * kUnroll;
 
@@ -253,7 +265,7 @@ __global__ void __launch_bounds__(kThreads)
             float x[kRoles];
 #pragma unroll
             for (int r = 0; r < kRoles; ++r) x[r] = v[u][r][j];
-            apply_values<Rule, float, kRoles>(rule, x);
+            apply_values<Multiplied<Rule>, float, kRoles>(rule, x);
 #pragma unroll
             for (int r = 0; r < kRoles; ++r) v[u][r][j] = x[r];
           }
@@ -302,6 +314,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
   Params params{};
   params.coeffs = coeffs;
   params.device_coeffs = static_cast<const DeviceCoeffs<C>*>(device_coeffs);
+  params.grad_multiplier = b.grad_multiplier;
   params.chunk = chunk;
   for (int r = 0; r < kRoles; ++r) params.storage[r] = b.dtypes[r];
   for (const LaunchPlan& plan : plans) {

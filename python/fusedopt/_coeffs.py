@@ -143,3 +143,94 @@ def rate_at(lr: float, factors, step: int) -> float:
 def adaptive_lr(lr0: float, sum_of_squares: float) -> float:
     """The seed's adaptive rate, lr_t = lr0 / (1 + ||g||^2), in double."""
     return lr0 / (1.0 + sum_of_squares)
+
+
+# --- loss scaling and clipping (every rule: csrc/math/grad_multiplier.h) -------------------
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: max_norm / (norm + 1e-6)
+
+
+class GradScaling(collections.namedtuple("GradScaling", "grad_scale found_inf max_grad_norm grad_norm")):
+    """A call's loss scaling and clipping, checked: grad_scale (1.0: none), found_inf (a
+    bool), max_grad_norm and grad_norm (None: not given, found_inf included). Every gradient is read times
+    multiplier(norm), rounded once to the compute type."""
+
+    __slots__ = ()
+
+    @property
+    def clips(self) -> bool:
+        return self.max_grad_norm is not None
+
+    @property
+    def needs_norm(self) -> bool:
+        """Whether the call must compute the norm of its own gradients to clip."""
+        return self.max_grad_norm is not None and self.grad_norm is None
+
+    def unscaled_norm(self, sum_of_squares: float) -> float:
+        """The L2 norm of the unscaled gradients: the given grad_norm, or that of the call's
+        (sum of squares of the stored gradients, in the fixed blocking of math/sumsq.h)."""
+        if self.grad_norm is not None:
+            return self.grad_norm
+        return math.sqrt(sum_of_squares) / self.grad_scale
+
+    def multiplier(self, norm: float) -> float:
+        """1 / grad_scale times torch's clip_grad_norm_ coefficient min(1, max / (norm +
+        1e-6)) at the unscaled norm ``norm`` (NaN stays NaN: a NaN norm poisons the step as
+        it does torch's; an infinite one zeroes the finite gradients)."""
+        clip = 1.0
+        if self.max_grad_norm is not None:
+            c = self.max_grad_norm / (norm + CLIP_EPS)
+            clip = c if (c < 1.0 or c != c) else 1.0
+        return clip / self.grad_scale
+
+
+def _one_value(fn: str, name: str, value, what: str) -> float:
+    """A Python number, a NumPy scalar, or a one-element array or tensor (torch's GradScaler
+    keeps its scale and found_inf as 0-d tensors) as a float; a TypeError otherwise."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value)
+    shape = getattr(value, "shape", None)
+    dtype = str(getattr(value, "dtype", ""))
+    one = shape is not None and (tuple(shape) == () or tuple(shape) == (1,))
+    if isinstance(value, (int, float)) or (one and ("float" in dtype or "int" in dtype)):
+        if kind is not bool:
+            return float(value.item() if hasattr(value, "item") else value)
+    raise TypeError(f"{fn}: {name} must be {what}, got {kind.__name__}"
+                    + (f" of dtype {dtype} and shape {tuple(shape)}" if shape is not None else ""))
+
+
+def grad_scaling(fn: str, grad_scale, found_inf, max_grad_norm, grad_norm):
+    """The scaling arguments of a kernel checked (None where none is given): each a
+    TypeError or ValueError naming it. Reading a CUDA tensor here waits for the device."""
+    if grad_scale is None and found_inf is None and max_grad_norm is None and grad_norm is None:
+        return None
+    scale = 1.0
+    if grad_scale is not None:
+        scale = _one_value(fn, "grad_scale", grad_scale, "a number or a one-element array or tensor")
+        if not (0.0 < scale < math.inf):
+            raise ValueError(f"{fn}: grad_scale must be a finite number > 0 (the loss scale the "
+                             f"gradients carry), got {scale!r}")
+    found = None
+    if found_inf is not None:
+        if found_inf is True or found_inf is False:
+            found = found_inf
+        elif getattr(found_inf, "dtype", None) is not None and "bool" in str(found_inf.dtype) \
+                and tuple(getattr(found_inf, "shape", (0,))) in ((), (1,)):
+            found = bool(found_inf.item())
+        else:
+            value = _one_value(fn, "found_inf", found_inf,
+                               "a bool, a number or a one-element array or tensor")
+            found = value != 0.0  # NaN counts as found
+    max_norm = None
+    if max_grad_norm is not None:
+        max_norm = _one_value(fn, "max_grad_norm", max_grad_norm, "a number")
+        if not max_norm > 0.0:  # NaN fails too; inf clips nothing, as in torch
+            raise ValueError(f"{fn}: max_grad_norm must be a number > 0, got {max_norm!r}")
+    norm = None
+    if grad_norm is not None:
+        if max_norm is None:
+            raise ValueError(f"{fn}: grad_norm is the norm to clip by; it needs max_grad_norm")
+        norm = _one_value(fn, "grad_norm", grad_norm, "a number")
+        if norm < 0.0:
+            raise ValueError(f"{fn}: grad_norm must be >= 0 (an L2 norm), got {norm!r}")
+    return GradScaling(scale, found, max_norm, norm)

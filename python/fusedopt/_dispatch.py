@@ -16,7 +16,10 @@ refuses, or for the reference, :func:`fusedopt._arrays.prepare` asks the reader 
 words the refusal; nothing has been written by then.
 
 With ``skip_if_nonfinite=True`` the gradients' NaN and infinite values are counted first;
-if there is any, nothing at all is written and the result says so.
+if there is any, nothing at all is written and the result says so. Loss scaling and
+clipping (``grad_scale``, ``found_inf``, ``max_grad_norm``, ``grad_norm``: checked in
+fusedopt._coeffs.grad_scaling) come to the kernel as one multiplier of the gradients
+(csrc/math/grad_multiplier.h); ``found_inf`` set writes nothing.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ class FallbackWarning(RuntimeWarning):
 
 
 class StepStatus(NamedTuple):
-    """What a kernel called with ``skip_if_nonfinite=True`` did."""
+    """What a kernel called with ``skip_if_nonfinite=True``, ``found_inf`` or
+    ``max_grad_norm`` did."""
 
-    skipped: bool  # True: a gradient held NaN or inf, and no array was written
-    nonfinite: int  # how many gradient values were NaN or infinite
+    skipped: bool  # True: found_inf was set, or a gradient held NaN or inf; nothing was written
+    nonfinite: int  # how many gradient values were NaN or infinite (when counted)
+    # With max_grad_norm: the L2 norm of the unscaled gradients before clipping (the one
+    # given as grad_norm, or the call's own); None otherwise.
+    grad_norm: float | None = None
 
 
 class AdaptiveRate(NamedTuple):
@@ -98,21 +105,33 @@ class Call(NamedTuple):
     coeffs: tuple  # the rule's coefficients (fusedopt._coeffs)
     hyper: Callable  # coeffs -> the raw hyperparameters (the float64 reference)
     adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2): coeffs at lr0, the rate set here
+    scaling: _coeffs.GradScaling | None = None  # loss scaling and clipping, if any
 
 
 def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_nonfinite,
-        adaptive=False):
+        adaptive=False, grad_scale=None, found_inf=None, max_grad_norm=None, grad_norm=None):
     """Runs a public call (the fields of :class:`Call`): None, a StepStatus (with
-    skip_if_nonfinite) or an AdaptiveRate. The common call, a plain step whose arrays the
-    CPU module's reader takes, is one call into the module; the Call is built after."""
+    skip_if_nonfinite, found_inf or max_grad_norm) or an AdaptiveRate. The common call, a
+    plain step whose arrays the CPU module's reader takes, is one call into the module
+    (with grad_scale alone too); the Call is built after."""
+    scaling = None
+    if grad_scale is not None or found_inf is not None or max_grad_norm is not None \
+            or grad_norm is not None:
+        scaling = _coeffs.grad_scaling(fn, grad_scale, found_inf, max_grad_norm, grad_norm)
     refusal = None
     if (backend == "auto" or backend == "native") and grads is not None and not adaptive \
-            and skip_if_nonfinite is False:
-        refusal = _core.run(rule, params, grads, values, coeffs)
+            and skip_if_nonfinite is False and (scaling is None or _plain_scale(scaling)):
+        refusal = _core.run(rule, params, grads, values, coeffs,
+                            1.0 if scaling is None else 1.0 / scaling.grad_scale)
         if refusal is None:
             return None
-    return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive), backend,
-                     skip_if_nonfinite, refusal)
+    return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive, scaling),
+                     backend, skip_if_nonfinite, refusal)
+
+
+def _plain_scale(scaling) -> bool:
+    """A call whose scaling is a loss scale alone (nothing to skip, norm or report)."""
+    return scaling.found_inf is None and scaling.max_grad_norm is None
 
 
 def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
@@ -143,24 +162,57 @@ def _skipped(call: Call, count: int):
     return AdaptiveRate(0.0, float("nan"), True, count) if call.adaptive else StepStatus(True, count)
 
 
+def _reports(call: Call, skip: bool) -> bool:
+    """Whether the call returns a StepStatus rather than None."""
+    return skip or (call.scaling is not None and not _plain_scale(call.scaling))
+
+
+def _done(call: Call, skip: bool, norm=None):
+    return StepStatus(False, 0, norm) if _reports(call, skip) else None
+
+
+def _scaled(call: Call, sum_of_squares):
+    """(the gradients' multiplier, the unscaled norm or None) of a call; sum_of_squares is
+    a function giving the call's own (asked only where the call clips by it)."""
+    scaling = call.scaling
+    if scaling is None:
+        return 1.0, None
+    if not scaling.clips:
+        return 1.0 / scaling.grad_scale, None
+    norm = scaling.unscaled_norm(sum_of_squares() if scaling.needs_norm else 0.0)
+    return scaling.multiplier(norm), norm
+
+
+def _adaptive_step(call: Call, sum_sq: float):
+    """SGD's coefficients at the adaptive rate, the gradients' multiplier and the norm
+    reported, from the sum of squares of the stored gradients: the rate sees the gradients
+    as the rule reads them (unscaled and clipped)."""
+    multiplier, norm = _scaled(call, lambda: sum_sq)
+    if norm is None:
+        norm = sum_sq**0.5 / (1.0 if call.scaling is None else call.scaling.grad_scale)
+    return adaptive_coeffs(call.coeffs, sum_sq * multiplier * multiplier), multiplier, norm
+
+
 def _run_native(target, call: Call, skip: bool, device: bool = False):
     """A call a module's reader accepted: ``target`` is the CPU module's Call or the CUDA
     module's Batch, which both count, norm and run."""
+    if call.scaling is not None and call.scaling.found_inf:
+        return _skipped(call, 0)
     if skip:
         count = target.count_nonfinite()
         if count:
             return _skipped(call, count)
     if call.adaptive:
-        if device:
+        if device and call.scaling is None:
             # The norm, the rate and the update stay on the GPU (no host sync inside the
             # step): lr and grad_norm come back as 0-d arrays of the params' library.
             return AdaptiveRate(*cuda.adaptive_sgd(target, call.coeffs, _first(call.params)))
-        sum_sq = target.grad_sum_of_squares()
-        coeffs = adaptive_coeffs(call.coeffs, sum_sq)
-        target.run("sgd", coeffs)
-        return AdaptiveRate(coeffs.lr, sum_sq**0.5)
-    target.run(call.rule, call.coeffs)
-    return StepStatus(False, 0) if skip else None
+        coeffs, multiplier, norm = _adaptive_step(call, target.grad_sum_of_squares())
+        target.run("sgd", coeffs, grad_multiplier=multiplier)
+        return AdaptiveRate(coeffs.lr, norm)
+    multiplier, norm = _scaled(call, target.grad_sum_of_squares)
+    target.run(call.rule, call.coeffs, grad_multiplier=multiplier)
+    return _done(call, skip, norm)
 
 
 def _run_checked(call: Call, backend: str, skip: bool):
@@ -168,9 +220,11 @@ def _run_checked(call: Call, backend: str, skip: bool):
     compiled kernel on the adapted arrays, or the reference."""
     prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)))
     if prep.n_tensors == 0:
+        if call.scaling is not None and call.scaling.found_inf:
+            return _skipped(call, 0)
         if call.adaptive:
             return AdaptiveRate(call.coeffs.lr, 0.0)
-        return StepStatus(False, 0) if skip else None
+        return _done(call, skip, _scaled(call, lambda: 0.0)[1])
     native = _use_native(call.fn, prep, backend)
     with cuda.params_stream(prep.torch_device):
         if native:
@@ -187,24 +241,30 @@ def native_target(prep):
 
 def _run_reference(prep, call: Call, backend: str, skip: bool):
     xp = prep.xp
+    if call.scaling is not None and call.scaling.found_inf:
+        return _skipped(call, 0)
     if skip:
         count = sum(int(xp.count_nonzero(~xp.isfinite(g))) for g in prep.grads)
         if count:
             return _skipped(call, count)
+
+    def sum_of_squares():
+        if backend == FLOAT64:
+            return _ref.sum_of_squares_float64(xp, prep.grads)
+        return _ref.sum_of_squares_exact(xp, prep.grads)
+
     coeffs = call.coeffs
     if call.adaptive:
-        if backend == FLOAT64:
-            sum_sq = _ref.sum_of_squares_float64(xp, prep.grads)
-        else:
-            sum_sq = _ref.sum_of_squares_exact(xp, prep.grads)
-        coeffs = adaptive_coeffs(coeffs, sum_sq)
-    if backend == FLOAT64:
-        _ref.apply_float64(call.rule, prep, call.hyper(coeffs))
+        coeffs, multiplier, norm = _adaptive_step(call, sum_of_squares())
     else:
-        _ref.apply_exact(call.rule, prep, coeffs)
+        multiplier, norm = _scaled(call, sum_of_squares)
+    if backend == FLOAT64:
+        _ref.apply_float64(call.rule, prep, call.hyper(coeffs), multiplier)
+    else:
+        _ref.apply_exact(call.rule, prep, coeffs, multiplier)
     if call.adaptive:
-        return AdaptiveRate(coeffs.lr, sum_sq**0.5)
-    return StepStatus(False, 0) if skip else None
+        return AdaptiveRate(coeffs.lr, norm)
+    return _done(call, skip, norm)
 
 
 def adaptive_coeffs(base, sum_sq: float):
@@ -228,3 +288,15 @@ def run_captured(call: Call, schedule, skip: bool, torch_device) -> None:
     with cuda.params_stream(torch_device):
         device_coeffs = schedule.queue(batch, skip)
         batch.run(call.rule, call.coeffs, device_coeffs=device_coeffs)
+
+
+def grad_sum_of_squares(grads) -> float:
+    """The squared L2 norm of every gradient of ``grads`` together, in the kernels' fixed
+    blocking (math/sumsq.h): the CPU module's for host arrays, the CUDA module's (waiting
+    for it) for device arrays. For a step of several calls clipped by one norm."""
+    try:
+        return _core.grad_sum_of_squares(grads)
+    except ValueError as refused:  # the grads are device arrays: not the CPU module's
+        if "device_call" not in str(refused):
+            raise
+    return float(cuda.module().grad_sum_of_squares(grads))

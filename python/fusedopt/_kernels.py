@@ -27,8 +27,28 @@ from fusedopt._dispatch import AdaptiveRate, FallbackWarning, StepStatus, fallba
 _COMMON_DOC = """
     Every kernel also takes ``skip_if_nonfinite`` (write nothing, and say so in the
     returned :class:`StepStatus`, when a gradient holds NaN or inf) and ``backend``
-    (``"auto"``, ``"native"`` or ``"reference"``).
+    (``"auto"``, ``"native"`` or ``"reference"``), and loss scaling and clipping, applied
+    to the gradients as the update reads them (they are never written):
+
+    * ``grad_scale``: the loss scale the gradients carry (torch's GradScaler): each is
+      divided by it, as a multiply by ``1 / grad_scale``;
+    * ``found_inf``: when true (a bool, a number or a one-element array or tensor, as
+      GradScaler keeps it), nothing is written and the :class:`StepStatus` says skipped;
+    * ``max_grad_norm``: clip as ``torch.nn.utils.clip_grad_norm_`` does, by
+      ``min(1, max_grad_norm / (norm + 1e-6))`` where norm is the L2 norm of all the
+      call's unscaled gradients (summed in a fixed blocking: the same bits at any thread
+      count), in the same pass as the update; the :class:`StepStatus` returned carries
+      that norm as ``grad_norm``;
+    * ``grad_norm``: with ``max_grad_norm``, the norm to clip by when it was computed
+      elsewhere (over several calls, or the shards of several processes).
+
+    The gradients are read times one number, ``clip / grad_scale`` computed in double and
+    rounded once to the compute precision.
     """
+
+
+# Loss scaling and clipping, every kernel's (fusedopt._coeffs.grad_scaling).
+_SCALING = ("grad_scale", "found_inf", "max_grad_norm", "grad_norm")
 
 
 def _missing(fn: str, name: str, when: str):
@@ -58,7 +78,7 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
     states = list(rule.states)
     positional = ["params", "grads"] + [f"{s}=None" if s in rule.optional_states else s
                                         for s in states]
-    keywords = list(kernel.keywords) + ["skip_if_nonfinite", "backend"]
+    keywords = list(kernel.keywords) + ["skip_if_nonfinite", *_SCALING, "backend"]
     passed = ", ".join(f"{k}={k}" for k in kernel.keywords)
     fixed = "".join(f", {k}={v!r}" for k, v in kernel.fixed.items())
     lines = [f"def {fn}({', '.join(positional)}, *, {', '.join(keywords)}):",
@@ -81,13 +101,15 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
     if kernel.adaptive:
         hyper = f"dict({hyper}, lr=c.lr)"
     lines.append(f"    return _run({rule.name!r}, {fn!r}, params, grads, tuple(names), values, c, "
-                 f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive})")
+                 f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive}, "
+                 f"{', '.join(_SCALING)})")
     namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run,
                  "_plain": _plain}
     exec("\n".join(lines), namespace)  # noqa: S102
     function = namespace[fn]
     defaults = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}
-    function.__kwdefaults__ = dict(defaults, skip_if_nonfinite=False, backend="auto")
+    function.__kwdefaults__ = dict(defaults, skip_if_nonfinite=False, backend="auto",
+                                   **dict.fromkeys(_SCALING))
     function.__doc__ = kernel.doc.strip("\n") + "\n" + _COMMON_DOC
     function.__module__ = "fusedopt"
     function.__qualname__ = fn

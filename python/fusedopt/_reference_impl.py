@@ -56,7 +56,7 @@ def sum_of_squares_exact(xp, grads) -> float:
     return total
 
 
-def apply_exact(rule: str, prep, coeffs) -> None:
+def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0) -> None:
     fn = RULES[rule].exact
     xp = prep.xp
     for i, p in enumerate(prep.params):
@@ -65,19 +65,23 @@ def apply_exact(rule: str, prep, coeffs) -> None:
         compute = _storage.compute_dtype(xp, p.dtype)
         written = [p, *(s[i] for s in prep.states)]
         values = [_storage.widened(xp, a, compute) for a in written]
-        fn(xp, values[0], _storage.widened(xp, prep.grads[i], compute), values[1:], coeffs)
+        # Every gradient read times the call's multiplier at the compute precision, as
+        # csrc/math/grad_multiplier.h does (1 leaves it as it is).
+        g = _storage.widened(xp, prep.grads[i], compute) * compute(grad_multiplier)
+        fn(xp, values[0], g, values[1:], coeffs)
         for a, v in zip(written, values):
             _storage.store(xp, a, v)
 
 
-def apply_float64(rule: str, prep, hyper: dict) -> None:
+def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) -> None:
     fn = RULES[rule].float64
     xp = prep.xp
     for i, p in enumerate(prep.params):
         if not p.size:
             continue
         f64 = [s[i].astype(xp.float64) for s in prep.states]
-        new_p, new_states = fn(xp, p.astype(xp.float64), prep.grads[i].astype(xp.float64), f64, hyper)
+        g = prep.grads[i].astype(xp.float64) * grad_multiplier
+        new_p, new_states = fn(xp, p.astype(xp.float64), g, f64, hyper)
         p[...] = new_p
         for k, s in enumerate(new_states):
             prep.states[k][i][...] = s

@@ -13,6 +13,13 @@ count. Two threads stepping one optimizer are serialised by a lock. With
 status saying so (a capturable step returns None: see :class:`Adam`), and does not advance
 the step count (loss-scaling overflow skip).
 
+Loss scaling and clipping, as the functional kernels take them: ``max_grad_norm=`` (made
+with the optimizer) clips by the L2 norm of all the step's gradients inside the update, and
+``step(grads, grad_scale=..., found_inf=...)`` unscales the gradients as the update reads
+them and writes nothing (and does not count the step) when ``found_inf`` is set. A step
+that clips returns a :class:`fusedopt.StepStatus` whose ``grad_norm`` is the norm before
+clipping.
+
 Params may be float32, float64, bfloat16 or float16 (fusedopt's storage rules: see the
 functional kernels). ``state_dtype=`` sets the states' storage: float32 or bfloat16 for
 every params' dtype but float64 (float64 states only), by default the params' own dtype for
@@ -73,10 +80,16 @@ class Optimizer:
         cls._defaults = {**defaults, **cls._extra_defaults}
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
-                 capturable: bool = False, state_dtype=None, **hyper):
+                 capturable: bool = False, state_dtype=None, max_grad_norm=None, **hyper):
         name = type(self).__name__
         self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
         capturable = _coeffs.flag(name, "capturable", capturable)
+        self._max_grad_norm = None
+        if max_grad_norm is not None:
+            if capturable:
+                raise TypeError(f"{name}: max_grad_norm needs the norm on the host every step, "
+                                "which a captured step cannot have; clip before the step instead")
+            self._max_grad_norm = _coeffs.grad_scaling(name, None, None, max_grad_norm, None).max_grad_norm
         if capturable and self._capturable_rule is None:
             if self._takes_step:
                 why = (f"{name}'s coefficients change every step and are computed on the host, so "
@@ -234,6 +247,11 @@ class Optimizer:
         return self._schedule is not None
 
     @property
+    def max_grad_norm(self) -> float | None:
+        """The norm the gradients are clipped to inside each step (None: no clipping)."""
+        return self._max_grad_norm
+
+    @property
     def params(self) -> list:
         return list(self._params)
 
@@ -242,11 +260,14 @@ class Optimizer:
         """The optimizer's state arrays by name (live, not copies)."""
         return {n: list(arrays) for n, arrays in self._states.items()}
 
-    def step(self, grads):
+    def step(self, grads, *, grad_scale=None, found_inf=None):
         """Takes one step with one gradient per param (a list, or one array for one param).
 
-        A capturable optimizer returns None: whether a step with ``skip_if_nonfinite`` was
-        skipped is on the device (``step_count`` does not advance)."""
+        ``grad_scale``: the loss scale the gradients carry (they are divided by it as the
+        update reads them); ``found_inf``: when set, nothing is written and the step is not
+        counted (the :class:`fusedopt.StepStatus` returned says skipped). A capturable
+        optimizer returns None: whether a step with ``skip_if_nonfinite`` was skipped is on
+        the device (``step_count`` does not advance)."""
         if not isinstance(grads, (list, tuple)):
             if len(self._params) != 1:
                 raise TypeError(f"{type(self).__name__}.step: grads must be a list of "
@@ -256,9 +277,13 @@ class Optimizer:
         with self._lock:
             try:
                 if self._schedule is not None:
+                    if grad_scale is not None or found_inf is not None:
+                        raise TypeError(f"{type(self).__name__}.step: a capturable step takes no "
+                                        "grad_scale or found_inf (both are read on the host)")
                     return self._captured_step(list(grads))
                 result = self._call(self._params, list(grads), self._states, step=self._step + 1,
-                                    skip_if_nonfinite=self._skip)
+                                    skip_if_nonfinite=self._skip, grad_scale=grad_scale,
+                                    found_inf=found_inf, max_grad_norm=self._max_grad_norm)
             finally:
                 # See _native.DeviceParams: the caller's gradients are not kept alive here.
                 if type(self._params) is _native.DeviceParams and self._params.batch is not None:
@@ -332,8 +357,9 @@ class Optimizer:
             self._step = step
 
     # --- the one call -------------------------------------------------------------------
-    def _call(self, params, grads, states, *, step, skip_if_nonfinite=False):
+    def _call(self, params, grads, states, *, step, skip_if_nonfinite=False, **scaling):
         kwargs = dict(self._hyper)
+        kwargs.update((k, v) for k, v in scaling.items() if v is not None)
         factors = kwargs.pop("lr_factors", None)
         if factors is not None:
             kwargs["lr"] = _coeffs.rate_at(kwargs["lr"], factors, step)

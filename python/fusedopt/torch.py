@@ -20,7 +20,12 @@ hyperparameters, step count, device and dtype: param groups whose hyperparameter
 share one call. ``foreach`` and ``fused`` are accepted and change nothing (every step is
 fused); ``differentiable=True`` and ``capturable=True`` are refused. Keyword-only
 ``skip_if_nonfinite=True`` makes a step whose gradients hold NaN or inf write nothing and
-leave the step counts as they were (``last_step_skipped`` then says so). Params are float32
+leave the step counts as they were (``last_step_skipped`` then says so). Keyword-only
+``max_grad_norm=`` clips as ``torch.nn.utils.clip_grad_norm_`` does, by the L2 norm of all
+the step's gradients, inside the update (the gradients are not written; ``last_grad_norm``
+holds the norm before clipping). ``torch.amp.GradScaler`` hands its scale and inf flag to
+the step (``_step_supports_amp_scaling``): the kernels unscale the gradients as they read
+them, with no pass of their own, and an overflow step writes nothing and is not counted. Params are float32
 or float64 tensors of any dense layout (channels_last included); states take the param's.
 
 What a step keeps between steps: the lists of params, state tensors and step counts of each
@@ -163,11 +168,21 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _scalar_states: dict = {}  # per-param 0-d states besides step (NAdam's mu_product): initial
     _eager_state = False  # Adagrad makes every param's state in its constructor
 
-    def __init__(self, params, defaults: dict, skip_if_nonfinite: bool):
+    # torch.amp.GradScaler sets `grad_scale` and `found_inf` on the optimizer for the step
+    # and does not unscale the gradients itself: the kernels do, as they read them.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict, skip_if_nonfinite: bool, max_grad_norm=None):
         name = type(self).__name__
         if skip_if_nonfinite is not True and skip_if_nonfinite is not False:
             raise TypeError(f"{name}: skip_if_nonfinite must be a bool, got "
                             f"{type(skip_if_nonfinite).__name__}")
+        if max_grad_norm is not None:
+            max_grad_norm = fusedopt._coeffs.grad_scaling(name, None, None, max_grad_norm,
+                                                          None).max_grad_norm
+        self.max_grad_norm = max_grad_norm
+        self.last_grad_norm = None
+        self._scaling: dict = {}
         if defaults.get("differentiable"):
             raise ValueError(
                 f"{name}: differentiable=True is not supported: the fused kernels write the params "
@@ -225,11 +240,15 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_skip", False)
         self.__dict__.setdefault("last_step_skipped", False)
         self.__dict__.setdefault("_last_result", None)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("last_grad_norm", None)
+        self._scaling = {}
         self._plan = None
 
     def __getstate__(self) -> dict[str, Any]:
         out = super().__getstate__()
         out["_skip"] = self._skip
+        out.pop("_scaling", None)
         return out
 
     # --- state -------------------------------------------------------------------------
@@ -375,7 +394,30 @@ class _FusedOptimizer(torch.optim.Optimizer):
             grads[i] = _flat(_laid_out_like(grads[i], unit.locals[i]))
         return grads
 
+    def _step_scaling(self) -> dict:
+        """The kernels' loss-scaling and clipping arguments of this step: GradScaler's scale
+        and inf flag (set on the optimizer for the step), and max_grad_norm."""
+        out = {}
+        for key in ("grad_scale", "found_inf"):
+            value = self.__dict__.get(key)
+            if value is not None:
+                out[key] = value
+        if self.max_grad_norm is not None:
+            out["max_grad_norm"] = self.max_grad_norm
+        return out
+
+    def _global_norm(self, calls, scaling: dict) -> float:
+        """The norm to clip a step of several calls by: of all their unscaled gradients
+        together, in the kernels' fixed blocking (the same bits at any thread count)."""
+        grads = [g for entry in calls.values() for g in entry[3]]
+        sum_sq = fusedopt._dispatch.grad_sum_of_squares(grads)
+        checked = fusedopt._coeffs.grad_scaling(type(self).__name__, scaling.get("grad_scale"),
+                                                None, self.max_grad_norm, None)
+        return checked.unscaled_norm(sum_sq)
+
     def _fused_step(self) -> None:
+        self._scaling = self._step_scaling()
+        self.last_grad_norm = None
         plan = self._plan_for_step()
         units = plan.units
         if len(units) == 1:  # one group, or groups of one call: no merging
@@ -411,6 +453,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if self._skip and not self._all_finite(calls):
                 self.last_step_skipped = True
                 return
+            if self.max_grad_norm is not None:
+                self._scaling["grad_norm"] = self._global_norm(calls, self._scaling)
         skipped = False
         results = [self._run(*entry) for entry in calls.values()]
         for result in results:
@@ -421,12 +465,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _run(self, kernel, kwargs, params, grads, state_args, units):
         """One kernel call; the step counts of its units advance unless it was skipped."""
         try:
-            result = kernel(params, grads, **state_args, **kwargs, skip_if_nonfinite=self._skip)
+            result = kernel(params, grads, **state_args, **kwargs, skip_if_nonfinite=self._skip,
+                            **self._scaling)
         except (TypeError, ValueError):
             if any(g.layout != torch.strided for g in grads):
                 raise RuntimeError(self._sparse_message()) from None
             raise
         self._last_result = result
+        norm = getattr(result, "grad_norm", None)
+        if norm is not None:
+            self.last_grad_norm = norm
         if result is not None and result.skipped:
             self.last_step_skipped = True
             return result
@@ -594,7 +642,7 @@ class SGD(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
-                 skip_if_nonfinite=False):
+                 skip_if_nonfinite=False, max_grad_norm=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "momentum value", momentum)
@@ -604,7 +652,7 @@ class SGD(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -633,11 +681,11 @@ class AdaptiveSGD(SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
-                 skip_if_nonfinite=False):
+                 skip_if_nonfinite=False, max_grad_norm=None):
         self.last_rate = None
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
                          foreach=foreach, differentiable=differentiable, fused=fused,
-                         skip_if_nonfinite=skip_if_nonfinite)
+                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm)
 
     def _fused_step(self) -> None:
         plan = self._plan_for_step()
@@ -658,14 +706,24 @@ class AdaptiveSGD(SGD):
             raise ValueError("AdaptiveSGD: the gradients hold NaN or inf, so the rate "
                              "lr / (1 + ||g||^2) is not a number; nothing was written. Pass "
                              "skip_if_nonfinite=True to skip such steps")
+        norm = math.sqrt(sum_sq)
+        scaling = self._step_scaling()
+        if scaling:
+            # The rate sees the gradients as the kernels read them: unscaled and clipped.
+            checked = fusedopt._coeffs.grad_scaling("AdaptiveSGD", scaling.get("grad_scale"),
+                                                    scaling.get("found_inf"), self.max_grad_norm, None)
+            if checked.found_inf:
+                self.last_step_skipped = True
+                return
+            norm = checked.unscaled_norm(sum_sq)
+            sum_sq = (norm * checked.multiplier(norm) * checked.grad_scale) ** 2
         self._sum_sq = sum_sq
         try:
             SGD._fused_step(self)
         finally:
             self._sum_sq = None
         first = self.param_groups[plan.units[0].group]
-        self.last_rate = fusedopt.AdaptiveRate(_value(first["lr"]) / (1.0 + sum_sq),
-                                               math.sqrt(sum_sq))
+        self.last_rate = fusedopt.AdaptiveRate(_value(first["lr"]) / (1.0 + sum_sq), norm)
 
     _sum_sq = None
 
@@ -686,7 +744,7 @@ class Adagrad(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 skip_if_nonfinite=False):
+                 skip_if_nonfinite=False, max_grad_norm=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "lr_decay value", lr_decay)
@@ -696,7 +754,7 @@ class Adagrad(_FusedOptimizer):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         return ("sum",)
@@ -725,7 +783,7 @@ class RMSprop(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, skip_if_nonfinite=False):
+                 differentiable=False, *, skip_if_nonfinite=False, max_grad_norm=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "epsilon value", eps)
@@ -735,7 +793,7 @@ class RMSprop(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, skip_if_nonfinite)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         keys = ["square_avg"]
@@ -760,7 +818,7 @@ class Adam(_FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 skip_if_nonfinite=False):
+                 skip_if_nonfinite=False, max_grad_norm=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "epsilon value", eps)
@@ -770,7 +828,7 @@ class Adam(_FusedOptimizer):
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, skip_if_nonfinite)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         if group["amsgrad"]:
@@ -792,11 +850,11 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, skip_if_nonfinite=False):
+                 differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True,
-                         skip_if_nonfinite=skip_if_nonfinite)
+                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -812,14 +870,14 @@ class Lion(_FusedOptimizer):
     _has_step = False
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 foreach=None, differentiable=False, fused=None, skip_if_nonfinite=False):
+                 foreach=None, differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None):
         name = type(self).__name__
         _check_lr(name, lr)
         betas = _check_betas(name, betas)
         _check_at_least(name, "weight_decay value", weight_decay)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         return ("exp_avg",)
@@ -844,9 +902,9 @@ class _Described(_FusedOptimizer):
     _torch_class: Any = None
     _kernel_name = ""
 
-    def __init__(self, params, *args, skip_if_nonfinite=False, **kwargs):
+    def __init__(self, params, *args, skip_if_nonfinite=False, max_grad_norm=None, **kwargs):
         probe = self._torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
-        super().__init__(params, dict(probe.defaults), skip_if_nonfinite)
+        super().__init__(params, dict(probe.defaults), skip_if_nonfinite, max_grad_norm)
 
     def _layout(self, group):
         return self._keys
@@ -872,7 +930,8 @@ def _described(name: str, kernel_name: str, **extra) -> type:
     state_keys = ("step",) + keys + tuple(extra.get("_scalar_states", ()))
     signature = signature.replace(parameters=[
         *signature.parameters.values(),
-        inspect.Parameter("skip_if_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False)])
+        inspect.Parameter("skip_if_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
+        inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)])
     attrs = dict(
         _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
         _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},
