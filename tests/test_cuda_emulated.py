@@ -63,10 +63,10 @@ class _RecordingCore:
     def __getattr__(self, name):
         return getattr(self._core, name)
 
-    def run(self, rule, params, grads, states, coeffs, grad_multiplier=1.0):
-        refusal = self._core.run(rule, params, grads, states, coeffs, grad_multiplier)
+    def run(self, rule, params, grads, states, coeffs, grad_multiplier=1.0, rounding=None):
+        refusal = self._core.run(rule, params, grads, states, coeffs, grad_multiplier, rounding)
         if refusal is None:
-            self.calls.append((rule, coeffs, grad_multiplier))
+            self.calls.append((rule, coeffs, grad_multiplier, rounding))
         return refusal
 
     def Call(self, *args, **kwargs):  # noqa: N802 - the module's class
@@ -80,9 +80,9 @@ class _RecordingCall:
     def __getattr__(self, name):
         return getattr(self._call, name)
 
-    def run(self, rule, coeffs, grad_multiplier=1.0):
-        self._recorder.calls.append((rule, coeffs, grad_multiplier))
-        return self._call.run(rule, coeffs, grad_multiplier=grad_multiplier)
+    def run(self, rule, coeffs, grad_multiplier=1.0, rounding=None):
+        self._recorder.calls.append((rule, coeffs, grad_multiplier, rounding))
+        return self._call.run(rule, coeffs, grad_multiplier=grad_multiplier, rounding=rounding)
 
 
 @contextlib.contextmanager
@@ -102,7 +102,7 @@ def device_shape(multiprocessors, blocks_per_multiprocessor):
         emu.set_device_shape(*old)
 
 
-def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs, grad_multiplier=1.0):
+def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs, grad_multiplier=1.0, rounding=None):
     """Step k of `case` on the emulated device with the coefficients (and the gradients'
     multiplier) the CPU call used."""
     params, grads, states = dev(inputs.params), dev(inputs.grads[k]), [dev(v) for v in inputs.states.values()]
@@ -114,7 +114,8 @@ def emulated_step(case, inputs: Inputs, k: int, rule: str, coeffs, grad_multipli
         result = np.full(2, np.nan)
         emu.Batch(params, grads, states).adaptive_sgd(base, result=result.ctypes.data)
         return result
-    assert emu.run(rule, params, grads, states, coeffs, grad_multiplier=grad_multiplier) is None
+    assert emu.run(rule, params, grads, states, coeffs, grad_multiplier=grad_multiplier,
+                   rounding=rounding) is None
     return None
 
 

@@ -70,3 +70,20 @@ def test_torch_framework_matches_numpy():
 def test_bad_strategy_is_refused(capsys):
     assert main(["demo", "--strategies", "nope", "--out", "unused"]) == 2
     assert "unknown strategies" in capsys.readouterr().err
+
+
+def test_bfloat16_params_nearest_stalls_stochastic_follows_float32():
+    pytest.importorskip("ml_dtypes", reason="bfloat16 params need ml_dtypes")
+    demo = run(epochs=6, strategies_keys=["momentum", "momentum-bf16", "momentum-bf16-sr"],
+               progress=False)
+    loss = {r.strategy.key: r.train_loss[-1] for r in demo.results}
+    # Rounded to nearest, the small late updates are lost; stochastically, they are kept on
+    # average, and the run stays on the float32 one.
+    assert loss["momentum-bf16"] > 1.2 * loss["momentum"]
+    assert loss["momentum-bf16-sr"] == pytest.approx(loss["momentum"], rel=0.1)
+
+
+def test_bfloat16_strategies_run_on_torch_too():
+    pytest.importorskip("torch", reason="PyTorch is not installed (--framework torch needs it)")
+    demo = run(epochs=1, strategies_keys=["adam-bf16-sr"], framework="torch", progress=False)
+    assert demo.results[0].train_loss[-1] < 0.5 * demo.results[0].train_loss[0]

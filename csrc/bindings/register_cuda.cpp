@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "bindings/call_options.h"
 #include "bindings/steps_from_python.h"
 #include "common/flag_dispatch.h"
 #include "common/steps.h"
@@ -90,22 +91,21 @@ void zero_result(const DeviceBatch& b, const py::object& stream, void* out, size
 // Runs the rule whose step struct is Step with Python's coefficient object `coeffs`.
 template <class Step>
 void run_step(const DeviceBatch& b, py::handle coeffs, const py::object& stream, uintptr_t device_coeffs,
-              double grad_multiplier) {
+              double grad_multiplier, py::handle rounding) {
   const Step step = bindings::step_from_python<Step>(coeffs);
   // The kernels dereference one state pointer per state the rule keeps: a call with
   // another number of state lists than the flags ask for would read through a null one.
   if (fusedopt::n_states(step) != b.n_states())
     throw std::invalid_argument(std::string(Step::kName) + ": these flags need " + std::to_string(fusedopt::n_states(step)) +
                                 " state lists, got " + std::to_string(b.n_states()));
-  Batch batch = b.batch();
-  batch.grad_multiplier = grad_multiplier;
+  const Batch batch = bindings::with_call_options(b.batch(), grad_multiplier, rounding);
   on_device(b, stream, [&](cudaStream_t s) { update(step, batch, s, reinterpret_cast<const void*>(device_coeffs)); });
 }
 
 void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, const py::object& stream,
-              uintptr_t device_coeffs, double grad_multiplier) {
+              uintptr_t device_coeffs, double grad_multiplier, py::handle rounding) {
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs, grad_multiplier);
+  if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs, grad_multiplier, rounding);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
@@ -195,11 +195,12 @@ void register_batch(py::module_& m) {
                              "True if strict() took torch tensors for the params: calls then run on "
                              "torch's current stream, else on CuPy's.")
       .def("run", &run_rule, arg("rule"), arg("coeffs"), kw, arg("stream") = py::none(),
-           arg("device_coeffs") = 0, arg("grad_multiplier") = 1.0,
+           arg("device_coeffs") = 0, arg("grad_multiplier") = 1.0, arg("rounding") = py::none(),
            "Runs a rule with its coefficients (fusedopt/_coeffs.py), on `stream` (default: the "
            "current stream of the params' library); device_coeffs: the address of the "
            "coefficients in device memory, for steps the device picks or a graph replays; "
-           "grad_multiplier: each grad is read times this (math/grad_multiplier.h).")
+           "grad_multiplier: each grad is read times this (math/grad_multiplier.h); rounding: None "
+           "or (roles, key0, key1), the roles whose 16-bit stores round stochastically.")
       .def(
           "adaptive_sgd",
           [](const DeviceBatch& b, py::handle coeffs, uintptr_t result, py::object stream) {
@@ -279,15 +280,16 @@ void register_functions(py::module_& m) {
   m.def(
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states, py::handle coeffs,
-         py::object stream, double grad_multiplier) -> py::object {
+         py::object stream, double grad_multiplier, py::handle rounding) -> py::object {
         DeviceBatch b;
         const bindings::Refusal refusal = b.read_for_run(params, grads, states);
         if (refusal) return refusal.to_python();
-        run_rule(b, rule, coeffs, stream, 0, grad_multiplier);
+        run_rule(b, rule, coeffs, stream, 0, grad_multiplier, rounding);
         return py::none();
       },
       py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("coeffs"),
       py::kw_only(), py::arg("stream") = py::none(), py::arg("grad_multiplier") = 1.0,
+      py::arg("rounding") = py::none(),
       "Reads and runs one call on the device: None if it ran, else the reader's refusal "
       "('device_call' reversed: host arrays are the CPU module's).");
   m.def(

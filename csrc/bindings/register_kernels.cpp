@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "bindings/call_options.h"
 #include "bindings/reader.h"
 #include "bindings/steps_from_python.h"
 #include "common/flag_dispatch.h"
@@ -51,8 +52,9 @@ class HostCall {
   bool has_grads() const { return call_.has_grads; }
 
   // Runs the rule whose name is `rule` with the coefficients `coeffs`, the gradients read
-  // times `grad_multiplier` (math/grad_multiplier.h).
-  void run(const std::string& rule, py::handle coeffs, double grad_multiplier = 1.0) const;
+  // times `grad_multiplier` and 16-bit stores rounded as `rounding` says (call_options.h).
+  void run(const std::string& rule, py::handle coeffs, double grad_multiplier = 1.0,
+           py::handle rounding = py::none()) const;
   long long count_nonfinite() const {
     const Batch& b = grads_batch();
     py::gil_scoped_release release;
@@ -76,7 +78,7 @@ class HostCall {
     return batch();
   }
   template <class Step>
-  void run_step(py::handle coeffs, double grad_multiplier) const {
+  void run_step(py::handle coeffs, double grad_multiplier, py::handle rounding) const {
     const Step step = step_from_python<Step>(coeffs);
     // The loops dereference one state pointer per state the rule keeps: a call with another
     // number of state lists than the flags ask for would read through a null pointer.
@@ -84,8 +86,7 @@ class HostCall {
       throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
                                   std::to_string(fusedopt::n_states(step)) + " state lists, got " +
                                   std::to_string(n_states()));
-    Batch b = grads_batch();
-    b.grad_multiplier = grad_multiplier;
+    const Batch b = with_call_options(grads_batch(), grad_multiplier, rounding);
     py::gil_scoped_release release;
     cpu::update(step, b);
   }
@@ -95,9 +96,10 @@ class HostCall {
   Batch batch_;
 };
 
-void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier) const {
+void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier,
+                   py::handle rounding) const {
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(coeffs, grad_multiplier);
+  if (rule == Step::kName) return run_step<Step>(coeffs, grad_multiplier, rounding);
   FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
@@ -113,7 +115,8 @@ void register_kernels(py::module_& m) {
       .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"))
       .def_property_readonly("refusal", &HostCall::refusal,
                              "None, or (rule, role, index, other role, other index): what the call broke")
-      .def("run", &HostCall::run, arg("rule"), arg("coeffs"), arg("grad_multiplier") = 1.0)
+      .def("run", &HostCall::run, arg("rule"), arg("coeffs"), arg("grad_multiplier") = 1.0,
+           arg("rounding") = py::none())
       .def("count_nonfinite", &HostCall::count_nonfinite, "NaN and infinite values among the grads.")
       .def("grad_sum_of_squares", &HostCall::grad_sum_of_squares,
            "The squared L2 norm of every grad together, in the fixed blocking of math/sumsq.h.")
@@ -123,13 +126,14 @@ void register_kernels(py::module_& m) {
   m.def(
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
-         py::handle coeffs, double grad_multiplier) -> py::object {
+         py::handle coeffs, double grad_multiplier, py::handle rounding) -> py::object {
         HostCall call(params, grads, states);
         if (!call.ok()) return call.refusal();
-        call.run(rule, coeffs, grad_multiplier);
+        call.run(rule, coeffs, grad_multiplier, rounding);
         return py::none();
       },
       arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"), arg("grad_multiplier") = 1.0,
+      arg("rounding") = py::none(),
       "Reads and runs one call: None if it ran, else the refusal (see Call.refusal; "
       "'device_call' for device arrays, which are the CUDA module's).");
 

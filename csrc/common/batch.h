@@ -28,6 +28,11 @@ struct Batch {
   // Every gradient is read multiplied by this, rounded to the compute type: 1 / loss scale
   // times the clipping coefficient (math/grad_multiplier.h). Gradients are never written.
   double grad_multiplier = 1.0;
+  // Stochastic rounding (math/storage.h): bit r set rounds role r's 16-bit stores so, with
+  // random bits keyed by rounding_key (the call's seed and step) and each element's position
+  // in the call; every other store rounds to nearest even.
+  uint32_t stochastic_roles = 0;
+  uint32_t rounding_key[2] = {0, 0};
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }

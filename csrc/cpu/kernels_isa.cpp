@@ -102,6 +102,29 @@ void narrow_into(DType d, const float* src, void* dst, int64_t n) {
   else narrow_f16(src, static_cast<uint16_t*>(dst), n);
 }
 
+// Stochastic rounding of role `role`'s elements [first, first + n) of tensor `tensor`.
+// (The rounding is called, not passed by address: see the top on linkage.)
+template <bool kBFloat16>
+void narrow_stochastic(const float* __restrict src, uint16_t* __restrict dst, int64_t n, const Batch& b,
+                       int role, int64_t tensor, int64_t first) {
+  const uint32_t k0 = b.rounding_key[0], tkey = math::tensor_key(b.rounding_key[1], tensor);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t random = math::random_bits(k0, tkey, first + i, role);
+    dst[i] = kBFloat16 ? math::float_to_bf16_stochastic(src[i], random)
+                       : math::float_to_f16_stochastic(src[i], random);
+  }
+}
+
+// A written role's stage stored back: to nearest even, or stochastically where the call asks.
+void store_stage(const Batch& b, int role, const float* src, void* dst, int64_t n, int64_t tensor,
+                 int64_t first) {
+  const DType d = b.dtypes[role];
+  if (((b.stochastic_roles >> role) & 1u) == 0) return narrow_into(d, src, dst, n);
+  if (d == DType::kBFloat16)
+    narrow_stochastic<true>(src, static_cast<uint16_t*>(dst), n, b, role, tensor, first);
+  else narrow_stochastic<false>(src, static_cast<uint16_t*>(dst), n, b, role, tensor, first);
+}
+
 // --- the element loop ---------------------------------------------------------------------
 // How a role's storage S is held in memory and converted: float and double as themselves,
 // bfloat16 as its 16 bits (math/storage.h).
@@ -335,7 +358,7 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
       }
       run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
       for (int r = 0; r < R; ++r)
-        if (narrow[r] && r != kGrad) narrow_into(b.dtypes[r], buf[r], base[r] + i * size[r], m);
+        if (narrow[r] && r != kGrad) store_stage(b, r, buf[r], base[r] + i * size[r], m, t, i);
     }
   }
 }
@@ -362,7 +385,8 @@ void run_stored(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   if (b.stored_as_computed()) {
     run_range<Rule, Uniform<T>>(rule, b, begin, end);
   } else if constexpr (std::is_same<T, float>::value) {
-    if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
+    if (b.stochastic_roles != 0) run_range_staged(rule, b, begin, end);  // rounds by position
+    else if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
     else if (stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
       run_range<Rule, Layout<BFloat16, BFloat16, float>>(rule, b, begin, end);
     else run_range_staged(rule, b, begin, end);

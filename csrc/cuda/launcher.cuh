@@ -41,6 +41,8 @@ struct UpdateParams {
   C coeffs;
   const DeviceCoeffs<C>* device_coeffs;  // null: use `coeffs`
   double grad_multiplier;                 // Batch::grad_multiplier (math/grad_multiplier.h)
+  uint32_t stochastic_roles;              // Batch::stochastic_roles and rounding_key
+  uint32_t rounding_key[2];
   int64_t n_chunks;
   int64_t chunk;  // elements per chunk (cuda/plan.h: chunk_elements)
   int32_t n_slots;
@@ -182,6 +184,21 @@ __device__ __forceinline__ void store_float(DType d, void* p, int64_t i, float x
   else static_cast<float*>(p)[i] = x;
 }
 
+// Element i of a written role of a tensor (tkey: its math::tensor_key), rounded as the
+// call asks: stochastically for the roles it names (math/storage.h; the CPU's bits).
+template <class Params>
+__device__ __forceinline__ void store_rounded(const Params& P, int role, void* p, int64_t i, uint32_t tkey,
+                                              float x) {
+  const DType d = P.storage[role];
+  if (d != DType::kFloat32 && ((P.stochastic_roles >> role) & 1u) != 0) {
+    const uint32_t random = math::random_bits(P.rounding_key[0], tkey, i, role);
+    static_cast<uint16_t*>(p)[i] = d == DType::kBFloat16 ? math::float_to_bf16_stochastic(x, random)
+                                                         : math::float_to_f16_stochastic(x, random);
+    return;
+  }
+  store_float(d, p, i, x);
+}
+
 __device__ __forceinline__ void load_vector(DType d, const void* p, int64_t i, float (&out)[kMixedVector]) {
   if (d == DType::kFloat32) {
     const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const float*>(p) + i);
@@ -214,14 +231,14 @@ __device__ __forceinline__ void store_vector(DType d, void* p, int64_t i, const 
 
 template <class Rule, class C, int kRoles>
 __device__ __forceinline__ void apply_mixed_scalar(const Rule& rule, const UpdateParams<C, kRoles>& P,
-                                                   void* const (&ptr)[kRoles], int64_t i) {
+                                                   void* const (&ptr)[kRoles], int64_t i, uint32_t tkey) {
   float x[kRoles];
 #pragma unroll
   for (int r = 0; r < kRoles; ++r) x[r] = load_float(P.storage[r], ptr[r], i);
   apply_values<Rule, float, kRoles>(rule, x);
-  store_float(P.storage[0], ptr[0], i, x[0]);
+  store_rounded(P, 0, ptr[0], i, tkey, x[0]);
 #pragma unroll
-  for (int r = 2; r < kRoles; ++r) store_float(P.storage[r], ptr[r], i, x[r]);
+  for (int r = 2; r < kRoles; ++r) store_rounded(P, r, ptr[r], i, tkey, x[r]);
 }
 
 template <class Rule, class C, int kRoles>
@@ -244,7 +261,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
 
-    for (int64_t i = s.lo + threadIdx.x; i < s.vec_lo; i += kThreads) apply_mixed_scalar(rule, P, ptr, i);
+    const uint32_t tkey = math::tensor_key(P.rounding_key[1], P.table.tensor[slot]);
+    if (P.stochastic_roles != 0) {
+      // Stochastic rounding hashes each element's position: element by element (still
+      // coalesced across the block), which keeps the vector loop's registers as they were.
+      for (int64_t i = s.lo + threadIdx.x; i < s.hi; i += kThreads) apply_mixed_scalar(rule, P, ptr, i, tkey);
+      continue;
+    }
+    for (int64_t i = s.lo + threadIdx.x; i < s.vec_lo; i += kThreads) apply_mixed_scalar(rule, P, ptr, i, tkey);
 
     for (int64_t base = s.vec_lo + int64_t{threadIdx.x} * V; base < s.vec_hi; base += kStride) {
       float v[kUnroll][kRoles][V];
@@ -276,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    for (int64_t i = s.vec_hi + threadIdx.x; i < s.hi; i += kThreads) apply_mixed_scalar(rule, P, ptr, i);
+    for (int64_t i = s.vec_hi + threadIdx.x; i < s.hi; i += kThreads) apply_mixed_scalar(rule, P, ptr, i, tkey);
   }
 }
 
@@ -315,6 +339,9 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
   params.coeffs = coeffs;
   params.device_coeffs = static_cast<const DeviceCoeffs<C>*>(device_coeffs);
   params.grad_multiplier = b.grad_multiplier;
+  params.stochastic_roles = b.stochastic_roles;
+  params.rounding_key[0] = b.rounding_key[0];
+  params.rounding_key[1] = b.rounding_key[1];
   params.chunk = chunk;
   for (int r = 0; r < kRoles; ++r) params.storage[r] = b.dtypes[r];
   for (const LaunchPlan& plan : plans) {
@@ -325,6 +352,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
       const int64_t t = plan.tensors[s];
       for (int r = 0; r < kRoles; ++r) params.table.ptr[r][s] = b.ptrs[r][t];
       params.table.size[s] = sizes[t];
+      params.table.tensor[s] = static_cast<int32_t>(t);
       params.table.head[s] = heads[t];
       params.table.chunk_start[s] = plan.chunk_start[s];
     }

@@ -60,7 +60,7 @@ constexpr int kParamHeader = 256;  // coefficients, counts and pointers ahead of
 
 // The slots one launch can hold, for kernels touching `n_roles` arrays per tensor.
 constexpr int table_capacity(int n_roles, int param_limit = kParamLimit) {
-  return (param_limit - kParamHeader - 8) / (8 * n_roles + 8 + 8 + 4);
+  return (param_limit - kParamHeader - 8) / (8 * n_roles + 8 + 8 + 4 + 4);
 }
 
 // The tensor table of one launch; it lives in the kernel's parameters.
@@ -71,6 +71,7 @@ struct TensorTable {
   int64_t size[kCap];            // elements
   int64_t chunk_start[kCap + 1];  // first chunk of each slot; [n_slots] = the launch's chunks
   int32_t head[kCap];            // scalar elements before the 16-byte boundary, or kScalarOnly
+  int32_t tensor[kCap];          // the tensor's index in the call (stochastic rounding's key)
 };
 
 // One chunk's elements: [lo, vec_lo) scalar, [vec_lo, vec_hi) whole vectors, [vec_hi, hi)

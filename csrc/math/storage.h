@@ -88,6 +88,58 @@ FUSEDOPT_HD uint16_t float_to_f16(float x) {
   return static_cast<uint16_t>(sign | (q + ((rest > half || (rest == half && (q & 1u))) ? 1u : 0u)));
 }
 
+// --- stochastic rounding ------------------------------------------------------------------
+// A narrowing that rounds up with the probability of the dropped part (unbiased: the mean of
+// many roundings is the value), from random bits that depend only on the call's key (its
+// seed and step) and the element's place (its tensor's index in the call, its index in the
+// tensor, its role): the same bits on every instruction set, at any thread count, on CUDA
+// and in the reference. mix32 is a 32-bit integer hash (xor-shift and multiply rounds).
+FUSEDOPT_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// The key of tensor `tensor` of the call, from the call's second key word (once per tensor).
+FUSEDOPT_HD uint32_t tensor_key(uint32_t key1, int64_t tensor) {
+  return mix32(key1 ^ static_cast<uint32_t>(tensor));
+}
+
+// The random bits of element `index` of a tensor (its tensor_key) in role `role`.
+FUSEDOPT_HD uint32_t random_bits(uint32_t key0, uint32_t tkey, int64_t index, int role) {
+  const uint64_t counter = (static_cast<uint64_t>(index) << 3) | static_cast<uint64_t>(role);
+  return mix32(mix32(static_cast<uint32_t>(counter) ^ key0) ^ static_cast<uint32_t>(counter >> 32) ^ tkey);
+}
+
+// bfloat16: the random 16 bits added below the kept half carry into it with the dropped
+// half's probability. inf stays inf; a value past the largest finite one may reach inf.
+FUSEDOPT_HD uint16_t float_to_bf16_stochastic(float x, uint32_t random) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return float_to_bf16(x);  // NaN: as nearest rounding
+  return static_cast<uint16_t>((u + (random >> 16)) >> 16);
+}
+
+// float16: the same in float16's grid, with as many random bits as the value drops (13 for
+// normal float16 values, 14 to 31 in the subnormal range; values below 2^-55, which would
+// drop more, become zero).
+FUSEDOPT_HD uint16_t float_to_f16_stochastic(float x, uint32_t random) {
+  const uint32_t u = float_bits(x);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a >= 0x7F800000u) return float_to_f16(x);  // inf and NaN: as nearest rounding
+  if (a >= 0x47800000u) return static_cast<uint16_t>(sign | 0x7C00u);  // 2^16 and up: inf
+  if (a >= 0x38800000u)  // a normal float16: rebias, add 13 random bits, drop 13
+    return static_cast<uint16_t>(sign | ((a - 0x38000000u + (random & 0x1FFFu)) >> 13));
+  const uint32_t e = a >> 23;
+  if (e < 95u) return static_cast<uint16_t>(sign);
+  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
+  const uint32_t shift = 126u - e;  // 14 (e = 112) .. 31 (e = 95)
+  return static_cast<uint16_t>(sign | ((m + (random & ((1u << shift) - 1u))) >> shift));
+}
+
 // The compute value of a stored one: float32 for the 16-bit types, the value itself for
 // float32 and float64.
 FUSEDOPT_HD float widen(float x) { return x; }

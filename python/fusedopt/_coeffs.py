@@ -234,3 +234,52 @@ def grad_scaling(fn: str, grad_scale, found_inf, max_grad_norm, grad_norm):
         if norm < 0.0:
             raise ValueError(f"{fn}: grad_norm must be >= 0 (an L2 norm), got {norm!r}")
     return GradScaling(scale, found, max_norm, norm)
+
+
+# --- rounding of 16-bit stores (csrc/math/storage.h) ----------------------------------------
+ROUNDINGS = ("nearest", "stochastic")
+_MASK64 = (1 << 64) - 1
+_PARAM_ROLE, _STATE_ROLES = 0b00001, 0b11100  # bits of the Batch roles (common/batch.h)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seed_value(fn: str, seed) -> int:
+    kind = type(seed)
+    integer = isinstance(seed, int) or getattr(getattr(seed, "dtype", None), "kind", "") in ("i", "u")
+    if kind is not int and (kind is bool or not integer):
+        raise TypeError(f"{fn}: seed must be an int, got {kind.__name__}")
+    value = int(seed)
+    if not 0 <= value <= _MASK64:
+        raise ValueError(f"{fn}: seed must be in [0, 2**64), got {value}")
+    return value
+
+
+def rounding(fn: str, rounding, state_rounding, seed, step: int):
+    """None (every 16-bit store to nearest even), or what the kernels take for stochastic
+    rounding: (the roles it applies to, as bits; key0, key1), the key made from ``seed`` and
+    ``step`` so that every step of a run draws other bits."""
+    if rounding == "nearest" and state_rounding == "nearest":
+        return None
+    roles = 0
+    for name, value, bits in (("rounding", rounding, _PARAM_ROLE),
+                              ("state_rounding", state_rounding, _STATE_ROLES)):
+        if not isinstance(value, str):
+            raise TypeError(f"{fn}: {name} must be 'nearest' or 'stochastic', got {type(value).__name__}")
+        if value not in ROUNDINGS:
+            raise ValueError(f"{fn}: {name} must be 'nearest' or 'stochastic', got {value!r}")
+        if value == "stochastic":
+            roles |= bits
+    key = _splitmix64(seed_value(fn, seed) ^ _splitmix64(step))
+    return roles, key & 0xFFFFFFFF, key >> 32
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A seed per step for the kernels that take no step count (their key is the seed
+    alone): the optimizers pass this, so that no two steps draw the same bits."""
+    return _splitmix64(seed ^ _splitmix64(step ^ 0x5EED))

@@ -106,10 +106,12 @@ class Call(NamedTuple):
     hyper: Callable  # coeffs -> the raw hyperparameters (the float64 reference)
     adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2): coeffs at lr0, the rate set here
     scaling: _coeffs.GradScaling | None = None  # loss scaling and clipping, if any
+    rounding: tuple | None = None  # stochastic rounding of 16-bit stores (_coeffs.rounding)
 
 
 def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_nonfinite,
-        adaptive=False, grad_scale=None, found_inf=None, max_grad_norm=None, grad_norm=None):
+        adaptive=False, grad_scale=None, found_inf=None, max_grad_norm=None, grad_norm=None,
+        rounding=None):
     """Runs a public call (the fields of :class:`Call`): None, a StepStatus (with
     skip_if_nonfinite, found_inf or max_grad_norm) or an AdaptiveRate. The common call, a
     plain step whose arrays the CPU module's reader takes, is one call into the module
@@ -122,11 +124,11 @@ def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_
     if (backend == "auto" or backend == "native") and grads is not None and not adaptive \
             and skip_if_nonfinite is False and (scaling is None or _plain_scale(scaling)):
         refusal = _core.run(rule, params, grads, values, coeffs,
-                            1.0 if scaling is None else 1.0 / scaling.grad_scale)
+                            1.0 if scaling is None else 1.0 / scaling.grad_scale, rounding)
         if refusal is None:
             return None
-    return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive, scaling),
-                     backend, skip_if_nonfinite, refusal)
+    return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive, scaling,
+                          rounding), backend, skip_if_nonfinite, refusal)
 
 
 def _plain_scale(scaling) -> bool:
@@ -203,15 +205,15 @@ def _run_native(target, call: Call, skip: bool, device: bool = False):
         if count:
             return _skipped(call, count)
     if call.adaptive:
-        if device and call.scaling is None:
+        if device and call.scaling is None and call.rounding is None:
             # The norm, the rate and the update stay on the GPU (no host sync inside the
             # step): lr and grad_norm come back as 0-d arrays of the params' library.
             return AdaptiveRate(*cuda.adaptive_sgd(target, call.coeffs, _first(call.params)))
         coeffs, multiplier, norm = _adaptive_step(call, target.grad_sum_of_squares())
-        target.run("sgd", coeffs, grad_multiplier=multiplier)
+        target.run("sgd", coeffs, grad_multiplier=multiplier, rounding=call.rounding)
         return AdaptiveRate(coeffs.lr, norm)
     multiplier, norm = _scaled(call, target.grad_sum_of_squares)
-    target.run(call.rule, call.coeffs, grad_multiplier=multiplier)
+    target.run(call.rule, call.coeffs, grad_multiplier=multiplier, rounding=call.rounding)
     return _done(call, skip, norm)
 
 
@@ -261,7 +263,7 @@ def _run_reference(prep, call: Call, backend: str, skip: bool):
     if backend == FLOAT64:
         _ref.apply_float64(call.rule, prep, call.hyper(coeffs), multiplier)
     else:
-        _ref.apply_exact(call.rule, prep, coeffs, multiplier)
+        _ref.apply_exact(call.rule, prep, coeffs, multiplier, call.rounding)
     if call.adaptive:
         return AdaptiveRate(coeffs.lr, norm)
     return _done(call, skip, norm)

@@ -21,7 +21,7 @@ Without it, NaN and inf propagate exactly as the reference says.
 
 from __future__ import annotations
 
-from fusedopt import rules
+from fusedopt import _coeffs, rules
 from fusedopt._dispatch import AdaptiveRate, FallbackWarning, StepStatus, fallbacks, run
 
 _COMMON_DOC = """
@@ -44,11 +44,22 @@ _COMMON_DOC = """
 
     The gradients are read times one number, ``clip / grad_scale`` computed in double and
     rounded once to the compute precision.
+
+    Stores to bfloat16 and float16 round to nearest even, or stochastically:
+    ``rounding="stochastic"`` for the params, ``state_rounding="stochastic"`` for the states
+    (up with the probability of the part dropped, so the mean of many roundings is the
+    value: small updates are not lost). The random bits come from a counter-based hash keyed
+    by ``seed`` (an int) and the step (``step``, for the kernels that take one; pass another
+    seed each step to the others) and the element's position in the call, so a step has
+    the same bits at any thread count, on every instruction set, on CUDA and in the
+    reference. Other storage types ignore both.
     """
 
 
 # Loss scaling and clipping, every kernel's (fusedopt._coeffs.grad_scaling).
 _SCALING = ("grad_scale", "found_inf", "max_grad_norm", "grad_norm")
+# The rounding of 16-bit stores, every kernel's (fusedopt._coeffs.rounding), with defaults.
+_ROUNDING = {"rounding": "nearest", "state_rounding": "nearest", "seed": 0}
 
 
 def _missing(fn: str, name: str, when: str):
@@ -78,11 +89,13 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
     states = list(rule.states)
     positional = ["params", "grads"] + [f"{s}=None" if s in rule.optional_states else s
                                         for s in states]
-    keywords = list(kernel.keywords) + ["skip_if_nonfinite", *_SCALING, "backend"]
+    keywords = list(kernel.keywords) + ["skip_if_nonfinite", *_SCALING, *_ROUNDING, "backend"]
     passed = ", ".join(f"{k}={k}" for k in kernel.keywords)
     fixed = "".join(f", {k}={v!r}" for k, v in kernel.fixed.items())
+    step = "step" if kernel.takes_step else "0"  # the rounding key's step
     lines = [f"def {fn}({', '.join(positional)}, *, {', '.join(keywords)}):",
-             f"    c = _coefficients({fn!r}{fixed}, {passed})"]
+             f"    c = _coefficients({fn!r}{fixed}, {passed})",
+             f"    r = _rounding({fn!r}, rounding, state_rounding, seed, {step})"]
     # The states these coefficients' flags use, in rule order; a missing one is named. The
     # lists start as literals of the states every call uses (a call appends nothing else).
     always = [s for s in states if s not in rule.optional_states]
@@ -102,14 +115,14 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
         hyper = f"dict({hyper}, lr=c.lr)"
     lines.append(f"    return _run({rule.name!r}, {fn!r}, params, grads, tuple(names), values, c, "
                  f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive}, "
-                 f"{', '.join(_SCALING)})")
+                 f"{', '.join(_SCALING)}, r)")
     namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run,
-                 "_plain": _plain}
+                 "_plain": _plain, "_rounding": _coeffs.rounding}
     exec("\n".join(lines), namespace)  # noqa: S102
     function = namespace[fn]
     defaults = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}
     function.__kwdefaults__ = dict(defaults, skip_if_nonfinite=False, backend="auto",
-                                   **dict.fromkeys(_SCALING))
+                                   **dict.fromkeys(_SCALING), **_ROUNDING)
     function.__doc__ = kernel.doc.strip("\n") + "\n" + _COMMON_DOC
     function.__module__ = "fusedopt"
     function.__qualname__ = fn

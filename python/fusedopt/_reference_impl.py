@@ -56,7 +56,7 @@ def sum_of_squares_exact(xp, grads) -> float:
     return total
 
 
-def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0) -> None:
+def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=None) -> None:
     fn = RULES[rule].exact
     xp = prep.xp
     for i, p in enumerate(prep.params):
@@ -69,8 +69,9 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0) -> None:
         # csrc/math/grad_multiplier.h does (1 leaves it as it is).
         g = _storage.widened(xp, prep.grads[i], compute) * compute(grad_multiplier)
         fn(xp, values[0], g, values[1:], coeffs)
-        for a, v in zip(written, values):
-            _storage.store(xp, a, v)
+        for role, (a, v) in zip((0, 2, 3, 4), zip(written, values)):
+            stochastic = rounding is not None and (rounding[0] >> role) & 1
+            _storage.store(xp, a, v, (rounding[1], rounding[2], role, i) if stochastic else None)
 
 
 def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) -> None:

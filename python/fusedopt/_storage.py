@@ -61,10 +61,58 @@ def _bfloat16_bits(xp, x):
     return xp.where((u & xp.uint32(0x7FFFFFFF)) > xp.uint32(0x7F800000), nan, rounded).astype(xp.uint16)
 
 
-def store(xp, a, values) -> None:
+def _mix32(xp, x):
+    """math::mix32 on uint32 arrays (NumPy's and CuPy's uint32 products wrap, as C++'s)."""
+    x = x ^ (x >> 16)
+    x = x * xp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * xp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def random_bits(xp, key0: int, key1: int, role: int, tensor: int, n: int):
+    """math::random_bits of the ``n`` elements of tensor ``tensor`` of the call in ``role``
+    (math::tensor_key computed as the kernels do, once per tensor)."""
+    tkey = _mix32(xp, xp.asarray([key1 ^ (tensor & 0xFFFFFFFF)], dtype=xp.uint32))[0]
+    counter = (xp.arange(n, dtype=xp.uint64) << xp.uint64(3)) | xp.uint64(role)
+    lo = (counter & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    hi = (counter >> xp.uint64(32)).astype(xp.uint32)
+    return _mix32(xp, _mix32(xp, lo ^ xp.uint32(key0)) ^ hi ^ tkey)
+
+
+def _stochastic_bits(xp, dtype, x, r):
+    """math::float_to_bf16_stochastic / float_to_f16_stochastic on float32 ``x`` with
+    random bits ``r``: the 16-bit patterns."""
+    u = x.view(xp.uint32)
+    a = u & xp.uint32(0x7FFFFFFF)
+    if is_bfloat16(dtype):
+        up = (u + (r >> 16)) >> 16  # wraps only for NaN, which takes nearest rounding's bits
+        return xp.where(a > xp.uint32(0x7F800000), _bfloat16_bits(xp, x), up).astype(xp.uint16)
+    sign = (u >> 16) & xp.uint32(0x8000)
+    e = a >> 23
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = x.astype(xp.float16).view(xp.uint16).astype(xp.uint32)
+    normal = (a - xp.uint32(0x38000000) + (r & xp.uint32(0x1FFF))) >> 13  # wraps where unused
+    shift = xp.clip(xp.uint32(126) - xp.minimum(e, xp.uint32(112)), 14, 31).astype(xp.uint32)
+    m = (a & xp.uint32(0x7FFFFF)) | xp.uint32(0x800000)
+    sub = (m + (r & ((xp.uint32(1) << shift) - xp.uint32(1)))) >> shift
+    out = xp.where(e < 95, sign, sign | sub)
+    out = xp.where(a >= xp.uint32(0x38800000), sign | normal, out)
+    out = xp.where(a >= xp.uint32(0x47800000), sign | xp.uint32(0x7C00), out)
+    return xp.where(a >= xp.uint32(0x7F800000), nearest, out).astype(xp.uint16)
+
+
+def store(xp, a, values, stochastic=None) -> None:
     """Writes compute-dtype ``values`` into ``a``, rounded to nearest even where ``a`` is
-    narrower (nothing to do where ``values`` is ``a`` itself)."""
+    narrower (nothing to do where ``values`` is ``a`` itself), or stochastically with
+    ``stochastic`` = (key0, key1, role, the array's tensor index in the call)."""
     if values is a:
+        return
+    if stochastic is not None and a.dtype.itemsize == 2:
+        key0, key1, role, tensor = stochastic
+        x = xp.ascontiguousarray(values, dtype=xp.float32).reshape(-1)
+        bits = _stochastic_bits(xp, a.dtype, x, random_bits(xp, key0, key1, role, tensor, x.size))
+        a.view(xp.uint16)[...] = bits.reshape(a.shape)
         return
     if is_bfloat16(a.dtype):
         a.view(xp.uint16)[...] = _bfloat16_bits(xp, xp.ascontiguousarray(values, dtype=xp.float32))

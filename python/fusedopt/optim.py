@@ -27,6 +27,11 @@ float32 and float64 params and float32 for bfloat16 and float16 params. Arithmet
 float32 either way (float64 for float64 params); bfloat16 states halve their memory and
 traffic at the cost of rounding each moment to 8 bits of mantissa every step.
 
+``rounding="stochastic"`` (and ``state_rounding="stochastic"``) round the bfloat16 and float16
+params (states) a step writes stochastically, with random bits from ``seed=`` and the step
+count (see the functional kernels): a run has the same bits at any thread count and on any
+instruction set, and a run from a state_dict goes on with the bits of one that never stopped.
+
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
 
@@ -80,7 +85,8 @@ class Optimizer:
         cls._defaults = {**defaults, **cls._extra_defaults}
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
-                 capturable: bool = False, state_dtype=None, max_grad_norm=None, **hyper):
+                 capturable: bool = False, state_dtype=None, max_grad_norm=None,
+                 rounding: str = "nearest", state_rounding: str = "nearest", seed: int = 0, **hyper):
         name = type(self).__name__
         self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
         capturable = _coeffs.flag(name, "capturable", capturable)
@@ -90,6 +96,13 @@ class Optimizer:
                 raise TypeError(f"{name}: max_grad_norm needs the norm on the host every step, "
                                 "which a captured step cannot have; clip before the step instead")
             self._max_grad_norm = _coeffs.grad_scaling(name, None, None, max_grad_norm, None).max_grad_norm
+        _coeffs.rounding(name, rounding, state_rounding, seed, 1)  # checked here, used each step
+        self._rounding = dict(rounding=rounding, state_rounding=state_rounding,
+                              seed=_coeffs.seed_value(name, seed))
+        if capturable and (rounding != "nearest" or state_rounding != "nearest"):
+            raise TypeError(f"{name}: stochastic rounding keys its random bits by the step "
+                            "count, which a captured step keeps on the device; use "
+                            "rounding='nearest' with capturable=True")
         if capturable and self._capturable_rule is None:
             if self._takes_step:
                 why = (f"{name}'s coefficients change every step and are computed on the host, so "
@@ -360,6 +373,12 @@ class Optimizer:
     def _call(self, params, grads, states, *, step, skip_if_nonfinite=False, **scaling):
         kwargs = dict(self._hyper)
         kwargs.update((k, v) for k, v in scaling.items() if v is not None)
+        rounding = getattr(self, "_rounding", None)
+        if rounding is not None and (rounding["rounding"] != "nearest"
+                                     or rounding["state_rounding"] != "nearest"):
+            kwargs.update(rounding)
+            if not self._takes_step:  # the kernel keys its bits by the seed alone: one per step
+                kwargs["seed"] = _coeffs.step_seed(rounding["seed"], step)
         factors = kwargs.pop("lr_factors", None)
         if factors is not None:
             kwargs["lr"] = _coeffs.rate_at(kwargs["lr"], factors, step)

@@ -19,11 +19,16 @@ A step runs under ``torch.no_grad()``, reads ``p.grad``, skips params whose grad
 hyperparameters, step count, device and dtype: param groups whose hyperparameters are equal
 share one call. ``foreach`` and ``fused`` are accepted and change nothing (every step is
 fused); ``differentiable=True`` and ``capturable=True`` are refused. Keyword-only
-``skip_if_nonfinite=True`` makes a step whose gradients hold NaN or inf write nothing and
+``state_dtype=`` (keyword only) keeps the states of float32, bfloat16 and float16 params in
+float32 or bfloat16 (by default the param's dtype, as torch, and float32 for float16 params,
+which torch would keep in float16; float64 params keep float64 states); a state_dict loaded
+is converted to it. ``skip_if_nonfinite=True`` makes a step whose gradients hold NaN or inf write nothing and
 leave the step counts as they were (``last_step_skipped`` then says so). Keyword-only
 ``max_grad_norm=`` clips as ``torch.nn.utils.clip_grad_norm_`` does, by the L2 norm of all
 the step's gradients, inside the update (the gradients are not written; ``last_grad_norm``
-holds the norm before clipping). ``torch.amp.GradScaler`` hands its scale and inf flag to
+holds the norm before clipping). ``rounding="stochastic"`` and ``state_rounding="stochastic"``
+(with ``seed=``) round bfloat16 and float16 params and states stochastically, reproducibly
+(see the functional kernels). ``torch.amp.GradScaler`` hands its scale and inf flag to
 the step (``_step_supports_amp_scaling``): the kernels unscale the gradients as they read
 them, with no pass of their own, and an overflow step writes nothing and is not counted. Params are float32
 or float64 tensors of any dense layout (channels_last included); states take the param's.
@@ -95,9 +100,22 @@ def _laid_out_like(g, like):
     return g if g.stride() == like.stride() else torch.empty_like(like).copy_(g)
 
 
-def _like(p, value: float):
+def _like(p, value: float, dtype=None):
     """A state for ``p`` filled with ``value``, laid out as ``p`` (a DTensor for a DTensor)."""
-    return torch.full_like(p.detach(), value, memory_format=torch.preserve_format)
+    return torch.full_like(p.detach(), value, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def _state_dtype(name: str, state_dtype):
+    """``state_dtype=`` checked: None, or float32 or bfloat16 (a torch dtype or its name)."""
+    if state_dtype is None:
+        return None
+    wanted = {"float32": torch.float32, "bfloat16": torch.bfloat16, torch.float32: torch.float32,
+              torch.bfloat16: torch.bfloat16, torch.float64: torch.float64, "float64": torch.float64}
+    try:
+        return wanted[state_dtype]
+    except (KeyError, TypeError):
+        raise TypeError(f"{name}: state_dtype must be None, torch.float32 or torch.bfloat16, got "
+                        f"{state_dtype!r}") from None
 
 
 def _check_lr(name: str, lr) -> None:
@@ -172,7 +190,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     # and does not unscale the gradients itself: the kernels do, as they read them.
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults: dict, skip_if_nonfinite: bool, max_grad_norm=None):
+    def __init__(self, params, defaults: dict, skip_if_nonfinite: bool, max_grad_norm=None,
+                 rounding=("nearest", "nearest", 0), state_dtype=None):
         name = type(self).__name__
         if skip_if_nonfinite is not True and skip_if_nonfinite is not False:
             raise TypeError(f"{name}: skip_if_nonfinite must be a bool, got "
@@ -182,6 +201,12 @@ class _FusedOptimizer(torch.optim.Optimizer):
                                                           None).max_grad_norm
         self.max_grad_norm = max_grad_norm
         self.last_grad_norm = None
+        # Stochastic rounding of bfloat16/float16 params and states: (rounding,
+        # state_rounding, seed), checked here; each call's key takes its step count.
+        fusedopt._coeffs.rounding(name, rounding[0], rounding[1], rounding[2], 1)
+        self._rounding = dict(rounding=rounding[0], state_rounding=rounding[1],
+                              seed=fusedopt._coeffs.seed_value(name, rounding[2]))
+        self._state_dtype = _state_dtype(name, state_dtype)
         self._scaling: dict = {}
         if defaults.get("differentiable"):
             raise ValueError(
@@ -242,6 +267,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_last_result", None)
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("_rounding", dict(rounding="nearest", state_rounding="nearest", seed=0))
+        self.__dict__.setdefault("_state_dtype", None)
         self._scaling = {}
         self._plan = None
 
@@ -269,18 +296,32 @@ class _FusedOptimizer(torch.optim.Optimizer):
         plain = all((type(p) is _PLAIN or type(p) is torch.nn.Parameter) and p.is_contiguous()
                     for p in params)
         states = [self.state[p] for p in params]
+        dtype = self._states_dtype_of(params[0].dtype)
         for key in keys:
             init = self._initial(group, key)
             if plain:
-                pieces = _carve(params, init)
+                pieces = _carve(params, init, dtype)
             else:
-                pieces = [_like(p, init) for p in params]
+                pieces = [_like(p, init, dtype) for p in params]
             for st, t in zip(states, pieces):
                 st.setdefault(key, t)
         if self._has_step:
             block = torch.full((len(params),), float(count), dtype=_scalar_dtype())
             for st, t in zip(states, block.unbind(0)):
                 st.setdefault("step", t)
+
+    def _states_dtype_of(self, param_dtype):
+        """The dtype of the states of params of ``param_dtype``: ``state_dtype`` where given
+        (float64 params keep float64 states), else the param's, and float32 for float16
+        params (the kernels keep no float16 states)."""
+        if param_dtype == torch.float64:
+            if self._state_dtype not in (None, torch.float64):
+                raise TypeError(f"{type(self).__name__}: state_dtype {self._state_dtype} does not go with "
+                                "float64 params, whose states are float64")
+            return torch.float64
+        if self._state_dtype is not None:
+            return self._state_dtype
+        return torch.float32 if param_dtype == torch.float16 else param_dtype
 
     def _build(self) -> _Plan:
         """The units of the current param groups: params with grads, grouped by step count,
@@ -318,11 +359,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     for key in layout:
                         value = st.get(key)
                         if value is None:  # a state loaded without a key this layout now needs
-                            st[key] = _like(p, self._initial(group, key))
+                            st[key] = _like(p, self._initial(group, key), self._states_dtype_of(dtype))
                         elif _local(value).stride() != loc.stride() and type(value) is _PLAIN:
                             # A state laid out unlike its param (loaded from elsewhere): the
                             # kernel walks all of them in one order, so copy it into the param's.
-                            st[key] = _like(p, 0.0).copy_(value)
+                            st[key] = _like(p, 0.0, value.dtype).copy_(value)
                 strided = [i for i, loc in enumerate(locs) if not loc.is_contiguous()]
                 states = {self._state_args[key]: [_flat(_local(self.state[p][key])) for p in ps]
                           for key in layout}
@@ -406,6 +447,16 @@ class _FusedOptimizer(torch.optim.Optimizer):
             out["max_grad_norm"] = self.max_grad_norm
         return out
 
+    def _rounding_of(self, kwargs: dict, units) -> dict:
+        """A call's rounding arguments: none for nearest rounding; else the optimizer's,
+        with a seed per step for the kernels that take no step count."""
+        r = self._rounding
+        if r["rounding"] == "nearest" and r["state_rounding"] == "nearest":
+            return {}
+        if "step" in kwargs:
+            return r
+        return dict(r, seed=fusedopt._coeffs.step_seed(r["seed"], units[0].count + 1))
+
     def _global_norm(self, calls, scaling: dict) -> float:
         """The norm to clip a step of several calls by: of all their unscaled gradients
         together, in the kernels' fixed blocking (the same bits at any thread count)."""
@@ -466,7 +517,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """One kernel call; the step counts of its units advance unless it was skipped."""
         try:
             result = kernel(params, grads, **state_args, **kwargs, skip_if_nonfinite=self._skip,
-                            **self._scaling)
+                            **self._scaling, **self._rounding_of(kwargs, units))
         except (TypeError, ValueError):
             if any(g.layout != torch.strided for g in grads):
                 raise RuntimeError(self._sparse_message()) from None
@@ -610,7 +661,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 if not value.is_floating_point():
                     raise ValueError(f"{where}[{key!r}] has dtype {value.dtype}; optimizer states "
                                      "are floating point")
-                out[key] = value.to(dtype=p.dtype, device=_local(p).device
+                out[key] = value.to(dtype=self._states_dtype_of(p.dtype), device=_local(p).device
                                     if type(value) is _PLAIN else p.device, copy=True)
             else:
                 if key in needed and value is not None:
@@ -619,11 +670,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
         return out
 
 
-def _carve(like: list, value: float) -> list:
-    """A tensor shaped like each of ``like``, filled with ``value``, all cut from one block
-    (padded to 64 bytes), as fusedopt.optim lays out its states."""
-    dtype, device = like[0].dtype, like[0].device
-    align = max(1, 64 // like[0].element_size())
+def _carve(like: list, value: float, dtype) -> list:
+    """A tensor of ``dtype`` shaped like each of ``like``, filled with ``value``, all cut
+    from one block (padded to 64 bytes), as fusedopt.optim lays out its states."""
+    device = like[0].device
+    align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
     starts, total = [], 0
     for t in like:
         starts.append(total)
@@ -642,7 +693,8 @@ class SGD(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
-                 skip_if_nonfinite=False, max_grad_norm=None):
+                 skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "momentum value", momentum)
@@ -652,7 +704,8 @@ class SGD(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -681,11 +734,14 @@ class AdaptiveSGD(SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
-                 skip_if_nonfinite=False, max_grad_norm=None):
+                 skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         self.last_rate = None
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
                          foreach=foreach, differentiable=differentiable, fused=fused,
-                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm)
+                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm,
+                         rounding=rounding, state_rounding=state_rounding, seed=seed,
+                         state_dtype=state_dtype)
 
     def _fused_step(self) -> None:
         plan = self._plan_for_step()
@@ -744,7 +800,8 @@ class Adagrad(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 skip_if_nonfinite=False, max_grad_norm=None):
+                 skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "lr_decay value", lr_decay)
@@ -754,7 +811,8 @@ class Adagrad(_FusedOptimizer):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         return ("sum",)
@@ -783,7 +841,8 @@ class RMSprop(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, skip_if_nonfinite=False, max_grad_norm=None):
+                 differentiable=False, *, skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "epsilon value", eps)
@@ -793,7 +852,8 @@ class RMSprop(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         keys = ["square_avg"]
@@ -818,7 +878,8 @@ class Adam(_FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 skip_if_nonfinite=False, max_grad_norm=None):
+                 skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "epsilon value", eps)
@@ -828,7 +889,8 @@ class Adam(_FusedOptimizer):
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         if group["amsgrad"]:
@@ -850,11 +912,14 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None):
+                 differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True,
-                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm)
+                         skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm,
+                         rounding=rounding, state_rounding=state_rounding, seed=seed,
+                         state_dtype=state_dtype)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -870,14 +935,16 @@ class Lion(_FusedOptimizer):
     _has_step = False
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 foreach=None, differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None):
+                 foreach=None, differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None,
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
         name = type(self).__name__
         _check_lr(name, lr)
         betas = _check_betas(name, betas)
         _check_at_least(name, "weight_decay value", weight_decay)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         return ("exp_avg",)
@@ -902,9 +969,11 @@ class _Described(_FusedOptimizer):
     _torch_class: Any = None
     _kernel_name = ""
 
-    def __init__(self, params, *args, skip_if_nonfinite=False, max_grad_norm=None, **kwargs):
+    def __init__(self, params, *args, skip_if_nonfinite=False, max_grad_norm=None, rounding="nearest",
+                 state_rounding="nearest", seed=0, state_dtype=None, **kwargs):
         probe = self._torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
-        super().__init__(params, dict(probe.defaults), skip_if_nonfinite, max_grad_norm)
+        super().__init__(params, dict(probe.defaults), skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
 
     def _layout(self, group):
         return self._keys
@@ -931,7 +1000,11 @@ def _described(name: str, kernel_name: str, **extra) -> type:
     signature = signature.replace(parameters=[
         *signature.parameters.values(),
         inspect.Parameter("skip_if_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
-        inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None)])
+        inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("rounding", inspect.Parameter.KEYWORD_ONLY, default="nearest"),
+        inspect.Parameter("state_rounding", inspect.Parameter.KEYWORD_ONLY, default="nearest"),
+        inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0),
+        inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)])
     attrs = dict(
         _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
         _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},

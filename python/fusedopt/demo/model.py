@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedopt import _storage
+
 HIDDEN = 128
 CLASSES = 10
 
@@ -27,14 +29,15 @@ class NumpyModel:
 
     framework = "numpy"
 
-    def __init__(self, init: list[np.ndarray]):
-        self.params = [p.copy() for p in init]
+    def __init__(self, init: list[np.ndarray], storage: str = "float32"):
+        dtype = np.dtype(np.float32) if storage == "float32" else _storage.bfloat16()
+        self.params = [p.astype(dtype) for p in init]
 
     def zeros_like(self) -> list[np.ndarray]:
-        return [np.zeros_like(p) for p in self.params]
+        return [np.zeros(p.shape, np.float32) for p in self.params]  # states: float32
 
     def _forward(self, x):
-        w1, b1, w2, b2 = self.params
+        w1, b1, w2, b2 = (p.astype(np.float32, copy=False) for p in self.params)
         pre = x @ w1 + b1
         hidden = np.maximum(pre, 0.0)
         logits = hidden @ w2 + b2
@@ -44,7 +47,7 @@ class NumpyModel:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
         """The batch's mean cross-entropy and its gradients, one array per parameter."""
-        w2 = self.params[2]
+        w2 = self.params[2].astype(np.float32, copy=False)
         pre, hidden, log_probs = self._forward(x)
         n = len(y)
         loss = -float(log_probs[np.arange(n), y].mean())
@@ -69,17 +72,19 @@ class TorchModel:
 
     framework = "torch"
 
-    def __init__(self, init: list[np.ndarray]):
+    def __init__(self, init: list[np.ndarray], storage: str = "float32"):
         import torch
 
         self._torch = torch
-        self.params = [torch.tensor(p, requires_grad=True) for p in init]
+        dtype = torch.float32 if storage == "float32" else torch.bfloat16
+        self.params = [torch.tensor(p).to(dtype).requires_grad_() for p in init]
 
     def zeros_like(self):
-        return [self._torch.zeros_like(p, requires_grad=False) for p in self.params]
+        return [self._torch.zeros_like(p, dtype=self._torch.float32, requires_grad=False)
+                for p in self.params]
 
     def _logits(self, x):
-        w1, b1, w2, b2 = self.params
+        w1, b1, w2, b2 = (p.float() for p in self.params)
         return self._torch.relu(x @ w1 + b1) @ w2 + b2
 
     def loss_and_grads(self, x, y):
@@ -104,13 +109,13 @@ class TorchModel:
         return self._torch.from_numpy(x), self._torch.from_numpy(y)
 
 
-def make_model(framework: str, init: list[np.ndarray]):
+def make_model(framework: str, init: list[np.ndarray], storage: str = "float32"):
     if framework == "numpy":
-        return NumpyModel(init)
+        return NumpyModel(init, storage)
     if framework == "torch":
         try:
             import torch  # noqa: F401
         except ImportError as exc:
             raise ImportError("--framework torch needs PyTorch: pip install \"fusedopt[torch]\"") from exc
-        return TorchModel(init)
+        return TorchModel(init, storage)
     raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")

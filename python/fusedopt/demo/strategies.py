@@ -25,6 +25,8 @@ class Strategy:
     momentum: float = 0.0
     nesterov: bool = False
     full_batch: bool = False  # one step per epoch on the whole training set
+    storage: str = "float32"  # the params' dtype: "float32" or "bfloat16" (float32 gradients)
+    rounding: str = "nearest"  # how bfloat16 params are rounded: "nearest" or "stochastic"
 
     def batch_size(self, n_train: int, batch: int) -> int:
         return n_train if self.full_batch else batch
@@ -36,18 +38,26 @@ class Strategy:
             parts[0] = f"lr0 {self.lr:g}"
         if self.momentum:
             parts.append(f"mom {self.momentum:g}")
+        if self.storage != "float32":
+            parts.append(f"{self.storage} params, {self.rounding}")
         return ", ".join(parts)
+
+    def _rounding(self) -> dict:
+        return {} if self.rounding == "nearest" else dict(rounding=self.rounding, seed=0)
 
     def updater(self, params, zeros_like):
         """A function grads -> the rate the step used; it updates ``params`` in place with
         one fused call over all four tensors. ``zeros_like()`` makes the state arrays."""
+        count = [0]  # the step count (stochastic rounding draws other bits every step)
         if self.kernel == "sgd":
             buffers = zeros_like() if self.momentum else None
 
             def step(grads):
                 # Looked up on the module at each call, so a test can count the calls.
+                count[0] += 1
                 fusedopt.sgd_(params, grads, buffers, lr=self.lr, momentum=self.momentum,
-                              nesterov=self.nesterov, convention="keras")
+                              nesterov=self.nesterov, convention="keras", step=count[0],
+                              **self._rounding())
                 return self.lr
 
             return step
@@ -62,11 +72,11 @@ class Strategy:
             return step
         if self.kernel == "adam":
             exp_avgs, exp_avg_sqs = zeros_like(), zeros_like()
-            count = [0]
 
             def step(grads):
                 count[0] += 1
-                fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=count[0], lr=self.lr)
+                fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=count[0], lr=self.lr,
+                               **self._rounding())
                 return self.lr
 
             return step
@@ -84,12 +94,26 @@ STRATEGIES = (
 )
 
 
+# Training with bfloat16 params (float32 gradients and states, float32 arithmetic): each
+# step's params are rounded to bfloat16, to nearest or stochastically. Not in the default
+# run; name them with --strategies (docs/strategies.md shows the curves).
+PRECISION = (
+    Strategy("momentum-bf16", "momentum, bf16 nearest", "sgd", lr=0.01, momentum=0.9, storage="bfloat16"),
+    Strategy("momentum-bf16-sr", "momentum, bf16 stochastic", "sgd", lr=0.01, momentum=0.9,
+             storage="bfloat16", rounding="stochastic"),
+    Strategy("adam-bf16", "Adam, bf16 nearest", "adam", lr=0.001, storage="bfloat16"),
+    Strategy("adam-bf16-sr", "Adam, bf16 stochastic", "adam", lr=0.001, storage="bfloat16",
+             rounding="stochastic"),
+)
+
+
 def select(keys) -> list[Strategy]:
-    """The strategies named in ``keys`` (None: all), in the table's order."""
+    """The strategies named in ``keys`` (None: the default set), in the table's order."""
     if keys is None:
         return list(STRATEGIES)
-    by_key = {s.key: s for s in STRATEGIES}
+    every = STRATEGIES + PRECISION
+    by_key = {s.key: s for s in every}
     unknown = [k for k in keys if k not in by_key]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(by_key)}")
-    return [s for s in STRATEGIES if s.key in set(keys)]
+    return [s for s in every if s.key in set(keys)]

@@ -97,7 +97,7 @@ def _record(result: StrategyResult, net, sets) -> None:
 def train_one(strategy: Strategy, digits: data.Digits, init, *, framework: str, epochs: int,
               seed: int, batch_size: int, progress: Progress | None = None) -> StrategyResult:
     """Trains a fresh copy of the model from ``init`` with one strategy."""
-    net = model.make_model(framework, init)
+    net = model.make_model(framework, init, strategy.storage)
     n = len(digits.y_train)
     batch = strategy.batch_size(n, batch_size)
     result = StrategyResult(strategy, batch)
