@@ -394,6 +394,114 @@ void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
   });
 }
 
+// --- trust-ratio rules (math/lamb.h) -------------------------------------------------
+// Both passes go kStage elements at a time, through the staging of run_range_staged: a
+// role stored in the compute type is used in place, a 16-bit one through a float32 buffer.
+// kStage is a multiple of kNormLanes, so element i of a block stays in lane i % kNormLanes.
+static_assert(kStage % math::kNormLanes == 0, "a stage must start on lane 0");
+
+// Elements [i, i + m) of role r of tensor t as compute-type values: the array itself where
+// it is stored so, else widened into buf.
+template <class T>
+T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
+  char* base = static_cast<char*>(b.ptrs[r][t]);
+  if constexpr (std::is_same<T, float>::value) {
+    if (b.dtypes[r] != DType::kFloat32) {
+      widen_into(b.dtypes[r], base + i * bytes_of(b.dtypes[r]), buf, m);
+      return buf;
+    }
+  }
+  return reinterpret_cast<T*>(base) + i;
+}
+
+// Writes back what stage_in widened (a role used in place needs nothing), and reads it
+// again as stored, so what follows sees the rounded values the next pass will load.
+template <class T>
+void stage_out(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* x) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (b.dtypes[r] != DType::kFloat32) {
+      char* at = static_cast<char*>(b.ptrs[r][t]) + i * bytes_of(b.dtypes[r]);
+      narrow_into(b.dtypes[r], x, at, m);
+      widen_into(b.dtypes[r], at, x, m);
+    }
+  }
+}
+
+template <class Step>
+void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
+                 double* partials) {
+  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto compute) {
+    using Rule = typename decltype(rule_tag)::type;
+    using T = typename decltype(compute)::type;
+    constexpr int N = Rule::kNumStates;
+    constexpr int L = math::kNormLanes;
+    const Rule rule{cast_coeffs<T>(s.c)};
+    alignas(64) T buf[2 + N][kStage];
+    for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
+         t < b.n_tensors && block_offsets[t] < end; ++t) {
+      const int64_t first = begin > block_offsets[t] ? begin : block_offsets[t];
+      const int64_t last = end < block_offsets[t + 1] ? end : block_offsets[t + 1];
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t lo = (k - block_offsets[t]) * math::kNormBlock;
+        const int64_t hi = (b.size(t) - lo < math::kNormBlock) ? b.size(t) : lo + math::kNormBlock;
+        double p_lane[L] = {}, u_lane[L] = {};
+        for (int64_t i = lo; i < hi; i += kStage) {
+          const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+          const T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
+          const T* g = stage_in<T>(b, kGrad, t, i, m, buf[kGrad]);
+          T* st[N];
+          for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
+          for (int64_t e = 0; e < m; ++e) {
+            T x[N];
+            for (int j = 0; j < N; ++j) x[j] = st[j][e];
+            rule.moments(g[e], x);
+            for (int j = 0; j < N; ++j) st[j][e] = x[j];
+          }
+          for (int j = 0; j < N; ++j) stage_out<T>(b, kState0 + j, t, i, m, st[j]);
+          for (int64_t e = 0; e < m; ++e) {
+            T x[N];
+            for (int j = 0; j < N; ++j) x[j] = st[j][e];
+            const T u = rule.direction(p[e], x);
+            p_lane[e % L] = p_lane[e % L] + math::square_as_double(p[e]);
+            u_lane[e % L] = u_lane[e % L] + math::square_as_double(u);
+          }
+        }
+        partials[2 * k] = math::combine_lanes(p_lane);
+        partials[2 * k + 1] = math::combine_lanes(u_lane);
+      }
+    }
+  });
+}
+
+template <class Step>
+void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t begin, int64_t end) {
+  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto compute) {
+    using Rule = typename decltype(rule_tag)::type;
+    using T = typename decltype(compute)::type;
+    constexpr int N = Rule::kNumStates;
+    const Rule rule{cast_coeffs<T>(s.c)};
+    alignas(64) T buf[2 + N][kStage];
+    for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+         t < b.n_tensors && b.offsets[t] < end; ++t) {
+      const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+      const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+      const T factor = static_cast<T>(factors[t]);
+      for (int64_t i = lo; i < hi; i += kStage) {
+        const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+        T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
+        const T* st[N];
+        for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
+        for (int64_t e = 0; e < m; ++e) {
+          T x[N];
+          for (int j = 0; j < N; ++j) x[j] = st[j][e];
+          p[e] = p[e] - factor * rule.direction(p[e], x);
+        }
+        stage_out<T>(b, kParam, t, i, m, p);
+      }
+    }
+  });
+}
+
 template <class S>
 double block_sumsq(const S* __restrict x, int64_t n) {
   constexpr int L = math::kNormLanes;
@@ -453,9 +561,12 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
 #define FUSEDOPT_UPDATE_ENTRY(Step, ...) update<Step>,
-const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY) traffic,
+#define FUSEDOPT_TRUST_ENTRIES(Step, ...) trust_pass1<Step>, trust_pass2<Step>,
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)
+                                FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_ENTRIES) traffic,
                             sumsq_blocks, count_nonfinite};
 #undef FUSEDOPT_UPDATE_ENTRY
+#undef FUSEDOPT_TRUST_ENTRIES
 
 }  // namespace
 
