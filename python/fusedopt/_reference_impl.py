@@ -21,43 +21,12 @@ import math
 
 from fusedopt import _storage
 from fusedopt.rules import RULES
-
-# csrc/math/sumsq.h
-NORM_LANES = 32
-NORM_BLOCK = 65536
-
-
-def sum_of_squares_exact(xp, grads) -> float:
-    """csrc/math/sumsq.h in array form: 32 lanes per block, each accumulated in order."""
-    import numpy as np
-
-    total = 0.0
-    for g in grads:
-        # The exact sum runs on the host: a device scan would not add in lane order.
-        g = g if isinstance(g, np.ndarray) else g.get()
-        xp = np
-        n = int(g.size)
-        if n == 0:
-            continue
-        n_blocks = -(-n // NORM_BLOCK)
-        rows = NORM_BLOCK // NORM_LANES if n_blocks > 1 else -(-n // NORM_LANES)
-        sq = xp.zeros(n_blocks * rows * NORM_LANES, dtype=xp.float64)
-        gd = g.reshape(-1).astype(xp.float64)
-        sq[:n] = gd * gd  # padding squares are +0.0, which leave a lane's sum unchanged
-        sq = sq.reshape(n_blocks, rows, NORM_LANES)
-        # add.accumulate is sequential along its axis: lane j sums its rows in order.
-        lanes = xp.add.accumulate(sq, axis=1)[:, -1, :]
-        width = NORM_LANES // 2
-        while width >= 1:
-            lanes = lanes[:, :width] + lanes[:, width : 2 * width]
-            width //= 2
-        for block_sum in lanes[:, 0].tolist():  # block sums in call order
-            total = total + block_sum
-    return total
+from fusedopt.rules._common import sum_of_squares_exact  # noqa: F401 (the adaptive rate's)
 
 
 def apply_exact(rule: str, prep, coeffs) -> None:
     fn = RULES[rule].exact
+    reads_back = RULES[rule].trust_ratio
     xp = prep.xp
     for i, p in enumerate(prep.params):
         if not p.size:
@@ -65,7 +34,16 @@ def apply_exact(rule: str, prep, coeffs) -> None:
         compute = _storage.compute_dtype(xp, p.dtype)
         written = [p, *(s[i] for s in prep.states)]
         values = [_storage.widened(xp, a, compute) for a in written]
-        fn(xp, values[0], _storage.widened(xp, prep.grads[i], compute), values[1:], coeffs)
+        extra = {}
+        if reads_back:
+            # State k's values as the kernel reads them back within the step: rounded to
+            # its storage (written there too, as the kernel's pass 1 does).
+            def as_stored(k, x, i=i, compute=compute):
+                _storage.store(xp, prep.states[k][i], x)
+                return _storage.widened(xp, prep.states[k][i], compute)
+
+            extra["as_stored"] = as_stored
+        fn(xp, values[0], _storage.widened(xp, prep.grads[i], compute), values[1:], coeffs, **extra)
         for a, v in zip(written, values):
             _storage.store(xp, a, v)
 
