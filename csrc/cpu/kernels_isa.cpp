@@ -394,6 +394,19 @@ void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
   });
 }
 
+// --- norms -------------------------------------------------------------------------------
+// Adds the squares of x[0..n) to the lanes of math/sumsq.h, element i to lane i % kNormLanes
+// (x starts on lane 0), in order within each lane.
+template <class S>
+void add_squares(const S* __restrict x, int64_t n, double* __restrict lane) {
+  constexpr int L = math::kNormLanes;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int j = 0; j < L; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+}
+
 // --- trust-ratio rules (math/lamb.h) -------------------------------------------------
 // Both passes go kStage elements at a time, through the staging of run_range_staged: a
 // role stored in the compute type is used in place, a 16-bit one through a float32 buffer.
@@ -427,6 +440,42 @@ void stage_out(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* x) {
   }
 }
 
+// The element loops of the passes, over one stage: the states' update, and the direction u
+// of every element into a buffer. Restrict pointers, one per state (N is at most
+// kMaxStates), so that the loops vectorize.
+template <class Rule, class T>
+void trust_moments(const Rule& rule, const T* __restrict g, T* const* st, int64_t m) {
+  constexpr int N = Rule::kNumStates;
+  T* __restrict s0 = st[0];
+  T* __restrict s1 = N > 1 ? st[1] : nullptr;
+  T* __restrict s2 = N > 2 ? st[2] : nullptr;
+  for (int64_t e = 0; e < m; ++e) {
+    T x[N];
+    x[0] = s0[e];
+    if constexpr (N > 1) x[1] = s1[e];
+    if constexpr (N > 2) x[2] = s2[e];
+    rule.moments(g[e], x);
+    s0[e] = x[0];
+    if constexpr (N > 1) s1[e] = x[1];
+    if constexpr (N > 2) s2[e] = x[2];
+  }
+}
+
+template <class Rule, class T>
+void trust_directions(const Rule& rule, const T* __restrict p, T* const* st, T* __restrict u, int64_t m) {
+  constexpr int N = Rule::kNumStates;
+  const T* __restrict s0 = st[0];
+  const T* __restrict s1 = N > 1 ? st[1] : nullptr;
+  const T* __restrict s2 = N > 2 ? st[2] : nullptr;
+  for (int64_t e = 0; e < m; ++e) {
+    T x[N];
+    x[0] = s0[e];
+    if constexpr (N > 1) x[1] = s1[e];
+    if constexpr (N > 2) x[2] = s2[e];
+    u[e] = rule.direction(p[e], x);
+  }
+}
+
 template <class Step>
 void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
                  double* partials) {
@@ -434,9 +483,9 @@ void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, in
     using Rule = typename decltype(rule_tag)::type;
     using T = typename decltype(compute)::type;
     constexpr int N = Rule::kNumStates;
-    constexpr int L = math::kNormLanes;
     const Rule rule{cast_coeffs<T>(s.c)};
     alignas(64) T buf[2 + N][kStage];
+    alignas(64) T u[kStage];
     for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
          t < b.n_tensors && block_offsets[t] < end; ++t) {
       const int64_t first = begin > block_offsets[t] ? begin : block_offsets[t];
@@ -444,27 +493,18 @@ void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, in
       for (int64_t k = first; k < last; ++k) {
         const int64_t lo = (k - block_offsets[t]) * math::kNormBlock;
         const int64_t hi = (b.size(t) - lo < math::kNormBlock) ? b.size(t) : lo + math::kNormBlock;
-        double p_lane[L] = {}, u_lane[L] = {};
+        double p_lane[math::kNormLanes] = {}, u_lane[math::kNormLanes] = {};
         for (int64_t i = lo; i < hi; i += kStage) {
           const int64_t m = (hi - i < kStage) ? hi - i : kStage;
           const T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
           const T* g = stage_in<T>(b, kGrad, t, i, m, buf[kGrad]);
           T* st[N];
           for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
-          for (int64_t e = 0; e < m; ++e) {
-            T x[N];
-            for (int j = 0; j < N; ++j) x[j] = st[j][e];
-            rule.moments(g[e], x);
-            for (int j = 0; j < N; ++j) st[j][e] = x[j];
-          }
+          trust_moments(rule, g, st, m);
           for (int j = 0; j < N; ++j) stage_out<T>(b, kState0 + j, t, i, m, st[j]);
-          for (int64_t e = 0; e < m; ++e) {
-            T x[N];
-            for (int j = 0; j < N; ++j) x[j] = st[j][e];
-            const T u = rule.direction(p[e], x);
-            p_lane[e % L] = p_lane[e % L] + math::square_as_double(p[e]);
-            u_lane[e % L] = u_lane[e % L] + math::square_as_double(u);
-          }
+          trust_directions(rule, p, st, u, m);
+          add_squares(p, m, p_lane);
+          add_squares(u, m, u_lane);
         }
         partials[2 * k] = math::combine_lanes(p_lane);
         partials[2 * k + 1] = math::combine_lanes(u_lane);
@@ -481,6 +521,7 @@ void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t b
     constexpr int N = Rule::kNumStates;
     const Rule rule{cast_coeffs<T>(s.c)};
     alignas(64) T buf[2 + N][kStage];
+    alignas(64) T u[kStage];
     for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
          t < b.n_tensors && b.offsets[t] < end; ++t) {
       const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
@@ -489,13 +530,10 @@ void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t b
       for (int64_t i = lo; i < hi; i += kStage) {
         const int64_t m = (hi - i < kStage) ? hi - i : kStage;
         T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
-        const T* st[N];
+        T* st[N];
         for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
-        for (int64_t e = 0; e < m; ++e) {
-          T x[N];
-          for (int j = 0; j < N; ++j) x[j] = st[j][e];
-          p[e] = p[e] - factor * rule.direction(p[e], x);
-        }
+        trust_directions(rule, p, st, u, m);
+        for (int64_t e = 0; e < m; ++e) p[e] = p[e] - factor * u[e];
         stage_out<T>(b, kParam, t, i, m, p);
       }
     }
@@ -504,13 +542,8 @@ void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t b
 
 template <class S>
 double block_sumsq(const S* __restrict x, int64_t n) {
-  constexpr int L = math::kNormLanes;
-  double lane[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    for (int j = 0; j < L; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
-  }
-  for (int j = 0; i + j < n; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+  double lane[math::kNormLanes] = {};
+  add_squares(x, n, lane);
   return math::combine_lanes(lane);
 }
 
