@@ -80,7 +80,8 @@ void trust_update(const Step& s, const Batch& b) {
   if (n_blocks == 0) return;
   std::vector<double> partials(static_cast<size_t>(2 * n_blocks));
   const auto pass1 = active_table().pass1<Step>();
-  split_blocks(b, n_blocks, [&](int64_t lo, int64_t hi) { pass1(s, b, block_offsets.data(), lo, hi, partials.data()); });
+  split_blocks(b, n_blocks,
+               [&](int64_t lo, int64_t hi) { pass1(s, b, block_offsets.data(), lo, hi, partials.data()); });
   std::vector<double> factors(static_cast<size_t>(b.n_tensors), 0.0);
   for (int64_t t = 0; t < b.n_tensors; ++t) {
     double p_sq = 0.0, u_sq = 0.0;
@@ -99,7 +100,9 @@ void trust_update(const Step& s, const Batch& b) {
     pass2(s, b, factors.data(), 0, total);
     return;
   }
-  parallel_for(n, [&](int t) { pass2(s, b, factors.data(), range_start(total, t, n), range_start(total, t + 1, n)); });
+  parallel_for(n, [&](int t) {
+    pass2(s, b, factors.data(), range_start(total, t, n), range_start(total, t + 1, n));
+  });
 }
 #define FUSEDOPT_DEFINE_TRUST_UPDATE(Step, ...) \
   void update(const Step& s, const Batch& b) { trust_update(s, b); }
@@ -127,7 +130,8 @@ double grad_sum_of_squares(const Batch& b) {
   if (n_blocks == 0) return 0.0;
   std::vector<double> partials(static_cast<size_t>(n_blocks));
   const auto fn = active_table().sumsq_blocks;
-  split_blocks(b, n_blocks, [&](int64_t lo, int64_t hi) { fn(b, block_offsets.data(), lo, hi, partials.data()); });
+  split_blocks(b, n_blocks,
+               [&](int64_t lo, int64_t hi) { fn(b, block_offsets.data(), lo, hi, partials.data()); });
   double sum = 0.0;  // block sums in call order: the fixed combining order
   for (double p : partials) sum = sum + p;
   return sum;

@@ -93,7 +93,8 @@ __device__ __forceinline__ int64_t block_span(const P& params, int64_t c, int& s
 }
 
 template <class Rule, class C>
-__global__ void __launch_bounds__(kThreads) trust_pass1_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
+__global__ void __launch_bounds__(kThreads)
+    trust_pass1_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
   __shared__ double p_lanes[kWarps][math::kNormLanes];
@@ -109,7 +110,8 @@ __global__ void __launch_bounds__(kThreads) trust_pass1_kernel(const __grid_cons
       const T p = load_as<T>(P.table.ptr[kParam][slot], P.dtypes[kParam], i);
       const T g = load_as<T>(P.table.ptr[kGrad][slot], P.dtypes[kGrad], i);
       T st[N];
-      for (int j = 0; j < N; ++j) st[j] = load_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i);
+      for (int j = 0; j < N; ++j)
+        st[j] = load_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i);
       rule.moments(g, st);
       for (int j = 0; j < N; ++j) {
         store_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i, st[j]);
@@ -132,8 +134,10 @@ __global__ void __launch_bounds__(kThreads) trust_pass1_kernel(const __grid_cons
 
 // One thread per tensor of the launch: its block sums in order, then its factor.
 template <class Rule, class C>
-__global__ void __launch_bounds__(kThreads) trust_factor_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
-  for (int64_t s = int64_t{blockIdx.x} * kThreads + threadIdx.x; s < P.n_slots; s += int64_t{gridDim.x} * kThreads) {
+__global__ void __launch_bounds__(kThreads)
+    trust_factor_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
+  for (int64_t s = int64_t{blockIdx.x} * kThreads + threadIdx.x; s < P.n_slots;
+       s += int64_t{gridDim.x} * kThreads) {
     double p_sq = 0.0, u_sq = 0.0;
     for (int64_t k = P.table.chunk_start[s]; k < P.table.chunk_start[s + 1]; ++k) {
       p_sq = p_sq + P.partials[2 * (P.chunk_offset + k)];
@@ -144,7 +148,8 @@ __global__ void __launch_bounds__(kThreads) trust_factor_kernel(const __grid_con
 }
 
 template <class Rule, class C>
-__global__ void __launch_bounds__(kThreads) trust_pass2_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
+__global__ void __launch_bounds__(kThreads)
+    trust_pass2_kernel(const __grid_constant__ TrustParams<Rule, C> P) {
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
   const Rule rule{cast_coeffs<T>(P.c)};
@@ -156,7 +161,8 @@ __global__ void __launch_bounds__(kThreads) trust_pass2_kernel(const __grid_cons
     for (int64_t i = lo + threadIdx.x; i < lo + len; i += kThreads) {
       T p = load_as<T>(P.table.ptr[kParam][slot], P.dtypes[kParam], i);
       T st[N];
-      for (int j = 0; j < N; ++j) st[j] = load_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i);
+      for (int j = 0; j < N; ++j)
+        st[j] = load_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i);
       p = p - factor * rule.direction(p, st);
       store_as<T>(P.table.ptr[kParam][slot], P.dtypes[kParam], i, p);
     }
@@ -198,7 +204,8 @@ void launch_trust(const Step& s, const Batch& b, cudaStream_t stream) {
       params->table.chunk_start[k] = plan.chunk_start[k];
     }
     params->table.chunk_start[slots] = plan.chunk_start[slots];
-    launch_kernel(pass1, ceil_div(plan.grid, kWarps), kThreads, stream, "launching a trust-ratio pass 1", *params);
+    launch_kernel(pass1, ceil_div(plan.grid, kWarps), kThreads, stream, "launching a trust-ratio pass 1",
+                  *params);
     launch_kernel(trust_factor_kernel<Rule, decltype(s.c)>, ceil_div(slots, kThreads), kThreads, stream,
                   "launching a trust-ratio factor", *params);
     launch_kernel(trust_pass2_kernel<Rule, decltype(s.c)>, plan.grid, kThreads, stream,
@@ -208,13 +215,13 @@ void launch_trust(const Step& s, const Batch& b, cudaStream_t stream) {
 
 }  // namespace
 
-#define FUSEDOPT_DEFINE_TRUST_UPDATE(Step, ...)                                                  \
-  void update(const Step& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {  \
-    if (device_coeffs != nullptr)                                                               \
-      throw std::invalid_argument(std::string(Step::kName) + ": coefficients from the device (capturable) are not supported"); \
-    with_rule(s, b.compute_dtype(), [&](auto rule, auto) {                                      \
-      launch_trust<typename decltype(rule)::type>(s, b, stream);                                \
-    });                                                                                         \
+#define FUSEDOPT_DEFINE_TRUST_UPDATE(Step, ...)                                                    \
+  void update(const Step& s, const Batch& b, cudaStream_t stream, const void* device_coeffs) {    \
+    if (device_coeffs != nullptr)                                                                 \
+      throw std::invalid_argument(std::string(Step::kName) +                                      \
+                                  ": coefficients from the device (capturable) are not supported"); \
+    with_rule(s, b.compute_dtype(),                                                               \
+              [&](auto rule, auto) { launch_trust<typename decltype(rule)::type>(s, b, stream); }); \
   }
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
 #undef FUSEDOPT_DEFINE_TRUST_UPDATE

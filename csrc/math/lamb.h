@@ -27,8 +27,9 @@ namespace fusedopt {
 namespace math {
 
 // The per-step numbers, in the order the bindings and Python share.
-#define FUSEDOPT_LAMB_COEFFS(X) \
-  X(beta1) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(inv_bc1) X(inv_sqrt_bc2) X(eps) X(weight_decay) X(lr)
+#define FUSEDOPT_LAMB_COEFFS(X)                                                                        \
+  X(beta1) X(one_minus_beta1) X(beta2) X(one_minus_beta2) X(inv_bc1) X(inv_sqrt_bc2) X(eps) X(weight_decay) \
+  X(lr)
 
 FUSEDOPT_DEFINE_COEFFS(LambCoeffs, FUSEDOPT_LAMB_COEFFS)
 
