@@ -476,16 +476,32 @@ void trust_directions(const Rule& rule, const T* __restrict p, T* const* st, T* 
   }
 }
 
+// Runs f(rule, stage) with the step's rule variant for the call's compute type (its
+// coefficients rounded once) and the stage buffers of both passes: one per role and one
+// for the directions.
+template <class Rule>
+struct TrustStage {
+  alignas(64) typename Rule::compute_t buf[2 + Rule::kNumStates][kStage];
+  alignas(64) typename Rule::compute_t u[kStage];
+};
+
+template <class Step, class F>
+void with_trust_rule(const Step& s, const Batch& b, F&& f) {
+  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto) {
+    using Rule = typename decltype(rule_tag)::type;
+    TrustStage<Rule> stage;
+    f(Rule{cast_coeffs<typename Rule::compute_t>(s.c)}, stage);
+  });
+}
+
 template <class Step>
 void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
                  double* partials) {
-  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto compute) {
-    using Rule = typename decltype(rule_tag)::type;
-    using T = typename decltype(compute)::type;
-    constexpr int N = Rule::kNumStates;
-    const Rule rule{cast_coeffs<T>(s.c)};
-    alignas(64) T buf[2 + N][kStage];
-    alignas(64) T u[kStage];
+  with_trust_rule(s, b, [&](const auto& rule, auto& stage) {
+    using T = typename std::decay_t<decltype(rule)>::compute_t;
+    constexpr int N = std::decay_t<decltype(rule)>::kNumStates;
+    auto& buf = stage.buf;
+    T* u = stage.u;
     for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
          t < b.n_tensors && block_offsets[t] < end; ++t) {
       const int64_t first = begin > block_offsets[t] ? begin : block_offsets[t];
@@ -515,13 +531,11 @@ void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, in
 
 template <class Step>
 void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t begin, int64_t end) {
-  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto compute) {
-    using Rule = typename decltype(rule_tag)::type;
-    using T = typename decltype(compute)::type;
-    constexpr int N = Rule::kNumStates;
-    const Rule rule{cast_coeffs<T>(s.c)};
-    alignas(64) T buf[2 + N][kStage];
-    alignas(64) T u[kStage];
+  with_trust_rule(s, b, [&](const auto& rule, auto& stage) {
+    using T = typename std::decay_t<decltype(rule)>::compute_t;
+    constexpr int N = std::decay_t<decltype(rule)>::kNumStates;
+    auto& buf = stage.buf;
+    T* u = stage.u;
     for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
          t < b.n_tensors && b.offsets[t] < end; ++t) {
       const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
