@@ -495,7 +495,8 @@ def test_sparse_grad_is_refused_clearly():
         opt.step()
 
 
-@pytest.mark.parametrize("name", ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion"])
+@pytest.mark.parametrize("name", ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion",
+                                  "LAMB"])
 def test_differentiable_is_refused(name):
     with pytest.raises(ValueError, match="differentiable=True is not supported"):
         getattr(ft, name)(_params(), differentiable=True)
@@ -532,10 +533,15 @@ def test_foreach_and_fused_are_accepted_but_not_together():
     (lambda: ft.Adagrad(_params(), lr_decay=-1), ValueError),
     (lambda: ft.RMSprop(_params(), alpha=-0.1), ValueError),
     (lambda: ft.Lion(_params(), betas=(0.9, 1.5)), ValueError),
+    (lambda: ft.LAMB(_params(), betas=(0.9, 1.5)), ValueError),
+    (lambda: ft.LAMB(_params(), eps=-1e-6), ValueError),
+    (lambda: ft.LAMB(_params(), weight_decay=-0.1), ValueError),
+    (lambda: ft.LAMB(_params(), lr=-1.0), ValueError),
     (lambda: ft.Adam(_params(), skip_if_nonfinite="yes"), TypeError),
     (lambda: ft.Adam(_params(), lr=torch.tensor([0.1, 0.2])), ValueError),
 ], ids=["empty", "a tensor", "floats", "a group of a set", "lr<0", "beta1=1", "one beta", "eps<0", "wd<0",
         "nesterov without momentum", "momentum<0", "lr_decay<0", "alpha<0", "lion beta2>1",
+        "lamb beta2>1", "lamb eps<0", "lamb wd<0", "lamb lr<0",
         "skip flag not a bool", "2-element lr"])
 def test_bad_arguments_are_refused_as_torch_refuses_them(make, error):
     with pytest.raises(error):
@@ -695,7 +701,8 @@ def test_state_cleared_in_place_starts_again_as_torch_does():
 
 
 @pytest.mark.parametrize("name,kw", [("Lion", dict(lr=1e-3, weight_decay=0.1)),
-                                     ("AdaptiveSGD", dict(lr=0.5, momentum=0.9))])
+                                     ("AdaptiveSGD", dict(lr=0.5, momentum=0.9)),
+                                     ("LAMB", dict(lr=1e-2, weight_decay=0.01))])
 def test_state_dict_round_trip_of_the_classes_torch_lacks(name, kw):
     cls = getattr(ft, name)
     ref, p = _params(), _params()

@@ -20,7 +20,7 @@ initial_accumulator_value (0.1 here) becomes the initial value of our state_sums
 its momentum buffer to the gradient on the first step: our buffers start filled with
 nonzero junk, which step=1 must ignore. adaptive_sgd_ is compared with torch SGD whose lr
 is set, before each step, to the rate adaptive_sgd_ returned. The Keras convention has no
-torch counterpart, nor has Lion; those cases are skipped.
+torch counterpart, nor have Lion and LAMB; those cases are skipped.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def _torch_cases():
         marks = ()
         if case.kwargs.get("convention") == "keras":
             marks = pytest.mark.skip(reason="the Keras convention has no torch.optim counterpart")
-        elif case.fn == "lion_":
-            marks = pytest.mark.skip(reason="torch.optim has no Lion; tests/test_lion.py checks "
-                                            "it against the paper's formulas")
+        elif case.fn in ("lion_", "lamb_"):
+            name = fusedopt.rules.kernel(case.fn)[1].optimizer
+            marks = pytest.mark.skip(reason=f"torch.optim has no {name}; tests/test_{case.rule}.py "
+                                            "checks it against the paper's formulas")
         yield pytest.param(case, id=case.id, marks=marks)
 
 

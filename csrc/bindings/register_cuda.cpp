@@ -106,7 +106,7 @@ void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, 
               uintptr_t device_coeffs, double grad_multiplier, py::handle rounding) {
 #define FUSEDOPT_RUN_IF(Step, ...) \
   if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs, grad_multiplier, rounding);
-  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
 }

@@ -100,7 +100,7 @@ void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multi
                    py::handle rounding) const {
 #define FUSEDOPT_RUN_IF(Step, ...) \
   if (rule == Step::kName) return run_step<Step>(coeffs, grad_multiplier, rounding);
-  FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_RUN_IF)
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
 }

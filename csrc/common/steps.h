@@ -15,6 +15,7 @@
 #include "math/adagrad.h"
 #include "math/adam.h"
 #include "math/adamax.h"
+#include "math/lamb.h"
 #include "math/lion.h"
 #include "math/modes.h"
 #include "math/nadam.h"
@@ -36,6 +37,16 @@ namespace fusedopt {
   FUSEDOPT_NADAM_RULE(X)          \
   FUSEDOPT_RADAM_RULE(X)          \
   FUSEDOPT_ADADELTA_RULE(X)
+
+// Rules with a per-tensor trust ratio (math/lamb.h): pass 1 updates the states and sums
+// ||p||^2 and ||u||^2 per tensor, pass 2 applies p -= factor_t * u. The drivers give them a
+// pass of their own (cpu/driver.h, cuda/kernels.h); step structs, Python's coefficient
+// names and their reading follow from this line as for the elementwise rules. (Written on
+// one line: CMake generates an elementwise CUDA entry for each indented RULE line above.)
+#define FUSEDOPT_FOR_EACH_TRUST_STEP(X) FUSEDOPT_LAMB_RULE(X)
+
+// Every rule of either kind.
+#define FUSEDOPT_FOR_EACH_RULE(X) FUSEDOPT_FOR_EACH_STEP(X) FUSEDOPT_FOR_EACH_TRUST_STEP(X)
 
 // How a flag is read from Python and which values it takes: a bool, a weight-decay mode
 // (any, or one form and none: a rule that applies only that form folds the other into
@@ -92,7 +103,7 @@ struct FlagValue {
       using type = math::RuleTemplate<S, kFlags...>;                           \
     };                                                                         \
   };
-FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DEFINE_STEP)
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEFINE_STEP)
 #undef FUSEDOPT_DEFINE_STEP
 #undef FUSEDOPT_STEP_FLAG_MEMBER
 #undef FUSEDOPT_STEP_FLAG_VALUE

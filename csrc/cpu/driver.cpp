@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/flag_dispatch.h"
 #include "cpu/dispatch.h"
 #include "cpu/ranges.h"
 #include "cpu/thread_pool.h"
@@ -30,6 +31,29 @@ void run_split(void (*fn)(const Step&, const Batch&, int64_t, int64_t), const St
   });
 }
 
+// Each tensor's first norm block (math/sumsq.h) in the call's list of blocks; the last
+// entry is the number of blocks.
+std::vector<int64_t> norm_block_offsets(const Batch& b) {
+  std::vector<int64_t> block_offsets(static_cast<size_t>(b.n_tensors) + 1, 0);
+  for (int64_t t = 0; t < b.n_tensors; ++t) {
+    const int64_t blocks = (b.size(t) + math::kNormBlock - 1) / math::kNormBlock;
+    block_offsets[t + 1] = block_offsets[t] + blocks;
+  }
+  return block_offsets;
+}
+
+// Runs fn(lo, hi) over equal ranges of the call's n_blocks norm blocks, one per thread.
+// Each block's result goes to its own slot, so the thread count changes no bits.
+template <class F>
+void split_blocks(const Batch& b, int64_t n_blocks, F&& fn) {
+  const int n = static_cast<int>(std::min<int64_t>(threads_for(b.total()), n_blocks));
+  if (n <= 1) {
+    fn(int64_t{0}, n_blocks);
+    return;
+  }
+  parallel_for(n, [&](int t) { fn(n_blocks * t / n, n_blocks * (t + 1) / n); });
+}
+
 }  // namespace
 
 int threads_for(int64_t total) {
@@ -47,6 +71,44 @@ FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_INSTANTIATE)
 
 void update(const TrafficStep& s, const Batch& b) { run_split(active_table().traffic, s, b); }
 
+// Pass 1 over norm blocks, then each tensor's factor from its block sums added in order
+// (in double, on this thread), then pass 2 over equal element ranges.
+template <class Step>
+void trust_update(const Step& s, const Batch& b) {
+  const std::vector<int64_t> block_offsets = norm_block_offsets(b);
+  const int64_t n_blocks = block_offsets.back();
+  if (n_blocks == 0) return;
+  std::vector<double> partials(static_cast<size_t>(2 * n_blocks));
+  const auto pass1 = active_table().pass1<Step>();
+  split_blocks(b, n_blocks,
+               [&](int64_t lo, int64_t hi) { pass1(s, b, block_offsets.data(), lo, hi, partials.data()); });
+  std::vector<double> factors(static_cast<size_t>(b.n_tensors), 0.0);
+  for (int64_t t = 0; t < b.n_tensors; ++t) {
+    double p_sq = 0.0, u_sq = 0.0;
+    for (int64_t k = block_offsets[t]; k < block_offsets[t + 1]; ++k) {
+      p_sq = p_sq + partials[2 * k];
+      u_sq = u_sq + partials[2 * k + 1];
+    }
+    with_rule(s, DType::kFloat64, [&](auto rule, auto) {
+      factors[t] = decltype(rule)::type::tensor_factor(s.c, p_sq, u_sq);
+    });
+  }
+  const auto pass2 = active_table().pass2<Step>();
+  const int64_t total = b.total();
+  const int n = threads_for(total);
+  if (n == 1) {
+    pass2(s, b, factors.data(), 0, total);
+    return;
+  }
+  parallel_for(n, [&](int t) {
+    pass2(s, b, factors.data(), range_start(total, t, n), range_start(total, t + 1, n));
+  });
+}
+#define FUSEDOPT_DEFINE_TRUST_UPDATE(Step, ...) \
+  void update(const Step& s, const Batch& b) { trust_update(s, b); }
+FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
+#undef FUSEDOPT_DEFINE_TRUST_UPDATE
+
 int64_t count_nonfinite_grads(const Batch& b) {
   const int64_t total = b.total();
   if (total == 0) return 0;
@@ -63,24 +125,13 @@ int64_t count_nonfinite_grads(const Batch& b) {
 }
 
 double grad_sum_of_squares(const Batch& b) {
-  std::vector<int64_t> block_offsets(static_cast<size_t>(b.n_tensors) + 1, 0);
-  for (int64_t t = 0; t < b.n_tensors; ++t) {
-    const int64_t blocks = (b.size(t) + math::kNormBlock - 1) / math::kNormBlock;
-    block_offsets[t + 1] = block_offsets[t] + blocks;
-  }
+  const std::vector<int64_t> block_offsets = norm_block_offsets(b);
   const int64_t n_blocks = block_offsets.back();
   if (n_blocks == 0) return 0.0;
   std::vector<double> partials(static_cast<size_t>(n_blocks));
   const auto fn = active_table().sumsq_blocks;
-  const int n = static_cast<int>(std::min<int64_t>(threads_for(b.total()), n_blocks));
-  if (n <= 1) {
-    fn(b, block_offsets.data(), 0, n_blocks, partials.data());
-  } else {
-    parallel_for(n, [&](int t) {
-      const int64_t lo = n_blocks * t / n, hi = n_blocks * (t + 1) / n;
-      fn(b, block_offsets.data(), lo, hi, partials.data());
-    });
-  }
+  split_blocks(b, n_blocks,
+               [&](int64_t lo, int64_t hi) { fn(b, block_offsets.data(), lo, hi, partials.data()); });
   double sum = 0.0;  // block sums in call order: the fixed combining order
   for (double p : partials) sum = sum + p;
   return sum;

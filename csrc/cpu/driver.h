@@ -16,6 +16,11 @@ namespace cpu {
 template <class Step>
 void update(const Step& step, const Batch& batch);
 void update(const TrafficStep& step, const Batch& batch);
+// One step of a rule of FUSEDOPT_FOR_EACH_TRUST_STEP: pass 1 over the norm blocks, the
+// per-tensor factors, pass 2; the same bits for any thread count and instruction set.
+#define FUSEDOPT_DECLARE_TRUST_UPDATE(Step, ...) void update(const Step& step, const Batch& batch);
+FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DECLARE_TRUST_UPDATE)
+#undef FUSEDOPT_DECLARE_TRUST_UPDATE
 
 // Sum of squares of every gradient of the batch, by the fixed blocking and combining order
 // of math/sumsq.h: the same bits for any thread count and instruction set.

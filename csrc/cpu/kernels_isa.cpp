@@ -420,15 +420,170 @@ void traffic(const TrafficStep& s, const Batch& b, int64_t begin, int64_t end) {
   });
 }
 
+// --- norms -------------------------------------------------------------------------------
+// Adds the squares of x[0..n) to the lanes of math/sumsq.h, element i to lane i % kNormLanes
+// (x starts on lane 0), in order within each lane.
 template <class S>
-double block_sumsq(const S* __restrict x, int64_t n) {
+void add_squares(const S* __restrict x, int64_t n, double* __restrict lane) {
   constexpr int L = math::kNormLanes;
-  double lane[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int j = 0; j < L; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
   }
   for (int j = 0; i + j < n; ++j) lane[j] = lane[j] + math::square_as_double(x[i + j]);
+}
+
+// --- trust-ratio rules (math/lamb.h) -------------------------------------------------
+// Both passes go kStage elements at a time, through the staging of run_range_staged: a
+// role stored in the compute type is used in place, a 16-bit one through a float32 buffer.
+// kStage is a multiple of kNormLanes, so element i of a block stays in lane i % kNormLanes.
+static_assert(kStage % math::kNormLanes == 0, "a stage must start on lane 0");
+
+// Elements [i, i + m) of role r of tensor t as compute-type values: the array itself where
+// it is stored so, else widened into buf.
+template <class T>
+T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
+  char* base = static_cast<char*>(b.ptrs[r][t]);
+  if constexpr (std::is_same<T, float>::value) {
+    if (b.dtypes[r] != DType::kFloat32) {
+      widen_into(b.dtypes[r], base + i * bytes_of(b.dtypes[r]), buf, m);
+      return buf;
+    }
+  }
+  return reinterpret_cast<T*>(base) + i;
+}
+
+// Writes back what stage_in widened (a role used in place needs nothing), and reads it
+// again as stored, so what follows sees the rounded values the next pass will load.
+template <class T>
+void stage_out(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* x) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (b.dtypes[r] != DType::kFloat32) {
+      char* at = static_cast<char*>(b.ptrs[r][t]) + i * bytes_of(b.dtypes[r]);
+      store_stage(b, r, x, at, m, t, i);  // to nearest, or stochastically where asked
+      widen_into(b.dtypes[r], at, x, m);
+    }
+  }
+}
+
+// The element loops of the passes, over one stage: the states' update, and the direction u
+// of every element into a buffer. Restrict pointers, one per state (N is at most
+// kMaxStates), so that the loops vectorize.
+template <class Rule, class T>
+void trust_moments(const Rule& rule, const T* __restrict g, T* const* st, int64_t m, T grad_multiplier) {
+  constexpr int N = Rule::kNumStates;
+  T* __restrict s0 = st[0];
+  T* __restrict s1 = N > 1 ? st[1] : nullptr;
+  T* __restrict s2 = N > 2 ? st[2] : nullptr;
+  for (int64_t e = 0; e < m; ++e) {
+    T x[N];
+    x[0] = s0[e];
+    if constexpr (N > 1) x[1] = s1[e];
+    if constexpr (N > 2) x[2] = s2[e];
+    rule.moments(g[e] * grad_multiplier, x);  // math/grad_multiplier.h
+    s0[e] = x[0];
+    if constexpr (N > 1) s1[e] = x[1];
+    if constexpr (N > 2) s2[e] = x[2];
+  }
+}
+
+template <class Rule, class T>
+void trust_directions(const Rule& rule, const T* __restrict p, T* const* st, T* __restrict u, int64_t m) {
+  constexpr int N = Rule::kNumStates;
+  const T* __restrict s0 = st[0];
+  const T* __restrict s1 = N > 1 ? st[1] : nullptr;
+  const T* __restrict s2 = N > 2 ? st[2] : nullptr;
+  for (int64_t e = 0; e < m; ++e) {
+    T x[N];
+    x[0] = s0[e];
+    if constexpr (N > 1) x[1] = s1[e];
+    if constexpr (N > 2) x[2] = s2[e];
+    u[e] = rule.direction(p[e], x);
+  }
+}
+
+// Runs f(rule, stage) with the step's rule variant for the call's compute type (its
+// coefficients rounded once) and the stage buffers of both passes: one per role and one
+// for the directions.
+template <class Rule>
+struct TrustStage {
+  alignas(64) typename Rule::compute_t buf[2 + Rule::kNumStates][kStage];
+  alignas(64) typename Rule::compute_t u[kStage];
+};
+
+template <class Step, class F>
+void with_trust_rule(const Step& s, const Batch& b, F&& f) {
+  with_rule(s, b.compute_dtype(), [&](auto rule_tag, auto) {
+    using Rule = typename decltype(rule_tag)::type;
+    TrustStage<Rule> stage;
+    f(Rule{cast_coeffs<typename Rule::compute_t>(s.c)}, stage);
+  });
+}
+
+template <class Step>
+void trust_pass1(const Step& s, const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
+                 double* partials) {
+  with_trust_rule(s, b, [&](const auto& rule, auto& stage) {
+    using T = typename std::decay_t<decltype(rule)>::compute_t;
+    constexpr int N = std::decay_t<decltype(rule)>::kNumStates;
+    auto& buf = stage.buf;
+    T* u = stage.u;
+    for (int64_t t = tensor_containing(block_offsets, b.n_tensors, begin);
+         t < b.n_tensors && block_offsets[t] < end; ++t) {
+      const int64_t first = begin > block_offsets[t] ? begin : block_offsets[t];
+      const int64_t last = end < block_offsets[t + 1] ? end : block_offsets[t + 1];
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t lo = (k - block_offsets[t]) * math::kNormBlock;
+        const int64_t hi = (b.size(t) - lo < math::kNormBlock) ? b.size(t) : lo + math::kNormBlock;
+        double p_lane[math::kNormLanes] = {}, u_lane[math::kNormLanes] = {};
+        for (int64_t i = lo; i < hi; i += kStage) {
+          const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+          const T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
+          const T* g = stage_in<T>(b, kGrad, t, i, m, buf[kGrad]);
+          T* st[N];
+          for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
+          trust_moments(rule, g, st, m, static_cast<T>(b.grad_multiplier));
+          for (int j = 0; j < N; ++j) stage_out<T>(b, kState0 + j, t, i, m, st[j]);
+          trust_directions(rule, p, st, u, m);
+          add_squares(p, m, p_lane);
+          add_squares(u, m, u_lane);
+        }
+        partials[2 * k] = math::combine_lanes(p_lane);
+        partials[2 * k + 1] = math::combine_lanes(u_lane);
+      }
+    }
+  });
+}
+
+template <class Step>
+void trust_pass2(const Step& s, const Batch& b, const double* factors, int64_t begin, int64_t end) {
+  with_trust_rule(s, b, [&](const auto& rule, auto& stage) {
+    using T = typename std::decay_t<decltype(rule)>::compute_t;
+    constexpr int N = std::decay_t<decltype(rule)>::kNumStates;
+    auto& buf = stage.buf;
+    T* u = stage.u;
+    for (int64_t t = tensor_containing(b.offsets, b.n_tensors, begin);
+         t < b.n_tensors && b.offsets[t] < end; ++t) {
+      const int64_t lo = (begin > b.offsets[t] ? begin : b.offsets[t]) - b.offsets[t];
+      const int64_t hi = (end < b.offsets[t + 1] ? end : b.offsets[t + 1]) - b.offsets[t];
+      const T factor = static_cast<T>(factors[t]);
+      for (int64_t i = lo; i < hi; i += kStage) {
+        const int64_t m = (hi - i < kStage) ? hi - i : kStage;
+        T* p = stage_in<T>(b, kParam, t, i, m, buf[kParam]);
+        T* st[N];
+        for (int j = 0; j < N; ++j) st[j] = stage_in<T>(b, kState0 + j, t, i, m, buf[kState0 + j]);
+        trust_directions(rule, p, st, u, m);
+        for (int64_t e = 0; e < m; ++e) p[e] = p[e] - factor * u[e];
+        stage_out<T>(b, kParam, t, i, m, p);
+      }
+    }
+  });
+}
+
+template <class S>
+double block_sumsq(const S* __restrict x, int64_t n) {
+  double lane[math::kNormLanes] = {};
+  add_squares(x, n, lane);
   return math::combine_lanes(lane);
 }
 
@@ -479,9 +634,12 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
 #define FUSEDOPT_UPDATE_ENTRY(Step, ...) update<Step>,
-const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY) traffic,
+#define FUSEDOPT_TRUST_ENTRIES(Step, ...) trust_pass1<Step>, trust_pass2<Step>,
+const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)
+                                FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_ENTRIES) traffic,
                             sumsq_blocks, count_nonfinite};
 #undef FUSEDOPT_UPDATE_ENTRY
+#undef FUSEDOPT_TRUST_ENTRIES
 
 }  // namespace
 

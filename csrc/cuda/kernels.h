@@ -28,6 +28,9 @@ struct DeviceCoeffs {
 #define FUSEDOPT_DECLARE_UPDATE(Step, ...) \
   void update(const Step& step, const Batch& batch, cudaStream_t stream, const void* device_coeffs);
 FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DECLARE_UPDATE)
+// And one per rule of FUSEDOPT_FOR_EACH_TRUST_STEP (trust.cu): its two passes and the
+// per-tensor factors between them, queued; device_coeffs must be null.
+FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DECLARE_UPDATE)
 #undef FUSEDOPT_DECLARE_UPDATE
 void traffic(const TrafficStep& step, const Batch& batch, cudaStream_t stream);
 

@@ -95,6 +95,16 @@ def betas_pair(fn: str, betas):
     )
 
 
+def moment_hyperparameters(fn: str, *, step, lr, betas, eps, weight_decay, maximize) -> tuple:
+    """The checked (step, lr, beta1, beta2, eps, weight_decay, maximize) of a rule with
+    Adam's hyperparameters and nothing else (Adamax, LAMB)."""
+    step = step_count(fn, step)
+    lr = number(fn, "lr", lr)
+    beta1, beta2 = betas_pair(fn, betas)
+    return (step, lr, beta1, beta2, number(fn, "eps", eps), number(fn, "weight_decay", weight_decay),
+            flag(fn, "maximize", maximize))
+
+
 def lr_factors(fn: str, value):
     """None, or ``value`` as a read-only float64 array of the learning rate's factors by
     step (the rate of step t is lr * value[t-1], and lr * value[-1] after its end); a

@@ -21,43 +21,12 @@ import math
 
 from fusedopt import _storage
 from fusedopt.rules import RULES
-
-# csrc/math/sumsq.h
-NORM_LANES = 32
-NORM_BLOCK = 65536
-
-
-def sum_of_squares_exact(xp, grads) -> float:
-    """csrc/math/sumsq.h in array form: 32 lanes per block, each accumulated in order."""
-    import numpy as np
-
-    total = 0.0
-    for g in grads:
-        # The exact sum runs on the host: a device scan would not add in lane order.
-        g = g if isinstance(g, np.ndarray) else g.get()
-        xp = np
-        n = int(g.size)
-        if n == 0:
-            continue
-        n_blocks = -(-n // NORM_BLOCK)
-        rows = NORM_BLOCK // NORM_LANES if n_blocks > 1 else -(-n // NORM_LANES)
-        sq = xp.zeros(n_blocks * rows * NORM_LANES, dtype=xp.float64)
-        gd = g.reshape(-1).astype(xp.float64)
-        sq[:n] = gd * gd  # padding squares are +0.0, which leave a lane's sum unchanged
-        sq = sq.reshape(n_blocks, rows, NORM_LANES)
-        # add.accumulate is sequential along its axis: lane j sums its rows in order.
-        lanes = xp.add.accumulate(sq, axis=1)[:, -1, :]
-        width = NORM_LANES // 2
-        while width >= 1:
-            lanes = lanes[:, :width] + lanes[:, width : 2 * width]
-            width //= 2
-        for block_sum in lanes[:, 0].tolist():  # block sums in call order
-            total = total + block_sum
-    return total
+from fusedopt.rules._common import sum_of_squares_exact  # noqa: F401 (the adaptive rate's)
 
 
 def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=None) -> None:
     fn = RULES[rule].exact
+    reads_back = RULES[rule].trust_ratio
     xp = prep.xp
     for i, p in enumerate(prep.params):
         if not p.size:
@@ -65,13 +34,26 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=
         compute = _storage.compute_dtype(xp, p.dtype)
         written = [p, *(s[i] for s in prep.states)]
         values = [_storage.widened(xp, a, compute) for a in written]
+
+        def rounded(role, i=i):  # stochastic rounding's (key0, key1, role, tensor), or None
+            stochastic = rounding is not None and (rounding[0] >> role) & 1
+            return (rounding[1], rounding[2], role, i) if stochastic else None
+
+        extra = {}
+        if reads_back:
+            # State k's values as the kernel reads them back within the step: rounded to
+            # its storage (written there too, as the kernel's pass 1 does).
+            def as_stored(k, x, i=i, compute=compute):
+                _storage.store(xp, prep.states[k][i], x, rounded(2 + k))
+                return _storage.widened(xp, prep.states[k][i], compute)
+
+            extra["as_stored"] = as_stored
         # Every gradient read times the call's multiplier at the compute precision, as
         # csrc/math/grad_multiplier.h does (1 leaves it as it is).
         g = _storage.widened(xp, prep.grads[i], compute) * compute(grad_multiplier)
-        fn(xp, values[0], g, values[1:], coeffs)
+        fn(xp, values[0], g, values[1:], coeffs, **extra)
         for role, (a, v) in zip((0, 2, 3, 4), zip(written, values)):
-            stochastic = rounding is not None and (rounding[0] >> role) & 1
-            _storage.store(xp, a, v, (rounding[1], rounding[2], role, i) if stochastic else None)
+            _storage.store(xp, a, v, rounded(role))
 
 
 def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) -> None:

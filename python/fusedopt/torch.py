@@ -10,8 +10,8 @@ are made from their rules' descriptions and torch's own constructors),
 keep their state under torch's keys (``step`` as a 0-d float32 tensor, ``exp_avg``,
 ``exp_avg_sq``, ``momentum_buffer``, ...) and write and read torch's ``state_dict`` format:
 a checkpoint of one loads into the other and training goes on as if it had never left.
-:class:`AdaptiveSGD` (SGD at ``lr / (1 + ||g||^2)``) and :class:`Lion` have no torch
-counterpart. Everything the base class provides keeps working: ``zero_grad``, step and
+:class:`AdaptiveSGD` (SGD at ``lr / (1 + ||g||^2)``), :class:`Lion` and :class:`LAMB` have no
+torch counterpart. Everything the base class provides keeps working: ``zero_grad``, step and
 state_dict hooks, ``add_param_group``, ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler``.
 
 A step runs under ``torch.no_grad()``, reads ``p.grad``, skips params whose grad is None
@@ -54,7 +54,7 @@ import torch
 
 import fusedopt
 
-__all__ = ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion"]
+__all__ = ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion", "LAMB"]
 
 _grad_of = attrgetter("grad")
 _NONE = type(None)
@@ -128,6 +128,15 @@ def _check_lr(name: str, lr) -> None:
 def _check_at_least(name: str, what: str, value, low: float = 0.0) -> None:
     if not low <= value:
         raise ValueError(f"{name}: invalid {what} {value} (must be >= {low})")
+
+
+def _check_adam_like(name: str, lr, betas, eps, weight_decay) -> tuple:
+    """torch.optim.Adam's checks of lr, betas, eps and weight_decay; returns the betas."""
+    _check_lr(name, lr)
+    _check_at_least(name, "epsilon value", eps)
+    betas = _check_betas(name, betas)
+    _check_at_least(name, "weight_decay value", weight_decay)
+    return betas
 
 
 def _check_betas(name: str, betas) -> tuple:
@@ -880,11 +889,7 @@ class Adam(_FusedOptimizer):
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  skip_if_nonfinite=False, max_grad_norm=None,
                  rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
-        name = type(self).__name__
-        _check_lr(name, lr)
-        _check_at_least(name, "epsilon value", eps)
-        betas = _check_betas(name, betas)
-        _check_at_least(name, "weight_decay value", weight_decay)
+        betas = _check_adam_like(type(self).__name__, lr, betas, eps, weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
@@ -957,6 +962,33 @@ class Lion(_FusedOptimizer):
         kwargs = dict(lr=_value(group["lr"]), betas=(_value(b1), _value(b2)),
                       weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]))
         return fusedopt.lion_, kwargs
+
+
+class LAMB(_FusedOptimizer):
+    """LAMB (You et al. 2020) through :func:`fusedopt.lamb_`; torch has none. State: ``step``,
+    ``exp_avg``, ``exp_avg_sq``. Defaults are Apex's FusedLAMB (those of
+    :func:`fusedopt.lamb_`): lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01
+    (decoupled, inside the trust-ratio update). The trust ratio is per param tensor."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None,
+                 skip_if_nonfinite=False, max_grad_norm=None, rounding="nearest",
+                 state_rounding="nearest", seed=0, state_dtype=None):
+        betas = _check_adam_like(type(self).__name__, lr, betas, eps, weight_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
+                         (rounding, state_rounding, seed), state_dtype)
+
+    def _layout(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _call(self, group, count):
+        b1, b2 = group["betas"]
+        kwargs = dict(lr=_value(group["lr"]), betas=(_value(b1), _value(b2)), eps=float(group["eps"]),
+                      weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]),
+                      step=count + 1)
+        return fusedopt.lamb_, kwargs
 
 
 # ---------------------------------------------------------------------------------------

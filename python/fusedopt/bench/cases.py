@@ -50,9 +50,16 @@ def _states(fn: str, hyper: dict) -> tuple:
 # gradient and each state are read, and the param and each state written. A second pass
 # counts again: the adaptive rate reads every gradient once for ||g|| before the update
 # reads it again. Momentum rules are measured after their first step (on step 1 torch's
-# convention writes the buffer without reading it).
-TRAFFIC = {name: (2 + len(_states(fn, h)) + _rules.kernel(fn)[1].adaptive, 1 + len(_states(fn, h)),
-                  len(_states(fn, h))) for name, (fn, h) in CASES.items()}
+# convention writes the buffer without reading it). A trust-ratio rule (LAMB) reads the
+# param and the states again in its second pass; its first writes no param, its second
+# only the param, so its writes are counted once.
+def _traffic(fn: str, hyper: dict) -> tuple:
+    rule, kernel = _rules.kernel(fn)
+    n = len(_states(fn, hyper))
+    return 2 + n + kernel.adaptive + rule.trust_ratio * (1 + n), 1 + n, n
+
+
+TRAFFIC = {name: _traffic(fn, h) for name, (fn, h) in CASES.items()}
 RULES = tuple(TRAFFIC)
 DTYPES = {"float32": np.float32, "float64": np.float64}
 try:  # bfloat16: params, grads and states all bfloat16 (float32 arithmetic), with ml_dtypes

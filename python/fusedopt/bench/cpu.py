@@ -62,6 +62,7 @@ from fusedopt import _arrays, _dispatch, rules
 from fusedopt import reference as _reference
 
 from .cases import (
+    CASES,
     DTYPES,
     LIST_CASE,
     LIST_TENSORS,
@@ -266,7 +267,16 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
         def flat_kernel():
             call_fusedopt(rule, fusedopt, *flat_args)
 
-    if rule == "adaptive_sgd":
+    if rules.kernel(CASES[rule][0])[0].trust_ratio:
+        # Two passes (LAMB): (p, g, m, v -> m, v), then (p, m, v -> p). The roof is the traffic
+        # loops of (p, g, m, v -> p, m, v) and (p, m -> p): the same ten arrays, one of the
+        # reads exchanged for a write.
+        second = _dispatch.native_target(_arrays.prepare("bench", arrays.p, arrays.s[0], []))
+
+        def roof():
+            roof_call.traffic()
+            second.traffic()
+    elif rule == "adaptive_sgd":
         # Two passes: ||g|| (read g), then the update (p, g -> p). The roof of the first is a
         # read-only loop of trivial arithmetic, which is what the sum of squares is.
         def roof():

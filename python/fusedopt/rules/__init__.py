@@ -7,6 +7,7 @@ A rule's module (``fusedopt/rules/<rule>.py``) holds:
   ``FUSEDOPT_<RULE>_RULE`` in ``csrc/math/<rule>.h``, which the modules read by name);
 * ``exact(xp, p, g, states, c)``: the rule in the kernel's operation order, at the
   arrays' precision (the bitwise reference), mirroring ``csrc/math/<rule>.h`` line by line;
+  it sees one tensor at a time, so a rule with per-tensor norms (LAMB) takes them there;
 * ``float64(xp, p, g, states, h)``: the textbook formula from the raw hyperparameters;
 * ``RULE``: a :class:`Rule` naming its public functions (:class:`Kernel`) and the
   examples that ``verify``, the smoke test, the benchmark and the tests run.
@@ -59,6 +60,12 @@ class Rule:
     kernels: tuple = ()
     # States that never go negative (squares, norms): the tests' inputs keep them so.
     square_states: frozenset = frozenset()
+    # A rule with a per-tensor trust ratio (LAMB; FUSEDOPT_FOR_EACH_TRUST_STEP in
+    # csrc/common/steps.h): the kernel runs two passes, the second reading the param and
+    # the states again (the benchmark counts those bytes), and its norms are taken from the
+    # states as stored, so its ``exact`` gets ``as_stored(k, x)``: state k's values ``x``
+    # rounded to the state's storage, as the kernel reads them back.
+    trust_ratio: bool = False
 
     def states_for(self, coeffs) -> tuple:
         """The state arguments these coefficients' flags read and write, in rule order."""

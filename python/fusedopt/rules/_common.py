@@ -23,3 +23,37 @@ def sign_keep_zero(xp, x):
 def max_propagate_nan(xp, a, b):
     """math::max_propagate_nan: (a != a) ? a : (a > b ? a : b)."""
     return xp.where((a != a) | (a > b), a, b)
+
+
+# csrc/math/sumsq.h (for the adaptive rate's global norm and the trust ratio's per-tensor ones)
+NORM_LANES = 32
+NORM_BLOCK = 65536
+
+
+def sum_of_squares_exact(xp, grads) -> float:
+    """csrc/math/sumsq.h in array form: 32 lanes per block, each accumulated in order."""
+    import numpy as np
+
+    total = 0.0
+    for g in grads:
+        # The exact sum runs on the host: a device scan would not add in lane order.
+        g = g if isinstance(g, np.ndarray) else g.get()
+        xp = np
+        n = int(g.size)
+        if n == 0:
+            continue
+        n_blocks = -(-n // NORM_BLOCK)
+        rows = NORM_BLOCK // NORM_LANES if n_blocks > 1 else -(-n // NORM_LANES)
+        sq = xp.zeros(n_blocks * rows * NORM_LANES, dtype=xp.float64)
+        gd = g.reshape(-1).astype(xp.float64)
+        sq[:n] = gd * gd  # padding squares are +0.0, which leave a lane's sum unchanged
+        sq = sq.reshape(n_blocks, rows, NORM_LANES)
+        # add.accumulate is sequential along its axis: lane j sums its rows in order.
+        lanes = xp.add.accumulate(sq, axis=1)[:, -1, :]
+        width = NORM_LANES // 2
+        while width >= 1:
+            lanes = lanes[:, :width] + lanes[:, width : 2 * width]
+            width //= 2
+        for block_sum in lanes[:, 0].tolist():  # block sums in call order
+            total = total + block_sum
+    return total

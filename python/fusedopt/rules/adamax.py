@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from fusedopt._coeffs import WD_COUPLED, WD_NONE, betas_pair, flag, number, step_count, step_type
+from fusedopt._coeffs import WD_COUPLED, WD_NONE, moment_hyperparameters, step_type
 from fusedopt.rules import REQUIRED, Kernel, Rule
 from fusedopt.rules._common import effective_grad, max_propagate_nan
 
 AdamaxCoeffs = step_type("AdamaxCoeffs", "adamax")
 
 
-def coefficients(fn, *, step, lr, betas, eps, weight_decay, maximize):
-    step = step_count(fn, step)
-    lr = number(fn, "lr", lr)
-    beta1, beta2 = betas_pair(fn, betas)
-    eps = number(fn, "eps", eps)
-    weight_decay = number(fn, "weight_decay", weight_decay)
-    maximize = flag(fn, "maximize", maximize)
+def coefficients(fn, **hyper):
+    step, lr, beta1, beta2, eps, weight_decay, maximize = moment_hyperparameters(fn, **hyper)
     return AdamaxCoeffs.make(clr=lr / (1.0 - beta1**step), beta1=beta1, one_minus_beta1=1.0 - beta1,
                              beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
                              wd_mode=WD_COUPLED if weight_decay else WD_NONE)
