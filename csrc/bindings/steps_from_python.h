@@ -40,6 +40,7 @@ inline const StepFields& step_field_table() {
     py::dict& out = t->out;
     py::dict& n_numbers = t->n_numbers;
     FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_STEP_FIELDS)
+    FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_STEP_FIELDS)
     return t;
   }();
   return *table;
@@ -121,6 +122,7 @@ Step step_from_python(py::handle obj);
     return s;                                              \
   }
 FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_STEP_READER)
+FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_STEP_READER)
 #undef FUSEDOPT_STEP_READER
 #undef FUSEDOPT_READ_NUMBER
 #undef FUSEDOPT_READ_FLAG

@@ -25,6 +25,11 @@ struct Batch {
   const int64_t* offsets = nullptr;
   // ptrs[role][t]: the data of tensor t for that role, or nullptr if the role is unused.
   void* const* ptrs[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  // Factored rules only (common/steps.h: FUSEDOPT_FOR_EACH_FACTORED_STEP): per tensor t,
+  // factor_dims[2t] is its rows (second-to-last dim) and factor_dims[2t+1] its columns
+  // (last dim), both 0 for a tensor of fewer than two dims. A state a tensor does not keep
+  // has a null pointer in ptrs.
+  const int64_t* factor_dims = nullptr;
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }

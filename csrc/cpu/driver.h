@@ -16,6 +16,9 @@ namespace cpu {
 template <class Step>
 void update(const Step& step, const Batch& batch);
 void update(const TrafficStep& step, const Batch& batch);
+// One step of a factored rule (FUSEDOPT_FOR_EACH_FACTORED_STEP): its passes tensor by
+// tensor, each pass over all threads, with the same bits for any thread count.
+void update(const AdafactorStep& step, const Batch& batch);
 
 // Sum of squares of every gradient of the batch, by the fixed blocking and combining order
 // of math/sumsq.h: the same bits for any thread count and instruction set.
