@@ -25,7 +25,7 @@ import threading
 import warnings
 from typing import Callable, NamedTuple
 
-from fusedopt import _arrays, _coeffs, _core, _native, cuda
+from fusedopt import _arrays, _coeffs, _core, _native, cuda, rules
 from fusedopt import _reference_impl as _ref
 
 BACKENDS = ("auto", "native", "reference")
@@ -68,10 +68,17 @@ def check_backend(fn: str, backend: str) -> str:
     return backend
 
 
+def _layout(rule: str) -> str:
+    """The state layout a rule's calls are read with (fusedopt.rules.Rule.state_layout)."""
+    return rules.RULES[rule].state_layout
+
+
 def _use_native(fn: str, prep, backend: str) -> bool:
     if backend in ("reference", FLOAT64):
         return False
     reason = _native.unavailable(prep.device)
+    if reason is None and prep.device == "cuda" and prep.layout != "same":
+        reason = "the CUDA module has no kernels for factored rules (Adafactor) yet"
     if reason is None:
         return True
     if backend == "native":
@@ -120,11 +127,11 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
     if (backend == "auto" or backend == "native") and call.grads is not None:
         if refusal is None and (skip_if_nonfinite is True or skip_if_nonfinite is False):
             # Counted, normed or decided before the update: read once, then each in turn.
-            host = _core.Call(call.params, call.grads, call.values)
+            host = _core.Call(call.params, call.grads, call.values, _layout(call.rule))
             refusal = host.refusal
             if refusal is None:
                 return _run_native(host, call, skip_if_nonfinite)
-        if refusal is not None and refusal[0] == "device_call":
+        if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same":
             batch = _native.device_batch(call.params, call.grads, call.values)
             if batch is not None:
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
@@ -166,7 +173,8 @@ def _run_native(target, call: Call, skip: bool, device: bool = False):
 def _run_checked(call: Call, backend: str, skip: bool):
     """The reader's verdict asked through fusedopt._arrays, which words a refusal; then the
     compiled kernel on the adapted arrays, or the reference."""
-    prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)))
+    prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)),
+                           layout=_layout(call.rule))
     if prep.n_tensors == 0:
         if call.adaptive:
             return AdaptiveRate(call.coeffs.lr, 0.0)
@@ -181,7 +189,7 @@ def _run_checked(call: Call, backend: str, skip: bool):
 def native_target(prep):
     """The module object that runs a prepared call: the CPU module's Call, or a CUDA Batch."""
     if prep.device == "cpu":
-        return _core.Call(prep.params, prep.grads, prep.states)
+        return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
     return cuda.module().Batch(prep.params, prep.grads, prep.states)
 
 

@@ -21,37 +21,22 @@ import math
 
 from fusedopt import _storage
 from fusedopt.rules import RULES
-
-# csrc/math/sumsq.h
-NORM_LANES = 32
-NORM_BLOCK = 65536
+from fusedopt.rules._common import block_sums
 
 
 def sum_of_squares_exact(xp, grads) -> float:
-    """csrc/math/sumsq.h in array form: 32 lanes per block, each accumulated in order."""
+    """csrc/math/sumsq.h: every gradient's blocks summed in lanes, the block sums added in
+    call order."""
     import numpy as np
 
     total = 0.0
     for g in grads:
         # The exact sum runs on the host: a device scan would not add in lane order.
         g = g if isinstance(g, np.ndarray) else g.get()
-        xp = np
-        n = int(g.size)
-        if n == 0:
+        if g.size == 0:
             continue
-        n_blocks = -(-n // NORM_BLOCK)
-        rows = NORM_BLOCK // NORM_LANES if n_blocks > 1 else -(-n // NORM_LANES)
-        sq = xp.zeros(n_blocks * rows * NORM_LANES, dtype=xp.float64)
-        gd = g.reshape(-1).astype(xp.float64)
-        sq[:n] = gd * gd  # padding squares are +0.0, which leave a lane's sum unchanged
-        sq = sq.reshape(n_blocks, rows, NORM_LANES)
-        # add.accumulate is sequential along its axis: lane j sums its rows in order.
-        lanes = xp.add.accumulate(sq, axis=1)[:, -1, :]
-        width = NORM_LANES // 2
-        while width >= 1:
-            lanes = lanes[:, :width] + lanes[:, width : 2 * width]
-            width //= 2
-        for block_sum in lanes[:, 0].tolist():  # block sums in call order
+        gd = g.reshape(1, -1).astype(np.float64)
+        for block_sum in block_sums(np, gd * gd)[0].tolist():  # block sums in call order
             total = total + block_sum
     return total
 
@@ -63,11 +48,12 @@ def apply_exact(rule: str, prep, coeffs) -> None:
         if not p.size:
             continue
         compute = _storage.compute_dtype(xp, p.dtype)
-        written = [p, *(s[i] for s in prep.states)]
-        values = [_storage.widened(xp, a, compute) for a in written]
+        written = [p, *(s[i] for s in prep.states)]  # None: a state this param does not keep
+        values = [None if a is None else _storage.widened(xp, a, compute) for a in written]
         fn(xp, values[0], _storage.widened(xp, prep.grads[i], compute), values[1:], coeffs)
         for a, v in zip(written, values):
-            _storage.store(xp, a, v)
+            if a is not None:
+                _storage.store(xp, a, v)
 
 
 def apply_float64(rule: str, prep, hyper: dict) -> None:
@@ -76,11 +62,14 @@ def apply_float64(rule: str, prep, hyper: dict) -> None:
     for i, p in enumerate(prep.params):
         if not p.size:
             continue
-        f64 = [s[i].astype(xp.float64) for s in prep.states]
-        new_p, new_states = fn(xp, p.astype(xp.float64), prep.grads[i].astype(xp.float64), f64, hyper)
+        f64 = [None if s[i] is None else s[i].astype(xp.float64) for s in prep.states]
+        # param_dtype: for a default that depends on the params' storage (Adafactor's eps1).
+        new_p, new_states = fn(xp, p.astype(xp.float64), prep.grads[i].astype(xp.float64), f64,
+                               dict(hyper, param_dtype=p.dtype))
         p[...] = new_p
         for k, s in enumerate(new_states):
-            prep.states[k][i][...] = s
+            if s is not None:
+                prep.states[k][i][...] = s
 
 
 def sum_of_squares_float64(xp, grads) -> float:
