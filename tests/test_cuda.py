@@ -96,8 +96,13 @@ def check_case(case, dtype, sizes, *, steps=3, key=()):
 SIZES = [1, 3, 4, 5, 7, 8, 17, 16383, 16384, 16385, 65537, 1_000_003]
 
 
+# No CUDA kernels for factored rules (Adafactor) yet: their device calls fall back to the
+# reference (backend="auto") or are refused (backend="native").
+ELEMENTWISE = [c for c in CASES if rules.kernel(c.fn)[0].state_layout == "same"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", ELEMENTWISE, ids=lambda c: c.id)
 def test_rule_bitwise_single_tensor(case, dtype):
     check_case(case, dtype, 65537 * 2 + 3)
 

@@ -136,8 +136,13 @@ def check_case(monkeypatch, case, dtype, sizes, *, steps=3, key=()):
 SIZES = [0, 1, 3, 4, 5, 17, 8191, 8192, 8193, 16384 + 3, 65537, 0]
 
 
+# The CUDA module has no kernels for factored rules (Adafactor) yet: their device calls
+# fall back to the reference (fusedopt._dispatch), so there is nothing to compare here.
+ELEMENTWISE = [c for c in CASES if rules.kernel(c.fn)[0].state_layout == "same"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", ELEMENTWISE, ids=lambda c: c.id)
 def test_rule_bitwise(monkeypatch, case, dtype):
     check_case(monkeypatch, case, dtype, SIZES)
 
