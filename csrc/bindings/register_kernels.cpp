@@ -115,15 +115,6 @@ void HostCall::run(const std::string& rule, py::handle coeffs) const {
   throw std::invalid_argument("unknown rule '" + rule + "'");
 }
 
-// The state layout a rule's calls are read with (bindings/reader.h).
-StateLayout layout_of(const std::string& rule) {
-#define FUSEDOPT_FACTORED_IF(Step, ...) \
-  if (rule == Step::kName) return StateLayout::kFactored;
-  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_IF)
-#undef FUSEDOPT_FACTORED_IF
-  return StateLayout::kSame;
-}
-
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "bindings/reader.h"
 #include "common/steps.h"
 
 namespace fusedopt {
@@ -109,6 +110,16 @@ typename FlagType<kKind>::type read_flag(FieldReader& r, const char* name) {
 
 template <class Step>
 Step step_from_python(py::handle obj);
+
+// The state layout a rule's calls are read with (bindings/reader.h): the factored rules'
+// (FUSEDOPT_FOR_EACH_FACTORED_STEP) or the elementwise one.
+inline StateLayout layout_of(const std::string& rule) {
+#define FUSEDOPT_FACTORED_IF(Step, ...) \
+  if (rule == Step::kName) return StateLayout::kFactored;
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_IF)
+#undef FUSEDOPT_FACTORED_IF
+  return StateLayout::kSame;
+}
 
 #define FUSEDOPT_READ_NUMBER(name) s.c.name = r.number(#name);
 #define FUSEDOPT_READ_FLAG(name, kind) s.name = detail::read_flag<FlagKind::kind>(r, #name);

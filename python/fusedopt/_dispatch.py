@@ -77,8 +77,6 @@ def _use_native(fn: str, prep, backend: str) -> bool:
     if backend in ("reference", FLOAT64):
         return False
     reason = _native.unavailable(prep.device)
-    if reason is None and prep.device == "cuda" and prep.layout != "same":
-        reason = "the CUDA module has no kernels for factored rules (Adafactor) yet"
     if reason is None:
         return True
     if backend == "native":
@@ -131,6 +129,8 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
             refusal = host.refusal
             if refusal is None:
                 return _run_native(host, call, skip_if_nonfinite)
+        # Device arrays: the CUDA module's fast path (Batch.strict) reads states shaped like
+        # their params; a factored rule's call goes through prepare() and native_target().
         if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same":
             batch = _native.device_batch(call.params, call.grads, call.values)
             if batch is not None:
@@ -190,7 +190,7 @@ def native_target(prep):
     """The module object that runs a prepared call: the CPU module's Call, or a CUDA Batch."""
     if prep.device == "cpu":
         return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
-    return cuda.module().Batch(prep.params, prep.grads, prep.states)
+    return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout)
 
 
 def _run_reference(prep, call: Call, backend: str, skip: bool):
