@@ -144,6 +144,18 @@ def test_nan_propagates_as_the_reference_says(dtype):
     assert np.isnan(params[0]).sum() == 1 and np.isnan(params[1]).all()
 
 
+def test_skip_if_nonfinite_writes_nothing():
+    rng = rng_for("adafactor-skip")
+    params, states, grads = make([(9,), (4, 6)], np.float32, rng, steps=1)
+    grads[0][1][3, 2] = np.inf
+    before = copied(params, states)
+    status = fusedopt.adafactor_(params, grads[0], *states.values(), step=2, skip_if_nonfinite=True)
+    assert status.skipped and status.nonfinite == 1
+    assert_all_same_bits((params, states), before)
+    opt = fusedopt.optim.Adafactor(params, skip_if_nonfinite=True)
+    assert opt.step(grads[0]).skipped and opt.step_count == 0
+
+
 def test_empty_tensors_are_skipped():
     rng = rng_for("adafactor-empty")
     params, states, grads = make([(0,), (0, 5), (3, 0), (2, 0, 4), (6,)], np.float32, rng, steps=1)

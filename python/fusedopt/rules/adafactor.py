@@ -62,10 +62,16 @@ def _eps1(c, T) -> float:
     return float(np.finfo(T).eps) if math.isnan(c.eps1) else c.eps1
 
 
-def _sumsq(xp, x) -> float:
+def _on_host(x):
+    """A (CuPy) device array's values as a NumPy array: the sums here add in a fixed order,
+    which a device scan would not keep (as the global norm's reference does)."""
+    return np.asarray(x) if isinstance(x, (np.ndarray, np.generic)) else x.get()
+
+
+def _sumsq(x) -> float:
     """cpu/driver.cpp's sum of a tensor's squares: its blocks (math/sumsq.h) in order."""
-    flat = x.reshape(1, -1).astype(xp.float64)
-    return float(sums_in_order(xp, block_sums(xp, flat * flat))[0])
+    flat = _on_host(x).reshape(1, -1).astype(np.float64)
+    return float(sums_in_order(np, block_sums(np, flat * flat))[0])
 
 
 def _alpha(c, param_sumsq, n) -> float:
@@ -83,27 +89,26 @@ def exact(xp, p, g, states, c):
     eps1 = _eps1(c, T)
     beta2_t, one_minus = T(c.beta2_t), T(c.one_minus_beta2_t)
     g = -g if c.maximize else g
-    alpha = _alpha(c, _sumsq(xp, p), n)
+    alpha = _alpha(c, _sumsq(p), n)
     row_var, col_var, variance = states
     if p.ndim >= 2:
         R, C = p.shape[-2:]
-        g3 = g.reshape(-1, R, C)
-        sq = g3.astype(xp.float64) ** 2
-        row_sums = sums_in_order(xp, block_sums(xp, sq.reshape(-1, C))).reshape(-1, R)
-        col_sums = xp.add.accumulate(sq, axis=1)[:, -1, :]  # each column in row order
+        sq = _on_host(g).reshape(-1, R, C).astype(np.float64) ** 2
+        row_sums = sums_in_order(np, block_sums(np, sq.reshape(-1, C))).reshape(-1, R)
+        col_sums = np.add.accumulate(sq, axis=1)[:, -1, :]  # each column in row order
         row = row_var.reshape(-1, R)
         col = col_var.reshape(-1, C)
-        row[...] = beta2_t * row + one_minus * (row_sums / C).astype(T)
-        col[...] = beta2_t * col + one_minus * (col_sums / R).astype(T)
-        row_total = xp.add.accumulate(row.astype(xp.float64), axis=1)[:, -1]  # in row order
-        row_mean = max_propagate_nan(xp, (row_total / R).astype(T), T(eps1))
+        row[...] = beta2_t * row + one_minus * xp.asarray((row_sums / C).astype(T))
+        col[...] = beta2_t * col + one_minus * xp.asarray((col_sums / R).astype(T))
+        row_total = np.add.accumulate(_on_host(row).astype(np.float64), axis=1)[:, -1]  # in row order
+        row_mean = max_propagate_nan(xp, xp.asarray((row_total / R).astype(T)), T(eps1))
         estimate = (row[:, :, None] * col[:, None, :]) / row_mean[:, None, None]
         estimate = estimate.reshape(p.shape)
     else:
         variance[...] = beta2_t * variance + one_minus * (g * g)
         estimate = variance
     u = g * (T(1) / xp.sqrt(max_propagate_nan(xp, estimate, T(eps1 * eps1))))
-    scale = T(alpha / _denom(c, _sumsq(xp, u), n))
+    scale = T(alpha / _denom(c, _sumsq(u), n))
     if c.wd_mode == WD_DECOUPLED:
         p[...] = p * T(c.decay_factor)
     p[...] = p - scale * u
