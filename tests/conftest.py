@@ -185,7 +185,7 @@ class Inputs:
         return pick(self.params), pick(self.grads[k]), {n: pick(v) for n, v in self.states.items()}
 
     def copy(self) -> Inputs:
-        cp = lambda xs: [x.copy() for x in xs]  # noqa: E731
+        cp = lambda xs: [None if x is None else x.copy() for x in xs]  # noqa: E731
         return Inputs(self.single, cp(self.params), {n: cp(v) for n, v in self.states.items()},
                       [cp(g) for g in self.grads])
 
@@ -193,7 +193,7 @@ class Inputs:
         """Every written array by a readable name: params[i], exp_avgs[i], ..."""
         out = {f"params[{i}]": p for i, p in enumerate(self.params)}
         for name, arrays in self.states.items():
-            out.update({f"{name}[{i}]": a for i, a in enumerate(arrays)})
+            out.update({f"{name}[{i}]": a for i, a in enumerate(arrays) if a is not None})
         return out
 
 
@@ -212,13 +212,16 @@ def make_inputs(case: Case, dtype, sizes, *, steps: int, rng, single=None,
     sizes = [int(sizes)] if isinstance(sizes, (int, np.integer)) else [int(n) for n in sizes]
     params = [nonzero(rng, n, dtype) for n in sizes]
     states = {}
+    rule = fusedopt.rules.kernel(case.fn)[0]
     for name in case.states:
-        if name in _SQUARE_STATES:
-            states[name] = [nonzero(rng, n, dtype, 0.5, 2.0, signed=False) for n in sizes]
-        elif name == "grad_avgs":
-            states[name] = [nonzero(rng, n, dtype, 0.01, 0.3) for n in sizes]
-        else:
-            states[name] = [nonzero(rng, n, dtype) for n in sizes]
+        # The rule's shape of this state for each (1-D) param: its own size, or None where
+        # a factored rule keeps no such state (Adafactor's row and column factors).
+        sizes_of = [None if rule.state_shapes((n,))[rule.states.index(name)] is None else n
+                    for n in sizes]
+        low, high, signed = ((0.5, 2.0, False) if name in _SQUARE_STATES
+                             else (0.01, 0.3, True) if name == "grad_avgs" else (0.1, 2.0, True))
+        states[name] = [None if n is None else nonzero(rng, n, dtype, low, high, signed=signed)
+                        for n in sizes_of]
     if grad_scale is None:
         grad_scale = 1.0 / np.sqrt(max(sum(sizes), 1)) if case.fn == "adaptive_sgd_" else 1.0
     grads = [[(nonzero(rng, n, np.float64) * grad_scale).astype(dtype) for n in sizes]

@@ -64,13 +64,13 @@ if _REASON is None:
 
 # --------------------------------------------------------------------------------------
 def to_device(inputs: Inputs) -> Inputs:
-    put = lambda xs: [cupy.asarray(x) for x in xs]  # noqa: E731
+    put = lambda xs: [None if x is None else cupy.asarray(x) for x in xs]  # noqa: E731
     return Inputs(inputs.single, put(inputs.params), {n: put(v) for n, v in inputs.states.items()},
                   [put(g) for g in inputs.grads])
 
 
 def to_host(inputs: Inputs) -> Inputs:
-    get = lambda xs: [cupy.asnumpy(x) for x in xs]  # noqa: E731
+    get = lambda xs: [None if x is None else cupy.asnumpy(x) for x in xs]  # noqa: E731
     return Inputs(inputs.single, get(inputs.params), {n: get(v) for n, v in inputs.states.items()},
                   [get(g) for g in inputs.grads])
 
@@ -1055,3 +1055,22 @@ def test_mixed_storage_norm_and_count():
         host[3][[0, 9]] = np.array([np.nan, np.inf], np.float32).astype(dtype)
         dev = [_to_device_array(g) for g in host]
         assert _cuda.count_nonfinite(dev) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_adafactor_factored_shapes(dtype):
+    """Adafactor through the public call on device arrays (matrices and batches of them,
+    with None where a param keeps no such state): the CPU's bits, and its optimizer too."""
+    from test_adafactor import STATES, assert_all_same_bits, copied, make
+
+    shapes = [(7,), (4, 5), (3, 70), (2, 3, 17), (300, 301)]
+    params, states, grads = make(shapes, dtype, rng_for("cuda-adafactor", np.dtype(dtype).name))
+    put = lambda xs: [None if x is None else cupy.asarray(x) for x in xs]  # noqa: E731
+    get = lambda xs: [None if x is None else cupy.asnumpy(x) for x in xs]  # noqa: E731
+    host = copied(params, states)
+    dev_p, dev_s = put(params), {n: put(v) for n, v in states.items()}
+    for step, g in enumerate(grads, start=1):
+        fusedopt.adafactor_(dev_p, put(g), *dev_s.values(), step=step, lr=0.05, weight_decay=0.1,
+                            backend="native")
+        fusedopt.adafactor_(host[0], g, *host[1].values(), step=step, lr=0.05, weight_decay=0.1)
+    assert_all_same_bits((get(dev_p), {n: get(dev_s[n]) for n in STATES}), host)

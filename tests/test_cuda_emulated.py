@@ -50,7 +50,7 @@ class HostAsDevice:
 
 
 def dev(arrays):
-    return [HostAsDevice(a) for a in arrays]
+    return [None if a is None else HostAsDevice(a) for a in arrays]  # None: a state not kept
 
 
 class _RecordingCore:
@@ -821,3 +821,21 @@ def test_batch_without_grads_takes_no_param_as_a_grad():
     assert batch is not None
     assert not batch.set_grads(p)
     assert not batch.set_grads(s)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_adafactor_factored_shapes(dtype):
+    """Adafactor's matrices and batches of matrices (the grid above reaches its vectors):
+    the device's passes against the CPU's, bit for bit, over tests/test_adafactor.py's
+    shapes (rows longer than a norm block, rows and columns of one)."""
+    from test_adafactor import SHAPES, STATES, assert_all_same_bits, copied, make
+
+    hyper = dict(lr=0.02, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.1, maximize=True)
+    params, states, grads = make(SHAPES, dtype, rng_for("emulated-adafactor", np.dtype(dtype).name))
+    device = copied(params, states)
+    for step, g in enumerate(grads, start=1):
+        fusedopt.adafactor_(params, g, *states.values(), step=step, backend="native", **hyper)
+        coeffs = rules.adafactor.coefficients("adafactor_", step=step, **hyper)
+        device_states = [dev(device[1][n]) for n in STATES]
+        assert emu.run("adafactor", dev(device[0]), dev(g), device_states, coeffs) is None
+    assert_all_same_bits(device, (params, states))

@@ -87,6 +87,8 @@ def test_matches_torch_for_50_steps(case):
     inputs = make_inputs(case, np.float32, SIZES, steps=STEPS, rng=rng_for("torch", case.id))
     for name, arrays in inputs.states.items():
         for a in arrays:
+            if a is None:  # a state this (1-D) param does not keep: Adafactor's factors
+                continue
             if case.fn == "adagrad_":
                 a[...] = ADAGRAD_INIT
             elif name != "momentum_buffers" or case.fn == "rmsprop_":
@@ -111,8 +113,11 @@ def test_matches_torch_for_50_steps(case):
     errors = {"params": _rel(ours, theirs, theirs),
               "params vs their displacement": _rel(ours, theirs, theirs - cat(p0))}
     for name, arrays in inputs.states.items():
-        theirs = cat(opt.state[t][torch_state(name)].numpy() for t in tensors)
-        errors[name] = _rel(cat(arrays), theirs, theirs)
+        kept = [(a, t) for a, t in zip(arrays, tensors) if a is not None]
+        if not kept:
+            continue
+        theirs = cat(opt.state[t][torch_state(name)].numpy() for _, t in kept)
+        errors[name] = _rel(cat(a for a, _ in kept), theirs, theirs)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= RTOL, f"{worst}: relative error {errors[worst]:.3g} > {RTOL}"
 

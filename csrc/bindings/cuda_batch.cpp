@@ -27,8 +27,10 @@ int pointer_device(uintptr_t ptr) {
 
 }  // namespace
 
-DeviceBatch::DeviceBatch(py::handle params, py::handle grads, py::handle states) {
+DeviceBatch::DeviceBatch(py::handle params, py::handle grads, py::handle states,
+                         bindings::StateLayout layout) {
   reset();
+  layout_ = layout;
   adopt_or_throw(read(params, grads, states));
 }
 
@@ -67,6 +69,8 @@ int DeviceBatch::device() const {
 
 void DeviceBatch::reset() {
   batch_ = Batch();
+  factor_dims_.clear();
+  layout_ = bindings::StateLayout::kSame;
   offsets_.assign(1, 0);  // a valid batch of no tensors
   batch_.offsets = offsets_.data();
   for (auto& p : ptrs_) p.clear();
@@ -86,7 +90,9 @@ void DeviceBatch::reset() {
 
 bindings::Refusal DeviceBatch::read(py::handle params, py::handle grads, py::handle states) {
   bindings::ReadCall call;
-  const bindings::Refusal refusal = bindings::read_call(params, grads, states, bindings::module_read_options(), call);
+  bindings::ReadOptions options = bindings::module_read_options();
+  options.layout = layout_;
+  const bindings::Refusal refusal = bindings::read_call(params, grads, states, options, call);
   if (!refusal) adopt(std::move(call));
   return refusal;
 }
@@ -95,6 +101,8 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
   const auto n = static_cast<size_t>(call.n_tensors);
   for (int r = 0; r < kMaxRoles; ++r) batch_.dtypes[r] = call.dtypes[r];
   offsets_ = std::move(call.offsets);
+  factor_dims_ = std::move(call.factor_dims);
+  batch_.factor_dims = factor_dims_.empty() ? nullptr : factor_dims_.data();
   n_states_ = call.n_roles - 2;
   for (int r = 0; r < kMaxRoles; ++r) {
     if (call.ptrs[r].empty() && r >= call.n_roles) continue;
@@ -118,8 +126,9 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
   for (int r = 0; r < call.n_roles; ++r) batch_.ptrs[r] = ptrs_[r].data();
   has_grads_ = call.has_grads;
   // The written arrays' bytes, sorted and disjoint (the reader refused any overlap), for
-  // set_grads() to check new gradients against.
-  for (int r = 0; r < call.n_roles; ++r) {
+  // set_grads() to check new gradients against (a strict batch's: never a factored one, whose
+  // states have other sizes than their params).
+  for (int r = 0; r < call.n_roles && layout_ == bindings::StateLayout::kSame; ++r) {
     if (r == kGrad) continue;
     for (size_t t = 0; t < n; ++t)
       if (batch_.size(static_cast<int64_t>(t)) > 0) {
@@ -130,8 +139,10 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
   std::sort(written_.begin(), written_.end(), [](const ByteSpan& a, const ByteSpan& b) { return a.lo < b.lo; });
 }
 
-bindings::Refusal DeviceBatch::read_for_run(py::handle params, py::handle grads, py::handle states) {
+bindings::Refusal DeviceBatch::read_for_run(py::handle params, py::handle grads, py::handle states,
+                                             bindings::StateLayout layout) {
   reset();
+  layout_ = layout;
   bindings::Refusal refusal = read(params, grads, states);
   if (!refusal && !on_device_ && batch_.n_tensors > 0) refusal = {bindings::Rule::kDeviceCall, 0, 0};
   if (refusal) {

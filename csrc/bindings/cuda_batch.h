@@ -30,7 +30,9 @@ class DeviceBatch {
  public:
   DeviceBatch() { reset(); }  // no tensors
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
-  DeviceBatch(py::handle params, py::handle grads, py::handle states);
+  // layout: how the states are shaped (bindings/reader.h; the factored rules' own).
+  DeviceBatch(py::handle params, py::handle grads, py::handle states,
+              bindings::StateLayout layout = bindings::StateLayout::kSame);
   // Gradients only (norms, non-finite counts): nothing is written.
   static DeviceBatch grads_only(py::handle grads);
   // batch_ points into the vectors below; a move keeps their buffers, a copy would not.
@@ -49,7 +51,8 @@ class DeviceBatch {
   // tensors, no references).
   bool build_strict(py::handle params, py::handle grads, py::handle states);
   // build_strict() with the reader's refusal (Rule::kDeviceCall for host arrays).
-  bindings::Refusal read_for_run(py::handle params, py::handle grads, py::handle states);
+  bindings::Refusal read_for_run(py::handle params, py::handle grads, py::handle states,
+                                 bindings::StateLayout layout = bindings::StateLayout::kSame);
 
   // New gradients for a batch that build_strict() made (an optimizer's params and states,
   // read once): true if `grads` (a list or tuple of such arrays, one per param) passes
@@ -73,6 +76,7 @@ class DeviceBatch {
   // on first use (so that building a batch, and checking it, needs no device).
   int device() const;
   int n_states() const { return n_states_; }
+  bindings::StateLayout layout() const { return layout_; }
   // Whether build_strict() took torch tensors for the params: the call then runs on torch's
   // current stream (bindings/register_cuda.cpp: resolve_stream).
   bool torch_params() const { return torch_params_; }
@@ -90,6 +94,8 @@ class DeviceBatch {
 
   Batch batch_;
   std::vector<int64_t> offsets_;
+  std::vector<int64_t> factor_dims_;  // the factored layout's rows and columns per tensor
+  bindings::StateLayout layout_ = bindings::StateLayout::kSame;
   std::vector<void*> ptrs_[kMaxRoles];
   std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
   // The storages of the torch tensors, from build_strict() or set_grads() to drop_grads():

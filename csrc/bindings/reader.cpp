@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <utility>
 
 #include "common/overlap.h"
@@ -15,7 +16,7 @@ const std::vector<std::string>& rule_names() {
       "ok",        "not_list",      "list_for_single", "length",  "too_many_states", "not_array",
       "unreachable", "mixed_memory", "dtype",          "dtype_mismatch", "shape",     "not_contiguous",
       "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data",
-      "dtype_combination"};
+      "dtype_combination", "state_shape", "factored_dtype"};
   return names;
 }
 
@@ -41,7 +42,24 @@ Batch ReadCall::batch() const {
   b.n_tensors = n_tensors;
   b.offsets = offsets.data();
   for (int r = 0; r < kMaxRoles; ++r) b.ptrs[r] = ptrs[r].empty() ? nullptr : ptrs[r].data();
+  b.factor_dims = factor_dims.empty() ? nullptr : factor_dims.data();
   return b;
+}
+
+StateLayout layout_from_name(const std::string& name) {
+  if (name == "same") return StateLayout::kSame;
+  if (name == "factored") return StateLayout::kFactored;
+  throw std::invalid_argument("unknown state layout '" + name + "' (same or factored)");
+}
+
+bool expected_state_shape(StateLayout layout, int k, const ArrayItem& param, ArrayItem& out) {
+  out.ndim = param.ndim;
+  for (int d = 0; d < param.ndim; ++d) out.dims[d] = param.dims[d];
+  if (layout == StateLayout::kSame) return true;
+  const bool factored = param.ndim >= 2;
+  if (k == 0 && factored) out.dims[param.ndim - 1] = 1;  // row_var: [..., R, 1]
+  if (k == 1 && factored) out.dims[param.ndim - 2] = 1;  // col_var: [..., 1, C]
+  return k == 2 ? !factored : factored;                  // variance: a param's own shape
 }
 
 ReadOptions& module_read_options() {
@@ -346,7 +364,14 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   ArrayItem items[kMaxRoles];
   std::vector<ByteSpan> spans;
   spans.reserve(static_cast<size_t>(n) * n_named);
-  int role_dtype[kMaxRoles] = {-1, -1, -1, -1, -1};  // per named role, from tensor 0
+  int role_dtype[kMaxRoles] = {-1, -1, -1, -1, -1};  // per named role, from its first array
+  // Every state of a call shares one dtype: the first state array's (role, index).
+  int state_role = -1;
+  Py_ssize_t state_index = -1;
+  const int first_state = has_grads ? 2 : 1;
+  const bool factored = options.layout == StateLayout::kFactored;
+  ArrayItem wanted[kMaxRoles];  // the shape each state of this tensor must have
+  bool absent[kMaxRoles] = {false, false, false, false, false};  // None where the layout says so
   bool memory_known = false;
   int gpu_role = -1;  // the first array that said which GPU it is on
   Py_ssize_t gpu_index = -1;
@@ -355,6 +380,12 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     // order in which fusedopt/_arrays.py used to find them.
     for (int r = 0; r < n_named; ++r) {
       PyObject* o = roles[r].at[t];
+      if (factored && r >= first_state) {  // does this param keep this state? None if not
+        const bool keeps = expected_state_shape(options.layout, r - first_state, items[0], wanted[r]);
+        absent[r] = o == Py_None;
+        if (keeps == absent[r]) return {Rule::kStateShape, r, t};
+        if (absent[r]) continue;
+      }
       const Rule kind_rule = read_array(o, types, options, items[r]);
       if (kind_rule != Rule::kNone) return {kind_rule, r, t};
       if (!memory_known) {
@@ -375,13 +406,22 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       }
     }
     const ArrayItem& p = items[0];
-    const int first_state = has_grads ? 2 : 1;
     for (int r = 0; r < n_named; ++r) {
+      if (absent[r]) continue;
       ArrayItem& a = items[r];
-      if (role_dtype[r] < 0) {  // tensor 0 sets each argument's dtype
+      // The factored layout: float32 or float64 params, everything else in their dtype.
+      const bool wide =
+          a.dtype == static_cast<int>(DType::kFloat32) || a.dtype == static_cast<int>(DType::kFloat64);
+      if (factored && a.dtype >= 0 && (r == 0 ? !wide : a.dtype != p.dtype))
+        return {Rule::kFactoredDtype, r, t};
+      if (role_dtype[r] < 0) {  // its first array sets each argument's dtype
         if (a.dtype < 0) return {Rule::kDtype, r, t};
-        if (r > first_state && a.dtype != role_dtype[first_state])
-          return {Rule::kDtypeMismatch, r, t, first_state, t};  // every state one dtype
+        if (r >= first_state && state_role >= 0 && a.dtype != role_dtype[state_role])
+          return {Rule::kDtypeMismatch, r, t, state_role, state_index};  // every state one dtype
+        if (r >= first_state && state_role < 0) {
+          state_role = r;
+          state_index = t;
+        }
         const auto d = static_cast<DType>(a.dtype);
         if (r > 0 && !storage_allows(static_cast<DType>(role_dtype[0]), r == grad_role, d))
           return {Rule::kDtypeCombination, r, t};
@@ -391,7 +431,11 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
         return {Rule::kDtypeMismatch, r, t, r, 0};
       }
       const int itemsize = itemsize_of(a.dtype);
-      if (r > 0 && !a.same_shape(p)) return {Rule::kShape, r, t};
+      if (r >= first_state && factored) {
+        if (!a.same_shape(wanted[r])) return {Rule::kStateShape, r, t};
+      } else if (r > 0 && !a.same_shape(p)) {
+        return {Rule::kShape, r, t};
+      }
       if (!a.contiguous) return {Rule::kNotContiguous, r, t};
       const bool misaligned = !a.aligned || a.ptr % static_cast<uintptr_t>(itemsize) != 0;
       if (a.count > 0 && a.ptr == 0) return {Rule::kNullData, r, t};
@@ -399,9 +443,18 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
       if (written(r) && !a.writable) return {Rule::kReadOnly, r, t};
     }
     out.offsets[static_cast<size_t>(t) + 1] = out.offsets[static_cast<size_t>(t)] + p.count;
+    if (factored) {
+      out.factor_dims.push_back(p.ndim >= 2 ? p.dims[p.ndim - 2] : 0);
+      out.factor_dims.push_back(p.ndim >= 2 ? p.dims[p.ndim - 1] : 0);
+    }
     for (int r = 0; r < n_named; ++r) {
+      if (absent[r]) {  // a null pointer; the None is kept as the call's item
+        out.ptrs[slot[r]][static_cast<size_t>(t)] = nullptr;
+        if (options.want_items) out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
+        continue;
+      }
       ArrayItem& a = items[r];
-      const uintptr_t nbytes = static_cast<uintptr_t>(p.count) * static_cast<uintptr_t>(itemsize_of(a.dtype));
+      const uintptr_t nbytes = static_cast<uintptr_t>(a.count) * static_cast<uintptr_t>(itemsize_of(a.dtype));
       out.ptrs[slot[r]][static_cast<size_t>(t)] = reinterpret_cast<void*>(a.ptr);
       if (options.want_items) out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
       // The span's index numbers the arrays role by role, as the refusal names them.
@@ -421,7 +474,8 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   }
   if (n > 0) {
     for (int r = 0; r < kMaxRoles; ++r) out.dtypes[r] = static_cast<DType>(role_dtype[0]);
-    for (int r = 1; r < n_named; ++r) out.dtypes[slot[r]] = static_cast<DType>(role_dtype[r]);
+    for (int r = 1; r < n_named; ++r)  // a role of Nones only (factored layout): the params'
+      if (role_dtype[r] >= 0) out.dtypes[slot[r]] = static_cast<DType>(role_dtype[r]);
     out.torch_params = types.is_torch(roles[0].at[0]);
   }
   if (out.single) {  // the lone arrays are the caller's: hold them as the tuples hold a list's

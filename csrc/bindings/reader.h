@@ -53,6 +53,9 @@ enum class Rule : int {
   kOtherGpu,    // on another GPU than the call's first array that says which
   kNullData,    // elements, but a null data pointer
   kDtypeCombination,  // a dtype the params' dtype does not go with (storage_combinations())
+  kStateShape,        // factored layout: a state of another shape than its param needs, or
+                      // an array where it needs None, or None where it needs an array
+  kFactoredDtype,     // factored layout: another dtype than the params', or 16-bit params
 };
 const std::vector<std::string>& rule_names();
 
@@ -65,6 +68,14 @@ struct Refusal {
   explicit operator bool() const { return rule != Rule::kNone; }
   py::tuple to_python() const;  // (rule name, role, index, other role, other index)
 };
+
+// How a call's states are shaped. kSame: like their params (the elementwise rules).
+// kFactored (Adafactor, as torch keeps it): three state roles; a param of two or more dims
+// [..., R, C] keeps a row factor [..., R, 1] and a column factor [..., 1, C] and None for
+// the third, a param of fewer dims None, None and a full state of its own shape. Every
+// role is stored in the params' dtype, float32 or float64.
+enum class StateLayout : int { kSame = 0, kFactored = 1 };
+StateLayout layout_from_name(const std::string& name);  // "same" or "factored"
 
 // An accepted call: one Batch's worth of pointers, and what keeps them valid.
 struct ReadCall {
@@ -79,6 +90,7 @@ struct ReadCall {
   int64_t n_tensors = 0;
   std::vector<int64_t> offsets{0};
   std::vector<void*> ptrs[kMaxRoles];
+  std::vector<int64_t> factor_dims;  // kFactored: rows and columns per tensor (common/batch.h)
   std::vector<PyObject*> items[kMaxRoles];  // borrowed from `held` and `grad_held`
   // What keeps the pointers valid: the params' and states' lists (as tuples), and the
   // storages of their torch tensors (memory); the grads' list and storages apart
@@ -137,6 +149,10 @@ struct ArrayItem {
   }
 };
 
+// The shape that state `k` of a param of shape `param` has under `layout` (into `out`'s
+// ndim and dims); false where the param keeps no such state.
+bool expected_state_shape(StateLayout layout, int k, const ArrayItem& param, ArrayItem& out);
+
 // The array types to tell apart, looked up once per call (CuPy and torch may be imported,
 // or swapped for stand-ins by the tests, at any time).
 struct ArrayKinds {
@@ -168,6 +184,7 @@ struct ReadOptions {
   // Keep every array's object per role (ReadCall::items): the CUDA module's Batch holds them
   // for later steps; the CPU module reads and runs at once and skips the work.
   bool want_items = false;
+  StateLayout layout = StateLayout::kSame;
 };
 
 // Reads one array: what it is, where it lives and its layout; Rule::kNone, or the rule its

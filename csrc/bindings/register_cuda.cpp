@@ -102,11 +102,29 @@ void run_step(const DeviceBatch& b, py::handle coeffs, const py::object& stream,
   on_device(b, stream, [&](cudaStream_t s) { update(step, batch, s, reinterpret_cast<const void*>(device_coeffs)); });
 }
 
+// A factored rule (FUSEDOPT_FOR_EACH_FACTORED_STEP), on a batch read with its layout.
+template <class Step>
+void run_factored(const DeviceBatch& b, py::handle coeffs, const py::object& stream,
+                  uintptr_t device_coeffs, double grad_multiplier) {
+  if (b.layout() != bindings::StateLayout::kFactored || device_coeffs != 0 || grad_multiplier != 1.0)
+    throw std::invalid_argument(std::string(Step::kName) +
+                                ": needs a Batch read with layout='factored', no device_coeffs and no "
+                                "gradient multiplier");
+  const Step step = bindings::step_from_python<Step>(coeffs);
+  on_device(b, stream, [&](cudaStream_t s) { update(step, b.batch(), s); });
+}
+
 void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, const py::object& stream,
               uintptr_t device_coeffs, double grad_multiplier, py::handle rounding) {
+  if (b.layout() != bindings::StateLayout::kSame && bindings::layout_of(rule) == bindings::StateLayout::kSame)
+    throw std::invalid_argument(rule + ": this Batch was read with the factored state layout");
 #define FUSEDOPT_RUN_IF(Step, ...) \
   if (rule == Step::kName) return run_step<Step>(b, coeffs, stream, device_coeffs, grad_multiplier, rounding);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+#define FUSEDOPT_RUN_IF(Step, ...) \
+  if (rule == Step::kName) return run_factored<Step>(b, coeffs, stream, device_coeffs, grad_multiplier);
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
 }
@@ -168,8 +186,12 @@ void register_batch(py::module_& m) {
   py::class_<DeviceBatch>(m, "Batch", py::module_local(),
                           "Device pointers of one call's arrays, read once and reusable across steps. "
                           "The methods take the coefficient arguments of the module functions.")
-      .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"),
-           "Reads a call (the one reader: bindings/reader.h); raises if it is refused or on the host.")
+      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout) {
+             return DeviceBatch(params, grads, states, bindings::layout_from_name(layout));
+           }),
+           arg("params"), arg("grads"), arg("states"), arg("layout") = "same",
+           "Reads a call (the one reader: bindings/reader.h) with a state layout ('same', or "
+           "'factored' for Adafactor); raises if it is refused or on the host.")
       .def_static(
           "strict",
           [](py::handle params, py::handle grads, py::handle states) -> py::object {
@@ -282,7 +304,7 @@ void register_functions(py::module_& m) {
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states, py::handle coeffs,
          py::object stream, double grad_multiplier, py::handle rounding) -> py::object {
         DeviceBatch b;
-        const bindings::Refusal refusal = b.read_for_run(params, grads, states);
+        const bindings::Refusal refusal = b.read_for_run(params, grads, states, bindings::layout_of(rule));
         if (refusal) return refusal.to_python();
         run_rule(b, rule, coeffs, stream, 0, grad_multiplier, rounding);
         return py::none();

@@ -4,10 +4,13 @@
 // kernel runs. No rule of what a call accepts is written here.
 #include <pybind11/pybind11.h>
 
+#include <pybind11/stl.h>
+
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "bindings/call_options.h"
 #include "bindings/reader.h"
@@ -29,9 +32,10 @@ namespace {
 // without the GIL.
 class HostCall {
  public:
-  HostCall(py::handle params, py::handle grads, py::handle states) {
+  HostCall(py::handle params, py::handle grads, py::handle states, StateLayout layout) : layout_(layout) {
     ReadOptions options = module_read_options();
     options.host_only = true;  // stop at params[0] if it is a device array: not ours
+    options.layout = layout;
     refusal_ = read_call(params, grads, states, options, call_);
     if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
     batch_ = call_.batch();
@@ -78,7 +82,17 @@ class HostCall {
     return batch();
   }
   template <class Step>
-  void run_step(py::handle coeffs, double grad_multiplier, py::handle rounding) const {
+  void run_step(py::handle coeffs, StateLayout layout, double grad_multiplier,
+                py::handle rounding) const {
+    // A factored rule's passes need the factored reading (shapes, Nones), and the
+    // elementwise loops the plain one.
+    if (layout != layout_)
+      throw std::invalid_argument(std::string(Step::kName) +
+                                  ": this call was read with another state layout");
+    // The factored passes read the gradients as they are (fusedopt/_dispatch.py refuses
+    // loss scaling and clipping for them before anything is read).
+    if (layout == StateLayout::kFactored && grad_multiplier != 1.0)
+      throw std::invalid_argument(std::string(Step::kName) + ": takes no gradient multiplier");
     const Step step = step_from_python<Step>(coeffs);
     // The loops dereference one state pointer per state the rule keeps: a call with another
     // number of state lists than the flags ask for would read through a null pointer.
@@ -91,6 +105,7 @@ class HostCall {
     cpu::update(step, b);
   }
 
+  StateLayout layout_ = StateLayout::kSame;
   ReadCall call_;
   Refusal refusal_;
   Batch batch_;
@@ -99,11 +114,16 @@ class HostCall {
 void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier,
                    py::handle rounding) const {
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(coeffs, grad_multiplier, rounding);
+  if (rule == Step::kName) return run_step<Step>(coeffs, StateLayout::kSame, grad_multiplier, rounding);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+#define FUSEDOPT_RUN_IF(Step, ...) \
+  if (rule == Step::kName) return run_step<Step>(coeffs, StateLayout::kFactored, grad_multiplier, rounding);
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
 }
+
 
 }  // namespace
 
@@ -112,7 +132,10 @@ void register_kernels(py::module_& m) {
   py::class_<HostCall>(m, "Call",
                        "A call's arrays as the reader took them (host memory): counted, normed or "
                        "run without being read again.")
-      .def(py::init<py::handle, py::handle, py::handle>(), arg("params"), arg("grads"), arg("states"))
+      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout) {
+             return std::make_unique<HostCall>(params, grads, states, layout_from_name(layout));
+           }),
+           arg("params"), arg("grads"), arg("states"), arg("layout") = "same")
       .def_property_readonly("refusal", &HostCall::refusal,
                              "None, or (rule, role, index, other role, other index): what the call broke")
       .def("run", &HostCall::run, arg("rule"), arg("coeffs"), arg("grad_multiplier") = 1.0,
@@ -127,7 +150,7 @@ void register_kernels(py::module_& m) {
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
          py::handle coeffs, double grad_multiplier, py::handle rounding) -> py::object {
-        HostCall call(params, grads, states);
+        HostCall call(params, grads, states, layout_of(rule));
         if (!call.ok()) return call.refusal();
         call.run(rule, coeffs, grad_multiplier, rounding);
         return py::none();
@@ -139,15 +162,41 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "read",
-      [](py::handle params, py::handle grads, py::handle states) -> py::object {
+      [](py::handle params, py::handle grads, py::handle states, const std::string& layout) -> py::object {
         ReadCall call;
-        const Refusal refusal = read_call(params, grads, states, module_read_options(), call);
+        ReadOptions options = module_read_options();
+        options.layout = layout_from_name(layout);
+        const Refusal refusal = read_call(params, grads, states, options, call);
         if (refusal) return refusal.to_python();
         return py::none();
       },
-      arg("params"), arg("grads"), arg("states"),
+      arg("params"), arg("grads"), arg("states"), arg("layout") = "same",
       "The reader's verdict on a call of any memory, running nothing: None, or the refusal. "
-      "grads=None reads an optimizer's own arrays (params and states, all written).");
+      "grads=None reads an optimizer's own arrays (params and states, all written). layout: "
+      "'same' (states shaped like their params) or 'factored' (see state_shapes).");
+
+  m.def(
+      "state_shapes",
+      [](const std::string& layout, const std::vector<int64_t>& shape) {
+        ArrayItem param, state;
+        if (shape.size() > static_cast<size_t>(kMaxDims)) throw std::invalid_argument("too many dims");
+        param.ndim = static_cast<int>(shape.size());
+        for (int d = 0; d < param.ndim; ++d) param.dims[d] = shape[static_cast<size_t>(d)];
+        py::list out;
+        for (int k = 0; k < kMaxStates; ++k) {
+          if (!expected_state_shape(layout_from_name(layout), k, param, state)) {
+            out.append(py::none());
+            continue;
+          }
+          py::tuple dims(static_cast<size_t>(state.ndim));
+          for (int d = 0; d < state.ndim; ++d) dims[static_cast<size_t>(d)] = state.dims[d];
+          out.append(dims);
+        }
+        return py::tuple(out);
+      },
+      arg("layout"), arg("shape"),
+      "The shapes of a param's states (None where it keeps none) under a state layout, as the "
+      "reader checks them: for 'factored', (row_var, col_var, variance).");
 
   // Gradients only, for tests and benchmarks: refused calls raise.
   auto grads_call = [](py::handle grads) {

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "bindings/reader.h"
 #include "common/steps.h"
 
 namespace fusedopt {
@@ -40,6 +41,7 @@ inline const StepFields& step_field_table() {
     py::dict& out = t->out;
     py::dict& n_numbers = t->n_numbers;
     FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_STEP_FIELDS)
+    FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_STEP_FIELDS)
     return t;
   }();
   return *table;
@@ -109,6 +111,16 @@ typename FlagType<kKind>::type read_flag(FieldReader& r, const char* name) {
 template <class Step>
 Step step_from_python(py::handle obj);
 
+// The state layout a rule's calls are read with (bindings/reader.h): the factored rules'
+// (FUSEDOPT_FOR_EACH_FACTORED_STEP) or the elementwise one.
+inline StateLayout layout_of(const std::string& rule) {
+#define FUSEDOPT_FACTORED_IF(Step, ...) \
+  if (rule == Step::kName) return StateLayout::kFactored;
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_IF)
+#undef FUSEDOPT_FACTORED_IF
+  return StateLayout::kSame;
+}
+
 #define FUSEDOPT_READ_NUMBER(name) s.c.name = r.number(#name);
 #define FUSEDOPT_READ_FLAG(name, kind) s.name = detail::read_flag<FlagKind::kind>(r, #name);
 #define FUSEDOPT_STEP_READER(Step, COEFFS, FLAGS, ...)     \
@@ -121,6 +133,7 @@ Step step_from_python(py::handle obj);
     return s;                                              \
   }
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_STEP_READER)
+FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_STEP_READER)
 #undef FUSEDOPT_STEP_READER
 #undef FUSEDOPT_READ_NUMBER
 #undef FUSEDOPT_READ_FLAG

@@ -33,6 +33,11 @@ struct Batch {
   // in the call; every other store rounds to nearest even.
   uint32_t stochastic_roles = 0;
   uint32_t rounding_key[2] = {0, 0};
+  // Factored rules only (common/steps.h: FUSEDOPT_FOR_EACH_FACTORED_STEP): per tensor t,
+  // factor_dims[2t] is its rows (second-to-last dim) and factor_dims[2t+1] its columns
+  // (last dim), both 0 for a tensor of fewer than two dims. A state a tensor does not keep
+  // has a null pointer in ptrs.
+  const int64_t* factor_dims = nullptr;
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "math/adadelta.h"
+#include "math/adafactor.h"
 #include "math/adagrad.h"
 #include "math/adam.h"
 #include "math/adamax.h"
@@ -47,6 +48,10 @@ namespace fusedopt {
 
 // Every rule of either kind.
 #define FUSEDOPT_FOR_EACH_RULE(X) FUSEDOPT_FOR_EACH_STEP(X) FUSEDOPT_FOR_EACH_TRUST_STEP(X)
+// Rules that are not elementwise (states shaped otherwise than the params, per-tensor sums):
+// described like the others, but run by passes of their own (cpu/driver.h) over calls the
+// reader reads with the factored state layout (bindings/reader.h: StateLayout).
+#define FUSEDOPT_FOR_EACH_FACTORED_STEP(X) FUSEDOPT_ADAFACTOR_RULE(X)
 
 // How a flag is read from Python and which values it takes: a bool, a weight-decay mode
 // (any, or one form and none: a rule that applies only that form folds the other into
@@ -104,6 +109,7 @@ struct FlagValue {
     };                                                                         \
   };
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEFINE_STEP)
+FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_DEFINE_STEP)
 #undef FUSEDOPT_DEFINE_STEP
 #undef FUSEDOPT_STEP_FLAG_MEMBER
 #undef FUSEDOPT_STEP_FLAG_VALUE

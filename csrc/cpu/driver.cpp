@@ -54,6 +54,13 @@ void split_blocks(const Batch& b, int64_t n_blocks, F&& fn) {
   parallel_for(n, [&](int t) { fn(n_blocks * t / n, n_blocks * (t + 1) / n); });
 }
 
+// Sums of double partials in index order: the fixed combining order of math/sumsq.h.
+double in_order(const std::vector<double>& partials) {
+  double sum = 0.0;
+  for (double p : partials) sum = sum + p;
+  return sum;
+}
+
 }  // namespace
 
 int threads_for(int64_t total) {
@@ -108,6 +115,48 @@ void trust_update(const Step& s, const Batch& b) {
   void update(const Step& s, const Batch& b) { trust_update(s, b); }
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
 #undef FUSEDOPT_DEFINE_TRUST_UPDATE
+}
+
+void update(const AdafactorStep& s, const Batch& b) {
+  const auto fn = active_table().factored<AdafactorStep>();
+  const DType compute = b.compute_dtype();
+  std::vector<double> blocks, row_sums, col_sums, row_means;
+  for (int64_t t = 0; t < b.n_tensors; ++t) {
+    const int64_t n = b.size(t);
+    if (n == 0) continue;
+    FactoredTensor x{b.ptrs[kParam][t], b.ptrs[kGrad][t], b.ptrs[kState0][t], b.ptrs[kState1][t],
+                     b.ptrs[kState2][t], n, b.factor_dims[2 * t], b.factor_dims[2 * t + 1]};
+    // Runs `pass` over `units` units of about `work` elements each, split across threads.
+    auto run = [&](FactoredPass pass, int64_t units, int64_t work, double* out) {
+      const int threads = static_cast<int>(std::min<int64_t>(threads_for(units * work), units));
+      if (threads <= 1) return fn(s, compute, x, pass, 0, units, out);
+      parallel_for(threads, [&](int k) {
+        fn(s, compute, x, pass, units * k / threads, units * (k + 1) / threads, out);
+      });
+    };
+    const int64_t n_blocks = (n + math::kNormBlock - 1) / math::kNormBlock;
+    blocks.assign(static_cast<size_t>(n_blocks), 0.0);
+    run(FactoredPass::kParamSumsq, n_blocks, math::kNormBlock, blocks.data());
+    const double alpha = math::adafactor_alpha(s.c.eps2, s.c.rho, in_order(blocks), n);
+    if (x.rows > 0) {
+      const int64_t matrices = n / (x.rows * x.cols);
+      row_sums.assign(static_cast<size_t>(matrices * x.rows), 0.0);
+      col_sums.assign(static_cast<size_t>(matrices * x.cols), 0.0);
+      row_means.assign(static_cast<size_t>(matrices), 0.0);
+      run(FactoredPass::kRowSums, matrices * x.rows, x.cols, row_sums.data());
+      run(FactoredPass::kColSums, matrices * x.cols, x.rows, col_sums.data());
+      x.row_sums = row_sums.data();
+      x.col_sums = col_sums.data();
+      run(FactoredPass::kMoments, matrices, x.rows + x.cols, row_means.data());
+      x.row_means = row_means.data();
+    } else {
+      run(FactoredPass::kMoments, n, 1, nullptr);
+    }
+    run(FactoredPass::kUpdateSumsq, n_blocks, math::kNormBlock, blocks.data());
+    x.scale = alpha / math::adafactor_denom(s.c.d, in_order(blocks), n);
+    run(FactoredPass::kApply, n, 1, nullptr);
+  }
+}
 
 int64_t count_nonfinite_grads(const Batch& b) {
   const int64_t total = b.total();
@@ -132,9 +181,7 @@ double grad_sum_of_squares(const Batch& b) {
   const auto fn = active_table().sumsq_blocks;
   split_blocks(b, n_blocks,
                [&](int64_t lo, int64_t hi) { fn(b, block_offsets.data(), lo, hi, partials.data()); });
-  double sum = 0.0;  // block sums in call order: the fixed combining order
-  for (double p : partials) sum = sum + p;
-  return sum;
+  return in_order(partials);  // block sums in call order: the fixed combining order
 }
 
 }  // namespace cpu

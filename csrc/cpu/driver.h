@@ -21,6 +21,9 @@ void update(const TrafficStep& step, const Batch& batch);
 #define FUSEDOPT_DECLARE_TRUST_UPDATE(Step, ...) void update(const Step& step, const Batch& batch);
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DECLARE_TRUST_UPDATE)
 #undef FUSEDOPT_DECLARE_TRUST_UPDATE
+// One step of a factored rule (FUSEDOPT_FOR_EACH_FACTORED_STEP): its passes tensor by
+// tensor, each pass over all threads, with the same bits for any thread count.
+void update(const AdafactorStep& step, const Batch& batch);
 
 // Sum of squares of every gradient of the batch, by the fixed blocking and combining order
 // of math/sumsq.h: the same bits for any thread count and instruction set.

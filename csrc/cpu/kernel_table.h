@@ -23,6 +23,31 @@ using TrustPass1Fn = void (*)(const Step&, const Batch&, const int64_t* block_of
                               int64_t end, double* partials);
 template <class Step>
 using TrustPass2Fn = void (*)(const Step&, const Batch&, const double* factors, int64_t begin, int64_t end);
+// One tensor of a factored rule's call (common/steps.h: FUSEDOPT_FOR_EACH_FACTORED_STEP),
+// as its passes see it; the driver (cpu/driver.cpp) fills in each pass's inputs.
+struct FactoredTensor {
+  void* p;
+  const void* g;
+  void* row;  // row_var, col_var (null for a tensor of fewer than two dims), variance (null
+  void* col;  // for a matrix): all stored in the compute type
+  void* var;
+  int64_t numel;
+  int64_t rows, cols;                 // the last two dims; 0, 0: not factored
+  const double* row_sums = nullptr;   // kRowSums' output, read by kMoments
+  const double* col_sums = nullptr;   // kColSums' output, read by kMoments
+  const double* row_means = nullptr;  // kMoments' output: per matrix, the clamped row mean
+  double scale = 0.0;                 // alpha / denom, for kApply
+};
+
+// The passes of a factored rule, in the order the driver runs them, and the units that a
+// range [begin, end) counts: norm blocks (math/sumsq.h), rows, columns of the B matrices
+// (b * cols + j), matrices (kMoments, factored) or elements. Each unit's result depends on
+// nothing but the unit, so any split across threads gives the same bits.
+enum class FactoredPass : int { kParamSumsq, kRowSums, kColSums, kMoments, kUpdateSumsq, kApply };
+
+template <class Step>
+using FactoredFn = void (*)(const Step&, DType compute, const FactoredTensor&, FactoredPass, int64_t begin,
+                            int64_t end, double* out);
 
 struct KernelTable {
   const char* name;
@@ -36,6 +61,10 @@ struct KernelTable {
   TrustPass2Fn<Step> pass2_##Step;
   FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_FIELDS)
 #undef FUSEDOPT_TRUST_FIELDS
+  // One entry per factored rule (FUSEDOPT_FOR_EACH_FACTORED_STEP), in its order.
+#define FUSEDOPT_FACTORED_FIELD(Step, ...) FactoredFn<Step> factored_##Step;
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_FIELD)
+#undef FUSEDOPT_FACTORED_FIELD
   UpdateFn<TrafficStep> traffic;
   // Sum of squares of the gradient role, one double per norm block (math/sumsq.h).
   // block_offsets[t] is tensor t's first block; blocks [begin, end) are written to
@@ -51,6 +80,7 @@ struct KernelTable {
   TrustPass1Fn<Step> pass1() const;
   template <class Step>
   TrustPass2Fn<Step> pass2() const;
+  FactoredFn<Step> factored() const;  // the entry of a factored Step
 };
 
 #define FUSEDOPT_UPDATE_ENTRY(Step, ...) \
@@ -65,6 +95,11 @@ FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)
   inline TrustPass2Fn<Step> KernelTable::pass2<Step>() const { return pass2_##Step; }
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_ENTRIES)
 #undef FUSEDOPT_TRUST_ENTRIES
+#define FUSEDOPT_FACTORED_ENTRY(Step, ...) \
+  template <>                              \
+  inline FactoredFn<Step> KernelTable::factored<Step>() const { return factored_##Step; }
+FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_ENTRY)
+#undef FUSEDOPT_FACTORED_ENTRY
 
 // One function per built instruction set; defined in kernels_isa.cpp, compiled once each.
 #define FUSEDOPT_DECLARE_TABLE(isa) const KernelTable& kernel_table_##isa();

@@ -587,6 +587,15 @@ double block_sumsq(const S* __restrict x, int64_t n) {
   return math::combine_lanes(lane);
 }
 
+// The sum of squares of x[0..n) by the blocking of math/sumsq.h: blocks added in order.
+template <class S>
+double blocked_sumsq(const S* __restrict x, int64_t n) {
+  double sum = 0.0;
+  for (int64_t lo = 0; lo < n; lo += math::kNormBlock)
+    sum = sum + block_sumsq(x + lo, (n - lo < math::kNormBlock) ? n - lo : math::kNormBlock);
+  return sum;
+}
+
 void sumsq_blocks(const Batch& b, const int64_t* block_offsets, int64_t begin, int64_t end,
                   double* partials) {
   with_storage(b.dtypes[kGrad], [&](auto st) {
@@ -631,15 +640,133 @@ int64_t count_nonfinite(const Batch& b, int64_t begin, int64_t end) {
   return count;
 }
 
+// --- factored rules (Adafactor) -----------------------------------------------------------
+// The passes of cpu/kernel_table.h's FactoredPass over one tensor, stored in the compute
+// type T. The update u of an element is computed where it is needed (kUpdateSumsq, kApply)
+// from the same values, so both passes see the same bits without a buffer of the tensor.
+
+// u for elements [e0, e0 + m) of the tensor, into u[0..m).
+template <class Rule, class T = typename Rule::compute_t>
+void fill_updates(const Rule& rule, const FactoredTensor& x, int64_t e0, int64_t m, T* __restrict u) {
+  const T* __restrict g = static_cast<const T*>(x.g) + e0;
+  if (x.rows == 0) {
+    const T* __restrict v = static_cast<const T*>(x.var) + e0;
+    for (int64_t k = 0; k < m; ++k) u[k] = rule.update(rule.grad(g[k]), v[k]);
+    return;
+  }
+  // Row by row: within a row the row factor and the matrix's row mean are fixed.
+  const int64_t C = x.cols;
+  int64_t row = e0 / C, j = e0 - row * C;
+  for (int64_t k = 0; k < m; j = 0, ++row) {
+    const int64_t len = (C - j < m - k) ? C - j : m - k;
+    const int64_t b = row / x.rows;
+    const T r = static_cast<const T*>(x.row)[row];
+    const T mean = static_cast<T>(x.row_means[b]);
+    const T* __restrict c = static_cast<const T*>(x.col) + b * C + j;
+    for (int64_t q = 0; q < len; ++q)
+      u[k + q] = rule.update(rule.grad(g[k + q]), rule.factored_estimate(r, c[q], mean));
+    k += len;
+  }
+}
+
+template <class Rule>
+void factored_pass(const Rule& rule, const FactoredTensor& x, FactoredPass pass, int64_t begin, int64_t end,
+                   double* out) {
+  using T = typename Rule::compute_t;
+  T* __restrict p = static_cast<T*>(x.p);
+  const T* __restrict g = static_cast<const T*>(x.g);
+  const int64_t R = x.rows, C = x.cols, n = x.numel;
+  alignas(64) T u[kStage];
+  switch (pass) {
+    case FactoredPass::kParamSumsq:
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t lo = k * math::kNormBlock;
+        out[k] = block_sumsq(p + lo, (n - lo < math::kNormBlock) ? n - lo : math::kNormBlock);
+      }
+      break;
+    case FactoredPass::kRowSums:
+      for (int64_t r = begin; r < end; ++r) out[r] = blocked_sumsq(g + r * C, C);
+      break;
+    case FactoredPass::kColSums:  // each column's squares added in row order
+      for (int64_t b = begin / C; b * C < end; ++b) {
+        const int64_t j0 = (begin > b * C) ? begin - b * C : 0;
+        const int64_t j1 = (end < (b + 1) * C) ? end - b * C : C;
+        double* __restrict acc = out + b * C;
+        for (int64_t j = j0; j < j1; ++j) acc[j] = 0.0;
+        for (int64_t i = 0; i < R; ++i) {
+          const T* __restrict gr = g + (b * R + i) * C;
+          for (int64_t j = j0; j < j1; ++j) acc[j] = acc[j] + math::square_as_double(gr[j]);
+        }
+      }
+      break;
+    case FactoredPass::kMoments:
+      if (R == 0) {
+        T* __restrict v = static_cast<T*>(x.var);
+        for (int64_t e = begin; e < end; ++e) {
+          const T gv = rule.grad(g[e]);
+          v[e] = rule.moment(v[e], gv * gv);
+        }
+        break;
+      }
+      for (int64_t b = begin; b < end; ++b) {
+        T* __restrict row = static_cast<T*>(x.row) + b * R;
+        T* __restrict col = static_cast<T*>(x.col) + b * C;
+        double sum = 0.0;
+        for (int64_t i = 0; i < R; ++i) {
+          row[i] = rule.moment(row[i], static_cast<T>(x.row_sums[b * R + i] / static_cast<double>(C)));
+          sum = sum + static_cast<double>(row[i]);
+        }
+        for (int64_t j = 0; j < C; ++j)
+          col[j] = rule.moment(col[j], static_cast<T>(x.col_sums[b * C + j] / static_cast<double>(R)));
+        out[b] = static_cast<double>(rule.row_mean(sum, R));
+      }
+      break;
+    case FactoredPass::kUpdateSumsq:
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t lo = k * math::kNormBlock;
+        const int64_t hi = (n - lo < math::kNormBlock) ? n : lo + math::kNormBlock;
+        double lane[math::kNormLanes] = {};
+        for (int64_t e = lo; e < hi; e += kStage) {  // kStage is a multiple of the lanes
+          const int64_t m = (hi - e < kStage) ? hi - e : kStage;
+          fill_updates(rule, x, e, m, u);
+          add_squares(u, m, lane);
+        }
+        out[k] = math::combine_lanes(lane);
+      }
+      break;
+    case FactoredPass::kApply: {
+      const T scale = static_cast<T>(x.scale);
+      for (int64_t e = begin; e < end; e += kStage) {
+        const int64_t m = (end - e < kStage) ? end - e : kStage;
+        fill_updates(rule, x, e, m, u);
+        for (int64_t k = 0; k < m; ++k) p[e + k] = rule.apply(p[e + k], u[k], scale);
+      }
+      break;
+    }
+  }
+}
+
+template <class Step>
+void factored(const Step& s, DType compute, const FactoredTensor& x, FactoredPass pass, int64_t begin,
+              int64_t end, double* out) {
+  with_rule(s, compute, [&](auto rule, auto) {
+    using Rule = typename decltype(rule)::type;
+    factored_pass(Rule(s.c), x, pass, begin, end, out);
+  });
+}
+
 #define FUSEDOPT_STR2(x) #x
 #define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
 #define FUSEDOPT_UPDATE_ENTRY(Step, ...) update<Step>,
 #define FUSEDOPT_TRUST_ENTRIES(Step, ...) trust_pass1<Step>, trust_pass2<Step>,
+#define FUSEDOPT_FACTORED_ENTRY(Step, ...) factored<Step>,
 const KernelTable kTable = {FUSEDOPT_STR(FUSEDOPT_ISA), FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_UPDATE_ENTRY)
-                                FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_ENTRIES) traffic,
+                                FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_TRUST_ENTRIES)
+                                    FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_FACTORED_ENTRY) traffic,
                             sumsq_blocks, count_nonfinite};
 #undef FUSEDOPT_UPDATE_ENTRY
 #undef FUSEDOPT_TRUST_ENTRIES
+#undef FUSEDOPT_FACTORED_ENTRY
 
 }  // namespace
 

@@ -33,6 +33,11 @@ FUSEDOPT_FOR_EACH_STEP(FUSEDOPT_DECLARE_UPDATE)
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DECLARE_UPDATE)
 #undef FUSEDOPT_DECLARE_UPDATE
 void traffic(const TrafficStep& step, const Batch& batch, cudaStream_t stream);
+// The factored rules (FUSEDOPT_FOR_EACH_FACTORED_STEP), on a batch read with the factored
+// state layout: their passes tensor by tensor (adafactor.cu).
+#define FUSEDOPT_DECLARE_FACTORED(Step, ...) void update(const Step& step, const Batch& batch, cudaStream_t stream);
+FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_DECLARE_FACTORED)
+#undef FUSEDOPT_DECLARE_FACTORED
 
 // The sum of squares of the batch's grads, by the fixed blocking of math/sumsq.h, written to
 // *out in device memory.

@@ -30,14 +30,16 @@ class Prepared:
     """A call the reader accepted, adapted: lists of arrays per role (NumPy or CuPy) of one
     device."""
 
-    __slots__ = ("device", "xp", "params", "grads", "states", "torch_device")
+    __slots__ = ("device", "xp", "params", "grads", "states", "torch_device", "layout")
 
-    def __init__(self, device, xp, params, grads, states, torch_device=None):
+    def __init__(self, device, xp, params, grads, states, torch_device=None, layout="same"):
         self.device = device  # "cpu" or "cuda"
         self.xp = xp  # numpy or cupy: the array module of the arrays
         self.params = params
         self.grads = grads
-        self.states = states  # list of lists, in the rule's state order
+        self.states = states  # list of lists, in the rule's state order (None: a state
+        # that a param does not keep, in the factored layout)
+        self.layout = layout  # the state layout the reader read them with (rules.Rule)
         # The GPU of the params if they are torch CUDA tensors, else None: device work on
         # torch params runs on torch's current stream there (fusedopt.cuda.params_stream).
         self.torch_device = torch_device
@@ -113,9 +115,11 @@ def _with_dlpack_as_cupy(fn: str, names, values, single):
 
 
 def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
-            written_only: bool = False) -> Prepared:
+            written_only: bool = False, layout: str = "same") -> Prepared:
     """Asks the reader for its verdict on one call, words a refusal, and adapts the arrays of
     an accepted call. ``states`` are (argument name, arrays) in rule order.
+
+    ``layout`` is the rule's state layout (fusedopt.rules.Rule.state_layout).
 
     ``written_only=True`` (with ``grads=None``) reads only the arrays that are written (an
     optimizer's own params and states, at construction); the result then has
@@ -129,7 +133,7 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     values = [params, *([grads] if has_grads else []), *(value for _, value in states)]
     single = not _is_list(params)
     state_values = values[2 if has_grads else 1:]
-    refusal = _core.read(params, grads, state_values)
+    refusal = _core.read(params, grads, state_values, layout)
     if refusal is not None and refusal[0] == "not_array":
         adapted = _with_dlpack_as_cupy(fn, names, values, single)
         if adapted is not None:
@@ -137,9 +141,9 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
             params = values[0]
             grads = values[1] if has_grads else None
             state_values = values[2 if has_grads else 1:]
-            refusal = _core.read(params, grads, state_values)
+            refusal = _core.read(params, grads, state_values, layout)
     if refusal is not None:
-        raise _worded(fn, refusal, names, values, single)
+        raise _worded(fn, refusal, names, values, single, layout)
     lists = [[v] if single else list(v) for v in values]
     label = _label(single)
     native = [[_adapted(fn, label(names[r], i), x) for i, x in enumerate(arrays)]
@@ -153,14 +157,15 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
         torch_device = int(native[0][0].device.id)
     first_state = 2 if has_grads else 1
     return Prepared(device, xp, native[0], native[1] if has_grads else None, native[first_state:],
-                    torch_device)
+                    torch_device, layout)
 
 
 def _adapted(fn: str, label: str, x):
     """An accepted array as the Python code that runs it needs it, without a copy: NumPy
     arrays and CuPy arrays as they are, a NumPy view of a torch CPU tensor, a CuPy view of
-    any other device array. The reader has checked it: this only adapts."""
-    if isinstance(x, np.ndarray):
+    any other device array (None, a state the layout leaves out, as it is). The reader has
+    checked it: this only adapts."""
+    if x is None or isinstance(x, np.ndarray):
         return x
     if is_torch_tensor(x):
         torch = sys.modules["torch"]
@@ -219,7 +224,7 @@ def _memory(x) -> str:
     return "cuda"
 
 
-def _worded(fn: str, refusal, names, values, single) -> Exception:
+def _worded(fn: str, refusal, names, values, single, layout="same") -> Exception:
     rule, role, index, other_role, other_index = refusal
     label = _label(single)
     if rule in ("not_list", "list_for_single", "length"):
@@ -282,6 +287,26 @@ def _worded(fn: str, refusal, names, values, single) -> Exception:
         return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {label('params', index)} "
                          f"has {param}; with {param} params the {kind} must be "
                          f"{' or '.join(allowed)}")
+    if rule == "state_shape":
+        param = _shape(item(0, index))
+        first_state = names.index("grads") + 1 if "grads" in names else 1
+        want = _core.state_shapes(layout, param)[role - first_state]
+        p = label("params", index)
+        if want is None:
+            return ValueError(f"{fn}: {where} must be None: {p} of shape {param} keeps no "
+                              f"{names[role]} state")
+        if x is None:
+            return ValueError(f"{fn}: {where} is None, but {p} of shape {param} needs one of "
+                              f"shape {want}")
+        return ValueError(f"{fn}: {where} has shape {_shape(x)} but {p} of shape {param} needs "
+                          f"shape {want}")
+    if rule == "factored_dtype":
+        param = _dtype_name(item(0, index))
+        if role == 0:
+            return TypeError(f"{fn}: {where} has dtype {param}; this rule takes float32 or "
+                             "float64 params (16-bit storage is not supported for it)")
+        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {label('params', index)} "
+                         f"has {param}; this rule's grads and states have the params' dtype")
     if rule == "shape":
         return ValueError(f"{fn}: {where} has shape {_shape(x)} but {label('params', index)} has "
                           f"shape {_shape(item(0, index))}")

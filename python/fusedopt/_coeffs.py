@@ -20,6 +20,12 @@ MOM_NONE, MOM_TORCH_FIRST, MOM_TORCH, MOM_KERAS = (
     _core.modes[k] for k in ("MOM_NONE", "MOM_TORCH_FIRST", "MOM_TORCH", "MOM_KERAS"))
 
 
+def state_shapes(layout: str, shape) -> tuple:
+    """The reader's shapes of a param's states under a state layout (csrc/bindings/reader.h;
+    None where the param keeps no such state)."""
+    return _core.state_shapes(layout, tuple(int(d) for d in shape))
+
+
 def step_type(name: str, rule: str):
     """The coefficient type of ``rule``: a NamedTuple whose fields are those of the rule's
     step in csrc/common/steps.h (its numbers, then its flags), which the bindings read by

@@ -28,7 +28,7 @@ import threading
 import warnings
 from typing import Callable, NamedTuple
 
-from fusedopt import _arrays, _coeffs, _core, _native, cuda
+from fusedopt import _arrays, _coeffs, _core, _native, cuda, rules
 from fusedopt import _reference_impl as _ref
 
 BACKENDS = ("auto", "native", "reference")
@@ -73,6 +73,11 @@ def check_backend(fn: str, backend: str) -> str:
     if backend not in BACKENDS and backend != FLOAT64:
         raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def _layout(rule: str) -> str:
+    """The state layout a rule's calls are read with (fusedopt.rules.Rule.state_layout)."""
+    return rules.RULES[rule].state_layout
 
 
 def _use_native(fn: str, prep, backend: str) -> bool:
@@ -120,6 +125,9 @@ def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_
     if grad_scale is not None or found_inf is not None or max_grad_norm is not None \
             or grad_norm is not None:
         scaling = _coeffs.grad_scaling(fn, grad_scale, found_inf, max_grad_norm, grad_norm)
+        if (scaling.grad_scale != 1.0 or scaling.clips) and _layout(rule) != "same":
+            raise ValueError(f"{fn}: grad_scale and max_grad_norm are not supported by this rule's "
+                             "passes yet; unscale and clip the gradients before the call")
     refusal = None
     if (backend == "auto" or backend == "native") and grads is not None and not adaptive \
             and skip_if_nonfinite is False and (scaling is None or _plain_scale(scaling)):
@@ -141,11 +149,13 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
     if (backend == "auto" or backend == "native") and call.grads is not None:
         if refusal is None and (skip_if_nonfinite is True or skip_if_nonfinite is False):
             # Counted, normed or decided before the update: read once, then each in turn.
-            host = _core.Call(call.params, call.grads, call.values)
+            host = _core.Call(call.params, call.grads, call.values, _layout(call.rule))
             refusal = host.refusal
             if refusal is None:
                 return _run_native(host, call, skip_if_nonfinite)
-        if refusal is not None and refusal[0] == "device_call":
+        # Device arrays: the CUDA module's fast path (Batch.strict) reads states shaped like
+        # their params; a factored rule's call goes through prepare() and native_target().
+        if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same":
             batch = _native.device_batch(call.params, call.grads, call.values)
             if batch is not None:
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
@@ -220,7 +230,8 @@ def _run_native(target, call: Call, skip: bool, device: bool = False):
 def _run_checked(call: Call, backend: str, skip: bool):
     """The reader's verdict asked through fusedopt._arrays, which words a refusal; then the
     compiled kernel on the adapted arrays, or the reference."""
-    prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)))
+    prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)),
+                           layout=_layout(call.rule))
     if prep.n_tensors == 0:
         if call.scaling is not None and call.scaling.found_inf:
             return _skipped(call, 0)
@@ -237,8 +248,8 @@ def _run_checked(call: Call, backend: str, skip: bool):
 def native_target(prep):
     """The module object that runs a prepared call: the CPU module's Call, or a CUDA Batch."""
     if prep.device == "cpu":
-        return _core.Call(prep.params, prep.grads, prep.states)
-    return cuda.module().Batch(prep.params, prep.grads, prep.states)
+        return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
+    return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout)
 
 
 def _run_reference(prep, call: Call, backend: str, skip: bool):

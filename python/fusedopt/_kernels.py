@@ -72,7 +72,7 @@ def _plain(hyper: dict) -> dict:
     out = {}
     for k, v in hyper.items():
         if isinstance(v, (tuple, list)):
-            v = tuple(float(x) for x in v)
+            v = tuple(None if x is None else float(x) for x in v)  # eps=(None, eps2)
         elif isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", "") == "b":
             v = bool(v)
         elif v is not None and not isinstance(v, str):

@@ -32,8 +32,8 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=
         if not p.size:
             continue
         compute = _storage.compute_dtype(xp, p.dtype)
-        written = [p, *(s[i] for s in prep.states)]
-        values = [_storage.widened(xp, a, compute) for a in written]
+        written = [p, *(s[i] for s in prep.states)]  # None: a state this param does not keep
+        values = [None if a is None else _storage.widened(xp, a, compute) for a in written]
 
         def rounded(role, i=i):  # stochastic rounding's (key0, key1, role, tensor), or None
             stochastic = rounding is not None and (rounding[0] >> role) & 1
@@ -53,7 +53,8 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=
         g = _storage.widened(xp, prep.grads[i], compute) * compute(grad_multiplier)
         fn(xp, values[0], g, values[1:], coeffs, **extra)
         for role, (a, v) in zip((0, 2, 3, 4), zip(written, values)):
-            _storage.store(xp, a, v, rounded(role))
+            if a is not None:
+                _storage.store(xp, a, v, rounded(role))
 
 
 def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) -> None:
@@ -62,12 +63,14 @@ def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) ->
     for i, p in enumerate(prep.params):
         if not p.size:
             continue
-        f64 = [s[i].astype(xp.float64) for s in prep.states]
+        f64 = [None if s[i] is None else s[i].astype(xp.float64) for s in prep.states]
         g = prep.grads[i].astype(xp.float64) * grad_multiplier
-        new_p, new_states = fn(xp, p.astype(xp.float64), g, f64, hyper)
+        # param_dtype: for a default that depends on the params' storage (Adafactor's eps1).
+        new_p, new_states = fn(xp, p.astype(xp.float64), g, f64, dict(hyper, param_dtype=p.dtype))
         p[...] = new_p
         for k, s in enumerate(new_states):
-            prep.states[k][i][...] = s
+            if s is not None:
+                prep.states[k][i][...] = s
 
 
 def sum_of_squares_float64(xp, grads) -> float:

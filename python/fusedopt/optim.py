@@ -52,6 +52,7 @@ optimizer.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -132,8 +133,12 @@ class Optimizer:
         self._torch_device = prep.torch_device
         self._state_dtype = _state_dtype(name, prep, state_dtype)
         with cuda.params_stream(self._torch_device):
+            # One shape per param and state: the rule's state layout (None: not kept).
+            shapes = [self._rule_spec.state_shapes(p.shape) for p in prep.params]
+            rule_states = self._rule_spec.states
             self._states = {
-                n: _carve(prep.xp, prep.params, self._initial_value(n), self._state_dtype)
+                n: _carve(prep.xp, prep.params, self._initial_value(n), self._state_dtype,
+                          shapes=[s[rule_states.index(n)] for s in shapes])
                 for n in self._state_names()
             }
         # The states are new arrays, so only params can clash with each other.
@@ -312,7 +317,8 @@ class Optimizer:
                 "optimizer": type(self).__name__,
                 "step": self.step_count,
                 "hyperparameters": self._shown(),
-                "state": {n: [a.copy() for a in arrays] for n, arrays in self._states.items()},
+                "state": {n: [None if a is None else a.copy() for a in arrays]
+                          for n, arrays in self._states.items()},
             }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -345,6 +351,11 @@ class Optimizer:
                 raise ValueError(f"{name}.load_state_dict: state {n!r} must be a list of "
                                  f"{len(arrays)} arrays")
             for i, (own, src) in enumerate(zip(arrays, new)):
+                if own is None:  # a state this param does not keep (factored rules)
+                    if src is not None:
+                        raise ValueError(f"{name}.load_state_dict: {n}[{i}] must be None: its "
+                                         "param keeps no such state")
+                    continue
                 if getattr(src, "shape", None) != own.shape or getattr(src, "dtype", None) != own.dtype:
                     raise ValueError(
                         f"{name}.load_state_dict: {n}[{i}] has shape "
@@ -366,7 +377,8 @@ class Optimizer:
             with cuda.params_stream(self._torch_device):
                 for n, arrays in self._states.items():
                     for own, src in zip(arrays, state[n]):
-                        own[...] = src
+                        if own is not None:
+                            own[...] = src
             self._step = step
 
     # --- the one call -------------------------------------------------------------------
@@ -420,8 +432,9 @@ def _state_dtype(name: str, prep, state_dtype):
     return np.dtype(wanted)
 
 
-def _carve(xp, like: list, value: float, dtype=None) -> list:
-    """One array shaped like each of ``like``, filled with ``value``, all cut from one block.
+def _carve(xp, like: list, value: float, dtype=None, shapes=None) -> list:
+    """One array shaped like each of ``like`` (or of ``shapes``, where given: None there
+    gives None), filled with ``value``, all cut from one block.
 
     An optimizer's states for a model's many small tensors then lie in one block of memory,
     not in a thousand small allocations whose 4 KiB pages lie scattered (a block of 4 MiB or
@@ -431,13 +444,16 @@ def _carve(xp, like: list, value: float, dtype=None) -> list:
     about the noise (bench/list_layout.py). Pieces are padded to multiples of 64 bytes.
     """
     dtype = like[0].dtype if dtype is None else dtype
+    shapes = [a.shape for a in like] if shapes is None else shapes
+    sizes = [None if s is None else math.prod(s) for s in shapes]
     align = max(1, 64 // dtype.itemsize)
     starts, total = [], 0
-    for a in like:
+    for size in sizes:
         starts.append(total)
-        total += -(-int(a.size) // align) * align
+        total += -(-(size or 0) // align) * align
     block = xp.full(total, value, dtype=dtype)
-    return [block[s:s + int(a.size)].reshape(a.shape) for s, a in zip(starts, like)]
+    return [None if shape is None else block[start:start + size].reshape(shape)
+            for start, size, shape in zip(starts, sizes, shapes)]
 
 
 class Adagrad(Optimizer):

@@ -4,9 +4,9 @@
     opt = fusedopt.torch.AdamW(model.parameters(), lr=1e-3)   # was torch.optim.AdamW
 
 :class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam`, :class:`AdamW`,
-:class:`Adamax`, :class:`NAdam`, :class:`RAdam` and :class:`Adadelta` take the arguments,
-defaults and checks of the ``torch.optim`` class of the same name (torch 2.13; the last four
-are made from their rules' descriptions and torch's own constructors),
+:class:`Adamax`, :class:`NAdam`, :class:`RAdam`, :class:`Adadelta` and :class:`Adafactor`
+take the arguments, defaults and checks of the ``torch.optim`` class of the same name (torch
+2.13; the last five are made from their rules' descriptions and torch's own constructors),
 keep their state under torch's keys (``step`` as a 0-d float32 tensor, ``exp_avg``,
 ``exp_avg_sq``, ``momentum_buffer``, ...) and write and read torch's ``state_dict`` format:
 a checkpoint of one loads into the other and training goes on as if it had never left.
@@ -245,6 +245,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _initial(self, group, key: str) -> float:
         return 0.0
 
+    def _state_shape(self, p, key: str):
+        """The shape of ``p``'s state ``key``, or None where ``p`` keeps no such state (a
+        factored rule's: Adafactor's row and column factors)."""
+        return tuple(p.shape)
+
     # torch's state key -> the kernel's state argument
     _state_args = {"momentum_buffer": "momentum_buffers", "sum": "state_sums",
                    "square_avg": "square_avgs", "grad_avg": "grad_avgs", "exp_avg": "exp_avgs",
@@ -308,12 +313,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         dtype = self._states_dtype_of(params[0].dtype)
         for key in keys:
             init = self._initial(group, key)
-            if plain:
-                pieces = _carve(params, init, dtype)
+            shapes = [self._state_shape(p, key) for p in params]
+            if plain or any(s != tuple(p.shape) for p, s in zip(params, shapes)):
+                pieces = _carve(params, init, dtype, shapes)
             else:
                 pieces = [_like(p, init, dtype) for p in params]
             for st, t in zip(states, pieces):
-                st.setdefault(key, t)
+                if t is not None:
+                    st.setdefault(key, t)
         if self._has_step:
             block = torch.full((len(params),), float(count), dtype=_scalar_dtype())
             for st, t in zip(states, block.unbind(0)):
@@ -367,14 +374,19 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     st = self.state[p]
                     for key in layout:
                         value = st.get(key)
+                        if self._state_shape(p, key) is None:
+                            continue
                         if value is None:  # a state loaded without a key this layout now needs
-                            st[key] = _like(p, self._initial(group, key), self._states_dtype_of(dtype))
-                        elif _local(value).stride() != loc.stride() and type(value) is _PLAIN:
+                            st[key] = _carve([p], self._initial(group, key), self._states_dtype_of(dtype),
+                                             [self._state_shape(p, key)])[0]
+                        elif (_local(value).stride() != loc.stride() and type(value) is _PLAIN
+                              and value.shape == loc.shape):
                             # A state laid out unlike its param (loaded from elsewhere): the
                             # kernel walks all of them in one order, so copy it into the param's.
                             st[key] = _like(p, 0.0, value.dtype).copy_(value)
                 strided = [i for i, loc in enumerate(locs) if not loc.is_contiguous()]
-                states = {self._state_args[key]: [_flat(_local(self.state[p][key])) for p in ps]
+                states = {self._state_args[key]: [_flat(_local(self.state[p][key]))
+                                                  if key in self.state[p] else None for p in ps]
                           for key in layout}
                 steps = None
                 if self._has_step:
@@ -642,8 +654,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _checked_state(self, name, k, p, v, group) -> dict:
         where = f"{name}.load_state_dict: state[{k!r}]"
         out = {}
-        needed = (list(self._layout(group)) + (["step"] if self._has_step else [])
-                  + list(self._scalar_states))
+        needed = ([key for key in self._layout(group) if self._state_shape(p, key) is not None]
+                  + (["step"] if self._has_step else []) + list(self._scalar_states))
         missing = [key for key in needed if key not in v]
         if missing:
             raise ValueError(f"{where} lacks {missing} (has {sorted(map(str, v))}); is the "
@@ -664,9 +676,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"{where}[{key!r}] must be a finite number, got {value!r}")
                 out[key] = torch.tensor(float(number), dtype=_scalar_dtype())
             elif isinstance(value, torch.Tensor):
-                if tuple(value.shape) != tuple(p.shape):
+                want = self._state_shape(p, key) if key in self._layout(group) else tuple(p.shape)
+                if tuple(value.shape) != want:
                     raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, its param "
-                                     f"{tuple(p.shape)}")
+                                     f"{tuple(p.shape)} needs {want}")
                 if not value.is_floating_point():
                     raise ValueError(f"{where}[{key!r}] has dtype {value.dtype}; optimizer states "
                                      "are floating point")
@@ -679,17 +692,22 @@ class _FusedOptimizer(torch.optim.Optimizer):
         return out
 
 
-def _carve(like: list, value: float, dtype) -> list:
-    """A tensor of ``dtype`` shaped like each of ``like``, filled with ``value``, all cut
-    from one block (padded to 64 bytes), as fusedopt.optim lays out its states."""
+def _carve(like: list, value: float, dtype=None, shapes=None) -> list:
+    """A tensor of ``dtype`` (default: the first's) shaped like each of ``like`` (or of
+    ``shapes``, where given: None there gives None), filled with ``value``, all cut from one
+    block (padded to 64 bytes), as fusedopt.optim lays out its states."""
     device = like[0].device
+    dtype = like[0].dtype if dtype is None else dtype
+    shapes = [tuple(t.shape) for t in like] if shapes is None else shapes
+    sizes = [None if s is None else math.prod(s) for s in shapes]
     align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
     starts, total = [], 0
-    for t in like:
+    for size in sizes:
         starts.append(total)
-        total += -(-t.numel() // align) * align
+        total += -(-(size or 0) // align) * align
     block = torch.full((total,), value, dtype=dtype, device=device)
-    return [block[s:s + t.numel()].view(t.shape) for s, t in zip(starts, like)]
+    return [None if shape is None else block[start:start + size].view(shape)
+            for start, size, shape in zip(starts, sizes, shapes)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1010,11 +1028,14 @@ class _Described(_FusedOptimizer):
     def _layout(self, group):
         return self._keys
 
+    def _state_shape(self, p, key):
+        return self._rule.state_shapes(p.shape)[self._keys.index(key)]
+
     def _call(self, group, count):
         kwargs = {}
         for k, default in self._keywords.items():
-            v = group[k]
-            kwargs[k] = (tuple(_value(b) for b in v) if k == "betas"
+            v = group[k]  # pairs (betas; Adafactor's eps, whose first may be None) as floats
+            kwargs[k] = (tuple(b if b is None else _value(b) for b in v) if isinstance(v, (tuple, list))
                          else bool(v) if isinstance(default, bool) else _value(v))
         if self._takes_step:
             kwargs["step"] = count + 1
@@ -1041,7 +1062,7 @@ def _described(name: str, kernel_name: str, **extra) -> type:
         _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
         _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},
         _keywords={k: v for k, v in kernel.keywords.items() if k not in ("step", "mu_product")},
-        _takes_step=kernel.takes_step, __signature__=signature, __module__=__name__,
+        _takes_step=kernel.takes_step, _rule=rule, __signature__=signature, __module__=__name__,
         __qualname__=name,
         __doc__=f"``torch.optim.{name}`` through :func:`fusedopt.{kernel.name}`: torch's arguments, "
                 f"defaults, checks and state ({', '.join(f'``{k}``' for k in state_keys)}).")
@@ -1067,4 +1088,9 @@ NAdam = _described("NAdam", "nadam_", _scalar_states={"mu_product": 1.0},
                    _unit_call=_nadam_unit_call, _advance_scalars=_nadam_advance)
 RAdam = _described("RAdam", "radam_")
 Adadelta = _described("Adadelta", "adadelta_")
-__all__ += ["Adamax", "NAdam", "RAdam", "Adadelta"]
+# Adafactor's states are shaped as torch's: row_var [..., R, 1] and col_var [..., 1, C] for
+# a param of two or more dims, variance for the others (the rule's state_shapes). Params
+# must be C-contiguous: the factors follow the last two dims as the param's shape says.
+# GradScaler unscales Adafactor's gradients itself: its passes take no loss scale.
+Adafactor = _described("Adafactor", "adafactor_", _step_supports_amp_scaling=False)
+__all__ += ["Adamax", "NAdam", "RAdam", "Adadelta", "Adafactor"]

@@ -25,6 +25,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fusedopt._coeffs import state_shapes
+
 REQUIRED = object()  # a keyword argument without a default (``step`` of most rules)
 
 
@@ -66,6 +68,17 @@ class Rule:
     # states as stored, so its ``exact`` gets ``as_stored(k, x)``: state k's values ``x``
     # rounded to the state's storage, as the kernel reads them back.
     trust_ratio: bool = False
+    # How the states are shaped, as the reader checks them (csrc/bindings/reader.h):
+    # "same" (like their params: the elementwise rules) or "factored" (Adafactor's row and
+    # column factors, or a full state, per param; None where a param keeps no such state).
+    state_layout: str = "same"
+
+    def state_shapes(self, shape) -> tuple:
+        """The shapes of the states of a param of ``shape``, in rule order (None where it
+        keeps no such state), as the reader has them."""
+        if self.state_layout == "same":
+            return (tuple(shape),) * len(self.states)
+        return state_shapes(self.state_layout, shape)[:len(self.states)]
 
     def states_for(self, coeffs) -> tuple:
         """The state arguments these coefficients' flags read and write, in rule order."""
@@ -93,12 +106,15 @@ def kernel(name: str) -> tuple[Rule, Kernel]:
     return KERNELS[name]
 
 
-def examples() -> list[tuple[str, str, dict[str, Any], list[str], bool]]:
+def examples(*, factored: bool = True) -> list[tuple[str, str, dict[str, Any], list[str], bool]]:
     """Every rule's example cases, for verify, the wheel smoke test and the tests: (case
     name, public function, hyperparameters, the state arguments they use, whether the
-    function takes step=)."""
+    function takes step=). ``factored=False`` leaves out the rules whose states are not
+    shaped like their params (Adafactor), for callers that make such states."""
     out = []
     for rule in RULES.values():
+        if not factored and rule.state_layout != "same":
+            continue
         for k in rule.kernels:
             defaults = {n: v for n, v in k.keywords.items() if v is not REQUIRED}
             for case, hyper in k.examples.items():

@@ -20,6 +20,35 @@ def sign_keep_zero(xp, x):
     return xp.where(x > 0, T(1), xp.where(x < 0, T(-1), x))
 
 
+# csrc/math/sumsq.h
+NORM_LANES = 32
+NORM_BLOCK = 65536
+
+
+def block_sums(xp, squares):
+    """csrc/math/sumsq.h in array form: ``squares`` (float64, one row per sum, of n > 0
+    columns) cut into blocks of NORM_BLOCK columns, each summed in NORM_LANES lanes
+    accumulated in order and combined by the halving tree. Returns the block sums, shape
+    (rows, blocks): callers add them in order."""
+    rows, n = squares.shape
+    n_blocks = -(-n // NORM_BLOCK)
+    per_lane = NORM_BLOCK // NORM_LANES if n_blocks > 1 else -(-n // NORM_LANES)
+    padded = xp.zeros((rows, n_blocks * per_lane * NORM_LANES), dtype=xp.float64)
+    padded[:, :n] = squares  # padding squares are +0.0, which leave a lane's sum unchanged
+    # add.accumulate is sequential along its axis: lane j sums its elements in order.
+    lanes = xp.add.accumulate(padded.reshape(rows, n_blocks, per_lane, NORM_LANES), axis=2)[:, :, -1, :]
+    width = NORM_LANES // 2
+    while width >= 1:
+        lanes = lanes[..., :width] + lanes[..., width:2 * width]
+        width //= 2
+    return lanes[..., 0]
+
+
+def sums_in_order(xp, block_sums):
+    """Each row's block sums added one after another from 0.0 (cpu/driver.cpp's order)."""
+    return xp.add.accumulate(block_sums, axis=1)[:, -1]
+
+
 def max_propagate_nan(xp, a, b):
     """math::max_propagate_nan: (a != a) ? a : (a > b ? a : b)."""
     return xp.where((a != a) | (a > b), a, b)
