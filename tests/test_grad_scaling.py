@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 from conftest import CASES, SUPPORTED_TARGETS, assert_bitwise, cpu_config, make_inputs, rng_for, run_steps
 
-# One case per public function: the first of the grid's (options are covered by test_rules).
+# One case per public function: the first of the grid's (options are covered by test_rules);
+# the factored rules' passes take no multiplier (test_factored_rules_refuse_scaling).
 _FIRST = {}
 for _c in CASES:
-    _FIRST.setdefault(_c.fn, _c)
+    if fusedopt.rules.kernel(_c.fn)[0].state_layout == "same":
+        _FIRST.setdefault(_c.fn, _c)
 FIRST_CASES = list(_FIRST.values())
 # Tensors on both sides of the thread split (32768 elements per thread), and empty ones.
 SIZES = [0, 5, 4097, 70_001, 0, 17, 40_000]
@@ -306,3 +308,19 @@ def test_torch_grad_scaler_matches_torch_fused(name):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     if name == "AdamW":
         assert opt.state_dict()["state"][0]["step"] == ref.state_dict()["state"][0]["step"]
+
+
+def test_factored_rules_refuse_scaling():
+    """Adafactor's passes read the gradients as they are: a loss scale or clipping is refused
+    by name before anything is written; found_inf still skips."""
+    p = np.ones((4, 3), np.float32)
+    g = np.full((4, 3), 0.5, np.float32)
+    row, col = np.zeros((4, 1), np.float32), np.zeros((1, 3), np.float32)
+    for kwargs in (dict(grad_scale=2.0), dict(max_grad_norm=1.0)):
+        with pytest.raises(ValueError, match="adafactor_: grad_scale and max_grad_norm"):
+            fusedopt.adafactor_([p], [g], [row], [col], [None], step=1, **kwargs)
+        assert np.all(p == 1.0) and np.all(row == 0.0)
+    status = fusedopt.adafactor_([p], [g], [row], [col], [None], step=1, found_inf=True)
+    assert status.skipped and np.all(p == 1.0)
+    assert fusedopt.adafactor_([p], [g], [row], [col], [None], step=1, found_inf=False).skipped is False
+    assert np.all(p != 1.0)
