@@ -115,7 +115,6 @@ void trust_update(const Step& s, const Batch& b) {
   void update(const Step& s, const Batch& b) { trust_update(s, b); }
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
 #undef FUSEDOPT_DEFINE_TRUST_UPDATE
-}
 
 void update(const AdafactorStep& s, const Batch& b) {
   const auto fn = active_table().factored<AdafactorStep>();

@@ -80,6 +80,7 @@ struct KernelTable {
   TrustPass1Fn<Step> pass1() const;
   template <class Step>
   TrustPass2Fn<Step> pass2() const;
+  template <class Step>
   FactoredFn<Step> factored() const;  // the entry of a factored Step
 };
 
