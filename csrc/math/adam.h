@@ -45,8 +45,7 @@ struct AdamRule {
     p = decoupled_decay<kWd>(p, c.decay_factor);
     T& m = state[0];
     T& v = state[1];
-    m = c.beta1 * m + c.one_minus_beta1 * g;
-    v = c.beta2 * v + c.one_minus_beta2 * (g * g);
+    update_moments(c, g, m, v);
     T vhat = v;
     if (kAmsgrad) {
       state[2] = max_propagate_nan(state[2], v);

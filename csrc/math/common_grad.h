@@ -17,5 +17,13 @@ FUSEDOPT_HD T effective_grad(T grad, T param, T weight_decay) {
   return g;
 }
 
+// Adam's two moments, shared by the rules that keep them (adam, nadam, radam, lamb): m moves
+// towards g, v towards g*g, in this order of operations.
+template <class T, class C>
+FUSEDOPT_HD void update_moments(const C& c, T g, T& m, T& v) {
+  m = c.beta1 * m + c.one_minus_beta1 * g;
+  v = c.beta2 * v + c.one_minus_beta2 * (g * g);
+}
+
 }  // namespace math
 }  // namespace fusedopt

@@ -20,6 +20,7 @@
 // computed once per step on the host in double. States, in order: exp_avg, exp_avg_sq.
 #pragma once
 
+#include "math/common_grad.h"
 #include "math/hd.h"
 #include "math/modes.h"
 
@@ -49,8 +50,7 @@ struct LambRule {
 
   FUSEDOPT_HD void moments(T grad, T* state) const {
     const T g = kMaximize ? -grad : grad;
-    state[0] = c.beta1 * state[0] + c.one_minus_beta1 * g;
-    state[1] = c.beta2 * state[1] + c.one_minus_beta2 * (g * g);
+    update_moments(c, g, state[0], state[1]);
   }
 
   // Weight decay is left out when it is 0 (as torch does): 0 * inf would make an infinite

@@ -46,8 +46,7 @@ struct NadamRule {
     p = decoupled_decay<kWd>(p, c.decay_factor);
     T& m = state[0];
     T& v = state[1];
-    m = c.beta1 * m + c.one_minus_beta1 * g;
-    v = c.beta2 * v + c.one_minus_beta2 * (g * g);
+    update_moments(c, g, m, v);
     const T d = sqrt_ieee(v) * c.inv_sqrt_bc2 + c.eps;
     p = p - c.grad_step * div_ieee(g, d);
     p = p - c.momentum_step * div_ieee(m, d);

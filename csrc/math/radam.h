@@ -46,8 +46,7 @@ struct RadamRule {
     p = decoupled_decay<kWd>(p, c.decay_factor);
     T& m = state[0];
     T& v = state[1];
-    m = c.beta1 * m + c.one_minus_beta1 * g;
-    v = c.beta2 * v + c.one_minus_beta2 * (g * g);
+    update_moments(c, g, m, v);
     if (kRectified) {
       p = p - c.step_size * div_ieee(m, sqrt_ieee(v) + c.eps);
     } else {

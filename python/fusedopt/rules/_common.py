@@ -13,6 +13,12 @@ def effective_grad(xp, T, p, g, maximize, wd_mode, weight_decay):
     return g
 
 
+def update_moments(T, c, g, m, v) -> None:
+    """math::update_moments: Adam's two moments, in place."""
+    m[...] = T(c.beta1) * m + T(c.one_minus_beta1) * g
+    v[...] = T(c.beta2) * v + T(c.one_minus_beta2) * (g * g)
+
+
 def sign_keep_zero(xp, x):
     """math::sign_keep_zero: (x > 0) ? 1 : ((x < 0) ? -1 : x), so +0, -0 and NaN come back
     as they are (numpy.sign would turn -0 into +0)."""

@@ -18,7 +18,7 @@ from fusedopt._coeffs import (
     step_type,
 )
 from fusedopt.rules import REQUIRED, Kernel, Rule
-from fusedopt.rules._common import effective_grad, max_propagate_nan
+from fusedopt.rules._common import effective_grad, max_propagate_nan, update_moments
 
 AdamCoeffs = step_type("AdamCoeffs", "adam")
 
@@ -129,8 +129,7 @@ def exact(xp, p, g, states, c):
     if c.wd_mode == WD_DECOUPLED:
         p[...] = p * T(c.decay_factor)
     m, v = states[0], states[1]
-    m[...] = T(c.beta1) * m + T(c.one_minus_beta1) * g
-    v[...] = T(c.beta2) * v + T(c.one_minus_beta2) * (g * g)
+    update_moments(T, c, g, m, v)
     vhat = v
     if c.amsgrad:
         vmax = states[2]

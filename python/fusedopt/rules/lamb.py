@@ -9,7 +9,7 @@ import numpy as np
 
 from fusedopt._coeffs import WD_DECOUPLED, WD_NONE, moment_hyperparameters, step_type
 from fusedopt.rules import REQUIRED, Kernel, Rule
-from fusedopt.rules._common import sum_of_squares_exact
+from fusedopt.rules._common import sum_of_squares_exact, update_moments
 
 LambCoeffs = step_type("LambCoeffs", "lamb")
 
@@ -34,8 +34,7 @@ def exact(xp, p, g, states, c, as_stored):
     T = p.dtype.type
     g = -g if c.maximize else g
     m, v = states
-    m[...] = T(c.beta1) * m + T(c.one_minus_beta1) * g
-    v[...] = T(c.beta2) * v + T(c.one_minus_beta2) * (g * g)
+    update_moments(T, c, g, m, v)
     m[...] = as_stored(0, m)  # pass 2 of the kernel reads them back from storage
     v[...] = as_stored(1, v)
     u = (m * T(c.inv_bc1)) / (xp.sqrt(v) * T(c.inv_sqrt_bc2) + T(c.eps))

@@ -17,7 +17,7 @@ from fusedopt._coeffs import (
     step_type,
 )
 from fusedopt.rules import REQUIRED, Kernel, Rule
-from fusedopt.rules._common import effective_grad
+from fusedopt.rules._common import effective_grad, update_moments
 
 NadamCoeffs = step_type("NadamCoeffs", "nadam")
 
@@ -84,8 +84,7 @@ def exact(xp, p, g, states, c):
     if c.wd_mode == WD_DECOUPLED:
         p[...] = p * T(c.decay_factor)
     m, v = states
-    m[...] = T(c.beta1) * m + T(c.one_minus_beta1) * g
-    v[...] = T(c.beta2) * v + T(c.one_minus_beta2) * (g * g)
+    update_moments(T, c, g, m, v)
     d = xp.sqrt(v) * T(c.inv_sqrt_bc2) + T(c.eps)
     p[...] = p - T(c.grad_step) * (g / d)
     p[...] = p - T(c.momentum_step) * (m / d)

@@ -16,7 +16,7 @@ from fusedopt._coeffs import (
     step_type,
 )
 from fusedopt.rules import REQUIRED, Kernel, Rule
-from fusedopt.rules._common import effective_grad
+from fusedopt.rules._common import effective_grad, update_moments
 
 RadamCoeffs = step_type("RadamCoeffs", "radam")
 
@@ -59,8 +59,7 @@ def exact(xp, p, g, states, c):
     if c.wd_mode == WD_DECOUPLED:
         p[...] = p * T(c.decay_factor)
     m, v = states
-    m[...] = T(c.beta1) * m + T(c.one_minus_beta1) * g
-    v[...] = T(c.beta2) * v + T(c.one_minus_beta2) * (g * g)
+    update_moments(T, c, g, m, v)
     if c.rectified:
         p[...] = p - T(c.step_size) * (m / (xp.sqrt(v) + T(c.eps)))
     else:
