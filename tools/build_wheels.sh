@@ -22,7 +22,7 @@
 #   --fast   for CI: the CUDA wheel for one architecture (FUSEDOPT_WHEEL_FAST_ARCHS,
 #            default 90-real), built in the CPU wheel's build tree so that the CPU
 #            builds are compiled once; the pytest suite once on the CPU wheel with the
-#            baseline target forced, the smoke test on every target (and with avx2
+#            baseline target forced (the bad-input grid sampled: tools/ci_sample.sh), the smoke test on every target (and with avx2
 #            forced), a smoke subset on the CUDA wheel, qemu with the CPU wheel only.
 #            Without it: separate clean builds, the CUDA 13 release architecture list,
 #            the suite with auto, baseline and avx2 targets on the CPU wheel, the full
@@ -280,8 +280,11 @@ phase "CPU wheel: fresh venv, install"
 new_venv "$work/venv-cpu" "$cpu_whl"
 if [[ $fast == 1 ]]; then
   phase "CPU wheel: tests (baseline forced)"
+  # The bad-input grid sampled as under the sanitizers: .ci/run's main pytest ran it whole.
+  # shellcheck source=tools/ci_sample.sh
+  source "$repo/tools/ci_sample.sh"
   bash "$repo/tools/test_wheel.sh" --python "$work/venv-cpu/bin/python" --source "$work/src-cpu" \
-    --mode full --targets baseline --expect-cuda absent || fail "tests of the CPU wheel"
+    --mode full --targets baseline --expect-cuda absent -- -k "$ci_sample_k" || fail "tests of the CPU wheel"
   if "$work/venv-cpu/bin/python" -c 'import fusedopt, sys; sys.exit(not any(
       t["name"] == "avx2" and t["supported"] for t in fusedopt.info()["cpu"]["targets"]))'; then
     echo "== smoke with FUSEDOPT_CPU_TARGET=avx2"

@@ -13,9 +13,11 @@
 # The subset: every test module except the long bitwise grid of tests/test_rules.py, of
 # which the cases on the active CPU target at 1 and 2 threads run (sizes 17, 4097, 100003,
 # 2^20+3, a mixed list of 0..4097, 2000 tiny tensors; the other targets and thread counts
-# run the same loops compiled with other flags). The whole suite under the sanitizers takes
-# too long for CI on two cores. The sanitized build is compiled at -O1 (CMakeLists.txt). The leak and peak-memory measurements skip themselves here:
-# ASan's quarantine and shadow memory make resident-set sizes meaningless.
+# run the same loops compiled with other flags), and of the bad-input grid the functions
+# tools/ci_sample.sh names. The whole suite under the sanitizers takes too long for CI on
+# two cores. The sanitized build is compiled at -O1 (CMakeLists.txt). The leak and
+# peak-memory measurements skip themselves here: ASan's quarantine and shadow memory make
+# resident-set sizes meaningless.
 #
 # CPython's own allocations are not leak-checked (detect_leaks=0): the interpreter keeps
 # much of its memory until exit on purpose, which LeakSanitizer reports as leaks.
@@ -79,7 +81,9 @@ done
 
 case "$mode" in
   subset)
-    pytest_args=(tests -m "not slow" -p no:cacheprovider --deselect tests/test_rules.py)
+    # shellcheck source=tools/ci_sample.sh
+    source "$root/tools/ci_sample.sh"
+    pytest_args=(tests -m "not slow" -p no:cacheprovider --deselect tests/test_rules.py -k "$ci_sample_k")
     # of the bitwise grid: the cases run on the active CPU target at 1 and 2 threads
     rules_k=$(LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0 "$py" -c '
 import fusedopt
