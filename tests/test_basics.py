@@ -520,6 +520,39 @@ def test_torch_tensors_are_read_through_their_c_slots():
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+def test_torch_tensors_are_read_through_torchs_c_functions():
+    """With this torch, the reader reads torch.Tensor and nn.Parameter through torch's C
+    functions (fusedopt.info() says so), and what it reads is each tensor's own: views at
+    an offset, 0-d, empty and 16-bit tensors update the elements they hold and nothing
+    else; a negative view, a strided view, a meta tensor and an integer tensor get the
+    refusals the methods gave."""
+    import torch
+
+    assert fusedopt.info()["torch_reader"] == {"c_functions": True, "reason": ""}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        base = torch.zeros(4, 16, dtype=dtype)
+        expected = base.clone()
+        views = [base[1], base[2, 3:11], base[3, 5], base[0, 7:7], torch.nn.Parameter(base[0, 2:6])]
+        for k, v in enumerate(views):
+            g = torch.full(v.shape, float(k + 1), dtype=dtype)
+            fusedopt.sgd_([v], [g], lr=1.0)
+        expected[1] -= 1
+        expected[2, 3:11] -= 2
+        expected[3, 5] -= 3
+        expected[0, 2:6] -= 5
+        assert torch.equal(base, expected), dtype
+    p = torch.zeros(8)
+    g = torch.ones(8)
+    refusals = {"unreachable": [torch._neg_view(p), torch.empty(8, device="meta")],
+                "not_contiguous": [torch.zeros(16)[::2]], "dtype": [torch.zeros(8, dtype=torch.int32)]}
+    for rule, arrays in refusals.items():
+        for a in arrays:
+            assert fusedopt._core.read([a], [g], [])[:3] == (rule, 0, 0), (rule, a)
+            assert fusedopt._core.read([p], [a], [])[:3] == (rule, 1, 0), (rule, a)
+    assert torch.count_nonzero(p) == 0
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
 @pytest.mark.parametrize("cls", ["Tensor", "Parameter"])
 def test_torch_type_with_a_replaced_method_is_read_by_name(monkeypatch, cls):
     """A torch.Tensor (or nn.Parameter) whose is_neg was replaced after the reader looked

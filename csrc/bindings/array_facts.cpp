@@ -1,6 +1,15 @@
 #include "bindings/array_facts.h"
 
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
 #include "common/dtype.h"
+
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define FUSEDOPT_HAVE_DLFCN 1
+#endif
 
 namespace fusedopt {
 namespace bindings {
@@ -33,6 +42,11 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_bfloat16 = imported_attr("torch", n.bfloat16);
     t.torch_float16 = imported_attr("torch", n.float16);
     t.torch_slots = TorchSlots::resolve(t.torch_tensor.ptr(), t.torch_parameter.ptr());
+    PyObject* torch = PyDict_GetItem(PyImport_GetModuleDict(), n.torch);  // borrowed
+    if (torch != nullptr && t.torch_slots.ready)
+      t.torch_abi = TorchAbi::resolve(torch, t.torch_slots);
+    else
+      t.torch_abi.reason = "torch.Tensor's C getters and methods are not the ones expected";
   }
   return t;
 }
@@ -41,7 +55,7 @@ namespace {
 
 PyObject* getter_name(TorchSlots::Getter g) {
   const Names& n = names();
-  PyObject* const all[TorchSlots::kGetters] = {n.is_cpu, n.is_cuda, n.dtype, n.shape};
+  PyObject* const all[TorchSlots::kGetters] = {n.is_cpu, n.is_cuda, n.dtype, n.shape, n.cdata};
   return all[g];
 }
 
@@ -148,6 +162,207 @@ PyObject* TorchSlots::call(PyObject* o, Method m, bool direct) const {
     return nullptr;
   }
   return r;
+}
+
+namespace {
+
+#ifdef FUSEDOPT_HAVE_DLFCN
+// The directory of torch's shared libraries: torch/lib beside torch/__init__.py.
+std::string torch_lib_dir(PyObject* torch) {
+  PyObject* file = PyObject_GetAttrString(torch, "__file__");
+  std::string path;
+  if (file != nullptr && PyUnicode_Check(file)) {
+    const char* f = PyUnicode_AsUTF8(file);
+    if (f != nullptr) path = f;
+  }
+  Py_XDECREF(file);
+  PyErr_Clear();
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash) + "/lib/";
+}
+
+// The facts of `o` read through its Python methods, as the reader reads a tensor without
+// the C functions; false where a read failed.
+bool facts_by_methods(PyObject* o, const TorchSlots& slots, const ArrayTypes& types, TorchAbiFacts& f,
+                      std::vector<int64_t>& sizes) {
+  using S = TorchSlots;
+  long long negative = 0, on_cpu = 0, ptr = 0, contiguous = 0;
+  if (!take_int(slots.call(o, S::kIsNeg, true), negative) || !take_int(slots.get(o, S::kIsCpu, true), on_cpu) ||
+      !take_int(slots.call(o, S::kDataPtr, true), ptr) || !take_int(slots.call(o, S::kIsContiguous, true), contiguous))
+    return false;
+  PyObject* shape = slots.get(o, S::kShape, true);
+  int64_t dims[64];
+  int ndim = 0;
+  const bool shape_ok = read_shape(shape, dims, ndim, 64);
+  Py_XDECREF(shape);
+  PyObject* dtype = slots.get(o, S::kDtype, true);
+  if (!shape_ok || dtype == nullptr) {
+    Py_XDECREF(dtype);
+    PyErr_Clear();
+    return false;
+  }
+  f.dtype = types.torch_dtype_code(dtype);
+  Py_DECREF(dtype);
+  sizes.assign(dims, dims + ndim);
+  f.negative = negative != 0;
+  f.on_cpu = on_cpu != 0;
+  f.ptr = static_cast<uintptr_t>(ptr);
+  f.contiguous = contiguous != 0;
+  f.ndim = ndim;
+  return true;
+}
+
+// Whether both ways read the same facts of every probe tensor: views with an offset and
+// strides, each dtype read, a 0-d tensor, an empty one and a negative view.
+std::string probe_disagreement(const TorchAbi& abi, const TorchSlots& slots, const ArrayTypes& types) {
+  try {
+    py::module_ torch = py::module_::import("torch");
+    py::object f32 = torch.attr("float32");
+    py::object base = torch.attr("arange")(60).attr("to")(f32).attr("reshape")(3, 4, 5);
+    std::vector<py::object> probes = {
+        base,
+        base[py::make_tuple(py::slice(1, 3, 1), py::slice(0, 4, 2), py::slice(1, 5, 1))],
+        base[py::make_tuple(2, 1)],
+        base[py::make_tuple(0, 0, 3)],
+        torch.attr("zeros")(7, py::arg("dtype") = torch.attr("bfloat16")),
+        torch.attr("zeros")(py::make_tuple(2, 0), py::arg("dtype") = torch.attr("float16")),
+        torch.attr("ones")(5, py::arg("dtype") = torch.attr("float64")),
+        torch.attr("nn").attr("Parameter")(base.attr("clone")()),
+    };
+    if (py::hasattr(torch, "_neg_view")) probes.push_back(torch.attr("_neg_view")(base));
+    for (size_t k = 0; k < probes.size(); ++k) {
+      PyObject* o = probes[k].ptr();
+      if (!slots.direct_for(o, types.torch_tensor.ptr())) return "probe " + std::to_string(k) + " is not read directly";
+      TorchAbiFacts a, m;
+      std::vector<int64_t> sizes;
+      if (!abi.read(o, slots, a)) return "probe " + std::to_string(k) + ": a C function failed";
+      if (!facts_by_methods(o, slots, types, m, sizes)) return "probe " + std::to_string(k) + ": a method failed";
+      bool same = a.negative == m.negative && a.on_cpu == m.on_cpu && !a.on_cuda && a.ptr == m.ptr &&
+                  a.contiguous == m.contiguous && a.dtype == m.dtype && a.ndim == m.ndim;
+      for (int d = 0; same && d < a.ndim; ++d) same = a.sizes[d] == sizes[static_cast<size_t>(d)];
+      if (!same) return "probe " + std::to_string(k) + " reads differently through the C functions";
+    }
+    return {};
+  } catch (const std::exception& e) {
+    PyErr_Clear();
+    return std::string("the probes failed: ") + e.what();
+  }
+}
+#endif
+
+}  // namespace
+
+TorchAbi TorchAbi::resolve(PyObject* torch, const TorchSlots& slots) {
+  TorchAbi abi;
+#ifndef FUSEDOPT_HAVE_DLFCN
+  (void)torch;
+  (void)slots;
+  abi.reason = "not on this platform";
+  return abi;
+#else
+  // The escape hatch, and the A/B of bench/step_overhead.py: read through the methods.
+  const char* choice = std::getenv("FUSEDOPT_TORCH_READER");
+  if (choice != nullptr && std::string(choice) == "methods") {
+    abi.reason = "FUSEDOPT_TORCH_READER=methods";
+    return abi;
+  }
+  const std::string dir = torch_lib_dir(torch);
+  // Already loaded by `import torch`; RTLD_NOLOAD loads nothing new.
+  void* lib = nullptr;
+  for (const char* name : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
+    if (!dir.empty() && (lib = dlopen((dir + name).c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD)) != nullptr) break;
+  }
+  if (lib == nullptr) {
+    abi.reason = "libtorch_cpu is not loaded from " + dir;
+    return abi;
+  }
+  bool found = true;
+  auto sym = [&](const char* name) {
+    void* p = dlsym(lib, name);
+    found = found && p != nullptr;
+    return p;
+  };
+  abi.data_ptr = reinterpret_cast<GetPtr>(sym("aoti_torch_get_data_ptr"));
+  abi.dim = reinterpret_cast<GetInt64>(sym("aoti_torch_get_dim"));
+  abi.sizes = reinterpret_cast<GetInt64s>(sym("aoti_torch_get_sizes"));
+  abi.dtype = reinterpret_cast<GetInt32>(sym("aoti_torch_get_dtype"));
+  abi.device_type = reinterpret_cast<GetInt32>(sym("aoti_torch_get_device_type"));
+  abi.device_index = reinterpret_cast<GetInt32>(sym("aoti_torch_get_device_index"));
+  abi.layout = reinterpret_cast<GetInt32>(sym("aoti_torch_get_layout"));
+  abi.is_contiguous = reinterpret_cast<GetBool>(sym("aoti_torch_is_contiguous"));
+  abi.is_neg = reinterpret_cast<IsNeg>(sym("_ZN2at6native6is_negERKNS_6TensorE"));
+  using Code = int32_t (*)();
+  const char* const code_names[] = {"aoti_torch_dtype_float32", "aoti_torch_dtype_float64",
+                                    "aoti_torch_dtype_bfloat16", "aoti_torch_dtype_float16",
+                                    "aoti_torch_device_type_cpu", "aoti_torch_device_type_cuda",
+                                    "aoti_torch_layout_strided"};
+  int32_t codes[7] = {};
+  for (int k = 0; k < 7; ++k) {
+    auto code = reinterpret_cast<Code>(sym(code_names[k]));
+    if (code != nullptr) codes[k] = code();
+  }
+  dlclose(lib);  // the library stays loaded: torch holds it
+  if (!found) {
+    abi.reason = "libtorch_cpu lacks a function read (another torch version)";
+    return abi;
+  }
+  for (int k = 0; k < 4; ++k) abi.dtype_codes[k] = codes[k];
+  abi.cpu = codes[4];
+  abi.cuda = codes[5];
+  abi.strided = codes[6];
+  abi.ready = true;  // for the probes; kept only if they agree
+  ArrayTypes types;
+  PyObject* t = PyObject_GetAttrString(torch, "Tensor");
+  types.torch_tensor = py::reinterpret_steal<py::object>(t);
+  for (auto [field, name] : {std::pair{&types.torch_float32, "float32"}, {&types.torch_float64, "float64"},
+                             {&types.torch_bfloat16, "bfloat16"}, {&types.torch_float16, "float16"}}) {
+    PyObject* d = PyObject_GetAttrString(torch, name);
+    *field = d == nullptr ? py::none() : py::reinterpret_steal<py::object>(d);
+  }
+  PyErr_Clear();
+  abi.reason = t == nullptr ? "torch.Tensor is missing" : probe_disagreement(abi, slots, types);
+  abi.ready = abi.reason.empty();
+  return abi;
+#endif
+}
+
+bool TorchAbi::read(PyObject* o, const TorchSlots& slots, TorchAbiFacts& f) const {
+  PyObject* cdata = slots.get(o, TorchSlots::kCData, true);
+  if (cdata == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  void* impl = PyLong_AsVoidPtr(cdata);
+  Py_DECREF(cdata);
+  if (impl == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  // An at::Tensor is its TensorImpl pointer: `&impl` stands for one while `o` (which owns
+  // the TensorImpl) is alive and the GIL held.
+  const Handle h = &impl;
+  int64_t ndim = 0;
+  int64_t* dims = nullptr;
+  int32_t dt = 0, device = 0, index = -1, lay = 0;
+  bool contiguous = false;
+  void* ptr = nullptr;
+  if (layout(h, &lay) != 0 || lay != strided || device_type(h, &device) != 0 || (device != cpu && device != cuda) ||
+      dim(h, &ndim) != 0 || sizes(h, &dims) != 0 || dtype(h, &dt) != 0 ||
+      (device == cuda && device_index(h, &index) != 0) || is_contiguous(h, &contiguous) != 0 ||
+      data_ptr(h, &ptr) != 0 || ndim < 0 || ndim > 64)
+    return false;
+  f.negative = is_neg(h);
+  f.ndim = static_cast<int>(ndim);
+  f.sizes = dims;
+  f.dtype = -1;
+  for (int k = 0; k < 4; ++k)
+    if (dt == dtype_codes[k]) f.dtype = k;  // dtype_codes are in DType's order
+  f.on_cpu = device == cpu;
+  f.on_cuda = device == cuda;
+  f.device = f.on_cuda ? index : -1;
+  f.contiguous = contiguous;
+  f.ptr = reinterpret_cast<uintptr_t>(ptr);
+  return true;
 }
 
 int ArrayTypes::torch_dtype_code(PyObject* dtype) const {

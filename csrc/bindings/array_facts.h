@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 namespace fusedopt {
 namespace bindings {
@@ -42,6 +43,7 @@ struct Names {
   PyObject* untyped_storage = PyUnicode_InternFromString("untyped_storage");
   PyObject* nbytes = PyUnicode_InternFromString("nbytes");
   PyObject* numel = PyUnicode_InternFromString("numel");
+  PyObject* cdata = PyUnicode_InternFromString("_cdata");
 };
 const Names& names();
 
@@ -56,7 +58,7 @@ py::object imported_attr(const char* module, PyObject* name);
 // attribute set on either type, or on a base, changes it); subclasses, a torch whose
 // attributes are not the C descriptors expected, and a changed type are read by name.
 struct TorchSlots {
-  enum Getter { kIsCpu, kIsCuda, kDtype, kShape, kGetters };
+  enum Getter { kIsCpu, kIsCuda, kDtype, kShape, kCData, kGetters };
   enum Method { kDataPtr, kIsContiguous, kIsNeg, kUntypedStorage, kGetDevice, kMethods };
 
   bool ready = false;  // every slot below resolved as expected
@@ -83,6 +85,58 @@ struct TorchSlots {
   PyObject* call(PyObject* o, Method m, bool direct) const;
 };
 
+// A tensor's facts as torch's C entry points give them (TorchAbi::read).
+struct TorchAbiFacts {
+  bool negative = false;  // the negative bit: the memory holds -x
+  int ndim = 0;
+  const int64_t* sizes = nullptr;  // borrowed from the tensor
+  int dtype = -1;                  // DType code; -1: another dtype
+  bool on_cpu = false, on_cuda = false;
+  int device = -1;  // the CUDA device's index
+  bool contiguous = false;
+  uintptr_t ptr = 0;
+};
+
+// torch's C functions for a tensor's facts, found in the loaded libtorch_cpu: the
+// `aoti_torch_*` functions of torch's C shim (the stable C interface that compiled models
+// call: extern "C", each a plain read of the tensor) and at::native::is_neg. A tensor read
+// through them costs tens of nanoseconds; through its Python methods, ~0.7 us (is_neg()
+// alone parses its arguments, releases the GIL and goes through the dispatcher).
+//
+// Their handle is a pointer to an at::Tensor, which is one pointer to the TensorImpl (the
+// C shim's own convention); the TensorImpl's address is the tensor's `_cdata`. Resolved
+// once per torch module, and used only after reading probe tensors both ways (strided
+// views with an offset, 16-bit, 0-d, a negative view, CPU only) gave the same facts:
+// any difference, or a function not found, leaves the methods in use (`reason` says why).
+struct TorchAbi {
+  using Handle = void*;  // AtenTensorHandle
+  using Error = int32_t;
+  using GetPtr = Error (*)(Handle, void**);
+  using GetInt64 = Error (*)(Handle, int64_t*);
+  using GetInt64s = Error (*)(Handle, int64_t**);
+  using GetInt32 = Error (*)(Handle, int32_t*);
+  using GetBool = Error (*)(Handle, bool*);
+  using IsNeg = bool (*)(const void* tensor);  // at::native::is_neg(const at::Tensor&)
+
+  bool ready = false;
+  std::string reason = "torch is not imported";
+  GetPtr data_ptr = nullptr;
+  GetInt64 dim = nullptr;
+  GetInt64s sizes = nullptr;
+  GetInt32 dtype = nullptr, device_type = nullptr, device_index = nullptr, layout = nullptr;
+  GetBool is_contiguous = nullptr;
+  IsNeg is_neg = nullptr;
+  int32_t dtype_codes[4] = {};  // torch's codes of float32, float64, bfloat16, float16
+  int32_t cpu = -1, cuda = -1, strided = -1;
+
+  // `torch` is the torch module; `slots` must be ready (the _cdata getter comes from it).
+  static TorchAbi resolve(PyObject* torch, const TorchSlots& slots);
+  // The facts of a torch.Tensor or nn.Parameter exactly (TorchSlots::direct_for), holding
+  // the GIL throughout; false, with no Python error set, if any read failed (then read
+  // by its methods).
+  bool read(PyObject* o, const TorchSlots& slots, TorchAbiFacts& f) const;
+};
+
 // The array types read here, exactly (a subclass goes to the Python checks), where their
 // library has been imported. Looked up per call, not cached: a few dict lookups, and the
 // tests swap CuPy for a stand-in.
@@ -91,6 +145,7 @@ struct ArrayTypes {
   py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64, torch_bfloat16,
       torch_float16;
   TorchSlots torch_slots;
+  TorchAbi torch_abi;
 
   static ArrayTypes imported();
 

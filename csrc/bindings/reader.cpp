@@ -175,6 +175,27 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
     it.torch = true;
     const TorchSlots& slots = types.known.torch_slots;
     const bool direct = types.torch_direct(o);
+    TorchAbiFacts a;
+    if (direct && types.known.torch_abi.ready && types.known.torch_abi.read(o, slots, a)) {
+      // torch's C functions, the GIL held throughout; then the storage that keeps the
+      // pointer's memory while the kernel runs without the GIL.
+      if (a.negative || (!a.on_cpu && a.device < 0)) return Rule::kUnreachable;
+      it.ndim = a.ndim;
+      std::copy(a.sizes, a.sizes + a.ndim, it.dims);
+      it.count_from_dims();
+      it.dtype = a.dtype;
+      PyObject* storage = slots.call(o, TorchSlots::kUntypedStorage, true);
+      if (storage == nullptr) {
+        PyErr_Clear();
+        return Rule::kUnreachable;
+      }
+      it.memory = py::reinterpret_steal<py::object>(storage);
+      it.ptr = a.ptr;
+      it.contiguous = a.contiguous;
+      it.on_device = !a.on_cpu || options.host_tensors_are_device;
+      it.device = a.on_cpu ? (options.host_tensors_are_device ? 0 : -1) : a.device;
+      return Rule::kNone;
+    }
     // The negative bit (its memory holds -x) first: is_neg() releases the GIL, and another
     // thread may then point the tensor at other memory (.data =, set_()). The facts read
     // after it, the GIL held throughout, are then all of one tensor: shape, pointer and the

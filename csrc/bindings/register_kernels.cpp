@@ -217,6 +217,17 @@ void register_kernels(py::module_& m) {
       "For the tests: whether the reader reads this torch tensor through torch's own C getters "
       "and methods, resolved once, rather than by attribute name.");
 
+  m.def(
+      "torch_reader",
+      []() -> py::object {
+        const auto types = ArrayKinds::current_types();
+        if (types->torch_tensor.is_none()) return py::none();
+        const TorchAbi& abi = types->torch_abi;
+        return py::dict(py::arg("c_functions") = abi.ready, py::arg("reason") = abi.ready ? "" : abi.reason);
+      },
+      "How the reader reads torch tensors (None until torch is imported): through torch's C "
+      "functions, or, where they were not found or disagreed with the methods (reason), "
+      "through the tensors' methods.");
   m.def("step_fields", &step_fields, "Each rule's coefficient fields, in order (common/steps.h).");
   m.def(
       "step_numbers", [] { return step_field_table().n_numbers; },

@@ -63,6 +63,9 @@ def info() -> dict:
         cpu["target_error"] = (f"FUSEDOPT_CPU_TARGET={env!r} ignored: choose one of "
                                f"{supported} or 'auto'")
     out["cpu"] = cpu
+    # How torch tensors are read (only once torch is imported: info() imports nothing):
+    # through torch's C functions, or through each tensor's methods (slower), with why.
+    out["torch_reader"] = core.torch_reader()
     out["cuda"] = cuda.info()
     out["fallbacks"] = _kernels.fallbacks()
     return out
