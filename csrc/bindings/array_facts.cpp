@@ -32,6 +32,7 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_float64 = imported_attr("torch", n.float64);
     t.torch_bfloat16 = imported_attr("torch", n.bfloat16);
     t.torch_float16 = imported_attr("torch", n.float16);
+    t.torch_int16 = imported_attr("torch", n.int16);
     t.torch_slots = TorchSlots::resolve(t.torch_tensor.ptr(), t.torch_parameter.ptr());
   }
   return t;
@@ -155,6 +156,7 @@ int ArrayTypes::torch_dtype_code(PyObject* dtype) const {
   if (dtype == torch_float64.ptr()) return static_cast<int>(DType::kFloat64);
   if (dtype == torch_bfloat16.ptr()) return static_cast<int>(DType::kBFloat16);
   if (dtype == torch_float16.ptr()) return static_cast<int>(DType::kFloat16);
+  if (dtype == torch_int16.ptr()) return kInt16Code;
   return -1;
 }
 

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace fusedopt {
 namespace bindings {
 
@@ -33,6 +35,7 @@ struct Names {
   PyObject* float64 = PyUnicode_InternFromString("float64");
   PyObject* bfloat16 = PyUnicode_InternFromString("bfloat16");
   PyObject* float16 = PyUnicode_InternFromString("float16");
+  PyObject* int16 = PyUnicode_InternFromString("int16");
   PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
   PyObject* get_device = PyUnicode_InternFromString("get_device");
   PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
@@ -83,13 +86,18 @@ struct TorchSlots {
   PyObject* call(PyObject* o, Method m, bool direct) const;
 };
 
+// The reader's code for int16 arrays (param remainders): a dtype of arrays it reads, not
+// a storage type of the kernels (common/dtype.h).
+constexpr int kInt16Code = 16;
+inline int code_itemsize(int code) { return code == kInt16Code ? 2 : itemsize_of(code); }
+
 // The array types read here, exactly (a subclass goes to the Python checks), where their
 // library has been imported. Looked up per call, not cached: a few dict lookups, and the
 // tests swap CuPy for a stand-in.
 enum class Kind { kNone, kCupy, kTorch };
 struct ArrayTypes {
   py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64, torch_bfloat16,
-      torch_float16;
+      torch_float16, torch_int16;
   TorchSlots torch_slots;
 
   static ArrayTypes imported();
@@ -100,7 +108,8 @@ struct ArrayTypes {
     if (type == torch_tensor.ptr() || type == torch_parameter.ptr()) return Kind::kTorch;
     return Kind::kNone;  // (None's type is never one of these)
   }
-  // The DType code of a torch dtype object (float32, float64, bfloat16, float16), else -1.
+  // The DType code of a torch dtype object (float32, float64, bfloat16, float16),
+  // kInt16Code for int16, else -1.
   int torch_dtype_code(PyObject* dtype) const;
 };
 

@@ -125,6 +125,27 @@ void store_stage(const Batch& b, int role, const float* src, void* dst, int64_t 
   else narrow_stochastic<false>(src, static_cast<uint16_t*>(dst), n, b, role, tensor, first);
 }
 
+// Master weights (common/batch.h): elements [i, i + m) of tensor t's params as the rule
+// reads them, the float32 master itself or the master joined from the bfloat16 param and
+// its remainder (into buf); and the params written from what the rule left there: the
+// master rounded into the 16-bit param (to nearest even, or stochastically with the
+// param role's bits, those of a plain step), or split into param and remainder.
+float* master_in(const Batch& b, int64_t t, int64_t i, int64_t m, float* __restrict buf) {
+  if (b.master == Master::kFloat32) return static_cast<float*>(b.masters[t]) + i;
+  const uint16_t* __restrict p = static_cast<const uint16_t*>(b.ptrs[kParam][t]) + i;
+  const uint16_t* __restrict r = static_cast<const uint16_t*>(b.masters[t]) + i;
+  for (int64_t e = 0; e < m; ++e) buf[e] = math::join_master(p[e], r[e]);
+  return buf;
+}
+
+void master_out(const Batch& b, int64_t t, int64_t i, int64_t m, const float* __restrict x) {
+  if (b.master == Master::kFloat32)  // the master was written in place
+    return store_stage(b, kParam, x, static_cast<uint16_t*>(b.ptrs[kParam][t]) + i, m, t, i);
+  uint16_t* __restrict p = static_cast<uint16_t*>(b.ptrs[kParam][t]) + i;
+  uint16_t* __restrict r = static_cast<uint16_t*>(b.masters[t]) + i;
+  for (int64_t e = 0; e < m; ++e) math::split_master(x[e], p[e], r[e]);
+}
+
 // --- the element loop ---------------------------------------------------------------------
 // How a role's storage S is held in memory and converted: float and double as themselves,
 // bfloat16 as its 16 bits (math/storage.h).
@@ -347,9 +368,16 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
             else __builtin_prefetch(base[r] + k, 1, 3);
           }
       }
+      if (b.master != Master::kNone && i + D + m <= hi) {
+        const int64_t bytes = b.master == Master::kFloat32 ? 4 : 2;
+        const char* at = static_cast<const char*>(b.masters[t]);
+        for (int64_t k = (i + D) * bytes; k < (i + D + m) * bytes; k += 64) __builtin_prefetch(at + k, 1, 3);
+      }
       float* x[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
       for (int r = 0; r < R; ++r) {
-        if (narrow[r]) {
+        if (r == kParam && b.master != Master::kNone) {
+          x[r] = master_in(b, t, i, m, buf[r]);
+        } else if (narrow[r]) {
           widen_into(b.dtypes[r], base[r] + i * size[r], buf[r], m);
           x[r] = buf[r];
         } else {
@@ -357,8 +385,10 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
         }
       }
       run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
-      for (int r = 0; r < R; ++r)
-        if (narrow[r] && r != kGrad) store_stage(b, r, buf[r], base[r] + i * size[r], m, t, i);
+      for (int r = 0; r < R; ++r) {
+        if (r == kParam && b.master != Master::kNone) master_out(b, t, i, m, x[r]);
+        else if (narrow[r] && r != kGrad) store_stage(b, r, buf[r], base[r] + i * size[r], m, t, i);
+      }
     }
   }
 }
@@ -385,7 +415,8 @@ void run_stored(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   if (b.stored_as_computed()) {
     run_range<Rule, Uniform<T>>(rule, b, begin, end);
   } else if constexpr (std::is_same<T, float>::value) {
-    if (b.stochastic_roles != 0) run_range_staged(rule, b, begin, end);  // rounds by position
+    // Stochastic rounding hashes positions, and masters are a role of their own: staged.
+    if (b.stochastic_roles != 0 || b.master != Master::kNone) run_range_staged(rule, b, begin, end);
     else if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
     else if (stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
       run_range<Rule, Layout<BFloat16, BFloat16, float>>(rule, b, begin, end);
@@ -445,6 +476,7 @@ template <class T>
 T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
   char* base = static_cast<char*>(b.ptrs[r][t]);
   if constexpr (std::is_same<T, float>::value) {
+    if (r == kParam && b.master != Master::kNone) return master_in(b, t, i, m, buf);
     if (b.dtypes[r] != DType::kFloat32) {
       widen_into(b.dtypes[r], base + i * bytes_of(b.dtypes[r]), buf, m);
       return buf;
@@ -458,6 +490,7 @@ T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
 template <class T>
 void stage_out(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* x) {
   if constexpr (std::is_same<T, float>::value) {
+    if (r == kParam && b.master != Master::kNone) return master_out(b, t, i, m, x);
     if (b.dtypes[r] != DType::kFloat32) {
       char* at = static_cast<char*>(b.ptrs[r][t]) + i * bytes_of(b.dtypes[r]);
       store_stage(b, r, x, at, m, t, i);  // to nearest, or stochastically where asked
