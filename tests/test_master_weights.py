@@ -387,3 +387,40 @@ def test_torch_adamw_with_master_weights_follows_float32(form):
         assert np.array_equal(joined.view(np.uint32), p32.detach().numpy().view(np.uint32))
         if form == "float32":
             assert torch.equal(p16.detach(), p32.detach().to(torch.bfloat16))
+
+
+def _emulated_grid():
+    """Each rule's examples with one (combo, form, rounding) of GRID in turn, and Adam's and
+    LAMB's with all of them."""
+    for k, case in enumerate(EXAMPLES):
+        entries = GRID if case.id in ("adam", "lamb") else [GRID[k % len(GRID)]]
+        for combo, form, rounding in entries:
+            yield pytest.param(case, combo, form, rounding,
+                               id=f"{case.id}-p{combo[0]}-g{combo[1]}-s{combo[2]}-{form}-{rounding}")
+
+
+@pytest.mark.parametrize(("case", "combo", "form", "rounding"), list(_emulated_grid()))
+def test_emulated_device_takes_masters_as_the_cpu(monkeypatch, case, combo, form, rounding):
+    """The CUDA kernels (under the host emulation, where torch CPU tensors stand for CUDA
+    ones) read and write masters with the CPU's bits."""
+    emu = pytest.importorskip("fusedopt._cuda_emulated")
+    torch = pytest.importorskip("torch")
+    from test_cuda_emulated import recording
+
+    def dev(arrays):  # the same memory, as torch tensors
+        return [torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == BF16
+                else torch.from_numpy(a) for a in arrays]
+
+    rng = rng_for("emulated-masters", case.id, combo, form)
+    arrays = with_masters(make_arrays(case, combo, SIZES + [8193], rng), form, rng)
+    cpu, gpu = copy4(arrays), copy4(arrays)
+    extra = SR if rounding == "stochastic" else {}
+    for k in range(2):
+        with recording(monkeypatch) as rec:
+            case.call(cpu[0], cpu[2][k], cpu[1], k + 1, backend="native", **{FORMS[form]: cpu[3]}, **extra)
+        for rule, coeffs, multiplier, rounded in rec.calls:
+            batch = emu.Batch(dev(gpu[0]), dev(gpu[2][k]), [dev(v) for v in gpu[1].values()], "same",
+                              dev(gpu[3]), form)
+            batch.run(rule, coeffs, grad_multiplier=multiplier, rounding=rounded)
+        assert len(rec.calls) == 1
+    assert_same4(gpu, cpu)

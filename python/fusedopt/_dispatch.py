@@ -162,9 +162,8 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
                 return _run_native(host, call, skip_if_nonfinite)
         # Device arrays: the CUDA module's fast path (Batch.strict) reads states shaped like
         # their params; a factored rule's call goes through prepare() and native_target().
-        if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same" \
-                and call.master is None:
-            batch = _native.device_batch(call.params, call.grads, call.values)
+        if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same":
+            batch = _native.device_batch(call.params, call.grads, call.values, call.master)
             if batch is not None:
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
     # A refusal (worded now), a flag that is not a bool, the reference, or a fallback.
@@ -260,9 +259,8 @@ def native_target(prep):
             return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
         return _core.Call(prep.params, prep.grads, prep.states, prep.layout, prep.masters, prep.master)
     if prep.master is not None:
-        raise ValueError("master weights (master_params, param_remainders) run on the CPU kernels "
-                         "and the reference for now, not on CUDA arrays; pass backend='reference' "
-                         "or keep the masters on the host")
+        return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout,
+                                   masters=prep.masters, master=prep.master)
     return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout)
 
 

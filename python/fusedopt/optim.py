@@ -146,7 +146,7 @@ class Optimizer:
             _check_master_params(name, self._master, prep)
         # The masters (fusedopt._coeffs.Masters' arrays), made from the params at the first
         # step; their form's kernel argument, with the arrays a list like the params.
-        self._views = prep.params
+        self._views, self._xp = prep.params, prep.xp
         self._masters = None
         with cuda.params_stream(self._torch_device):
             # One shape per param and state: the rule's state layout (None: not kept).
@@ -301,13 +301,14 @@ class Optimizer:
 
     def _made_masters(self) -> list:
         if self._masters is None:
-            views = self._views
-            if self._master == "float32":
-                self._masters = _carve(np, views, 0.0, np.dtype(np.float32))
-                for m, p in zip(self._masters, views):
-                    m[...] = p.astype(np.float32)
-            else:  # a zero remainder: the param's value is the master
-                self._masters = _carve(np, views, 0, np.dtype(np.int16))
+            views, xp = self._views, self._xp
+            with cuda.params_stream(self._torch_device):
+                if self._master == "float32":
+                    self._masters = _carve(xp, views, 0.0, np.dtype(np.float32))
+                    for m, p in zip(self._masters, views):
+                        m[...] = p.astype(np.float32)
+                else:  # a zero remainder: the param's value is the master
+                    self._masters = _carve(xp, views, 0, np.dtype(np.int16))
         return self._masters
 
     @property
@@ -460,16 +461,14 @@ def _master_form(name: str, master_weights, capturable: bool, rounding, layout: 
     """``master_weights=`` checked: None, "float32" or "remainders"."""
     form = _coeffs.master_weights(name, master_weights, rounding, layout)
     if form is not None and capturable:
-        raise TypeError(f"{name}: master_weights runs on the CPU kernels; capturable=True is for "
-                        "device arrays")
+        raise TypeError(f"{name}: master_weights does not go with capturable=True yet: a "
+                        "captured step reads no masters")
     return form
 
 
 def _check_master_params(name: str, form: str, prep) -> None:
-    """The params' dtype and memory, for master weights of ``form``."""
+    """The params' dtype, for master weights of ``form``."""
     param = _storage.dtype_name(prep.params[0].dtype)
-    if prep.device != "cpu":
-        raise TypeError(f"{name}: master_weights runs on the CPU kernels and host params for now")
     if form == "remainders" and param != "bfloat16":
         raise TypeError(f"{name}: master_weights='remainders' is for bfloat16 params, these are "
                         f"{param}; use master_weights='float32' for float16 params")
