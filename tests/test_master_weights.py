@@ -252,6 +252,9 @@ def _bad_cases():
         r"param_remainders\[0\] has shape \(4, 4\)"
     yield "strided", BF16, dict(master_params=[np.zeros(32, np.float32)[::2], _masters()[1]]), ValueError, \
         r"master_params\[0\] is not C-contiguous"
+    unaligned = np.zeros(16 * 4 + 2, np.uint8)[2:].view(np.float32)
+    yield "misaligned", BF16, dict(master_params=[_masters()[0], unaligned]), ValueError, \
+        r"master_params\[1\] is not aligned"
     readonly = _masters()
     readonly[1].flags.writeable = False
     yield "read-only", BF16, dict(master_params=readonly), ValueError, \
