@@ -1074,3 +1074,41 @@ def test_adafactor_factored_shapes(dtype):
                             backend="native")
         fusedopt.adafactor_(host[0], g, *host[1].values(), step=step, lr=0.05, weight_decay=0.1)
     assert_all_same_bits((get(dev_p), {n: get(dev_s[n]) for n in STATES}), host)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("fn", ["adam_", "lamb_"])
+def test_master_weights_as_the_cpu(fn, rounding):
+    """float16 params with float32 masters (CuPy has no bfloat16) through the public API:
+    the CPU's bits, the elementwise kernel's and LAMB's passes alike."""
+    rng = rng_for("cuda-masters", fn, rounding)
+    sizes = (1, 1000, 70_001)
+    masters = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    host = dict(p=[m.astype(np.float16) for m in masters], m=masters,
+                s=[np.zeros(n, np.float32) for n in sizes], v=[np.zeros(n, np.float32) for n in sizes])
+    dev = {k: [cupy.asarray(a) for a in v] for k, v in host.items()}
+    for step in range(1, 4):
+        g = [rng.standard_normal(n).astype(np.float16) for n in sizes]
+        for arrays, grads in ((host, g), (dev, [cupy.asarray(x) for x in g])):
+            getattr(fusedopt, fn)(arrays["p"], grads, arrays["s"], arrays["v"], step=step, lr=1e-2,
+                                  master_params=arrays["m"], rounding=rounding, seed=3,
+                                  backend="native")
+    for k in host:
+        for a, b in zip(host[k], dev[k]):
+            assert np.array_equal(a.view(np.uint8), cupy.asnumpy(b).view(np.uint8)), k
+
+
+def test_optimizer_master_weights_as_the_cpu():
+    rng = rng_for("cuda-optim-masters")
+    start = [rng.standard_normal(n).astype(np.float32).astype(np.float16) for n in (7, 5000)]
+    host = [p.copy() for p in start]
+    dev = [cupy.asarray(p) for p in start]
+    opt_h = fusedopt.optim.AdamW(host, lr=1e-2, master_weights="float32")
+    opt_d = fusedopt.optim.AdamW(dev, lr=1e-2, master_weights="float32")
+    for _ in range(3):
+        g = [rng.standard_normal(p.size).astype(np.float16) for p in start]
+        opt_h.step(g)
+        opt_d.step([cupy.asarray(x) for x in g])
+    for a, b, ma, mb in zip(host, dev, opt_h.masters, opt_d.masters):
+        assert np.array_equal(a.view(np.uint16), cupy.asnumpy(b).view(np.uint16))
+        assert np.array_equal(ma.view(np.uint32), cupy.asnumpy(mb).view(np.uint32))

@@ -63,8 +63,8 @@ class _RecordingCore:
     def __getattr__(self, name):
         return getattr(self._core, name)
 
-    def run(self, rule, params, grads, states, coeffs, grad_multiplier=1.0, rounding=None):
-        refusal = self._core.run(rule, params, grads, states, coeffs, grad_multiplier, rounding)
+    def run(self, rule, params, grads, states, coeffs, grad_multiplier=1.0, rounding=None, *master):
+        refusal = self._core.run(rule, params, grads, states, coeffs, grad_multiplier, rounding, *master)
         if refusal is None:
             self.calls.append((rule, coeffs, grad_multiplier, rounding))
         return refusal

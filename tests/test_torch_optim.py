@@ -683,7 +683,8 @@ def test_the_constructor_is_torchs(name):
 
     ours = inspect.signature(getattr(ft, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
-    own = ("skip_if_nonfinite", "max_grad_norm", "rounding", "state_rounding", "seed", "state_dtype")
+    own = ("skip_if_nonfinite", "max_grad_norm", "rounding", "state_rounding", "seed", "state_dtype",
+           "master_weights")
     assert [(p.name, p.kind, p.default) for p in theirs.values()] == \
         [(p.name, p.kind, p.default) for p in ours.values() if p.name not in own]
     assert all(ours[k].kind is inspect.Parameter.KEYWORD_ONLY for k in own)

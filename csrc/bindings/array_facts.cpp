@@ -41,6 +41,7 @@ ArrayTypes ArrayTypes::imported() {
     t.torch_float64 = imported_attr("torch", n.float64);
     t.torch_bfloat16 = imported_attr("torch", n.bfloat16);
     t.torch_float16 = imported_attr("torch", n.float16);
+    t.torch_int16 = imported_attr("torch", n.int16);
     t.torch_slots = TorchSlots::resolve(t.torch_tensor.ptr(), t.torch_parameter.ptr());
     PyObject* torch = PyDict_GetItem(PyImport_GetModuleDict(), n.torch);  // borrowed
     if (torch != nullptr && t.torch_slots.ready)
@@ -227,6 +228,7 @@ std::string probe_disagreement(const TorchAbi& abi, const TorchSlots& slots, con
         torch.attr("zeros")(7, py::arg("dtype") = torch.attr("bfloat16")),
         torch.attr("zeros")(py::make_tuple(2, 0), py::arg("dtype") = torch.attr("float16")),
         torch.attr("ones")(5, py::arg("dtype") = torch.attr("float64")),
+        torch.attr("ones")(3, py::arg("dtype") = torch.attr("int16")),
         torch.attr("nn").attr("Parameter")(base.attr("clone")()),
     };
     if (py::hasattr(torch, "_neg_view")) probes.push_back(torch.attr("_neg_view")(base));
@@ -295,9 +297,9 @@ TorchAbi TorchAbi::resolve(PyObject* torch, const TorchSlots& slots) {
   const char* const code_names[] = {"aoti_torch_dtype_float32", "aoti_torch_dtype_float64",
                                     "aoti_torch_dtype_bfloat16", "aoti_torch_dtype_float16",
                                     "aoti_torch_device_type_cpu", "aoti_torch_device_type_cuda",
-                                    "aoti_torch_layout_strided"};
-  int32_t codes[7] = {};
-  for (int k = 0; k < 7; ++k) {
+                                    "aoti_torch_layout_strided", "aoti_torch_dtype_int16"};
+  int32_t codes[8] = {};
+  for (int k = 0; k < 8; ++k) {
     auto code = reinterpret_cast<Code>(sym(code_names[k]));
     if (code != nullptr) codes[k] = code();
   }
@@ -310,12 +312,14 @@ TorchAbi TorchAbi::resolve(PyObject* torch, const TorchSlots& slots) {
   abi.cpu = codes[4];
   abi.cuda = codes[5];
   abi.strided = codes[6];
+  abi.int16 = codes[7];
   abi.ready = true;  // for the probes; kept only if they agree
   ArrayTypes types;
   PyObject* t = PyObject_GetAttrString(torch, "Tensor");
   types.torch_tensor = py::reinterpret_steal<py::object>(t);
   for (auto [field, name] : {std::pair{&types.torch_float32, "float32"}, {&types.torch_float64, "float64"},
-                             {&types.torch_bfloat16, "bfloat16"}, {&types.torch_float16, "float16"}}) {
+                             {&types.torch_bfloat16, "bfloat16"}, {&types.torch_float16, "float16"},
+                             {&types.torch_int16, "int16"}}) {
     PyObject* d = PyObject_GetAttrString(torch, name);
     *field = d == nullptr ? py::none() : py::reinterpret_steal<py::object>(d);
   }
@@ -357,6 +361,7 @@ bool TorchAbi::read(PyObject* o, const TorchSlots& slots, TorchAbiFacts& f) cons
   f.dtype = -1;
   for (int k = 0; k < 4; ++k)
     if (dt == dtype_codes[k]) f.dtype = k;  // dtype_codes are in DType's order
+  if (dt == int16) f.dtype = kInt16Code;
   f.on_cpu = device == cpu;
   f.on_cuda = device == cuda;
   f.device = f.on_cuda ? index : -1;
@@ -370,6 +375,7 @@ int ArrayTypes::torch_dtype_code(PyObject* dtype) const {
   if (dtype == torch_float64.ptr()) return static_cast<int>(DType::kFloat64);
   if (dtype == torch_bfloat16.ptr()) return static_cast<int>(DType::kBFloat16);
   if (dtype == torch_float16.ptr()) return static_cast<int>(DType::kFloat16);
+  if (dtype == torch_int16.ptr()) return kInt16Code;
   return -1;
 }
 

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/dtype.h"
+
 namespace fusedopt {
 namespace bindings {
 
@@ -34,6 +36,7 @@ struct Names {
   PyObject* float64 = PyUnicode_InternFromString("float64");
   PyObject* bfloat16 = PyUnicode_InternFromString("bfloat16");
   PyObject* float16 = PyUnicode_InternFromString("float16");
+  PyObject* int16 = PyUnicode_InternFromString("int16");
   PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
   PyObject* get_device = PyUnicode_InternFromString("get_device");
   PyObject* is_contiguous = PyUnicode_InternFromString("is_contiguous");
@@ -90,7 +93,7 @@ struct TorchAbiFacts {
   bool negative = false;  // the negative bit: the memory holds -x
   int ndim = 0;
   const int64_t* sizes = nullptr;  // borrowed from the tensor
-  int dtype = -1;                  // DType code; -1: another dtype
+  int dtype = -1;                  // DType code or kInt16Code; -1: another dtype
   bool on_cpu = false, on_cuda = false;
   int device = -1;  // the CUDA device's index
   bool contiguous = false;
@@ -127,6 +130,7 @@ struct TorchAbi {
   GetBool is_contiguous = nullptr;
   IsNeg is_neg = nullptr;
   int32_t dtype_codes[4] = {};  // torch's codes of float32, float64, bfloat16, float16
+  int32_t int16 = -1;           // and of int16 (remainders: kInt16Code)
   int32_t cpu = -1, cuda = -1, strided = -1;
 
   // `torch` is the torch module; `slots` must be ready (the _cdata getter comes from it).
@@ -137,13 +141,18 @@ struct TorchAbi {
   bool read(PyObject* o, const TorchSlots& slots, TorchAbiFacts& f) const;
 };
 
+// The reader's code for int16 arrays (param remainders): a dtype of arrays it reads, not
+// a storage type of the kernels (common/dtype.h).
+constexpr int kInt16Code = 16;
+inline int code_itemsize(int code) { return code == kInt16Code ? 2 : itemsize_of(code); }
+
 // The array types read here, exactly (a subclass goes to the Python checks), where their
 // library has been imported. Looked up per call, not cached: a few dict lookups, and the
 // tests swap CuPy for a stand-in.
 enum class Kind { kNone, kCupy, kTorch };
 struct ArrayTypes {
   py::object cupy_ndarray, torch_tensor, torch_parameter, torch_float32, torch_float64, torch_bfloat16,
-      torch_float16;
+      torch_float16, torch_int16;
   TorchSlots torch_slots;
   TorchAbi torch_abi;
 
@@ -155,7 +164,8 @@ struct ArrayTypes {
     if (type == torch_tensor.ptr() || type == torch_parameter.ptr()) return Kind::kTorch;
     return Kind::kNone;  // (None's type is never one of these)
   }
-  // The DType code of a torch dtype object (float32, float64, bfloat16, float16), else -1.
+  // The DType code of a torch dtype object (float32, float64, bfloat16, float16),
+  // kInt16Code for int16, else -1.
   int torch_dtype_code(PyObject* dtype) const;
 };
 

@@ -28,10 +28,10 @@ int pointer_device(uintptr_t ptr) {
 }  // namespace
 
 DeviceBatch::DeviceBatch(py::handle params, py::handle grads, py::handle states,
-                         bindings::StateLayout layout) {
+                         bindings::StateLayout layout, py::handle masters, Master master) {
   reset();
   layout_ = layout;
-  adopt_or_throw(read(params, grads, states));
+  adopt_or_throw(read(params, grads, states, masters, master));
 }
 
 DeviceBatch DeviceBatch::grads_only(py::handle grads) {
@@ -75,6 +75,8 @@ void DeviceBatch::reset() {
   batch_.offsets = offsets_.data();
   for (auto& p : ptrs_) p.clear();
   for (auto& k : keep_) k.clear();
+  master_ptrs_.clear();
+  master_keep_.clear();
   held_.clear();
   memory_.clear();
   grad_memory_.clear();
@@ -88,11 +90,13 @@ void DeviceBatch::reset() {
   n_states_ = 0;
 }
 
-bindings::Refusal DeviceBatch::read(py::handle params, py::handle grads, py::handle states) {
+bindings::Refusal DeviceBatch::read(py::handle params, py::handle grads, py::handle states,
+                                     py::handle masters, Master master) {
   bindings::ReadCall call;
   bindings::ReadOptions options = bindings::module_read_options();
   options.layout = layout_;
-  const bindings::Refusal refusal = bindings::read_call(params, grads, states, options, call);
+  options.master = master;
+  const bindings::Refusal refusal = bindings::read_call(params, grads, states, options, call, masters);
   if (!refusal) adopt(std::move(call));
   return refusal;
 }
@@ -109,6 +113,12 @@ void DeviceBatch::adopt(bindings::ReadCall&& call) {
     ptrs_[r] = std::move(call.ptrs[r]);
     keep_[r].reserve(n);
     for (PyObject* o : call.items[r]) keep_[r].push_back(py::reinterpret_borrow<py::object>(o));
+  }
+  batch_.master = call.master;
+  if (call.master != Master::kNone) {
+    master_ptrs_ = std::move(call.ptrs[bindings::kMasterSlot]);
+    for (PyObject* o : call.items[bindings::kMasterSlot]) master_keep_.push_back(py::reinterpret_borrow<py::object>(o));
+    batch_.masters = master_ptrs_.data();
   }
   held_ = std::move(call.held);  // the params' and states' lists (as tuples)
   memory_ = std::move(call.memory);  // their torch storages, until drop_grads()

@@ -31,8 +31,10 @@ class DeviceBatch {
   DeviceBatch() { reset(); }  // no tensors
   // params, grads: sequences of arrays; states: a sequence of such sequences (role-major).
   // layout: how the states are shaped (bindings/reader.h; the factored rules' own).
+  // masters: the call's master weights of form `master` (common/batch.h: Master), or None.
   DeviceBatch(py::handle params, py::handle grads, py::handle states,
-              bindings::StateLayout layout = bindings::StateLayout::kSame);
+              bindings::StateLayout layout = bindings::StateLayout::kSame, py::handle masters = py::none(),
+              Master master = Master::kNone);
   // Gradients only (norms, non-finite counts): nothing is written.
   static DeviceBatch grads_only(py::handle grads);
   // batch_ points into the vectors below; a move keeps their buffers, a copy would not.
@@ -83,7 +85,8 @@ class DeviceBatch {
 
  private:
   // The reader's verdict; on acceptance this batch holds the call.
-  bindings::Refusal read(py::handle params, py::handle grads, py::handle states);
+  bindings::Refusal read(py::handle params, py::handle grads, py::handle states,
+                         py::handle masters = py::none(), Master master = Master::kNone);
   void adopt(bindings::ReadCall&& call);
   void adopt_or_throw(const bindings::Refusal& refusal);
   void reset();
@@ -98,6 +101,8 @@ class DeviceBatch {
   bindings::StateLayout layout_ = bindings::StateLayout::kSame;
   std::vector<void*> ptrs_[kMaxRoles];
   std::vector<py::object> keep_[kMaxRoles];  // the arrays, alive while their pointers are used
+  std::vector<void*> master_ptrs_;           // Batch::masters, and their arrays
+  std::vector<py::object> master_keep_;
   // The storages of the torch tensors, from build_strict() or set_grads() to drop_grads():
   // the memory stays allocated even if a tensor object is pointed elsewhere (.data =) in
   // between. (Not if the storage itself is resized: that is a race the caller owns.)

@@ -16,7 +16,7 @@ const std::vector<std::string>& rule_names() {
       "ok",        "not_list",      "list_for_single", "length",  "too_many_states", "not_array",
       "unreachable", "mixed_memory", "dtype",          "dtype_mismatch", "shape",     "not_contiguous",
       "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data",
-      "dtype_combination", "state_shape", "factored_dtype"};
+      "dtype_combination", "state_shape", "factored_dtype", "master_dtype"};
   return names;
 }
 
@@ -43,7 +43,16 @@ Batch ReadCall::batch() const {
   b.offsets = offsets.data();
   for (int r = 0; r < kMaxRoles; ++r) b.ptrs[r] = ptrs[r].empty() ? nullptr : ptrs[r].data();
   b.factor_dims = factor_dims.empty() ? nullptr : factor_dims.data();
+  b.master = master;
+  b.masters = master == Master::kNone ? nullptr : ptrs[kMasterSlot].data();
   return b;
+}
+
+Master master_from_name(const std::string& name) {
+  if (name == "none") return Master::kNone;
+  if (name == "float32") return Master::kFloat32;
+  if (name == "remainders") return Master::kRemainder;
+  throw std::invalid_argument("unknown master form '" + name + "' (none, float32 or remainders)");
 }
 
 StateLayout layout_from_name(const std::string& name) {
@@ -81,6 +90,7 @@ int numpy_dtype_code(PyObject* descr) {
     case 11: return static_cast<int>(DType::kFloat32);
     case 12: return static_cast<int>(DType::kFloat64);
     case 23: return static_cast<int>(DType::kFloat16);
+    case 3: return dt.itemsize() == 2 ? kInt16Code : -1;  // NPY_SHORT: param remainders
   }
   if (dt.num() >= 256 && dt.itemsize() == 2) {  // NPY_USERDEF and up
     PyObject* type = reinterpret_cast<const py::detail::PyArrayDescr_Proxy*>(descr)->typeobj;
@@ -229,7 +239,7 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
           !call_int(f.memory.ptr(), names().data_ptr, first) || !call_int(f.memory.ptr(), names().nbytes, nbytes))
         return Rule::kNotArray;
       const auto lo = static_cast<uintptr_t>(first), hi = lo + static_cast<uintptr_t>(nbytes);
-      const uintptr_t span = static_cast<uintptr_t>(it.count) * static_cast<uintptr_t>(itemsize_of(it.dtype));
+      const uintptr_t span = static_cast<uintptr_t>(it.count) * static_cast<uintptr_t>(code_itemsize(it.dtype));
       if (f.ptr < lo || f.ptr > hi || span > hi - f.ptr) return Rule::kNotArray;
     }
     it.ptr = f.ptr;
@@ -338,19 +348,24 @@ struct RoleValues {
 }  // namespace
 
 Refusal read_call(py::handle params, py::handle grads, py::handle states, const ReadOptions& options,
-                  ReadCall& out) {
+                  ReadCall& out, py::handle masters) {
   out = ReadCall();
   const bool has_grads = !grads.is_none();
   out.has_grads = has_grads;
+  out.master = options.master;
+  if ((options.master == Master::kNone) != masters.is_none())
+    throw std::invalid_argument("masters are given exactly when a master form is");
 
   // The roles as the caller names them: params, grads (if given), states.
   RoleValues state_list;
   state_list.open(states.ptr());
   if (!state_list.is_list) throw py::type_error("states must be a list or tuple of the state roles' values");
   if (state_list.size > kMaxStates) return {Rule::kTooManyStates, 0, -1};
-  const int n_named = 1 + (has_grads ? 1 : 0) + static_cast<int>(state_list.size);
-  RoleValues roles[kMaxRoles];
-  int slot[kMaxRoles];  // named role -> Batch role
+  const int master_role = options.master == Master::kNone ? -1 : 1 + (has_grads ? 1 : 0) +
+                                                                  static_cast<int>(state_list.size);
+  const int n_named = 1 + (has_grads ? 1 : 0) + static_cast<int>(state_list.size) + (master_role >= 0 ? 1 : 0);
+  RoleValues roles[kMaxNamed];
+  int slot[kMaxNamed];  // named role -> Batch role (kMasterSlot: the masters)
   roles[0].open(params.ptr());
   slot[0] = kParam;
   if (has_grads) {
@@ -361,6 +376,10 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     const int r = (has_grads ? 2 : 1) + static_cast<int>(k);
     roles[r].open(state_list.at[k]);
     slot[r] = kState0 + static_cast<int>(k);
+  }
+  if (master_role >= 0) {
+    roles[master_role].open(masters.ptr());
+    slot[master_role] = kMasterSlot;
   }
   out.single = !roles[0].is_list;
   for (int r = 1; r < n_named; ++r) {
@@ -382,17 +401,17 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     if (options.want_items) out.items[slot[r]].resize(static_cast<size_t>(n));
   }
   out.held.reserve(static_cast<size_t>(n_named) + 2);
-  ArrayItem items[kMaxRoles];
+  ArrayItem items[kMaxNamed];
   std::vector<ByteSpan> spans;
   spans.reserve(static_cast<size_t>(n) * n_named);
-  int role_dtype[kMaxRoles] = {-1, -1, -1, -1, -1};  // per named role, from its first array
+  int role_dtype[kMaxNamed] = {-1, -1, -1, -1, -1, -1};  // per named role, from its first array
   // Every state of a call shares one dtype: the first state array's (role, index).
   int state_role = -1;
   Py_ssize_t state_index = -1;
   const int first_state = has_grads ? 2 : 1;
   const bool factored = options.layout == StateLayout::kFactored;
-  ArrayItem wanted[kMaxRoles];  // the shape each state of this tensor must have
-  bool absent[kMaxRoles] = {false, false, false, false, false};  // None where the layout says so
+  ArrayItem wanted[kMaxNamed];  // the shape each state of this tensor must have
+  bool absent[kMaxNamed] = {false, false, false, false, false, false};  // None where the layout says so
   bool memory_known = false;
   int gpu_role = -1;  // the first array that said which GPU it is on
   Py_ssize_t gpu_index = -1;
@@ -401,7 +420,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     // order in which fusedopt/_arrays.py used to find them.
     for (int r = 0; r < n_named; ++r) {
       PyObject* o = roles[r].at[t];
-      if (factored && r >= first_state) {  // does this param keep this state? None if not
+      if (factored && r >= first_state && r != master_role) {  // does this param keep this state? None if not
         const bool keeps = expected_state_shape(options.layout, r - first_state, items[0], wanted[r]);
         absent[r] = o == Py_None;
         if (keeps == absent[r]) return {Rule::kStateShape, r, t};
@@ -435,8 +454,17 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
           a.dtype == static_cast<int>(DType::kFloat32) || a.dtype == static_cast<int>(DType::kFloat64);
       if (factored && a.dtype >= 0 && (r == 0 ? !wide : a.dtype != p.dtype))
         return {Rule::kFactoredDtype, r, t};
-      if (role_dtype[r] < 0) {  // its first array sets each argument's dtype
-        if (a.dtype < 0) return {Rule::kDtype, r, t};
+      if (r == master_role) {  // float32 masters of 16-bit params, int16 remainders of bfloat16
+        const bool remainder = options.master == Master::kRemainder;
+        const int param = role_dtype[0];
+        if (remainder ? param != static_cast<int>(DType::kBFloat16)
+                      : param != static_cast<int>(DType::kBFloat16) && param != static_cast<int>(DType::kFloat16))
+          return {Rule::kMasterDtype, r, t, 0, t};
+        if (a.dtype != (remainder ? kInt16Code : static_cast<int>(DType::kFloat32)))
+          return {Rule::kMasterDtype, r, t};
+        role_dtype[r] = a.dtype;
+      } else if (role_dtype[r] < 0) {  // its first array sets each argument's dtype
+        if (a.dtype < 0 || a.dtype == kInt16Code) return {Rule::kDtype, r, t};
         if (r >= first_state && state_role >= 0 && a.dtype != role_dtype[state_role])
           return {Rule::kDtypeMismatch, r, t, state_role, state_index};  // every state one dtype
         if (r >= first_state && state_role < 0) {
@@ -448,11 +476,11 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
           return {Rule::kDtypeCombination, r, t};
         role_dtype[r] = a.dtype;
       } else if (a.dtype != role_dtype[r]) {
-        if (a.dtype < 0) return {Rule::kDtype, r, t};
+        if (a.dtype < 0 || a.dtype == kInt16Code) return {Rule::kDtype, r, t};
         return {Rule::kDtypeMismatch, r, t, r, 0};
       }
-      const int itemsize = itemsize_of(a.dtype);
-      if (r >= first_state && factored) {
+      const int itemsize = code_itemsize(a.dtype);
+      if (r >= first_state && factored && r != master_role) {
         if (!a.same_shape(wanted[r])) return {Rule::kStateShape, r, t};
       } else if (r > 0 && !a.same_shape(p)) {
         return {Rule::kShape, r, t};
@@ -475,7 +503,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
         continue;
       }
       ArrayItem& a = items[r];
-      const uintptr_t nbytes = static_cast<uintptr_t>(a.count) * static_cast<uintptr_t>(itemsize_of(a.dtype));
+      const uintptr_t nbytes = static_cast<uintptr_t>(a.count) * static_cast<uintptr_t>(code_itemsize(a.dtype));
       out.ptrs[slot[r]][static_cast<size_t>(t)] = reinterpret_cast<void*>(a.ptr);
       if (options.want_items) out.items[slot[r]][static_cast<size_t>(t)] = roles[r].at[t];
       // The span's index numbers the arrays role by role, as the refusal names them.
@@ -496,7 +524,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   if (n > 0) {
     for (int r = 0; r < kMaxRoles; ++r) out.dtypes[r] = static_cast<DType>(role_dtype[0]);
     for (int r = 1; r < n_named; ++r)  // a role of Nones only (factored layout): the params'
-      if (role_dtype[r] >= 0) out.dtypes[slot[r]] = static_cast<DType>(role_dtype[r]);
+      if (role_dtype[r] >= 0 && r != master_role) out.dtypes[slot[r]] = static_cast<DType>(role_dtype[r]);
     out.torch_params = types.is_torch(roles[0].at[0]);
   }
   if (out.single) {  // the lone arrays are the caller's: hold them as the tuples hold a list's

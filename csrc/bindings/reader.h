@@ -56,6 +56,8 @@ enum class Rule : int {
   kStateShape,        // factored layout: a state of another shape than its param needs, or
                       // an array where it needs None, or None where it needs an array
   kFactoredDtype,     // factored layout: another dtype than the params', or 16-bit params
+  kMasterDtype,       // a master or remainder of another dtype than its form stores (float32,
+                      // int16), or params whose dtype cannot have it (other_role 0: the param)
 };
 const std::vector<std::string>& rule_names();
 
@@ -77,6 +79,12 @@ struct Refusal {
 enum class StateLayout : int { kSame = 0, kFactored = 1 };
 StateLayout layout_from_name(const std::string& name);  // "same" or "factored"
 
+// Master weights are one more named role, after the states (common/batch.h: Master): its
+// pointers and items are kept in the slot after the Batch roles.
+constexpr int kMasterSlot = kMaxRoles;
+constexpr int kMaxNamed = kMaxRoles + 1;
+Master master_from_name(const std::string& name);  // "none", "float32" or "remainders"
+
 // An accepted call: one Batch's worth of pointers, and what keeps them valid.
 struct ReadCall {
   DType dtypes[kMaxRoles] = {DType::kFloat32, DType::kFloat32, DType::kFloat32, DType::kFloat32,
@@ -89,9 +97,10 @@ struct ReadCall {
   int n_roles = 0;  // params, grads (even when absent), states
   int64_t n_tensors = 0;
   std::vector<int64_t> offsets{0};
-  std::vector<void*> ptrs[kMaxRoles];
+  Master master = Master::kNone;
+  std::vector<void*> ptrs[kMaxNamed];  // [kMasterSlot]: the masters or remainders
   std::vector<int64_t> factor_dims;  // kFactored: rows and columns per tensor (common/batch.h)
-  std::vector<PyObject*> items[kMaxRoles];  // borrowed from `held` and `grad_held`
+  std::vector<PyObject*> items[kMaxNamed];  // borrowed from `held` and `grad_held`
   // What keeps the pointers valid: the params' and states' lists (as tuples), and the
   // storages of their torch tensors (memory); the grads' list and storages apart
   // (grad_held), so that a Batch kept across steps can let go of a step's gradients.
@@ -185,6 +194,8 @@ struct ReadOptions {
   // for later steps; the CPU module reads and runs at once and skips the work.
   bool want_items = false;
   StateLayout layout = StateLayout::kSame;
+  // Master weights: the form of the masters read_call is given (None where kNone).
+  Master master = Master::kNone;
 };
 
 // Reads one array: what it is, where it lives and its layout; Rule::kNone, or the rule its
@@ -195,9 +206,10 @@ Rule read_array(PyObject* o, const ArrayKinds& kinds, const ReadOptions& options
 bool read_array_shape(PyObject* o, ArrayItem& it);
 
 // Reads a call. grads may be None: an optimizer's own arrays (params and states, all
-// written) checked at construction. `states` is a list or tuple of the state roles' values.
+// written) checked at construction. `states` is a list or tuple of the state roles' values;
+// `masters` the masters or remainders of options.master (a role after the states), else None.
 Refusal read_call(py::handle params, py::handle grads, py::handle states, const ReadOptions& options,
-                  ReadCall& out);
+                  ReadCall& out, py::handle masters = py::none());
 
 // A gradients-only call (norms, non-finite counts): `grads` read as one role, nothing
 // written, its pointers in the grads' slot of the batch.

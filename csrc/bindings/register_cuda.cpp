@@ -186,10 +186,13 @@ void register_batch(py::module_& m) {
   py::class_<DeviceBatch>(m, "Batch", py::module_local(),
                           "Device pointers of one call's arrays, read once and reusable across steps. "
                           "The methods take the coefficient arguments of the module functions.")
-      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout) {
-             return DeviceBatch(params, grads, states, bindings::layout_from_name(layout));
+      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout,
+                       py::handle masters, const std::string& master) {
+             return DeviceBatch(params, grads, states, bindings::layout_from_name(layout), masters,
+                                bindings::master_from_name(master));
            }),
-           arg("params"), arg("grads"), arg("states"), arg("layout") = "same",
+           arg("params"), arg("grads"), arg("states"), arg("layout") = "same", arg("masters") = py::none(),
+           arg("master") = "none",
            "Reads a call (the one reader: bindings/reader.h) with a state layout ('same', or "
            "'factored' for Adafactor); raises if it is refused or on the host.")
       .def_static(

@@ -32,11 +32,14 @@ namespace {
 // without the GIL.
 class HostCall {
  public:
-  HostCall(py::handle params, py::handle grads, py::handle states, StateLayout layout) : layout_(layout) {
+  HostCall(py::handle params, py::handle grads, py::handle states, StateLayout layout,
+           py::handle masters = py::none(), Master master = Master::kNone)
+      : layout_(layout) {
     ReadOptions options = module_read_options();
     options.host_only = true;  // stop at params[0] if it is a device array: not ours
     options.layout = layout;
-    refusal_ = read_call(params, grads, states, options, call_);
+    options.master = master;
+    refusal_ = read_call(params, grads, states, options, call_, masters);
     if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
     batch_ = call_.batch();
   }
@@ -93,6 +96,8 @@ class HostCall {
     // loss scaling and clipping for them before anything is read).
     if (layout == StateLayout::kFactored && grad_multiplier != 1.0)
       throw std::invalid_argument(std::string(Step::kName) + ": takes no gradient multiplier");
+    if (layout == StateLayout::kFactored && call_.master != Master::kNone)
+      throw std::invalid_argument(std::string(Step::kName) + ": takes no master weights");
     const Step step = step_from_python<Step>(coeffs);
     // The loops dereference one state pointer per state the rule keeps: a call with another
     // number of state lists than the flags ask for would read through a null pointer.
@@ -132,10 +137,13 @@ void register_kernels(py::module_& m) {
   py::class_<HostCall>(m, "Call",
                        "A call's arrays as the reader took them (host memory): counted, normed or "
                        "run without being read again.")
-      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout) {
-             return std::make_unique<HostCall>(params, grads, states, layout_from_name(layout));
+      .def(py::init([](py::handle params, py::handle grads, py::handle states, const std::string& layout,
+                       py::handle masters, const std::string& master) {
+             return std::make_unique<HostCall>(params, grads, states, layout_from_name(layout), masters,
+                                               master_from_name(master));
            }),
-           arg("params"), arg("grads"), arg("states"), arg("layout") = "same")
+           arg("params"), arg("grads"), arg("states"), arg("layout") = "same", arg("masters") = py::none(),
+           arg("master") = "none")
       .def_property_readonly("refusal", &HostCall::refusal,
                              "None, or (rule, role, index, other role, other index): what the call broke")
       .def("run", &HostCall::run, arg("rule"), arg("coeffs"), arg("grad_multiplier") = 1.0,
@@ -149,28 +157,32 @@ void register_kernels(py::module_& m) {
   m.def(
       "run",
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
-         py::handle coeffs, double grad_multiplier, py::handle rounding) -> py::object {
-        HostCall call(params, grads, states, layout_of(rule));
+         py::handle coeffs, double grad_multiplier, py::handle rounding, py::handle masters,
+         const std::string& master) -> py::object {
+        HostCall call(params, grads, states, layout_of(rule), masters, master_from_name(master));
         if (!call.ok()) return call.refusal();
         call.run(rule, coeffs, grad_multiplier, rounding);
         return py::none();
       },
       arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"), arg("grad_multiplier") = 1.0,
-      arg("rounding") = py::none(),
+      arg("rounding") = py::none(), arg("masters") = py::none(), arg("master") = "none",
       "Reads and runs one call: None if it ran, else the refusal (see Call.refusal; "
       "'device_call' for device arrays, which are the CUDA module's).");
 
   m.def(
       "read",
-      [](py::handle params, py::handle grads, py::handle states, const std::string& layout) -> py::object {
+      [](py::handle params, py::handle grads, py::handle states, const std::string& layout,
+         py::handle masters, const std::string& master) -> py::object {
         ReadCall call;
         ReadOptions options = module_read_options();
         options.layout = layout_from_name(layout);
-        const Refusal refusal = read_call(params, grads, states, options, call);
+        options.master = master_from_name(master);
+        const Refusal refusal = read_call(params, grads, states, options, call, masters);
         if (refusal) return refusal.to_python();
         return py::none();
       },
-      arg("params"), arg("grads"), arg("states"), arg("layout") = "same",
+      arg("params"), arg("grads"), arg("states"), arg("layout") = "same", arg("masters") = py::none(),
+      arg("master") = "none",
       "The reader's verdict on a call of any memory, running nothing: None, or the refusal. "
       "grads=None reads an optimizer's own arrays (params and states, all written). layout: "
       "'same' (states shaped like their params) or 'factored' (see state_shapes).");

@@ -14,6 +14,14 @@ enum Role : int { kParam = 0, kGrad = 1, kState0 = 2, kState1 = 3, kState2 = 4 }
 constexpr int kMaxRoles = 5;
 constexpr int kMaxStates = kMaxRoles - 2;
 
+// Master weights of 16-bit params. kFloat32: a float32 array per param holds the value the
+// rule reads and writes, and the param is written rounded from it (as the call rounds the
+// params: to nearest even or stochastically). kRemainder (bfloat16 params): an int16 array
+// per param holds the low 16 bits of a float32 master whose high half, rounded up where bit
+// 15 of the low half is set, is the param (math/storage.h: split_master); the pair is the
+// exact master.
+enum class Master : int32_t { kNone = 0, kFloat32 = 1, kRemainder = 2 };
+
 struct Batch {
   // The storage of each role (unused roles: the params'). Arithmetic is float64 where the
   // params are float64 (then every role is) and float32 otherwise, whatever the storage.
@@ -38,6 +46,10 @@ struct Batch {
   // (last dim), both 0 for a tensor of fewer than two dims. A state a tensor does not keep
   // has a null pointer in ptrs.
   const int64_t* factor_dims = nullptr;
+  // Master weights (Master above): masters[t] is tensor t's float32 master or int16
+  // remainder; null when master is kNone.
+  Master master = Master::kNone;
+  void* const* masters = nullptr;
 
   int64_t total() const { return offsets[n_tensors]; }
   int64_t size(int64_t t) const { return offsets[t + 1] - offsets[t]; }
@@ -47,6 +59,7 @@ struct Batch {
   // Every role stored in the compute type: the loops run on the arrays themselves, with no
   // conversion (the float32 and float64 calls of before mixed precision).
   bool stored_as_computed() const {
+    if (master != Master::kNone) return false;
     for (DType d : dtypes)
       if (d != compute_dtype()) return false;
     return true;

@@ -125,6 +125,27 @@ void store_stage(const Batch& b, int role, const float* src, void* dst, int64_t 
   else narrow_stochastic<false>(src, static_cast<uint16_t*>(dst), n, b, role, tensor, first);
 }
 
+// Master weights (common/batch.h): elements [i, i + m) of tensor t's params as the rule
+// reads them, the float32 master itself or the master joined from the bfloat16 param and
+// its remainder (into buf); and the params written from what the rule left there: the
+// master rounded into the 16-bit param (to nearest even, or stochastically with the
+// param role's bits, those of a plain step), or split into param and remainder.
+float* master_in(const Batch& b, int64_t t, int64_t i, int64_t m, float* __restrict buf) {
+  if (b.master == Master::kFloat32) return static_cast<float*>(b.masters[t]) + i;
+  const uint16_t* __restrict p = static_cast<const uint16_t*>(b.ptrs[kParam][t]) + i;
+  const uint16_t* __restrict r = static_cast<const uint16_t*>(b.masters[t]) + i;
+  for (int64_t e = 0; e < m; ++e) buf[e] = math::join_master(p[e], r[e]);
+  return buf;
+}
+
+void master_out(const Batch& b, int64_t t, int64_t i, int64_t m, const float* __restrict x) {
+  if (b.master == Master::kFloat32)  // the master was written in place
+    return store_stage(b, kParam, x, static_cast<uint16_t*>(b.ptrs[kParam][t]) + i, m, t, i);
+  uint16_t* __restrict p = static_cast<uint16_t*>(b.ptrs[kParam][t]) + i;
+  uint16_t* __restrict r = static_cast<uint16_t*>(b.masters[t]) + i;
+  for (int64_t e = 0; e < m; ++e) math::split_master(x[e], p[e], r[e]);
+}
+
 // --- the element loop ---------------------------------------------------------------------
 // How a role's storage S is held in memory and converted: float and double as themselves,
 // bfloat16 as its 16 bits (math/storage.h).
@@ -146,7 +167,9 @@ struct Held<math::BFloat16> {
 // two bfloat16 layouts, the recipes of bfloat16 training, are compiled fused too, since
 // the stage buffers of run_range_staged cost them about a third of their speed in cache;
 // every other combination is staged.
-template <class PS, class GS, class SS>
+// kMaster: the params' value is a float32 master (Batch::masters), written back with the
+// param rounded from it to nearest (master weights' commonest recipe, fused too).
+template <class PS, class GS, class SS, bool kMasterF32 = false>
 struct Layout {
   using PH = Held<PS>;
   using GH = Held<GS>;
@@ -157,7 +180,8 @@ struct Layout {
   static constexpr int64_t kWidest =
       static_cast<int64_t>(sizeof(P) > sizeof(G) ? (sizeof(P) > sizeof(St) ? sizeof(P) : sizeof(St))
                                                  : (sizeof(G) > sizeof(St) ? sizeof(G) : sizeof(St)));
-  static constexpr bool kSameSize = sizeof(P) == sizeof(G) && sizeof(G) == sizeof(St);
+  static constexpr bool kMaster = kMasterF32;
+  static constexpr bool kSameSize = sizeof(P) == sizeof(G) && sizeof(G) == sizeof(St) && !kMaster;
 };
 template <class S>
 using Uniform = Layout<S, S, S>;
@@ -165,19 +189,22 @@ using Uniform = Layout<S, S, S>;
 template <class Rule, class L>
 inline void run_elems(const Rule& rule, typename L::P* __restrict p, const typename L::G* __restrict g,
                       typename L::St* __restrict s0, typename L::St* __restrict s1,
-                      typename L::St* __restrict s2, int64_t lo, int64_t hi) {
+                      typename L::St* __restrict s2, float* __restrict m, int64_t lo, int64_t hi) {
   using T = typename Rule::compute_t;
   constexpr int N = Rule::kNumStates;
   using PH = typename L::PH;
   using SH = typename L::SH;
   for (int64_t i = lo; i < hi; ++i) {
-    T pv = PH::load(p[i]);
+    T pv;
+    if constexpr (L::kMaster) pv = m[i];
+    else pv = PH::load(p[i]);
     const T gv = L::GH::load(g[i]);
     T st[N > 0 ? N : 1];
     if constexpr (N > 0) st[0] = SH::load(s0[i]);
     if constexpr (N > 1) st[1] = SH::load(s1[i]);
     if constexpr (N > 2) st[2] = SH::load(s2[i]);
     rule(pv, gv, st);
+    if constexpr (L::kMaster) m[i] = pv;
     p[i] = PH::store(pv);
     if constexpr (N > 0) s0[i] = SH::store(st[0]);
     if constexpr (N > 1) s1[i] = SH::store(st[1]);
@@ -209,6 +236,7 @@ struct Piece {
   typename L::St* s0;
   typename L::St* s1;
   typename L::St* s2;
+  float* m;  // the float32 masters (L::kMaster), else null
   int64_t n;
 };
 
@@ -224,7 +252,7 @@ Piece<L> piece_of(const Batch& b, int64_t t, int64_t begin, int64_t end) {
   using St = typename L::St;
   return {role_ptr<typename L::P>(b, kParam, t, lo), role_ptr<const typename L::G>(b, kGrad, t, lo),
           role_ptr<St>(b, kState0, t, lo), role_ptr<St>(b, kState1, t, lo), role_ptr<St>(b, kState2, t, lo),
-          hi - lo};
+          L::kMaster ? static_cast<float*>(b.masters[t]) + lo : nullptr, hi - lo};
 }
 
 template <class X>
@@ -254,6 +282,7 @@ inline void prefetch_lines(const Piece<L>& x, int64_t from, int64_t to) {
     if constexpr (N > 0) prefetch_stream(x.s0, from, to, true);
     if constexpr (N > 1) prefetch_stream(x.s1, from, to, true);
     if constexpr (N > 2) prefetch_stream(x.s2, from, to, true);
+    if constexpr (L::kMaster) prefetch_stream(x.m, from, to, true);
   }
 }
 
@@ -278,10 +307,10 @@ void run_piece(const Rule& rule, const Piece<L>& x, const Piece<L>& next) {
   // Prefetch only inside the range: a thread never touches the lines of the next one's.
   for (; i + D + B <= x.n; i += B) {
     prefetch_lines<N>(x, i + D, i + D + B);
-    run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, i + B);
+    run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, x.m, i, i + B);
   }
   if (next.n > 0) prefetch_head<N>(next);
-  run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, i, x.n);
+  run_elems<Rule, L>(rule, x.p, x.g, x.s0, x.s1, x.s2, x.m, i, x.n);
 }
 
 // First tensor whose elements reach past `index` (empty tensors are stepped over).
@@ -301,7 +330,7 @@ Piece<L> next_piece(const Batch& b, int64_t& t, int64_t begin, int64_t end) {
     const Piece<L> x = piece_of<L>(b, t, begin, end);
     if (x.n > 0) return x;
   }
-  return Piece<L>{nullptr, nullptr, nullptr, nullptr, nullptr, 0};
+  return Piece<L>{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0};
 }
 
 template <class Rule, class L>
@@ -347,18 +376,28 @@ void run_range_staged(const Rule& rule, const Batch& b, int64_t begin, int64_t e
             else __builtin_prefetch(base[r] + k, 1, 3);
           }
       }
+      if (b.master != Master::kNone && i + D + m <= hi) {
+        const int64_t bytes = b.master == Master::kFloat32 ? 4 : 2;
+        const char* at = static_cast<const char*>(b.masters[t]);
+        for (int64_t k = (i + D) * bytes; k < (i + D + m) * bytes; k += 64) __builtin_prefetch(at + k, 1, 3);
+      }
       float* x[kMaxRoles] = {nullptr, nullptr, nullptr, nullptr, nullptr};
       for (int r = 0; r < R; ++r) {
-        if (narrow[r]) {
+        if (r == kParam && b.master != Master::kNone) {
+          x[r] = master_in(b, t, i, m, buf[r]);
+        } else if (narrow[r]) {
           widen_into(b.dtypes[r], base[r] + i * size[r], buf[r], m);
           x[r] = buf[r];
         } else {
           x[r] = reinterpret_cast<float*>(base[r]) + i;
         }
       }
-      run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], 0, m);
-      for (int r = 0; r < R; ++r)
-        if (narrow[r] && r != kGrad) store_stage(b, r, buf[r], base[r] + i * size[r], m, t, i);
+      run_elems<Rule, Uniform<float>>(rule, x[kParam], x[kGrad], x[kState0], x[kState1], x[kState2], nullptr, 0,
+                                      m);
+      for (int r = 0; r < R; ++r) {
+        if (r == kParam && b.master != Master::kNone) master_out(b, t, i, m, x[r]);
+        else if (narrow[r] && r != kGrad) store_stage(b, r, buf[r], base[r] + i * size[r], m, t, i);
+      }
     }
   }
 }
@@ -385,7 +424,12 @@ void run_stored(const Rule& rule, const Batch& b, int64_t begin, int64_t end) {
   if (b.stored_as_computed()) {
     run_range<Rule, Uniform<T>>(rule, b, begin, end);
   } else if constexpr (std::is_same<T, float>::value) {
-    if (b.stochastic_roles != 0) run_range_staged(rule, b, begin, end);  // rounds by position
+    // Float32 masters of bfloat16 params and grads with float32 states, rounded to
+    // nearest: fused. Stochastic rounding hashes positions, and the other master calls
+    // have a role of their own: staged.
+    if (b.master == Master::kFloat32 && b.stochastic_roles == 0 && stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
+      run_range<Rule, Layout<BFloat16, BFloat16, float, true>>(rule, b, begin, end);
+    else if (b.stochastic_roles != 0 || b.master != Master::kNone) run_range_staged(rule, b, begin, end);
     else if (stored_as<N>(b, kBf16, kBf16, kBf16)) run_range<Rule, Uniform<BFloat16>>(rule, b, begin, end);
     else if (stored_as<N>(b, kBf16, kBf16, DType::kFloat32))
       run_range<Rule, Layout<BFloat16, BFloat16, float>>(rule, b, begin, end);
@@ -445,6 +489,7 @@ template <class T>
 T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
   char* base = static_cast<char*>(b.ptrs[r][t]);
   if constexpr (std::is_same<T, float>::value) {
+    if (r == kParam && b.master != Master::kNone) return master_in(b, t, i, m, buf);
     if (b.dtypes[r] != DType::kFloat32) {
       widen_into(b.dtypes[r], base + i * bytes_of(b.dtypes[r]), buf, m);
       return buf;
@@ -458,6 +503,7 @@ T* stage_in(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* buf) {
 template <class T>
 void stage_out(const Batch& b, int r, int64_t t, int64_t i, int64_t m, T* x) {
   if constexpr (std::is_same<T, float>::value) {
+    if (r == kParam && b.master != Master::kNone) return master_out(b, t, i, m, x);
     if (b.dtypes[r] != DType::kFloat32) {
       char* at = static_cast<char*>(b.ptrs[r][t]) + i * bytes_of(b.dtypes[r]);
       store_stage(b, r, x, at, m, t, i);  // to nearest, or stochastically where asked

@@ -35,9 +35,11 @@ namespace cuda {
 
 struct NoCoeffs {};  // the traffic rule has none
 
-template <class C, int kRoles>
+// kColumns: the table's pointers per tensor, kRoles or, for update_kernel_mixed, one more
+// for the masters of master weights (common/batch.h: Master).
+template <class C, int kRoles, int kColumns = kRoles>
 struct UpdateParams {
-  TensorTable<kRoles, table_capacity(kRoles)> table;
+  TensorTable<kColumns, table_capacity(kColumns)> table;
   C coeffs;
   const DeviceCoeffs<C>* device_coeffs;  // null: use `coeffs`
   double grad_multiplier;                 // Batch::grad_multiplier (math/grad_multiplier.h)
@@ -47,6 +49,7 @@ struct UpdateParams {
   int64_t chunk;  // elements per chunk (cuda/plan.h: chunk_elements)
   int32_t n_slots;
   DType storage[kRoles];  // each role's storage (update_kernel_mixed only)
+  Master master;          // Batch::master (update_kernel_mixed only): table.ptr[kRoles] holds them
 };
 
 template <class Rule, class C>
@@ -229,21 +232,42 @@ __device__ __forceinline__ void store_vector(DType d, void* p, int64_t i, const 
   *reinterpret_cast<uint2*>(static_cast<uint16_t*>(p) + i) = raw;
 }
 
-template <class Rule, class C, int kRoles>
-__device__ __forceinline__ void apply_mixed_scalar(const Rule& rule, const UpdateParams<C, kRoles>& P,
-                                                   void* const (&ptr)[kRoles], int64_t i, uint32_t tkey) {
+// The params' value with master weights: the float32 master, or the master joined from the
+// bfloat16 param and its remainder (math/storage.h); and its store: the master, and the
+// param rounded from it as the call rounds params, or the two halves split back.
+__device__ __forceinline__ float load_master(Master form, const void* param, const void* master, int64_t i) {
+  if (form == Master::kFloat32) return static_cast<const float*>(master)[i];
+  return math::join_master(static_cast<const uint16_t*>(param)[i], static_cast<const uint16_t*>(master)[i]);
+}
+
+template <class Params>
+__device__ __forceinline__ void store_master(const Params& P, void* param, void* master, int64_t i,
+                                             uint32_t tkey, float x) {
+  if (P.master == Master::kFloat32) {
+    static_cast<float*>(master)[i] = x;
+    store_rounded(P, 0, param, i, tkey, x);
+    return;
+  }
+  math::split_master(x, static_cast<uint16_t*>(param)[i], static_cast<uint16_t*>(master)[i]);
+}
+
+template <class Rule, class C, int kRoles, int kColumns>
+__device__ __forceinline__ void apply_mixed_scalar(const Rule& rule, const UpdateParams<C, kRoles, kColumns>& P,
+                                                   void* const (&ptr)[kColumns], int64_t i, uint32_t tkey) {
   float x[kRoles];
 #pragma unroll
   for (int r = 0; r < kRoles; ++r) x[r] = load_float(P.storage[r], ptr[r], i);
+  if (P.master != Master::kNone) x[0] = load_master(P.master, ptr[0], ptr[kRoles], i);
   apply_values<Rule, float, kRoles>(rule, x);
-  store_rounded(P, 0, ptr[0], i, tkey, x[0]);
+  if (P.master != Master::kNone) store_master(P, ptr[0], ptr[kRoles], i, tkey, x[0]);
+  else store_rounded(P, 0, ptr[0], i, tkey, x[0]);
 #pragma unroll
   for (int r = 2; r < kRoles; ++r) store_rounded(P, r, ptr[r], i, tkey, x[r]);
 }
 
 template <class Rule, class C, int kRoles>
 __global__ void __launch_bounds__(kThreads)
-    update_kernel_mixed(const __grid_constant__ UpdateParams<C, kRoles> P) {
+    update_kernel_mixed(const __grid_constant__ UpdateParams<C, kRoles, kRoles + 1> P) {
   C c = P.coeffs;
   if (P.device_coeffs != nullptr) {
     if (P.device_coeffs->skip != 0.0) return;
@@ -257,14 +281,15 @@ __global__ void __launch_bounds__(kThreads)
     const int slot = locate(P.table.chunk_start, P.n_slots, chunk);
     const ChunkSpan s = chunk_span(P.table.size[slot], P.table.head[slot], P.chunk, V,
                                    chunk - P.table.chunk_start[slot]);
-    void* ptr[kRoles];
+    void* ptr[kRoles + 1];
 #pragma unroll
-    for (int r = 0; r < kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
+    for (int r = 0; r <= kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
 
     const uint32_t tkey = math::tensor_key(P.rounding_key[1], P.table.tensor[slot]);
-    if (P.stochastic_roles != 0) {
-      // Stochastic rounding hashes each element's position: element by element (still
-      // coalesced across the block), which keeps the vector loop's registers as they were.
+    if (P.stochastic_roles != 0 || P.master != Master::kNone) {
+      // Stochastic rounding hashes each element's position, and masters are a role of
+      // their own: element by element (still coalesced across the block), which keeps the
+      // vector loop's registers as they were.
       for (int64_t i = s.lo + threadIdx.x; i < s.hi; i += kThreads) apply_mixed_scalar(rule, P, ptr, i, tkey);
       continue;
     }
@@ -310,7 +335,8 @@ template <class Rule, class S, class C>
 void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, cudaStream_t stream) {
   constexpr bool kMixed = std::is_void<S>::value;
   constexpr int kRoles = 2 + Rule::kNumStates;
-  using Params = UpdateParams<C, kRoles>;
+  constexpr int kColumns = kMixed ? kRoles + 1 : kRoles;  // the mixed kernel's: the masters too
+  using Params = UpdateParams<C, kRoles, kColumns>;
   static_assert(sizeof(Params) <= kParamLimit, "kernel parameters exceed the parameter space");
   constexpr int kCap = decltype(Params::table)::kCapacity;
   for (int r = 0; r < kRoles; ++r)
@@ -344,6 +370,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
   params.rounding_key[1] = b.rounding_key[1];
   params.chunk = chunk;
   for (int r = 0; r < kRoles; ++r) params.storage[r] = b.dtypes[r];
+  params.master = b.master;
   for (const LaunchPlan& plan : plans) {
     const int slots = static_cast<int>(plan.tensors.size());
     params.n_slots = slots;
@@ -351,6 +378,7 @@ void launch_update(const C& coeffs, const void* device_coeffs, const Batch& b, c
     for (int s = 0; s < slots; ++s) {
       const int64_t t = plan.tensors[s];
       for (int r = 0; r < kRoles; ++r) params.table.ptr[r][s] = b.ptrs[r][t];
+      if constexpr (kMixed) params.table.ptr[kRoles][s] = b.master == Master::kNone ? nullptr : b.masters[t];
       params.table.size[s] = sizes[t];
       params.table.tensor[s] = static_cast<int32_t>(t);
       params.table.head[s] = heads[t];

@@ -61,7 +61,9 @@ __device__ __forceinline__ void store_as(void* base, DType d, int64_t i, T x) {
 template <class Rule, class C>
 struct TrustParams {
   static constexpr int kRoles = 2 + Rule::kNumStates;
-  TensorTable<kRoles, table_capacity(kRoles)> table;
+  // The roles' pointers, then the masters of master weights (common/batch.h: Master).
+  TensorTable<kRoles + 1, table_capacity(kRoles + 1)> table;
+  Master master;
   C c;                   // the step's coefficients, in double
   DType dtypes[kRoles];  // param, grad, states
   double grad_multiplier;     // Batch::grad_multiplier (math/grad_multiplier.h)
@@ -92,6 +94,34 @@ __device__ __forceinline__ void store_role(const P& params, int r, int slot, int
   store_as<T>(base, params.dtypes[r], i, x);
 }
 
+// The param's value of element i: with master weights the float32 master, or the master
+// joined from the bfloat16 param and its remainder (math/storage.h).
+template <class T, class P>
+__device__ __forceinline__ T param_value(const P& params, int slot, int64_t i) {
+  const void* master = params.table.ptr[P::kRoles][slot];
+  if constexpr (std::is_same<T, float>::value) {
+    if (params.master == Master::kFloat32) return static_cast<const float*>(master)[i];
+    if (params.master == Master::kRemainder)
+      return math::join_master(static_cast<const uint16_t*>(params.table.ptr[kParam][slot])[i],
+                               static_cast<const uint16_t*>(master)[i]);
+  }
+  return load_as<T>(params.table.ptr[kParam][slot], params.dtypes[kParam], i);
+}
+
+// Writes the param's new value: to the master and the param rounded from it, or split
+// into param and remainder, with master weights; else to the param as stored.
+template <class T, class P>
+__device__ __forceinline__ void store_param(const P& params, int slot, int64_t i, T x) {
+  void* master = params.table.ptr[P::kRoles][slot];
+  if constexpr (std::is_same<T, float>::value) {
+    if (params.master == Master::kFloat32) static_cast<float*>(master)[i] = x;
+    if (params.master == Master::kRemainder)
+      return math::split_master(x, static_cast<uint16_t*>(params.table.ptr[kParam][slot])[i],
+                                static_cast<uint16_t*>(master)[i]);
+  }
+  store_role<T>(params, kParam, slot, i, x);
+}
+
 // Norm block c of the launch: its slot, first element and length.
 template <class P>
 __device__ __forceinline__ int64_t block_span(const P& params, int64_t c, int& slot, int64_t& len) {
@@ -117,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t lo = block_span(P, c, slot, len);
     double p_acc = 0.0, u_acc = 0.0;
     for (int64_t i = lo + lane; i < lo + len; i += 32) {
-      const T p = load_as<T>(P.table.ptr[kParam][slot], P.dtypes[kParam], i);
+      const T p = param_value<T>(P, slot, i);
       const T g = load_as<T>(P.table.ptr[kGrad][slot], P.dtypes[kGrad], i) * static_cast<T>(P.grad_multiplier);
       T st[N];
       for (int j = 0; j < N; ++j)
@@ -169,12 +199,12 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t lo = block_span(P, c, slot, len);
     const T factor = static_cast<T>(P.factors[P.chunk_offset + P.table.chunk_start[slot]]);
     for (int64_t i = lo + threadIdx.x; i < lo + len; i += kThreads) {
-      T p = load_as<T>(P.table.ptr[kParam][slot], P.dtypes[kParam], i);
+      T p = param_value<T>(P, slot, i);
       T st[N];
       for (int j = 0; j < N; ++j)
         st[j] = load_as<T>(P.table.ptr[kState0 + j][slot], P.dtypes[kState0 + j], i);
       p = p - factor * rule.direction(p, st);
-      store_role<T>(P, kParam, slot, i, p);
+      store_param<T>(P, slot, i, p);
     }
   }
 }
@@ -194,11 +224,12 @@ void launch_trust(const Step& s, const Batch& b, cudaStream_t stream) {
   StreamScratch scratch(static_cast<size_t>(3 * n_blocks) * sizeof(double), stream);
   const auto pass1 = trust_pass1_kernel<Rule, decltype(s.c)>;
   const long long max_grid = max_resident_blocks(reinterpret_cast<const void*>(pass1), kThreads);
-  const auto plans = plan_launches(sizes.data(), nullptr, b.n_tensors, math::kNormBlock, table_capacity(R),
+  const auto plans = plan_launches(sizes.data(), nullptr, b.n_tensors, math::kNormBlock, table_capacity(R + 1),
                                    max_grid * kWarps);
   auto params = std::make_unique<Params>();  // tens of KiB: not on the stack
   params->c = s.c;
   for (int r = 0; r < R; ++r) params->dtypes[r] = b.dtypes[r];
+  params->master = b.master;
   params->grad_multiplier = b.grad_multiplier;
   params->stochastic_roles = b.stochastic_roles;
   params->rounding_key[0] = b.rounding_key[0];
@@ -213,6 +244,7 @@ void launch_trust(const Step& s, const Batch& b, cudaStream_t stream) {
     for (int k = 0; k < slots; ++k) {
       const int64_t t = plan.tensors[k];
       for (int r = 0; r < R; ++r) params->table.ptr[r][k] = b.ptrs[r][t];
+      params->table.ptr[R][k] = b.master == Master::kNone ? nullptr : b.masters[t];
       params->table.size[k] = sizes[t];
       params->table.tensor[k] = static_cast<int32_t>(t);
       params->table.head[k] = kScalarOnly;

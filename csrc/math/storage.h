@@ -140,6 +140,22 @@ FUSEDOPT_HD uint16_t float_to_f16_stochastic(float x, uint32_t random) {
   return static_cast<uint16_t>(sign | ((m + (random & ((1u << shift) - 1u))) >> shift));
 }
 
+// --- a float32 master as a bfloat16 param and an int16 remainder ------------------------
+// The param holds the master's high 16 bits, plus one where bit 15 of the low half is set
+// (so the param is the master rounded to nearest, ties away from zero), and the remainder
+// holds the low 16 bits. Both directions wrap modulo 2^16, so every float32 bit pattern,
+// NaN included, comes back exactly.
+FUSEDOPT_HD float join_master(uint16_t param, uint16_t remainder) {
+  const uint32_t high = (static_cast<uint32_t>(param) - (remainder >> 15)) & 0xFFFFu;
+  return bits_float((high << 16) | remainder);
+}
+
+FUSEDOPT_HD void split_master(float master, uint16_t& param, uint16_t& remainder) {
+  const uint32_t u = float_bits(master);
+  remainder = static_cast<uint16_t>(u & 0xFFFFu);
+  param = static_cast<uint16_t>(((u >> 16) + ((u >> 15) & 1u)) & 0xFFFFu);
+}
+
 // The compute value of a stored one: float32 for the 16-bit types, the value itself for
 // float32 and float64.
 FUSEDOPT_HD float widen(float x) { return x; }

@@ -30,9 +30,11 @@ class Prepared:
     """A call the reader accepted, adapted: lists of arrays per role (NumPy or CuPy) of one
     device."""
 
-    __slots__ = ("device", "xp", "params", "grads", "states", "torch_device", "layout")
+    __slots__ = ("device", "xp", "params", "grads", "states", "torch_device", "layout", "master",
+                 "masters")
 
-    def __init__(self, device, xp, params, grads, states, torch_device=None, layout="same"):
+    def __init__(self, device, xp, params, grads, states, torch_device=None, layout="same",
+                 master=None, masters=None):
         self.device = device  # "cpu" or "cuda"
         self.xp = xp  # numpy or cupy: the array module of the arrays
         self.params = params
@@ -43,6 +45,10 @@ class Prepared:
         # The GPU of the params if they are torch CUDA tensors, else None: device work on
         # torch params runs on torch's current stream there (fusedopt.cuda.params_stream).
         self.torch_device = torch_device
+        # Master weights: their form ("float32" or "remainders", fusedopt._coeffs.Masters)
+        # and a list of arrays like params; None without.
+        self.master = master
+        self.masters = masters
 
     @property
     def n_tensors(self) -> int:
@@ -115,11 +121,12 @@ def _with_dlpack_as_cupy(fn: str, names, values, single):
 
 
 def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
-            written_only: bool = False, layout: str = "same") -> Prepared:
+            written_only: bool = False, layout: str = "same", master=None) -> Prepared:
     """Asks the reader for its verdict on one call, words a refusal, and adapts the arrays of
     an accepted call. ``states`` are (argument name, arrays) in rule order.
 
-    ``layout`` is the rule's state layout (fusedopt.rules.Rule.state_layout).
+    ``layout`` is the rule's state layout (fusedopt.rules.Rule.state_layout); ``master``
+    the call's master weights (fusedopt._coeffs.Masters), read as a role after the states.
 
     ``written_only=True`` (with ``grads=None``) reads only the arrays that are written (an
     optimizer's own params and states, at construction); the result then has
@@ -131,19 +138,26 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     has_grads = grads is not None
     names = ["params", *(["grads"] if has_grads else []), *(name for name, _ in states)]
     values = [params, *([grads] if has_grads else []), *(value for _, value in states)]
+    if master is not None:
+        names.append(master.name)
+        values.append(master.arrays)
     single = not _is_list(params)
-    state_values = values[2 if has_grads else 1:]
-    refusal = _core.read(params, grads, state_values, layout)
+    first_state = 2 if has_grads else 1
+    n_states = len(states)
+
+    def read():
+        extra = () if master is None else (values[-1], master.form)
+        return _core.read(values[0], values[1] if has_grads else None,
+                          values[first_state:first_state + n_states], layout, *extra)
+
+    refusal = read()
     if refusal is not None and refusal[0] == "not_array":
         adapted = _with_dlpack_as_cupy(fn, names, values, single)
         if adapted is not None:
             values = adapted
-            params = values[0]
-            grads = values[1] if has_grads else None
-            state_values = values[2 if has_grads else 1:]
-            refusal = _core.read(params, grads, state_values, layout)
+            refusal = read()
     if refusal is not None:
-        raise _worded(fn, refusal, names, values, single, layout)
+        raise _worded(fn, refusal, names, values, single, layout, master)
     lists = [[v] if single else list(v) for v in values]
     label = _label(single)
     native = [[_adapted(fn, label(names[r], i), x) for i, x in enumerate(arrays)]
@@ -155,9 +169,10 @@ def prepare(fn: str, params, grads, states: Sequence[tuple[str, Any]] = (), *,
     torch_device = None
     if device == "cuda" and is_torch_tensor(lists[0][0]):
         torch_device = int(native[0][0].device.id)
-    first_state = 2 if has_grads else 1
-    return Prepared(device, xp, native[0], native[1] if has_grads else None, native[first_state:],
-                    torch_device, layout)
+    return Prepared(device, xp, native[0], native[1] if has_grads else None,
+                    native[first_state:first_state + n_states], torch_device, layout,
+                    None if master is None else master.form,
+                    None if master is None else native[first_state + n_states])
 
 
 def _adapted(fn: str, label: str, x):
@@ -224,7 +239,7 @@ def _memory(x) -> str:
     return "cuda"
 
 
-def _worded(fn: str, refusal, names, values, single, layout="same") -> Exception:
+def _worded(fn: str, refusal, names, values, single, layout="same", master=None) -> Exception:
     rule, role, index, other_role, other_index = refusal
     label = _label(single)
     if rule in ("not_list", "list_for_single", "length"):
@@ -307,6 +322,20 @@ def _worded(fn: str, refusal, names, values, single, layout="same") -> Exception
                              "float64 params (16-bit storage is not supported for it)")
         return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {label('params', index)} "
                          f"has {param}; this rule's grads and states have the params' dtype")
+    if rule == "master_dtype":
+        param = _dtype_name(item(0, index))
+        remainders = master.form == "remainders"
+        if other_role == 0:
+            if remainders:
+                return TypeError(f"{fn}: {where} goes with bfloat16 params, but "
+                                 f"{label('params', index)} has {param}; pass float32 masters as "
+                                 "master_params= for float16 params")
+            return TypeError(f"{fn}: {where} goes with bfloat16 or float16 params, but "
+                             f"{label('params', index)} has {param}: such params are their own "
+                             "master; leave master_params out")
+        want = "int16" if remainders else "float32"
+        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)}; {names[role]} are {want} "
+                         "arrays")
     if rule == "shape":
         return ValueError(f"{fn}: {where} has shape {_shape(x)} but {label('params', index)} has "
                           f"shape {_shape(item(0, index))}")

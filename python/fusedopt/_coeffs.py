@@ -299,3 +299,55 @@ def step_seed(seed: int, step: int) -> int:
     """A seed per step for the kernels that take no step count (their key is the seed
     alone): the optimizers pass this, so that no two steps draw the same bits."""
     return _splitmix64(seed ^ _splitmix64(step ^ 0x5EED))
+
+
+# --- master weights of 16-bit params (csrc/common/batch.h: Master) ---------------------------
+class Masters(collections.namedtuple("Masters", "form name arrays")):
+    """A call's master weights: ``form`` as the modules name it ("float32": float32 arrays;
+    "remainders": int16 low halves of bfloat16 params), the argument's name, its arrays."""
+
+    __slots__ = ()
+
+    @property
+    def args(self) -> tuple:
+        """(masters, form): the modules' trailing arguments for them."""
+        return self.arrays, self.form
+
+
+def masters(fn: str, master_params, param_remainders, rounding, *, factored: bool = False):
+    """The call's :class:`Masters`, or None; the options that cannot go together refused."""
+    if master_params is None and param_remainders is None:
+        return None
+    if master_params is not None and param_remainders is not None:
+        raise ValueError(f"{fn}: pass master_params or param_remainders, not both: each one "
+                         "is the params' whole float32 master")
+    if factored:
+        raise ValueError(f"{fn}: takes no master_params or param_remainders: its params are "
+                         "float32 or float64, their own master")
+    if param_remainders is not None:
+        if rounding == "stochastic":
+            raise ValueError(f"{fn}: rounding='stochastic' does not go with param_remainders: a "
+                             "param and its remainder hold the float32 master exactly; pass "
+                             "master_params= to round the params stochastically")
+        return Masters("remainders", "param_remainders", param_remainders)
+    return Masters("float32", "master_params", master_params)
+
+
+MASTER_WEIGHTS = ("float32", "remainders")
+
+
+def master_weights(name: str, value, rounding, layout: str = "same"):
+    """An optimizer's ``master_weights=`` checked: None, "float32" or "remainders"."""
+    if value is None:
+        return None
+    if value not in MASTER_WEIGHTS:
+        raise ValueError(f"{name}: master_weights must be None, 'float32' or 'remainders', got "
+                         f"{value!r}")
+    if layout != "same":
+        raise TypeError(f"{name}: takes no master_weights: its params are float32 or float64, "
+                        "their own master")
+    if value == "remainders" and rounding == "stochastic":
+        raise ValueError(f"{name}: rounding='stochastic' does not go with "
+                         "master_weights='remainders': a param and its remainder hold the float32 "
+                         "master exactly; use master_weights='float32' to round stochastically")
+    return value

@@ -24,9 +24,11 @@ DEVICE_COEFFS_DOUBLES: dict[str, int]  # per rule: its coefficients, then the sk
 class Batch:
     """Device pointers of one call's arrays, read once and reusable across steps."""
 
-    def __init__(self, params: Any, grads: Any, states: Sequence[Any], layout: str = ...) -> None:
-        """Reads a call with a state layout ('same', or 'factored' for Adafactor); ValueError
-        naming the refusal if the reader refuses it."""
+    def __init__(self, params: Any, grads: Any, states: Sequence[Any], layout: str = ...,
+                 masters: Any = None, master: str = "none") -> None:
+        """Reads a call with a state layout ('same', or 'factored' for Adafactor) and master
+        weights of form ``master`` ("none", "float32", "remainders"); ValueError naming the
+        refusal if the reader refuses it."""
     @staticmethod
     def strict(params: Any, grads: Any, states: Sequence[Any]) -> Batch | None:
         """The public API's fast path: a Batch if the reader accepts the call as device

@@ -112,11 +112,17 @@ class Call(NamedTuple):
     adaptive: bool = False  # SGD at lr0 / (1 + ||g||^2): coeffs at lr0, the rate set here
     scaling: _coeffs.GradScaling | None = None  # loss scaling and clipping, if any
     rounding: tuple | None = None  # stochastic rounding of 16-bit stores (_coeffs.rounding)
+    master: _coeffs.Masters | None = None  # master weights of 16-bit params (_coeffs.masters)
+
+    @property
+    def master_args(self) -> tuple:
+        """The modules' trailing arguments for the call's master weights (none without)."""
+        return () if self.master is None else self.master.args
 
 
 def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_nonfinite,
         adaptive=False, grad_scale=None, found_inf=None, max_grad_norm=None, grad_norm=None,
-        rounding=None):
+        rounding=None, master=None):
     """Runs a public call (the fields of :class:`Call`): None, a StepStatus (with
     skip_if_nonfinite, found_inf or max_grad_norm) or an AdaptiveRate. The common call, a
     plain step whose arrays the CPU module's reader takes, is one call into the module
@@ -132,11 +138,12 @@ def run(rule, fn, params, grads, names, values, coeffs, hyper, backend, skip_if_
     if (backend == "auto" or backend == "native") and grads is not None and not adaptive \
             and skip_if_nonfinite is False and (scaling is None or _plain_scale(scaling)):
         refusal = _core.run(rule, params, grads, values, coeffs,
-                            1.0 if scaling is None else 1.0 / scaling.grad_scale, rounding)
+                            1.0 if scaling is None else 1.0 / scaling.grad_scale, rounding,
+                            *(() if master is None else master.args))
         if refusal is None:
             return None
     return _run_call(Call(rule, fn, params, grads, names, values, coeffs, hyper, adaptive, scaling,
-                          rounding), backend, skip_if_nonfinite, refusal)
+                          rounding, master), backend, skip_if_nonfinite, refusal)
 
 
 def _plain_scale(scaling) -> bool:
@@ -149,14 +156,14 @@ def _run_call(call: Call, backend: str, skip_if_nonfinite, refusal=None):
     if (backend == "auto" or backend == "native") and call.grads is not None:
         if refusal is None and (skip_if_nonfinite is True or skip_if_nonfinite is False):
             # Counted, normed or decided before the update: read once, then each in turn.
-            host = _core.Call(call.params, call.grads, call.values, _layout(call.rule))
+            host = _core.Call(call.params, call.grads, call.values, _layout(call.rule), *call.master_args)
             refusal = host.refusal
             if refusal is None:
                 return _run_native(host, call, skip_if_nonfinite)
         # Device arrays: the CUDA module's fast path (Batch.strict) reads states shaped like
         # their params; a factored rule's call goes through prepare() and native_target().
         if refusal is not None and refusal[0] == "device_call" and _layout(call.rule) == "same":
-            batch = _native.device_batch(call.params, call.grads, call.values)
+            batch = _native.device_batch(call.params, call.grads, call.values, call.master)
             if batch is not None:
                 return _run_native(batch, call, skip_if_nonfinite, device=True)
     # A refusal (worded now), a flag that is not a bool, the reference, or a fallback.
@@ -231,7 +238,7 @@ def _run_checked(call: Call, backend: str, skip: bool):
     """The reader's verdict asked through fusedopt._arrays, which words a refusal; then the
     compiled kernel on the adapted arrays, or the reference."""
     prep = _arrays.prepare(call.fn, call.params, call.grads, list(zip(call.names, call.values)),
-                           layout=_layout(call.rule))
+                           layout=_layout(call.rule), master=call.master)
     if prep.n_tensors == 0:
         if call.scaling is not None and call.scaling.found_inf:
             return _skipped(call, 0)
@@ -248,7 +255,12 @@ def _run_checked(call: Call, backend: str, skip: bool):
 def native_target(prep):
     """The module object that runs a prepared call: the CPU module's Call, or a CUDA Batch."""
     if prep.device == "cpu":
-        return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
+        if prep.master is None:
+            return _core.Call(prep.params, prep.grads, prep.states, prep.layout)
+        return _core.Call(prep.params, prep.grads, prep.states, prep.layout, prep.masters, prep.master)
+    if prep.master is not None:
+        return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout,
+                                   masters=prep.masters, master=prep.master)
     return cuda.module().Batch(prep.params, prep.grads, prep.states, layout=prep.layout)
 
 

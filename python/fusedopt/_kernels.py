@@ -53,6 +53,14 @@ _COMMON_DOC = """
     seed each step to the others) and the element's position in the call, so a step has
     the same bits at any thread count, on every instruction set, on CUDA and in the
     reference. Other storage types ignore both.
+
+    Master weights, for bfloat16 and float16 params: ``master_params``, a float32 array per
+    param (same shape), holds the value the rule reads and updates, and the param is written
+    rounded from it in the same pass (as ``rounding`` says, with the bits a plain step
+    would draw). ``param_remainders``, an int16 array per bfloat16 param, holds the low 16
+    bits of an exact float32 master whose high half is the param (rounded up where the
+    remainder's bit 15 is set); it takes nearest rounding only, and not together with
+    ``master_params``.
     """
 
 
@@ -60,6 +68,8 @@ _COMMON_DOC = """
 _SCALING = ("grad_scale", "found_inf", "max_grad_norm", "grad_norm")
 # The rounding of 16-bit stores, every kernel's (fusedopt._coeffs.rounding), with defaults.
 _ROUNDING = {"rounding": "nearest", "state_rounding": "nearest", "seed": 0}
+# Master weights of 16-bit params, every elementwise kernel's (fusedopt._coeffs.masters).
+_MASTERS = ("master_params", "param_remainders")
 
 
 def _missing(fn: str, name: str, when: str):
@@ -89,13 +99,15 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
     states = list(rule.states)
     positional = ["params", "grads"] + [f"{s}=None" if s in rule.optional_states else s
                                         for s in states]
-    keywords = list(kernel.keywords) + ["skip_if_nonfinite", *_SCALING, *_ROUNDING, "backend"]
+    keywords = list(kernel.keywords) + ["skip_if_nonfinite", *_SCALING, *_ROUNDING, *_MASTERS, "backend"]
     passed = ", ".join(f"{k}={k}" for k in kernel.keywords)
     fixed = "".join(f", {k}={v!r}" for k, v in kernel.fixed.items())
     step = "step" if kernel.takes_step else "0"  # the rounding key's step
     lines = [f"def {fn}({', '.join(positional)}, *, {', '.join(keywords)}):",
              f"    c = _coefficients({fn!r}{fixed}, {passed})",
-             f"    r = _rounding({fn!r}, rounding, state_rounding, seed, {step})"]
+             f"    r = _rounding({fn!r}, rounding, state_rounding, seed, {step})",
+             f"    m = _masters({fn!r}, master_params, param_remainders, rounding, "
+             f"factored={rule.state_layout != 'same'})"]
     # The states these coefficients' flags use, in rule order; a missing one is named. The
     # lists start as literals of the states every call uses (a call appends nothing else).
     always = [s for s in states if s not in rule.optional_states]
@@ -115,14 +127,14 @@ def _make(rule: rules.Rule, kernel: rules.Kernel):
         hyper = f"dict({hyper}, lr=c.lr)"
     lines.append(f"    return _run({rule.name!r}, {fn!r}, params, grads, tuple(names), values, c, "
                  f"lambda c: {hyper}, backend, skip_if_nonfinite, {kernel.adaptive}, "
-                 f"{', '.join(_SCALING)}, r)")
+                 f"{', '.join(_SCALING)}, r, m)")
     namespace = {"_coefficients": rule.coefficients, "_missing": _missing, "_run": run,
-                 "_plain": _plain, "_rounding": _coeffs.rounding}
+                 "_plain": _plain, "_rounding": _coeffs.rounding, "_masters": _coeffs.masters}
     exec("\n".join(lines), namespace)  # noqa: S102
     function = namespace[fn]
     defaults = {k: v for k, v in kernel.keywords.items() if v is not rules.REQUIRED}
     function.__kwdefaults__ = dict(defaults, skip_if_nonfinite=False, backend="auto",
-                                   **dict.fromkeys(_SCALING), **_ROUNDING)
+                                   **dict.fromkeys(_SCALING), **_ROUNDING, **dict.fromkeys(_MASTERS))
     function.__doc__ = kernel.doc.strip("\n") + "\n" + _COMMON_DOC
     function.__module__ = "fusedopt"
     function.__qualname__ = fn

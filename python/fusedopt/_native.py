@@ -35,9 +35,12 @@ class DeviceParams(list):
         self.states = None  # the state lists the Batch was built over
 
 
-def device_batch(params, grads, state_values):
+def device_batch(params, grads, state_values, master=None):
     """A fusedopt._cuda.Batch of a device call the reader accepts, or None where it refuses
-    the call or no CUDA kernel can run (the caller then words the refusal, or falls back)."""
+    the call or no CUDA kernel can run (the caller then words the refusal, or falls back).
+    ``master``: the call's master weights (fusedopt._coeffs.Masters), read with the rest."""
+    if master is not None:
+        return _master_batch(params, grads, state_values, master)
     if type(params) is DeviceParams and params.batch is not None and _same_lists(params.states, state_values):
         if params.batch.set_grads(grads):
             return params.batch
@@ -54,6 +57,19 @@ def device_batch(params, grads, state_values):
     if type(params) is DeviceParams:
         params.batch, params.states = batch, list(state_values)
     return batch
+
+
+def _master_batch(params, grads, state_values, master):
+    from fusedopt import cuda
+
+    module = cuda.module()
+    if module is None:
+        return None
+    try:
+        batch = module.Batch(params, grads, state_values, "same", *master.args)
+    except ValueError:  # refused: the caller words it
+        return None
+    return batch if cuda.unavailable_reason() is None else None
 
 
 def _same_lists(held, values) -> bool:

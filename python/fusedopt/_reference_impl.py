@@ -34,6 +34,8 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=
         compute = _storage.compute_dtype(xp, p.dtype)
         written = [p, *(s[i] for s in prep.states)]  # None: a state this param does not keep
         values = [None if a is None else _storage.widened(xp, a, compute) for a in written]
+        if prep.master is not None:  # the rule reads and writes the float32 master
+            values[0] = _storage.master_value(xp, prep.master, p, prep.masters[i])
 
         def rounded(role, i=i):  # stochastic rounding's (key0, key1, role, tensor), or None
             stochastic = rounding is not None and (rounding[0] >> role) & 1
@@ -53,7 +55,9 @@ def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=
         g = _storage.widened(xp, prep.grads[i], compute) * compute(grad_multiplier)
         fn(xp, values[0], g, values[1:], coeffs, **extra)
         for role, (a, v) in zip((0, 2, 3, 4), zip(written, values)):
-            if a is not None:
+            if role == 0 and prep.master is not None:
+                _storage.store_master(xp, prep.master, p, prep.masters[i], v, rounded(0))
+            elif a is not None:
                 _storage.store(xp, a, v, rounded(role))
 
 
@@ -66,8 +70,12 @@ def apply_float64(rule: str, prep, hyper: dict, grad_multiplier: float = 1.0) ->
         f64 = [None if s[i] is None else s[i].astype(xp.float64) for s in prep.states]
         g = prep.grads[i].astype(xp.float64) * grad_multiplier
         # param_dtype: for a default that depends on the params' storage (Adafactor's eps1).
-        new_p, new_states = fn(xp, p.astype(xp.float64), g, f64, dict(hyper, param_dtype=p.dtype))
-        p[...] = new_p
+        value = p if prep.master is None else _storage.master_value(xp, prep.master, p, prep.masters[i])
+        new_p, new_states = fn(xp, value.astype(xp.float64), g, f64, dict(hyper, param_dtype=p.dtype))
+        if prep.master is None:
+            p[...] = new_p
+        else:
+            _storage.store_master(xp, prep.master, p, prep.masters[i], new_p)
         for k, s in enumerate(new_states):
             if s is not None:
                 prep.states[k][i][...] = s

@@ -119,3 +119,44 @@ def store(xp, a, values, stochastic=None) -> None:
         return
     with np.errstate(over="ignore"):  # past float16's largest value: inf, as IEEE rounds
         a[...] = values.astype(a.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Master weights (csrc/common/batch.h: Master): the value the rule reads and writes for a
+# 16-bit param is a float32 master, kept as a float32 array ("float32") or as the bfloat16
+# param plus an int16 remainder ("remainders", csrc/math/storage.h: join_master and
+# split_master).
+# --------------------------------------------------------------------------------------
+def join_master(xp, param, remainder):
+    """The float32 master of a bfloat16 param and its int16 remainder: the param's bits,
+    less one where the remainder's bit 15 is set, are the high half, the remainder the low."""
+    low = remainder.view(xp.uint16).astype(xp.uint32)
+    high = (param.view(xp.uint16).astype(xp.uint32) - (low >> 15)) & xp.uint32(0xFFFF)
+    return ((high << 16) | low).view(xp.float32)
+
+
+def split_master(xp, values, param, remainder) -> None:
+    """Writes float32 ``values`` as a bfloat16 param (the high half, plus one where bit 15
+    of the low half is set) and an int16 remainder (the low half)."""
+    u = xp.ascontiguousarray(values, dtype=xp.float32).view(xp.uint32)
+    remainder.view(xp.uint16)[...] = (u & xp.uint32(0xFFFF)).astype(xp.uint16)
+    high = ((u >> 16) + ((u >> 15) & xp.uint32(1))) & xp.uint32(0xFFFF)
+    param.view(xp.uint16)[...] = high.astype(xp.uint16)
+
+
+def master_value(xp, form: str, param, master):
+    """The float32 value of a param with master weights of ``form``: the master array itself
+    (written in place by the rule), or the master joined from param and remainder."""
+    return master if form == "float32" else join_master(xp, param, master)
+
+
+def store_master(xp, form: str, param, master, values, stochastic=None) -> None:
+    """Writes a param's new value ``values`` (float32 or float64) to its master and the
+    16-bit param: the master rounded to the param's storage (to nearest even, or as
+    ``stochastic`` says: see :func:`store`), or split into param and remainder."""
+    if form == "float32":
+        if values is not master:
+            master[...] = values.astype(xp.float32)
+        store(xp, param, master, stochastic)
+        return
+    split_master(xp, values.astype(xp.float32), param, master)

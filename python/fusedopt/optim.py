@@ -32,6 +32,13 @@ params (states) a step writes stochastically, with random bits from ``seed=`` an
 count (see the functional kernels): a run has the same bits at any thread count and on any
 instruction set, and a run from a state_dict goes on with the bits of one that never stopped.
 
+``master_weights="float32"`` keeps a float32 master of each bfloat16 or float16 param, which
+the steps update (the params are written rounded from it, as ``rounding`` says), and
+``master_weights="remainders"`` keeps an int16 remainder of each bfloat16 param instead,
+which with the param is an exact float32 master (see the functional kernels'
+``master_params`` and ``param_remainders``). The masters are made from the params at the
+first step, and ``state_dict`` carries them.
+
 Hyperparameters are read-only attributes except ``lr``, which may be set between steps
 (learning-rate schedules).
 
@@ -87,7 +94,8 @@ class Optimizer:
 
     def __init__(self, params, *, backend: str = "auto", skip_if_nonfinite: bool = False,
                  capturable: bool = False, state_dtype=None, max_grad_norm=None,
-                 rounding: str = "nearest", state_rounding: str = "nearest", seed: int = 0, **hyper):
+                 rounding: str = "nearest", state_rounding: str = "nearest", seed: int = 0,
+                 master_weights: str | None = None, **hyper):
         name = type(self).__name__
         self._skip = _coeffs.flag(name, "skip_if_nonfinite", skip_if_nonfinite)
         capturable = _coeffs.flag(name, "capturable", capturable)
@@ -104,6 +112,8 @@ class Optimizer:
             raise TypeError(f"{name}: stochastic rounding keys its random bits by the step "
                             "count, which a captured step keeps on the device; use "
                             "rounding='nearest' with capturable=True")
+        self._master = _master_form(name, master_weights, capturable, rounding,
+                                    self._rule_spec.state_layout)
         if capturable and self._capturable_rule is None:
             if self._takes_step:
                 why = (f"{name}'s coefficients change every step and are computed on the host, so "
@@ -132,6 +142,12 @@ class Optimizer:
         # runs where the steps do: on torch's current stream for torch CUDA params.
         self._torch_device = prep.torch_device
         self._state_dtype = _state_dtype(name, prep, state_dtype)
+        if self._master is not None:
+            _check_master_params(name, self._master, prep)
+        # The masters (fusedopt._coeffs.Masters' arrays), made from the params at the first
+        # step; their form's kernel argument, with the arrays a list like the params.
+        self._views, self._xp = prep.params, prep.xp
+        self._masters = None
         with cuda.params_stream(self._torch_device):
             # One shape per param and state: the rule's state layout (None: not kept).
             shapes = [self._rule_spec.state_shapes(p.shape) for p in prep.params]
@@ -274,6 +290,28 @@ class Optimizer:
         return list(self._params)
 
     @property
+    def master_weights(self) -> str | None:
+        """None, "float32" or "remainders": see the module's note on master weights."""
+        return self._master
+
+    @property
+    def masters(self) -> list | None:
+        """The float32 masters or int16 remainders (live; None before the first step)."""
+        return None if self._masters is None else list(self._masters)
+
+    def _made_masters(self) -> list:
+        if self._masters is None:
+            views, xp = self._views, self._xp
+            with cuda.params_stream(self._torch_device):
+                if self._master == "float32":
+                    self._masters = _carve(xp, views, 0.0, np.dtype(np.float32))
+                    for m, p in zip(self._masters, views):
+                        m[...] = p.astype(np.float32)
+                else:  # a zero remainder: the param's value is the master
+                    self._masters = _carve(xp, views, 0, np.dtype(np.int16))
+        return self._masters
+
+    @property
     def state(self) -> dict[str, list]:
         """The optimizer's state arrays by name (live, not copies)."""
         return {n: list(arrays) for n, arrays in self._states.items()}
@@ -299,9 +337,10 @@ class Optimizer:
                         raise TypeError(f"{type(self).__name__}.step: a capturable step takes no "
                                         "grad_scale or found_inf (both are read on the host)")
                     return self._captured_step(list(grads))
+                masters = {} if self._master is None else {_MASTER_ARGS[self._master]: self._made_masters()}
                 result = self._call(self._params, list(grads), self._states, step=self._step + 1,
                                     skip_if_nonfinite=self._skip, grad_scale=grad_scale,
-                                    found_inf=found_inf, max_grad_norm=self._max_grad_norm)
+                                    found_inf=found_inf, max_grad_norm=self._max_grad_norm, **masters)
             finally:
                 # See _native.DeviceParams: the caller's gradients are not kept alive here.
                 if type(self._params) is _native.DeviceParams and self._params.batch is not None:
@@ -313,13 +352,17 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """Step count, hyperparameters and copies of the state arrays."""
         with self._lock, cuda.params_stream(self._torch_device):
-            return {
+            out = {
                 "optimizer": type(self).__name__,
                 "step": self.step_count,
                 "hyperparameters": self._shown(),
                 "state": {n: [None if a is None else a.copy() for a in arrays]
                           for n, arrays in self._states.items()},
             }
+            if self._master is not None:  # None before the first step made them
+                out["master_weights"] = self._master
+                out["masters"] = None if self._masters is None else [m.copy() for m in self._masters]
+            return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores a state_dict() of the same optimizer class over the same param shapes.
@@ -361,6 +404,7 @@ class Optimizer:
                         f"{name}.load_state_dict: {n}[{i}] has shape "
                         f"{getattr(src, 'shape', None)} and dtype {getattr(src, 'dtype', None)}, "
                         f"expected {own.shape} and {own.dtype}")
+        masters = _loaded_masters(name, self._master, state_dict, self._views)
         # Validate the hyperparameters with the kernel's own checks before adopting them,
         # under the lock: a concurrent step must see the old or the new hyperparameters
         # with the matching states, never the new ones being tried out.
@@ -379,6 +423,11 @@ class Optimizer:
                     for own, src in zip(arrays, state[n]):
                         if own is not None:
                             own[...] = src
+                if masters is not None:
+                    for own, src in zip(self._made_masters(), masters):
+                        own[...] = src
+                elif self._master is not None:
+                    self._masters = None  # made from the params at the next step
             self._step = step
 
     # --- the one call -------------------------------------------------------------------
@@ -403,6 +452,49 @@ class Optimizer:
 
     def _state_args(self, states):
         return [states.get(n) for n in self._rule_spec.states]
+
+
+_MASTER_ARGS = {"float32": "master_params", "remainders": "param_remainders"}  # kernel keywords
+
+
+def _master_form(name: str, master_weights, capturable: bool, rounding, layout: str):
+    """``master_weights=`` checked: None, "float32" or "remainders"."""
+    form = _coeffs.master_weights(name, master_weights, rounding, layout)
+    if form is not None and capturable:
+        raise TypeError(f"{name}: master_weights does not go with capturable=True yet: a "
+                        "captured step reads no masters")
+    return form
+
+
+def _check_master_params(name: str, form: str, prep) -> None:
+    """The params' dtype, for master weights of ``form``."""
+    param = _storage.dtype_name(prep.params[0].dtype)
+    if form == "remainders" and param != "bfloat16":
+        raise TypeError(f"{name}: master_weights='remainders' is for bfloat16 params, these are "
+                        f"{param}; use master_weights='float32' for float16 params")
+    if param not in ("bfloat16", "float16"):
+        raise TypeError(f"{name}: master_weights is for bfloat16 and float16 params, these are "
+                        f"{param}: they are their own master")
+
+
+def _loaded_masters(name: str, form, state_dict: dict, like: list):
+    """The masters of a state_dict to load, checked against the params ``like`` (None: none
+    saved, or not made yet)."""
+    saved_form = state_dict.get("master_weights")
+    if saved_form != form:
+        raise ValueError(f"{name}.load_state_dict: the state_dict has master_weights={saved_form!r}, "
+                         f"this optimizer {form!r}")
+    masters = state_dict.get("masters")
+    if form is None or masters is None:
+        return None
+    dtype = np.dtype(np.float32 if form == "float32" else np.int16)
+    if not isinstance(masters, (list, tuple)) or len(masters) != len(like):
+        raise ValueError(f"{name}.load_state_dict: masters must be a list of {len(like)} arrays")
+    for i, (m, p) in enumerate(zip(masters, like)):
+        if getattr(m, "shape", None) != p.shape or getattr(m, "dtype", None) != dtype:
+            raise ValueError(f"{name}.load_state_dict: masters[{i}] has shape {getattr(m, 'shape', None)} "
+                             f"and dtype {getattr(m, 'dtype', None)}, expected {p.shape} and {dtype}")
+    return masters
 
 
 def _state_dtype(name: str, prep, state_dtype):

@@ -105,6 +105,18 @@ def _like(p, value: float, dtype=None):
     return torch.full_like(p.detach(), value, dtype=dtype, memory_format=torch.preserve_format)
 
 
+# The state keys of master weights, with their dtypes, and what master_weights= names.
+_MASTER_KEYS = {"master_param": torch.float32, "param_remainder": torch.int16}
+_MASTERS = {"float32": ("master_param", "master_params"),
+            "remainders": ("param_remainder", "param_remainders")}
+
+
+def _master_of(name: str, master_weights, rounding: str, layout: str):
+    """``master_weights=`` checked: None, or (state key, kernel argument)."""
+    form = fusedopt._coeffs.master_weights(name, master_weights, rounding, layout)
+    return None if form is None else _MASTERS[form]
+
+
 def _state_dtype(name: str, state_dtype):
     """``state_dtype=`` checked: None, or float32 or bfloat16 (a torch dtype or its name)."""
     if state_dtype is None:
@@ -200,7 +212,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, skip_if_nonfinite: bool, max_grad_norm=None,
-                 rounding=("nearest", "nearest", 0), state_dtype=None):
+                 rounding=("nearest", "nearest", 0), state_dtype=None, master_weights=None):
         name = type(self).__name__
         if skip_if_nonfinite is not True and skip_if_nonfinite is not False:
             raise TypeError(f"{name}: skip_if_nonfinite must be a bool, got "
@@ -216,6 +228,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._rounding = dict(rounding=rounding[0], state_rounding=rounding[1],
                               seed=fusedopt._coeffs.seed_value(name, rounding[2]))
         self._state_dtype = _state_dtype(name, state_dtype)
+        # Master weights of the bfloat16 and float16 params: (state key, kernel argument),
+        # or None (fusedopt.optim's master_weights=).
+        self._master = _master_of(name, master_weights, rounding[0], self._kernel_layout())
         self._scaling: dict = {}
         if defaults.get("differentiable"):
             raise ValueError(
@@ -283,6 +298,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("_rounding", dict(rounding="nearest", state_rounding="nearest", seed=0))
         self.__dict__.setdefault("_state_dtype", None)
+        self.__dict__.setdefault("_master", None)
         self._scaling = {}
         self._plan = None
 
@@ -329,7 +345,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _states_dtype_of(self, param_dtype):
         """The dtype of the states of params of ``param_dtype``: ``state_dtype`` where given
         (float64 params keep float64 states), else the param's, and float32 for float16
-        params (the kernels keep no float16 states)."""
+        params (the kernels keep no float16 states) and for the 16-bit params of
+        ``master_weights`` (whose step is their float32 master's)."""
         if param_dtype == torch.float64:
             if self._state_dtype not in (None, torch.float64):
                 raise TypeError(f"{type(self).__name__}: state_dtype {self._state_dtype} does not go with "
@@ -337,6 +354,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return torch.float64
         if self._state_dtype is not None:
             return self._state_dtype
+        if self._master is not None and param_dtype in (torch.bfloat16, torch.float16):
+            return torch.float32  # the step is a float32 one: its master's
         return torch.float32 if param_dtype == torch.float16 else param_dtype
 
     def _build(self) -> _Plan:
@@ -388,6 +407,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 states = {self._state_args[key]: [_flat(_local(self.state[p][key]))
                                                   if key in self.state[p] else None for p in ps]
                           for key in layout}
+                master = self._masters_for(ps, dtype)
+                if master is not None:  # a kernel argument like the states'
+                    states[master[0]] = master[1]
                 steps = None
                 if self._has_step:
                     steps = torch.full((len(ps),), float(count), dtype=_scalar_dtype())
@@ -406,6 +428,32 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     unit.scalars[key] = block
                 units.append(unit)
         return _Plan(units, idle, lengths, layouts, self.state)
+
+    def _masters_for(self, ps, dtype):
+        """(kernel argument, flat tensors) of the masters of params ``ps`` of ``dtype``,
+        made from the params where a state has none (a first step, or a state loaded from
+        torch's optimizer); None where the params keep none (no master_weights, or float32
+        and float64 params, their own masters)."""
+        if self._master is None or dtype not in (torch.bfloat16, torch.float16):
+            return None
+        key, arg = self._master
+        if key == "param_remainder" and dtype != torch.bfloat16:
+            raise TypeError(f"{type(self).__name__}: master_weights='remainders' is for bfloat16 "
+                            "params, and a param is float16; use master_weights='float32'")
+        out = []
+        for p in ps:
+            st = self.state[p]
+            if st.get(key) is None:
+                if key == "master_param":
+                    st[key] = _like(p, 0.0, torch.float32).copy_(p)
+                else:  # a zero remainder: the param's value is the master
+                    st[key] = _like(p, 0, torch.int16)
+            out.append(_flat(_local(st[key])))
+        return arg, out
+
+    def _kernel_layout(self) -> str:
+        rule = getattr(self, "_rule", None)
+        return "same" if rule is None else rule.state_layout
 
     def _count_of(self, st: dict) -> int:
         if self._has_step:
@@ -675,6 +723,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 if number is None or not math.isfinite(number):
                     raise ValueError(f"{where}[{key!r}] must be a finite number, got {value!r}")
                 out[key] = torch.tensor(float(number), dtype=_scalar_dtype())
+            elif key in _MASTER_KEYS and isinstance(value, torch.Tensor):
+                if tuple(value.shape) != tuple(p.shape) or value.dtype != _MASTER_KEYS[key]:
+                    raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)} and dtype "
+                                     f"{value.dtype}, its param needs {tuple(p.shape)} and "
+                                     f"{_MASTER_KEYS[key]}")
+                out[key] = value.to(device=_local(p).device if type(value) is _PLAIN else p.device,
+                                    copy=True)
             elif isinstance(value, torch.Tensor):
                 want = self._state_shape(p, key) if key in self._layout(group) else tuple(p.shape)
                 if tuple(value.shape) != want:
@@ -721,7 +776,7 @@ class SGD(_FusedOptimizer):
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
                  skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "momentum value", momentum)
@@ -732,7 +787,7 @@ class SGD(_FusedOptimizer):
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -762,13 +817,13 @@ class AdaptiveSGD(SGD):
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
                  skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         self.last_rate = None
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
                          foreach=foreach, differentiable=differentiable, fused=fused,
                          skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm,
                          rounding=rounding, state_rounding=state_rounding, seed=seed,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, master_weights=master_weights)
 
     def _fused_step(self) -> None:
         plan = self._plan_for_step()
@@ -828,7 +883,7 @@ class Adagrad(_FusedOptimizer):
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
                  skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "lr_decay value", lr_decay)
@@ -839,7 +894,7 @@ class Adagrad(_FusedOptimizer):
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         return ("sum",)
@@ -869,7 +924,7 @@ class RMSprop(_FusedOptimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
                  differentiable=False, *, skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         name = type(self).__name__
         _check_lr(name, lr)
         _check_at_least(name, "epsilon value", eps)
@@ -880,7 +935,7 @@ class RMSprop(_FusedOptimizer):
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         keys = ["square_avg"]
@@ -906,14 +961,14 @@ class Adam(_FusedOptimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         betas = _check_adam_like(type(self).__name__, lr, betas, eps, weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         if group["amsgrad"]:
@@ -936,13 +991,13 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True,
                          skip_if_nonfinite=skip_if_nonfinite, max_grad_norm=max_grad_norm,
                          rounding=rounding, state_rounding=state_rounding, seed=seed,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, master_weights=master_weights)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -959,7 +1014,7 @@ class Lion(_FusedOptimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
                  foreach=None, differentiable=False, fused=None, skip_if_nonfinite=False, max_grad_norm=None,
-                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None):
+                 rounding="nearest", state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         name = type(self).__name__
         _check_lr(name, lr)
         betas = _check_betas(name, betas)
@@ -967,7 +1022,7 @@ class Lion(_FusedOptimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         return ("exp_avg",)
@@ -991,12 +1046,12 @@ class LAMB(_FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
                  maximize=False, foreach=None, differentiable=False, fused=None,
                  skip_if_nonfinite=False, max_grad_norm=None, rounding="nearest",
-                 state_rounding="nearest", seed=0, state_dtype=None):
+                 state_rounding="nearest", seed=0, state_dtype=None, master_weights=None):
         betas = _check_adam_like(type(self).__name__, lr, betas, eps, weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         return ("exp_avg", "exp_avg_sq")
@@ -1020,10 +1075,10 @@ class _Described(_FusedOptimizer):
     _kernel_name = ""
 
     def __init__(self, params, *args, skip_if_nonfinite=False, max_grad_norm=None, rounding="nearest",
-                 state_rounding="nearest", seed=0, state_dtype=None, **kwargs):
+                 state_rounding="nearest", seed=0, state_dtype=None, master_weights=None, **kwargs):
         probe = self._torch_class([torch.zeros(1, requires_grad=True)], *args, **kwargs)
         super().__init__(params, dict(probe.defaults), skip_if_nonfinite, max_grad_norm,
-                         (rounding, state_rounding, seed), state_dtype)
+                         (rounding, state_rounding, seed), state_dtype, master_weights)
 
     def _layout(self, group):
         return self._keys
@@ -1057,7 +1112,8 @@ def _described(name: str, kernel_name: str, **extra) -> type:
         inspect.Parameter("rounding", inspect.Parameter.KEYWORD_ONLY, default="nearest"),
         inspect.Parameter("state_rounding", inspect.Parameter.KEYWORD_ONLY, default="nearest"),
         inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0),
-        inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)])
+        inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("master_weights", inspect.Parameter.KEYWORD_ONLY, default=None)])
     attrs = dict(
         _torch_class=torch_class, _kernel=staticmethod(getattr(fusedopt, kernel.name)),
         _keys=keys, _state_args={**_FusedOptimizer._state_args, **dict(zip(keys, rule.states))},
