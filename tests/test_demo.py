@@ -83,7 +83,22 @@ def test_bfloat16_params_nearest_stalls_stochastic_follows_float32():
     assert loss["momentum-bf16-sr"] == pytest.approx(loss["momentum"], rel=0.1)
 
 
+def test_bfloat16_params_with_masters_follow_float32():
+    """A float32 master and a remainder both keep the run on the float32 curve; nearest
+    rounding alone does not. (The two runs differ a little: the bfloat16 params the forward
+    pass sees are rounded from the master to nearest even in one, and with ties away from
+    zero, the remainder encoding's rule, in the other.)"""
+    pytest.importorskip("ml_dtypes", reason="bfloat16 params need ml_dtypes")
+    demo = run(epochs=6, strategies_keys=["adam", "adam-bf16", "adam-bf16-master", "adam-bf16-rem"],
+               progress=False)
+    curves = {r.strategy.key: r.train_loss for r in demo.results}
+    for key in ("adam-bf16-master", "adam-bf16-rem"):
+        assert curves[key][-1] == pytest.approx(curves["adam"][-1], rel=0.02), key
+    assert curves["adam-bf16"][-1] > 1.2 * curves["adam"][-1]
+
+
 def test_bfloat16_strategies_run_on_torch_too():
     pytest.importorskip("torch", reason="PyTorch is not installed (--framework torch needs it)")
-    demo = run(epochs=1, strategies_keys=["adam-bf16-sr"], framework="torch", progress=False)
-    assert demo.results[0].train_loss[-1] < 0.5 * demo.results[0].train_loss[0]
+    for key in ("adam-bf16-sr", "momentum-bf16-rem"):
+        demo = run(epochs=1, strategies_keys=[key], framework="torch", progress=False)
+        assert demo.results[0].train_loss[-1] < 0.5 * demo.results[0].train_loss[0], key

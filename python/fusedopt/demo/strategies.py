@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import fusedopt
 
 BATCH = 32  # Keras's default batch size for fit()
@@ -27,6 +29,9 @@ class Strategy:
     full_batch: bool = False  # one step per epoch on the whole training set
     storage: str = "float32"  # the params' dtype: "float32" or "bfloat16" (float32 gradients)
     rounding: str = "nearest"  # how bfloat16 params are rounded: "nearest" or "stochastic"
+    # master weights of bfloat16 params: "" (none), "float32" (master_params=) or
+    # "remainders" (param_remainders=: the params and an int16 low half are the master)
+    master: str = ""
 
     def batch_size(self, n_train: int, batch: int) -> int:
         return n_train if self.full_batch else batch
@@ -39,16 +44,32 @@ class Strategy:
         if self.momentum:
             parts.append(f"mom {self.momentum:g}")
         if self.storage != "float32":
-            parts.append(f"{self.storage} params, {self.rounding}")
+            how = f"{self.master} master" if self.master else self.rounding
+            parts.append(f"{self.storage} params, {how}")
         return ", ".join(parts)
 
     def _rounding(self) -> dict:
         return {} if self.rounding == "nearest" else dict(rounding=self.rounding, seed=0)
 
+    def _masters(self, params, zeros_like) -> dict:
+        """The master-weight argument of every call: float32 copies of the params, or int16
+        remainders of zero (with which the params' values are the masters), in the params'
+        framework."""
+        if not self.master:
+            return {}
+        made = zeros_like()
+        if self.master == "float32":
+            for m, p in zip(made, params):
+                m[...] = p
+            return {"master_params": made}
+        return {"param_remainders": [m.astype(np.int16) if isinstance(m, np.ndarray) else m.short()
+                                     for m in made]}
+
     def updater(self, params, zeros_like):
         """A function grads -> the rate the step used; it updates ``params`` in place with
         one fused call over all four tensors. ``zeros_like()`` makes the state arrays."""
         count = [0]  # the step count (stochastic rounding draws other bits every step)
+        masters = self._masters(params, zeros_like)
         if self.kernel == "sgd":
             buffers = zeros_like() if self.momentum else None
 
@@ -57,7 +78,7 @@ class Strategy:
                 count[0] += 1
                 fusedopt.sgd_(params, grads, buffers, lr=self.lr, momentum=self.momentum,
                               nesterov=self.nesterov, convention="keras", step=count[0],
-                              **self._rounding())
+                              **self._rounding(), **masters)
                 return self.lr
 
             return step
@@ -76,7 +97,7 @@ class Strategy:
             def step(grads):
                 count[0] += 1
                 fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=count[0], lr=self.lr,
-                               **self._rounding())
+                               **self._rounding(), **masters)
                 return self.lr
 
             return step
@@ -95,8 +116,10 @@ STRATEGIES = (
 
 
 # Training with bfloat16 params (float32 gradients and states, float32 arithmetic): each
-# step's params are rounded to bfloat16, to nearest or stochastically. Not in the default
-# run; name them with --strategies (docs/strategies.md shows the curves).
+# step's params are rounded to bfloat16, to nearest or stochastically, or kept exactly in
+# a float32 master (or the params and an int16 remainder) from which each step's bfloat16
+# params are written. Not in the default run; name them with --strategies
+# (docs/strategies.md shows the curves).
 PRECISION = (
     Strategy("momentum-bf16", "momentum, bf16 nearest", "sgd", lr=0.01, momentum=0.9, storage="bfloat16"),
     Strategy("momentum-bf16-sr", "momentum, bf16 stochastic", "sgd", lr=0.01, momentum=0.9,
@@ -104,6 +127,14 @@ PRECISION = (
     Strategy("adam-bf16", "Adam, bf16 nearest", "adam", lr=0.001, storage="bfloat16"),
     Strategy("adam-bf16-sr", "Adam, bf16 stochastic", "adam", lr=0.001, storage="bfloat16",
              rounding="stochastic"),
+    Strategy("momentum-bf16-master", "momentum, bf16 + f32 master", "sgd", lr=0.01, momentum=0.9,
+             storage="bfloat16", master="float32"),
+    Strategy("momentum-bf16-rem", "momentum, bf16 + remainders", "sgd", lr=0.01, momentum=0.9,
+             storage="bfloat16", master="remainders"),
+    Strategy("adam-bf16-master", "Adam, bf16 + f32 master", "adam", lr=0.001, storage="bfloat16",
+             master="float32"),
+    Strategy("adam-bf16-rem", "Adam, bf16 + remainders", "adam", lr=0.001, storage="bfloat16",
+             master="remainders"),
 )
 
 
