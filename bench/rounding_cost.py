@@ -6,7 +6,7 @@ neighbour slows all of them alike), medians over rounds with p10-p90 spreads:
 * float32 params, grads and states (the baseline);
 * bfloat16 params, grads and states, rounded to nearest (a fused layout);
 * the same with the params rounded stochastically, and with params and states so (both
-  run staged through float32 buffers, hashing each element's place);
+  fused, hashing each element's place in the vector loop);
 * float32 with grad_scale and max_grad_norm (a norm pass over the gradients, then the
   update reading them through one multiplier).
 
