@@ -37,12 +37,12 @@ def _grid(full: bool):
                                id=f"{case.id}-p{combo[0]}-g{combo[1]}-s{combo[2]}-{target}-t{threads}")
 
 
-def _check(case, combo, target, threads):
+def _check(case, combo, target, threads, sr=SR):
     arrays = make_arrays(case, combo, SIZES, rng_for("sr", case.id, combo))
     expected = _copy(arrays)
-    returns = run(case, expected, mode="exact", **SR)
+    returns = run(case, expected, mode="exact", **sr)
     with cpu_config(target, threads):
-        got = run(case, arrays, backend="native", **SR)
+        got = run(case, arrays, backend="native", **sr)
     assert_same(arrays, expected)
     assert got == returns
 
@@ -56,6 +56,23 @@ def test_bitwise(case, combo, target, threads):
 @pytest.mark.parametrize(("case", "combo", "target", "threads"), list(_grid(True)))
 def test_bitwise_full_product(case, combo, target, threads):
     _check(case, combo, target, threads)
+
+
+# The fused bfloat16 layouts of the CPU loop, with the params, the states or both rounded
+# stochastically (each its own compiled loop, or the staged one).
+FUSED_COMBOS = [("bf16", "bf16", "bf16"), ("bf16", "bf16", "f32")]
+ROUNDINGS = {"params": dict(rounding="stochastic", seed=99),
+             "states": dict(state_rounding="stochastic", seed=99),
+             "both": SR}
+
+
+@pytest.mark.parametrize(("case", "combo", "which", "target", "threads"), [
+    pytest.param(case, combo, which, *MATRIX[k % len(MATRIX)],
+                 id=f"{case.id}-p{combo[0]}-g{combo[1]}-s{combo[2]}-{which}-{MATRIX[k % len(MATRIX)][0]}"
+                    f"-t{MATRIX[k % len(MATRIX)][1]}")
+    for k, (case, combo, which) in enumerate(itertools.product(EXAMPLES, FUSED_COMBOS, ROUNDINGS))])
+def test_bitwise_fused_layouts(case, combo, which, target, threads):
+    _check(case, combo, target, threads, ROUNDINGS[which])
 
 
 def _adam_step(p, seed=1234, step=1, **kw):

@@ -50,12 +50,14 @@ FUSEDOPT_HD float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint
 
 // Adding 0x7FFF plus the kept half's lowest bit rounds the dropped half to nearest even;
 // a carry out of the mantissa moves the exponent up, to inf past the largest finite value.
-FUSEDOPT_HD uint16_t float_to_bf16(float x) {
+// The result is the word's high half: the CPU loops store two such halves as one 32-bit
+// word (csrc/cpu/kernels_isa.cpp). NaN is tested as x != x, one vector compare.
+FUSEDOPT_HD uint32_t bf16_rounded_word(float x) {
   const uint32_t u = float_bits(x);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (u >> 16) | 0x0040u;
-  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
+  return x != x ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
 }
+
+FUSEDOPT_HD uint16_t float_to_bf16(float x) { return static_cast<uint16_t>(bf16_rounded_word(x) >> 16); }
 
 FUSEDOPT_HD float f16_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -108,18 +110,29 @@ FUSEDOPT_HD uint32_t tensor_key(uint32_t key1, int64_t tensor) {
   return mix32(key1 ^ static_cast<uint32_t>(tensor));
 }
 
+// The random bits of the element whose counter (index << 3 | role) has the low word
+// `counter_lo`, where hkey is the tensor's key xor the counter's high word (index >> 29):
+// hkey is fixed over 2^29 elements, so a loop over them hashes 32-bit lanes only.
+FUSEDOPT_HD uint32_t random_bits_lo(uint32_t key0, uint32_t hkey, uint32_t counter_lo) {
+  return mix32(mix32(counter_lo ^ key0) ^ hkey);
+}
+
 // The random bits of element `index` of a tensor (its tensor_key) in role `role`.
 FUSEDOPT_HD uint32_t random_bits(uint32_t key0, uint32_t tkey, int64_t index, int role) {
   const uint64_t counter = (static_cast<uint64_t>(index) << 3) | static_cast<uint64_t>(role);
-  return mix32(mix32(static_cast<uint32_t>(counter) ^ key0) ^ static_cast<uint32_t>(counter >> 32) ^ tkey);
+  return random_bits_lo(key0, tkey ^ static_cast<uint32_t>(counter >> 32), static_cast<uint32_t>(counter));
 }
 
 // bfloat16: the random 16 bits added below the kept half carry into it with the dropped
 // half's probability. inf stays inf; a value past the largest finite one may reach inf.
-FUSEDOPT_HD uint16_t float_to_bf16_stochastic(float x, uint32_t random) {
+// As bf16_rounded_word, the result is the word's high half.
+FUSEDOPT_HD uint32_t bf16_stochastic_word(float x, uint32_t random) {
   const uint32_t u = float_bits(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return float_to_bf16(x);  // NaN: as nearest rounding
-  return static_cast<uint16_t>((u + (random >> 16)) >> 16);
+  return x != x ? (u | 0x00400000u) : u + (random >> 16);  // NaN: as nearest rounding
+}
+
+FUSEDOPT_HD uint16_t float_to_bf16_stochastic(float x, uint32_t random) {
+  return static_cast<uint16_t>(bf16_stochastic_word(x, random) >> 16);
 }
 
 // float16: the same in float16's grid, with as many random bits as the value drops (13 for

@@ -64,10 +64,15 @@ def _traffic(fn: str, hyper: dict) -> tuple:
 TRAFFIC = {name: _traffic(fn, h) for name, (fn, h) in CASES.items()}
 RULES = tuple(TRAFFIC)
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# The keywords a storage recipe adds to every call of its rows.
+RECIPE_KEYWORDS: dict = {}
 try:  # bfloat16: params, grads and states all bfloat16 (float32 arithmetic), with ml_dtypes
     import ml_dtypes as _ml_dtypes
 
     DTYPES["bfloat16"] = np.dtype(_ml_dtypes.bfloat16)
+    # The same arrays with the params rounded stochastically: the same bytes, so the same roof.
+    DTYPES["bfloat16-sr"] = DTYPES["bfloat16"]
+    RECIPE_KEYWORDS["bfloat16-sr"] = dict(rounding="stochastic", seed=0)
 except ImportError:  # pragma: no cover - depends on the environment
     pass
 
@@ -83,11 +88,12 @@ _CALLS = {name: (fn, _states(fn, h), {**h, **({"step": STEP} if _rules.kernel(fn
           for name, (fn, h) in CASES.items()}
 
 
-def call_fusedopt(rule: str, mod, p, g, s) -> None:
+def call_fusedopt(rule: str, mod, p, g, s, dtype: str = "float32") -> None:
     """One step of the case ``rule``: ``mod`` is fusedopt or fusedopt.reference, p and g an
-    array or a list of arrays, s the list of state roles."""
+    array or a list of arrays, s the list of state roles, ``dtype`` the storage recipe
+    (a key of DTYPES)."""
     fn, names, kwargs = _CALLS[rule]
-    getattr(mod, fn)(p, g, **dict(zip(names, s)), **kwargs)
+    getattr(mod, fn)(p, g, **dict(zip(names, s)), **kwargs, **RECIPE_KEYWORDS.get(dtype, {}))
 
 
 SIZE_NAMES = {"2^10": 1 << 10, "2^16": 1 << 16, "2^20": 1 << 20, "2^24": 1 << 24, "2^27": 1 << 27}

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rules", default=None, help=f"comma list of {', '.join(RULES)}, or all")
     ap.add_argument("--dtypes", default=None,
                     help="float32, float64, bfloat16 (params, grads and states; needs ml_dtypes), "
+                         "bfloat16-sr (the same with the params rounded stochastically), "
                          "comma-separated")
     ap.add_argument("--sizes", default=None,
                     help="comma list of 2^K, plain counts, list1000 (1,000 tensors of log-uniform "

@@ -10,7 +10,8 @@ With no options this is the quick run (about 40 seconds on a 2-core machine): ev
 rule, float32, 2^24 elements, all threads, the active CPU target, against the roof and the
 exact NumPy reference, plus the latency of one small call. ``--full`` is the sweep of
 bench/README.md: every dtype (float32, float64, and bfloat16 where ml_dtypes is installed:
-params, grads and states all bfloat16, without peers), sizes 2^10 to 2^27 and a list of
+params, grads and states all bfloat16, without peers, rounded to nearest and, as
+bfloat16-sr, with the params rounded stochastically), sizes 2^10 to 2^27 and a list of
 1,000 tensors, 1 and all threads, every CPU target the machine runs, and every installed
 peer (PyTorch's ``foreach=False``, ``foreach=True`` and ``fused=True``, DeepSpeed's CPU
 Adam and Adagrad).
@@ -258,14 +259,14 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
     roof_call = _dispatch.native_target(prep)  # read once: the roof times the loop alone
 
     def kernel():
-        call_fusedopt(rule, fusedopt, p, g, s)
+        call_fusedopt(rule, fusedopt, p, g, s, dtype)
 
     if flat is not None:
         flat.reset_states()
         flat_args = flat.args(n_states)
 
         def flat_kernel():
-            call_fusedopt(rule, fusedopt, *flat_args)
+            call_fusedopt(rule, fusedopt, *flat_args, dtype)
 
     if rules.kernel(CASES[rule][0])[0].trust_ratio:
         # Two passes (LAMB): (p, g, m, v -> m, v), then (p, m, v -> p). The roof is the traffic
@@ -356,7 +357,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                 arrays_ref = (p, g, s)
 
                 def ref(arrays_ref=arrays_ref):
-                    call_fusedopt(rule, _reference, *arrays_ref)
+                    call_fusedopt(rule, _reference, *arrays_ref, dtype)
 
                 rows.append(peer_rows("numpy-reference", ref, cfg.ref_repeats, nt))
         # The peers step on torch tensors made from float32/float64 arrays; bfloat16 rows

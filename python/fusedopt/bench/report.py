@@ -137,7 +137,7 @@ def quick_table(result: dict) -> str:
     by = {}
     for r in rows:
         by.setdefault((r["rule"], r["dtype"], r["size"], r["threads"]), []).append(r)
-    head = (f"{'rule':<13} {'dtype':<8} {'size':>8} {'thr':>3} {'B/el':>4}  {'Melem/s':>8} "
+    head = (f"{'rule':<13} {'dtype':<11} {'size':>8} {'thr':>3} {'B/el':>4}  {'Melem/s':>8} "
             f"{'GB/s':>6} {'p10-p90 GB/s':>13} {'roof GB/s':>9} {'%roof':>6} {'p10-p90':>11}  "
             f"{'ref Melem/s':>11} {'speedup':>8} {'busy':>5}")
     out.append(head)
@@ -148,7 +148,7 @@ def quick_table(result: dict) -> str:
                     and r["dtype"] == dtype and r["size"] == size), None)
         for k in (r for r in rs if r["impl"] == "fusedopt"):
             tgt = "" if len(result["metadata"]["cpu_targets_measured"]) == 1 else f" {k['target']}"
-            line = (f"{rule + tgt:<13} {dtype:<8} {size:>8} {thr:>3} {k['bytes_per_element']:>4}  "
+            line = (f"{rule + tgt:<13} {dtype:<11} {size:>8} {thr:>3} {k['bytes_per_element']:>4}  "
                     f"{_fmt_rate(k['melem_per_s']):>8} {k['gb_per_s']:>6.1f} "
                     f"{k['gb_per_s_p10']:>6.1f}-{k['gb_per_s_p90']:<6.1f} "
                     f"{roof['gb_per_s'] if roof else float('nan'):>9.1f} {k['pct_roof']:>5.1f}% "
@@ -170,7 +170,7 @@ def peers_table(result: dict) -> str:
     if not any(r["impl"] not in ("fusedopt", "numpy-reference") for r in rows):
         return ""
     out = []
-    head = (f"{'rule':<13} {'dtype':<8} {'size':>8} {'thr':>3} {'impl':<22} {'Melem/s':>8} "
+    head = (f"{'rule':<13} {'dtype':<11} {'size':>8} {'thr':>3} {'impl':<22} {'Melem/s':>8} "
             f"{'GB/s':>6} {'%roof':>6} {'fusedopt is':>11} {'busy':>5}")
     out.append(head)
     out.append("-" * len(head))
@@ -178,10 +178,10 @@ def peers_table(result: dict) -> str:
         if r["impl"] == "fusedopt":
             continue
         if "melem_per_s" not in r:
-            out.append(f"{r['rule']:<13} {r['dtype']:<8} {r['size']:>8} {r['threads']:>3} "
+            out.append(f"{r['rule']:<13} {r['dtype']:<11} {r['size']:>8} {r['threads']:>3} "
                        f"{r['impl']:<22} n/a: {r.get('unavailable', '')[:60]}")
             continue
-        out.append(f"{r['rule']:<13} {r['dtype']:<8} {r['size']:>8} {r['threads']:>3} "
+        out.append(f"{r['rule']:<13} {r['dtype']:<11} {r['size']:>8} {r['threads']:>3} "
                    f"{r['impl']:<22} {_fmt_rate(r['melem_per_s']):>8} {r['gb_per_s']:>6.1f} "
                    f"{r['pct_roof']:>5.1f}% {r['fusedopt_speedup']:>10.2f}x "
                    f"{_fmt_busy(r.get('other_load_cores'))}")
