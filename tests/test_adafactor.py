@@ -3,13 +3,15 @@
 The kernel is a per-tensor multi-pass driver (csrc/cpu/driver.cpp), so besides the generic
 grids (which reach its vector form from its description) this file checks the factored
 form: bit for bit against the exact reference on every CPU target and thread count, over
-shapes that cross the norm blocks and the thread split; trajectories against
+shapes that cross the norm blocks and the thread split, in every storage combination
+(16-bit params, grads and states, rounded to nearest or stochastically); trajectories against
 torch.optim.Adafactor(foreach=False); refusals that write nothing; NaN and empty tensors.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 
 import fusedopt
 import fusedopt.reference
@@ -54,8 +56,8 @@ def copied(params, states):
 
 def assert_same_bits(got, want, where):
     assert got.dtype == want.dtype and got.shape == want.shape, where
-    assert np.isfinite(want).all(), f"{where}: the reference is not finite"
-    bits = {4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
+    assert np.isfinite(want.astype(np.float64)).all(), f"{where}: the reference is not finite"
+    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
     same = got.view(bits) == want.view(bits)
     if not np.all(same):
         i = int(np.flatnonzero(~same)[0])
@@ -95,6 +97,64 @@ def test_bitwise_equal_to_the_exact_reference(target, threads, dtype):
         for step, g in enumerate(grads, start=1):
             fusedopt.reference.adafactor_(ref[0], g, *ref[1].values(), step=step, **hyper)
         assert_all_same_bits((params, states), ref)
+
+
+# Shapes for the storage grid: vectors, matrices, a batch of them, a row longer than a norm
+# block and tensors split across threads (fewer than SHAPES: the grid is larger).
+STORED_SHAPES = [(7,), (33,), (4, 5), (3, 70), (2, 3, 17), (2, 70_000), (300, 301), (100_003,)]
+
+
+def _stored_ids():
+    try:
+        from test_mixed_precision import COMBOS
+    except pytest.skip.Exception:  # no ml_dtypes: no 16-bit combinations to run
+        return []
+    return ["p{}-g{}-s{}".format(*c) for c in COMBOS]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("combo", _stored_ids())
+def test_16bit_storage_bitwise_equal_to_the_exact_reference(combo, rounding):
+    """Every storage combination of the other rules (tests/test_mixed_precision.py): the
+    arithmetic in float32, the factors read back as stored, the same bits as the exact
+    reference on every target and thread count; stochastic rounding keyed by the seed."""
+    from test_mixed_precision import COMBOS, DT
+
+    p_dt, g_dt, s_dt = (DT[c] for c in COMBOS[_stored_ids().index(combo)])
+    extra = dict(rounding=rounding, state_rounding=rounding, seed=11)
+    for k, hyper in enumerate(HYPER):
+        rng = rng_for("adafactor-16bit", combo, k)
+        params, states, grads = make(STORED_SHAPES, np.float32, rng, steps=2)
+        params = [p.astype(p_dt) for p in params]
+        states = {n: [None if a is None else a.astype(s_dt) for a in v] for n, v in states.items()}
+        grads = [[g.astype(g_dt) for g in step] for step in grads]
+        ref = copied(params, states)
+        for step, g in enumerate(grads, start=1):
+            fusedopt.reference.adafactor_(ref[0], g, *ref[1].values(), step=step, **hyper, **extra)
+        for target, threads in itertools.product(SUPPORTED_TARGETS, (1, 2, 3)):
+            got = copied(params, states)
+            with cpu_config(target, threads):
+                for step, g in enumerate(grads, start=1):
+                    fusedopt.adafactor_(got[0], g, *got[1].values(), step=step, backend="native",
+                                        **hyper, **extra)
+            assert_all_same_bits(got, ref)
+
+
+def test_stochastic_rounding_depends_on_the_seed():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    rng = rng_for("adafactor-seed")
+    params, states, grads = make([(40, 50), (300,)], np.float32, rng, steps=1)
+    params = [p.astype(bf16) for p in params]
+    states = {n: [None if a is None else a.astype(bf16) for a in v] for n, v in states.items()}
+    runs = []
+    for seed in (1, 1, 2):
+        got = copied(params, states)
+        fusedopt.adafactor_(got[0], grads[0], *got[1].values(), step=3, rounding="stochastic",
+                            state_rounding="stochastic", seed=seed)
+        runs.append([a.view(np.uint16) for a in [*got[0], got[1]["row_vars"][0], got[1]["variances"][1]]])
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2]))
 
 
 def test_one_call_equals_a_call_per_tensor():
@@ -187,11 +247,12 @@ def _bad_cases():
                                ValueError, r"row_vars\[0\] must be None"),
         "state-dtype": (([m], [m], [row.astype(np.float64)], [col], [None]),
                         TypeError, r"row_vars\[0\] has dtype float64 but params\[0\] has float32"),
-        "grad-dtype": (([m], [m.astype(np.float16)], [row], [col], [None]),
-                       TypeError, r"grads\[0\] has dtype float16 but params\[0\] has float32"),
-        "half-params": (([m.astype(np.float16)], [m.astype(np.float16)], [row.astype(np.float16)],
+        "grad-dtype": (([m], [m.astype(np.float64)], [row], [col], [None]),
+                       TypeError, r"grads\[0\] has dtype float64 but params\[0\] has float32"),
+        "half-states": (([m.astype(np.float16)], [m.astype(np.float16)], [row.astype(np.float16)],
                          [col.astype(np.float16)], [None]),
-                        TypeError, r"params\[0\] has dtype float16; this rule takes float32 or float64"),
+                        TypeError, r"row_vars\[0\] has dtype float16 but params\[0\] has float16; "
+                                   r"with float16 params the states must be float32 or bfloat16"),
         "length": (([m, v], [m, v], [row], [col, None], [None, v.copy()]),
                    ValueError, r"row_vars has 1 arrays but params has 2"),
         "grad-shape": (([m], [np.ones((4, 3), f32)], [row], [col], [None]),

@@ -100,3 +100,23 @@ def test_peers_step_on_their_own_copies(tmp_path):
     rows = json.loads(out_json.read_text())["results"]
     peer = [r for r in rows if r["impl"] == "torch-foreach=True" and r["rule"] == "sgd+nesterov"]
     assert peer and peer[0]["batch"] >= 1 and peer[0]["pct_roof"] > 0
+
+
+def test_adafactor_rows_have_its_roof_and_torch(tmp_path):
+    """Adafactor's case: a matrix (2^12 is 64 x 64) and a vector (a prime size), against its
+    five-pass roof and torch's Adafactor on the same shapes."""
+    pytest.importorskip("torch")
+    out_json = tmp_path / "b.json"
+    rc = cli.main(["--rules", "adafactor", "--sizes", "2^12,3001", "--threads", "1",
+                   "--repeats", "2", "--peer-repeats", "2", "--ref-repeats", "1",
+                   "--peers", "numpy,torch", "--min-batch-ms", "0.2", "--no-latency",
+                   "--no-progress", "--json", str(out_json)])
+    assert rc == 0
+    result = json.loads(out_json.read_text())
+    assert cases.factored_shape(1 << 12) == (64, 64) and cases.factored_shape(3001) == (3001,)
+    assert result["metadata"]["byte_table"]["adafactor"] == {"reads": 6, "writes": 1, "states": 0}
+    for size in ("2^12", "3001"):
+        rows = {r["impl"]: r for r in result["results"] if r["size"] == size}
+        assert {"roof", "fusedopt", "numpy-reference", "torch-foreach=True",
+                "torch-foreach=False"} <= set(rows), size
+        assert rows["fusedopt"]["pct_roof"] > 0 and rows["torch-foreach=True"]["fusedopt_speedup"] > 0

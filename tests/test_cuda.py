@@ -1016,6 +1016,36 @@ def test_mixed_storage_matches_cpu(name, combo):
             assert float(g.lr) == c.lr
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("combo", MIXED_COMBOS, ids=lambda c: "p{}-g{}-s{}".format(*c))
+def test_adafactor_storage_matches_cpu(combo, rounding):
+    """Adafactor's passes in 16-bit storage, vectors and (batches of) matrices, a row past a
+    norm block among them: the device's bits are the CPU's (tests/test_adafactor.py checks
+    the CPU against the exact reference)."""
+    mp = _mixed()
+    from test_adafactor import assert_all_same_bits, copied, make
+
+    p_dt, g_dt, s_dt = (mp.DT[c] for c in combo)
+    params, states, grads = make([(5,), (17, 33), (2, 3, 70), (2, 66_000)], np.float32,
+                                 rng_for("cuda adafactor", combo), steps=2)
+    params = [p.astype(p_dt) for p in params]
+    states = {n: [None if a is None else a.astype(s_dt) for a in v] for n, v in states.items()}
+    grads = [[g.astype(g_dt) for g in step] for step in grads]
+    cpu = copied(params, states)
+    on_dev = lambda xs: [None if x is None else _to_device_array(x) for x in xs]  # noqa: E731
+    dev_p, dev_s = on_dev(params), {n: on_dev(v) for n, v in states.items()}
+    hyper = dict(lr=0.02, weight_decay=0.1, maximize=True, rounding=rounding, state_rounding=rounding,
+                 seed=3, backend="native")
+    for step, g in enumerate(grads, start=1):
+        fusedopt.adafactor_(dev_p, on_dev(g), *dev_s.values(), step=step, **hyper)
+        fusedopt.adafactor_(cpu[0], g, *cpu[1].values(), step=step, **hyper)
+    cupy.cuda.get_current_stream().synchronize()
+    back = ([_to_host_array(a, b.dtype) for a, b in zip(dev_p, params)],
+            {n: [None if a is None else _to_host_array(a, b.dtype) for a, b in zip(dev_s[n], states[n])]
+             for n in states})
+    assert_all_same_bits(back, cpu)
+
+
 @pytest.mark.parametrize("offsets", [(1, 1, 1), (0, 1, 1), (3, 3, 2), (2, 2, 2)],
                          ids=lambda o: "-".join(map(str, o)))
 def test_mixed_storage_misaligned_views(offsets):

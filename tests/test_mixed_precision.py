@@ -40,7 +40,7 @@ THREADS = [1, 2, 3]
 MATRIX = [(t, n) for t in SUPPORTED_TARGETS for n in THREADS]
 STEPS = 2
 _SQUARE = set().union(*(r.square_states for r in fusedopt.rules.RULES.values()))
-# Factored rules (Adafactor) store float32 and float64 only: tests/test_adafactor.py.
+# Factored rules (Adafactor) keep states of other shapes: tests/test_adafactor.py runs COMBOS.
 EXAMPLES = [Case(name, fn, dict(hyper))
             for name, fn, hyper, _, _ in fusedopt.rules.examples(factored=False)]
 

@@ -27,32 +27,38 @@ import numpy as np
 SMALL_SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 1000, 4099]
 # One list above 2 x 32768 elements, so a call is split across threads.
 LARGE_SIZES = [70_001, 5]
+# A factored rule's (Adafactor) matrices and a batch of them, besides the sizes as vectors.
+MATRICES = [(3, 5), (17, 33), (2, 9, 31)]
 STEPS = 3
 
 
-def _inputs(rng, dtype, sizes, state_names, squares):
-    def nonzero(n, low=0.1, high=2.0, signed=True):
-        x = rng.uniform(low, high, n)
+def _inputs(rng, dtype, shapes, rule, state_names, squares):
+    def nonzero(shape, low=0.1, high=2.0, signed=True):
+        if shape is None:  # a state the param does not keep (a factored rule's)
+            return None
+        x = rng.uniform(low, high, shape)
         if signed:
-            x *= rng.choice((-1.0, 1.0), n)
+            x *= rng.choice((-1.0, 1.0), shape)
         return x.astype(dtype)
 
-    params = [nonzero(n) for n in sizes]
+    params = [nonzero(s) for s in shapes]
     states = {}
     for name in state_names:
+        kept = [rule.state_shapes(s)[rule.states.index(name)] for s in shapes]
         if name in squares:
-            states[name] = [nonzero(n, 0.5, 2.0, signed=False) for n in sizes]
+            states[name] = [nonzero(s, 0.5, 2.0, signed=False) for s in kept]
         elif name == "grad_avgs":
-            states[name] = [nonzero(n, 0.01, 0.3) for n in sizes]
+            states[name] = [nonzero(s, 0.01, 0.3) for s in kept]
         else:
-            states[name] = [nonzero(n) for n in sizes]
-    scale = 1.0 / np.sqrt(max(sum(sizes), 1))  # keeps adaptive_sgd_'s rate from vanishing
-    grads = [[(nonzero(n) * scale).astype(dtype) for n in sizes] for _ in range(STEPS)]
+            states[name] = [nonzero(s) for s in kept]
+    scale = 1.0 / np.sqrt(max(sum(p.size for p in params), 1))  # keeps adaptive_sgd_'s rate up
+    grads = [[(nonzero(s) * scale).astype(dtype) for s in shapes] for _ in range(STEPS)]
     return params, states, grads
 
 
 def _copy(params, states):
-    return [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in states.items()}
+    return [p.copy() for p in params], {k: [None if a is None else a.copy() for a in v]
+                                        for k, v in states.items()}
 
 
 def _bits(a):
@@ -63,7 +69,9 @@ def run_case(fusedopt, case, dtype, sizes, seed):
     name, fn, hyper, state_names, takes_step = case
     rng = np.random.default_rng(seed)
     squares = set().union(*(r.square_states for r in fusedopt.rules.RULES.values()))
-    params, states, grads = _inputs(rng, dtype, sizes, state_names, squares)
+    rule = fusedopt.rules.kernel(fn)[0]
+    shapes = [(n,) for n in sizes] + (MATRICES if rule.state_layout == "factored" else [])
+    params, states, grads = _inputs(rng, dtype, shapes, rule, state_names, squares)
     results = {}
     for label, func, extra in (("native", getattr(fusedopt, fn), {"backend": "native"}),
                                ("exact", getattr(fusedopt.reference, fn), {"mode": "exact"})):
@@ -80,7 +88,7 @@ def run_case(fusedopt, case, dtype, sizes, seed):
     written = [("params", np_, ep)] + [(k, ns[k], es[k]) for k in state_names]
     for role, got, want in written:
         for i, (a, b) in enumerate(zip(got, want)):
-            if not np.array_equal(_bits(a), _bits(b)):
+            if a is not None and not np.array_equal(_bits(a), _bits(b)):
                 bad = int(np.count_nonzero(_bits(a) != _bits(b)))
                 problems.append(f"{role}[{i}] (size {a.size}): {bad} elements differ")
     if fn == "adaptive_sgd_" and [tuple(r) for r in nr] != [tuple(r) for r in er]:
@@ -107,10 +115,9 @@ def main(argv=None) -> int:
     import fusedopt.reference
     import fusedopt.rules
 
-    # One case per example of every elementwise rule (fusedopt/rules/): each momentum
-    # convention and the options that add a state among them. (The factored ones, Adafactor,
-    # keep states of other shapes than these arrays: the test suite checks them.)
-    cases = fusedopt.rules.examples(factored=False)
+    # One case per example of every rule (fusedopt/rules/): each momentum convention and
+    # the options that add a state among them.
+    cases = fusedopt.rules.examples()
 
     info = fusedopt.info()
     cpu = info["cpu"]

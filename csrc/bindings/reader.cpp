@@ -16,7 +16,7 @@ const std::vector<std::string>& rule_names() {
       "ok",        "not_list",      "list_for_single", "length",  "too_many_states", "not_array",
       "unreachable", "mixed_memory", "dtype",          "dtype_mismatch", "shape",     "not_contiguous",
       "misaligned", "read_only",    "overlap",         "device_call",    "other_gpu",      "null_data",
-      "dtype_combination", "state_shape", "factored_dtype", "master_dtype"};
+      "dtype_combination", "state_shape", "master_dtype"};
   return names;
 }
 
@@ -449,11 +449,6 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
     for (int r = 0; r < n_named; ++r) {
       if (absent[r]) continue;
       ArrayItem& a = items[r];
-      // The factored layout: float32 or float64 params, everything else in their dtype.
-      const bool wide =
-          a.dtype == static_cast<int>(DType::kFloat32) || a.dtype == static_cast<int>(DType::kFloat64);
-      if (factored && a.dtype >= 0 && (r == 0 ? !wide : a.dtype != p.dtype))
-        return {Rule::kFactoredDtype, r, t};
       if (r == master_role) {  // float32 masters of 16-bit params, int16 remainders of bfloat16
         const bool remainder = options.master == Master::kRemainder;
         const int param = role_dtype[0];

@@ -55,7 +55,6 @@ enum class Rule : int {
   kDtypeCombination,  // a dtype the params' dtype does not go with (storage_combinations())
   kStateShape,        // factored layout: a state of another shape than its param needs, or
                       // an array where it needs None, or None where it needs an array
-  kFactoredDtype,     // factored layout: another dtype than the params', or 16-bit params
   kMasterDtype,       // a master or remainder of another dtype than its form stores (float32,
                       // int16), or params whose dtype cannot have it (other_role 0: the param)
 };
@@ -74,8 +73,8 @@ struct Refusal {
 // How a call's states are shaped. kSame: like their params (the elementwise rules).
 // kFactored (Adafactor, as torch keeps it): three state roles; a param of two or more dims
 // [..., R, C] keeps a row factor [..., R, 1] and a column factor [..., 1, C] and None for
-// the third, a param of fewer dims None, None and a full state of its own shape. Every
-// role is stored in the params' dtype, float32 or float64.
+// the third, a param of fewer dims None, None and a full state of its own shape. The
+// storage types are every rule's (storage_allows).
 enum class StateLayout : int { kSame = 0, kFactored = 1 };
 StateLayout layout_from_name(const std::string& name);  // "same" or "factored"
 

@@ -105,13 +105,15 @@ void run_step(const DeviceBatch& b, py::handle coeffs, const py::object& stream,
 // A factored rule (FUSEDOPT_FOR_EACH_FACTORED_STEP), on a batch read with its layout.
 template <class Step>
 void run_factored(const DeviceBatch& b, py::handle coeffs, const py::object& stream,
-                  uintptr_t device_coeffs, double grad_multiplier) {
+                  uintptr_t device_coeffs, double grad_multiplier, py::handle rounding) {
   if (b.layout() != bindings::StateLayout::kFactored || device_coeffs != 0 || grad_multiplier != 1.0)
     throw std::invalid_argument(std::string(Step::kName) +
                                 ": needs a Batch read with layout='factored', no device_coeffs and no "
                                 "gradient multiplier");
   const Step step = bindings::step_from_python<Step>(coeffs);
-  on_device(b, stream, [&](cudaStream_t s) { update(step, b.batch(), s); });
+  // The rounding of its 16-bit stores, as the CPU's (the multiplier is 1: checked above).
+  const Batch batch = bindings::with_call_options(b.batch(), grad_multiplier, rounding);
+  on_device(b, stream, [&](cudaStream_t s) { update(step, batch, s); });
 }
 
 void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, const py::object& stream,
@@ -123,7 +125,8 @@ void run_rule(const DeviceBatch& b, const std::string& rule, py::handle coeffs, 
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_factored<Step>(b, coeffs, stream, device_coeffs, grad_multiplier);
+  if (rule == Step::kName)         \
+    return run_factored<Step>(b, coeffs, stream, device_coeffs, grad_multiplier, rounding);
   FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");

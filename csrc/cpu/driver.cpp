@@ -123,8 +123,7 @@ void update(const AdafactorStep& s, const Batch& b) {
   for (int64_t t = 0; t < b.n_tensors; ++t) {
     const int64_t n = b.size(t);
     if (n == 0) continue;
-    FactoredTensor x{b.ptrs[kParam][t], b.ptrs[kGrad][t], b.ptrs[kState0][t], b.ptrs[kState1][t],
-                     b.ptrs[kState2][t], n, b.factor_dims[2 * t], b.factor_dims[2 * t + 1]};
+    FactoredTensor x{&b, t, n, b.factor_dims[2 * t], b.factor_dims[2 * t + 1]};
     // Runs `pass` over `units` units of about `work` elements each, split across threads.
     auto run = [&](FactoredPass pass, int64_t units, int64_t work, double* out) {
       const int threads = static_cast<int>(std::min<int64_t>(threads_for(units * work), units));

@@ -26,11 +26,11 @@ using TrustPass2Fn = void (*)(const Step&, const Batch&, const double* factors, 
 // One tensor of a factored rule's call (common/steps.h: FUSEDOPT_FOR_EACH_FACTORED_STEP),
 // as its passes see it; the driver (cpu/driver.cpp) fills in each pass's inputs.
 struct FactoredTensor {
-  void* p;
-  const void* g;
-  void* row;  // row_var, col_var (null for a tensor of fewer than two dims), variance (null
-  void* col;  // for a matrix): all stored in the compute type
-  void* var;
+  // The call and the tensor's index in it: the roles' pointers and storage, row_var,
+  // col_var (null for a tensor of fewer than two dims) and variance (null for a matrix),
+  // and the stochastic rounding of what is written (keyed by the index).
+  const Batch* batch;
+  int64_t index;
   int64_t numel;
   int64_t rows, cols;                 // the last two dims; 0, 0: not factored
   const double* row_sums = nullptr;   // kRowSums' output, read by kMoments

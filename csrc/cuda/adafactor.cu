@@ -7,6 +7,9 @@
 // elements j, j+32, ... in order, math::combine_lanes combines the lanes), a row's sum a
 // warp per row (its blocks added in order), a column's sum a thread per column (rows in
 // order), the factors a thread per matrix.
+//
+// Storage: every role is read and written through a switch on its dtype (role_storage.cuh),
+// the factors read back as stored, as the CPU's passes do.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -16,6 +19,7 @@
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 #include "cuda/plan.h"
+#include "cuda/role_storage.cuh"
 #include "math/adafactor.h"
 #include "math/sumsq.h"
 
@@ -26,30 +30,38 @@ namespace {
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxGrid = 4096;  // blocks per launch; every kernel strides over the rest
 
-// One tensor of the call and its scratch (device memory), as every kernel sees it.
+// One tensor of the call and its scratch (device memory), as every kernel sees it; T is
+// the compute type.
 template <class T>
 struct Tensor {
-  T* p;
-  const T* g;
-  T* row;  // row_var, col_var (matrices), variance (others): stored in T
-  T* col;
-  T* var;
+  // By the roles of common/batch.h: param, grad, row_var, col_var (matrices), variance
+  // (others); null where the tensor keeps no such state.
+  void* ptr[kMaxRoles];
+  DType dtypes[kMaxRoles];
+  uint32_t stochastic_roles;  // Batch::stochastic_roles and rounding_key (math/storage.h)
+  uint32_t rounding_key[2];
+  int64_t index;          // the tensor's place in the call (the stochastic rounding's key)
   int64_t n, rows, cols;  // rows = cols = 0: not factored
   double* blocks;         // a partial sum per norm block
   double* row_sums;       // per row of every matrix
   double* col_sums;       // per column of every matrix
   double* row_means;      // per matrix: the clamped mean of its row factor
   double* scalars;        // [0] alpha, [1] alpha / denom
+
+  __device__ T load(int r, int64_t i) const { return load_as<T>(ptr[r], dtypes[r], i); }
+  __device__ void store(int r, int64_t i, T x) const {
+    store_rounded_as<T>(ptr[r], dtypes[r], i, x, r, stochastic_roles, rounding_key, index);
+  }
 };
 
 // The update of element e (math/adafactor.h, pass 3), from the states after pass 2.
 template <class Rule, class T>
 __device__ T update_at(const Rule& rule, const Tensor<T>& x, int64_t e) {
-  if (x.rows == 0) return rule.update(rule.grad(x.g[e]), x.var[e]);
+  if (x.rows == 0) return rule.update(rule.grad(x.load(kGrad, e)), x.load(kState2, e));
   const int64_t row = e / x.cols, j = e - row * x.cols, b = row / x.rows;
   const T mean = static_cast<T>(x.row_means[b]);
-  const T estimate = rule.factored_estimate(x.row[row], x.col[b * x.cols + j], mean);
-  return rule.update(rule.grad(x.g[e]), estimate);
+  const T estimate = rule.factored_estimate(x.load(kState0, row), x.load(kState1, b * x.cols + j), mean);
+  return rule.update(rule.grad(x.load(kGrad, e)), estimate);
 }
 
 // A warp's sum of squares of f(lo + i), i < len, in the lanes of math/sumsq.h (lane 0 gets it).
@@ -76,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) block_sumsq_kernel(const Rule rule, 
     const int64_t len = (x.n - lo < math::kNormBlock) ? x.n - lo : math::kNormBlock;
     const double sum = warp_sumsq(lanes, warp, lane, len, [&](int64_t i) {
       if constexpr (kUpdate) return update_at(rule, x, lo + i);
-      else return x.p[lo + i];
+      else return x.load(kParam, lo + i);
     });
     if (lane == 0) x.blocks[k] = sum;
   }
@@ -88,11 +100,12 @@ __global__ void __launch_bounds__(kThreads) row_sums_kernel(const Tensor<T> x, i
   __shared__ double lanes[kWarps][math::kNormLanes];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t r = int64_t{blockIdx.x} * kWarps + warp; r < n_rows; r += int64_t{gridDim.x} * kWarps) {
-    const T* g = x.g + r * x.cols;
+    const int64_t first = r * x.cols;
     double sum = 0.0;
     for (int64_t lo = 0; lo < x.cols; lo += math::kNormBlock) {
       const int64_t len = (x.cols - lo < math::kNormBlock) ? x.cols - lo : math::kNormBlock;
-      const double block = warp_sumsq(lanes, warp, lane, len, [&](int64_t i) { return g[lo + i]; });
+      const double block =
+          warp_sumsq(lanes, warp, lane, len, [&](int64_t i) { return x.load(kGrad, first + lo + i); });
       sum = sum + block;
     }
     if (lane == 0) x.row_sums[r] = sum;
@@ -107,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) col_sums_kernel(const Tensor<T> x, i
     const int64_t b = u / x.cols, j = u - b * x.cols;
     double acc = 0.0;
     for (int64_t i = 0; i < x.rows; ++i)
-      acc = acc + math::square_as_double(x.g[(b * x.rows + i) * x.cols + j]);
+      acc = acc + math::square_as_double(x.load(kGrad, (b * x.rows + i) * x.cols + j));
     x.col_sums[u] = acc;
   }
 }
@@ -119,19 +132,20 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t stride = int64_t{gridDim.x} * kThreads;
   for (int64_t u = int64_t{blockIdx.x} * kThreads + threadIdx.x; u < units; u += stride) {
     if (x.rows == 0) {
-      const T gv = rule.grad(x.g[u]);
-      x.var[u] = rule.moment(x.var[u], gv * gv);
+      const T gv = rule.grad(x.load(kGrad, u));
+      x.store(kState2, u, rule.moment(x.load(kState2, u), gv * gv));
       continue;
     }
-    T* row = x.row + u * x.rows;
-    T* col = x.col + u * x.cols;
-    double sum = 0.0;
-    for (int64_t i = 0; i < x.rows; ++i) {
-      row[i] = rule.moment(row[i], static_cast<T>(x.row_sums[u * x.rows + i] / static_cast<double>(x.cols)));
-      sum = sum + static_cast<double>(row[i]);
+    double sum = 0.0;  // of the row factor as stored
+    for (int64_t i = u * x.rows; i < (u + 1) * x.rows; ++i) {
+      const T mean_square = static_cast<T>(x.row_sums[i] / static_cast<double>(x.cols));
+      x.store(kState0, i, rule.moment(x.load(kState0, i), mean_square));
+      sum = sum + static_cast<double>(x.load(kState0, i));
     }
-    for (int64_t j = 0; j < x.cols; ++j)
-      col[j] = rule.moment(col[j], static_cast<T>(x.col_sums[u * x.cols + j] / static_cast<double>(x.rows)));
+    for (int64_t j = u * x.cols; j < (u + 1) * x.cols; ++j) {
+      const T mean_square = static_cast<T>(x.col_sums[j] / static_cast<double>(x.rows));
+      x.store(kState1, j, rule.moment(x.load(kState1, j), mean_square));
+    }
     x.row_means[u] = static_cast<double>(rule.row_mean(sum, x.rows));
   }
 }
@@ -150,7 +164,7 @@ template <class Rule, class T>
 __global__ void __launch_bounds__(kThreads) apply_kernel(const Rule rule, const Tensor<T> x) {
   const T scale = static_cast<T>(x.scalars[1]);
   for (int64_t e = int64_t{blockIdx.x} * kThreads + threadIdx.x; e < x.n; e += int64_t{gridDim.x} * kThreads)
-    x.p[e] = rule.apply(x.p[e], update_at(rule, x, e), scale);
+    x.store(kParam, e, rule.apply(x.load(kParam, e), update_at(rule, x, e), scale));
 }
 
 int64_t grid_for(int64_t units, int64_t per_block) {
@@ -196,19 +210,18 @@ void update(const AdafactorStep& step, const Batch& b, cudaStream_t stream) {
     const Rule r(step.c);
     for (int64_t t = 0; t < b.n_tensors; ++t) {
       if (b.size(t) == 0) continue;
-      Tensor<T> x{static_cast<T*>(b.ptrs[kParam][t]),
-                  static_cast<const T*>(b.ptrs[kGrad][t]),
-                  static_cast<T*>(b.ptrs[kState0][t]),
-                  static_cast<T*>(b.ptrs[kState1][t]),
-                  static_cast<T*>(b.ptrs[kState2][t]),
-                  b.size(t),
-                  b.factor_dims[2 * t],
-                  b.factor_dims[2 * t + 1],
-                  nullptr,
-                  nullptr,
-                  nullptr,
-                  nullptr,
-                  nullptr};
+      Tensor<T> x{};
+      for (int role = 0; role < kMaxRoles; ++role) {
+        x.ptr[role] = b.ptrs[role][t];
+        x.dtypes[role] = b.dtypes[role];
+      }
+      x.stochastic_roles = b.stochastic_roles;
+      x.rounding_key[0] = b.rounding_key[0];
+      x.rounding_key[1] = b.rounding_key[1];
+      x.index = t;
+      x.n = b.size(t);
+      x.rows = b.factor_dims[2 * t];
+      x.cols = b.factor_dims[2 * t + 1];
       run_tensor(r, step.c, x, stream);
     }
   });

@@ -24,6 +24,7 @@
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 #include "cuda/plan.h"
+#include "cuda/role_storage.cuh"
 #include "math/storage.h"
 #include "math/sumsq.h"
 
@@ -32,31 +33,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = kThreads / 32;
-
-template <class T>
-__device__ __forceinline__ T load_as(const void* base, DType d, int64_t i) {
-  if constexpr (std::is_same<T, double>::value) {
-    return static_cast<const double*>(base)[i];  // float64 params: every role is float64
-  } else {
-    const uint16_t* h = static_cast<const uint16_t*>(base);
-    if (d == DType::kBFloat16) return math::bf16_to_float(h[i]);
-    if (d == DType::kFloat16) return math::f16_to_float(h[i]);
-    return static_cast<const float*>(base)[i];
-  }
-}
-
-template <class T>
-__device__ __forceinline__ void store_as(void* base, DType d, int64_t i, T x) {
-  if constexpr (std::is_same<T, double>::value) {
-    static_cast<double*>(base)[i] = x;
-  } else {
-    uint16_t* h = static_cast<uint16_t*>(base);
-    if (d == DType::kBFloat16) h[i] = math::float_to_bf16(x);
-    else if (d == DType::kFloat16) h[i] = math::float_to_f16(x);
-    else static_cast<float*>(base)[i] = x;
-  }
-}
-
 
 template <class Rule, class C>
 struct TrustParams {
@@ -80,18 +56,8 @@ struct TrustParams {
 // the call asks (the CPU's bits).
 template <class T, class P>
 __device__ __forceinline__ void store_role(const P& params, int r, int slot, int64_t i, T x) {
-  void* base = params.table.ptr[r][slot];
-  if constexpr (std::is_same<T, float>::value) {
-    const DType d = params.dtypes[r];
-    if (d != DType::kFloat32 && ((params.stochastic_roles >> r) & 1u) != 0) {
-      const uint32_t tkey = math::tensor_key(params.rounding_key[1], params.table.tensor[slot]);
-      const uint32_t random = math::random_bits(params.rounding_key[0], tkey, i, r);
-      static_cast<uint16_t*>(base)[i] = d == DType::kBFloat16 ? math::float_to_bf16_stochastic(x, random)
-                                                              : math::float_to_f16_stochastic(x, random);
-      return;
-    }
-  }
-  store_as<T>(base, params.dtypes[r], i, x);
+  store_rounded_as<T>(params.table.ptr[r][slot], params.dtypes[r], i, x, r, params.stochastic_roles,
+                      params.rounding_key, params.table.tensor[slot]);
 }
 
 // The param's value of element i: with master weights the float32 master, or the master

@@ -315,13 +315,6 @@ def _worded(fn: str, refusal, names, values, single, layout="same", master=None)
                               f"shape {want}")
         return ValueError(f"{fn}: {where} has shape {_shape(x)} but {p} of shape {param} needs "
                           f"shape {want}")
-    if rule == "factored_dtype":
-        param = _dtype_name(item(0, index))
-        if role == 0:
-            return TypeError(f"{fn}: {where} has dtype {param}; this rule takes float32 or "
-                             "float64 params (16-bit storage is not supported for it)")
-        return TypeError(f"{fn}: {where} has dtype {_dtype_name(x)} but {label('params', index)} "
-                         f"has {param}; this rule's grads and states have the params' dtype")
     if rule == "master_dtype":
         param = _dtype_name(item(0, index))
         remainders = master.form == "remainders"

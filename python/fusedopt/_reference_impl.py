@@ -26,7 +26,7 @@ from fusedopt.rules._common import sum_of_squares_exact  # noqa: F401 (the adapt
 
 def apply_exact(rule: str, prep, coeffs, grad_multiplier: float = 1.0, rounding=None) -> None:
     fn = RULES[rule].exact
-    reads_back = RULES[rule].trust_ratio
+    reads_back = RULES[rule].reads_back
     xp = prep.xp
     for i, p in enumerate(prep.params):
         if not p.size:

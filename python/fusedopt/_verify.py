@@ -14,12 +14,13 @@ import numpy as np
 from fusedopt import _kernels, reference, rules
 
 # (name, kernel, hyperparameters, state argument names, whether it takes step=): every
-# example of every elementwise rule (fusedopt/rules/). Factored rules (Adafactor) are left
-# out: their states are shaped otherwise than these 1-D params' and they store float32 and
-# float64 only; tests/test_adafactor.py checks them bit for bit.
-CASES = rules.examples(factored=False)
+# example of every rule (fusedopt/rules/).
+CASES = rules.examples()
 
 SIZES = [0, 1, 17, 1023, 100_003, (1 << 20) + 3]
+# A factored rule's params (Adafactor): vectors, which keep a full state, and matrices and
+# a batch of them, which keep row and column factors (a row past a norm block among them).
+FACTORED_SHAPES = [(0,), (1,), (17,), (3, 0), (31, 33), (2, 65, 70), (2, 66_000)]
 STEPS = 6  # RAdam rectifies from step 6 (rho_t > 5): both of its forms are run
 # Largest error of native float32 against the float64 textbook formula after STEPS steps,
 # relative to the largest parameter: a few roundings of the storage per step.
@@ -43,11 +44,21 @@ def state_dtype(dtype):
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
-def _arrays(rng, dtype, n_states):
-    params = [rng.standard_normal(n).astype(dtype) for n in SIZES]
-    # States start at zero, as every optimizer starts them.
-    states = [[np.zeros(n, state_dtype(dtype)) for n in SIZES] for _ in range(n_states)]
-    return params, states
+def _shapes(kernel):
+    rule = rules.kernel(kernel)[0]
+    return [(n,) for n in SIZES] if rule.state_layout == "same" else FACTORED_SHAPES
+
+
+def _arrays(rng, kernel, dtype, state_names):
+    rule = rules.kernel(kernel)[0]
+    shapes = _shapes(kernel)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+    def state(shape):  # zero, as every optimizer starts them; None where a param keeps none
+        return None if shape is None else np.zeros(shape, state_dtype(dtype))
+
+    which = [rule.states.index(name) for name in state_names]
+    return params, [[state(rule.state_shapes(s)[k]) for s in shapes] for k in which]
 
 
 def _run(fn, params, states, state_names, hyper, takes_step, grads_per_step, step_kw):
@@ -63,36 +74,39 @@ def verify_case(name, kernel, hyper, state_names, takes_step, dtype, seed=0, dev
     exact reference (bitwise), the float64 formula (within tolerance) and, on "cuda", the
     CPU kernel (bitwise)."""
     rng = np.random.default_rng(seed)
-    params, states = _arrays(rng, dtype, len(state_names))
-    grads = [[rng.standard_normal(n).astype(dtype) for n in SIZES] for _ in range(STEPS)]
+    params, states = _arrays(rng, kernel, dtype, state_names)
+    grads = [[rng.standard_normal(s).astype(dtype) for s in _shapes(kernel)] for _ in range(STEPS)]
+
+    def each(arrays, f):  # f of every array of a list, None (a state not kept) as it is
+        return [None if a is None else f(a) for a in arrays]
 
     def copy():
-        return [p.copy() for p in params], [[a.copy() for a in st] for st in states]
+        return each(params, np.copy), [each(st, np.copy) for st in states]
 
     native_p, native_s = copy()
     exact_p, exact_s = copy()
     f64_p = [p.astype(np.float64) for p in params]
-    f64_s = [[a.astype(np.float64) for a in st] for st in states]
+    f64_s = [each(st, lambda a: a.astype(np.float64)) for st in states]
     f64_g = [[g.astype(np.float64) for g in step] for step in grads]
 
     native = getattr(_kernels, kernel)
     if device == "cuda":
         import cupy
 
-        put = lambda arrays: [cupy.asarray(a) for a in arrays]  # noqa: E731
+        put = lambda arrays: each(arrays, cupy.asarray)  # noqa: E731
         dev_p, dev_s = put(native_p), [put(st) for st in native_s]
         _run(native, dev_p, dev_s, state_names, hyper, takes_step, [put(g) for g in grads],
              {"backend": "native"})
-        device_outs = [cupy.asnumpy(a) for a in dev_p + [a for st in dev_s for a in st]]
+        device_outs = [cupy.asnumpy(a) for a in dev_p + [a for st in dev_s for a in st if a is not None]]
     _run(native, native_p, native_s, state_names, hyper, takes_step, grads, {"backend": "native"})
     _run(getattr(reference, kernel), exact_p, exact_s, state_names, hyper, takes_step, grads,
          {"mode": "exact"})
     _run(getattr(reference, kernel), f64_p, f64_s, state_names, hyper, takes_step, f64_g,
          {"mode": "float64"})
 
-    cpu_outs = native_p + [a for st in native_s for a in st]
+    cpu_outs = native_p + [a for st in native_s for a in st if a is not None]
     outs = device_outs if device == "cuda" else cpu_outs
-    exact = exact_p + [a for st in exact_s for a in st]
+    exact = exact_p + [a for st in exact_s for a in st if a is not None]
     identical = all(np.array_equal(a, b) for a, b in zip(outs, exact))
     same_as_cpu = all(np.array_equal(a, b) for a, b in zip(outs, cpu_outs))
     exact_err = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(outs, exact)

@@ -31,11 +31,14 @@ def _cases() -> dict:
     cases = dict(_NAMED)
     for rule in _rules.RULES.values():
         kernel = rule.kernels[0]
-        # A factored rule (Adafactor) reads each tensor in several passes and keeps states
-        # of other shapes: the byte table and the arrays here are the elementwise rules'.
-        if rule.name not in cases and kernel.examples and rule.state_layout == "same":
+        if rule.name not in cases and kernel.examples:
             cases[rule.name] = (kernel.name, next(iter(kernel.examples.values())))
     return cases
+
+
+def factored(case: str) -> bool:
+    """Whether a case's rule keeps factored states (Adafactor): its arrays are matrices."""
+    return _rules.kernel(CASES[case][0])[0].state_layout == "factored"
 
 
 CASES = _cases()
@@ -54,9 +57,14 @@ def _states(fn: str, hyper: dict) -> tuple:
 # reads it again. Momentum rules are measured after their first step (on step 1 torch's
 # convention writes the buffer without reading it). A trust-ratio rule (LAMB) reads the
 # param and the states again in its second pass; its first writes no param, its second
-# only the param, so its writes are counted once.
+# only the param, so its writes are counted once. A factored rule (Adafactor) runs five
+# passes over a matrix: the param's squares (p), the gradient's row and its column sums (g,
+# g), the update's squares (g) and the update (p, g -> p); its row and column factors, a
+# few numbers per row and column, are not counted (0 states: its roof has none either).
 def _traffic(fn: str, hyper: dict) -> tuple:
     rule, kernel = _rules.kernel(fn)
+    if rule.state_layout == "factored":
+        return 6, 1, 0
     n = len(_states(fn, hyper))
     return 2 + n + kernel.adaptive + rule.trust_ratio * (1 + n), 1 + n, n
 
@@ -126,6 +134,16 @@ def size_label(size, grouped: bool = False) -> str:
     return f"{size:,}" if grouped else str(size)
 
 
+def factored_shape(n: int) -> tuple:
+    """A tensor of n elements as a factored rule's case has it: a matrix whose column count
+    is the largest power of two that divides n and is at most sqrt(n) (4096 x 4096 at
+    2^24), or a vector where no power of two above 1 does."""
+    c = 1
+    while n % (2 * c) == 0 and (2 * c) * (2 * c) <= n:
+        c *= 2
+    return (n // c, c) if c > 1 else (n,)
+
+
 def n_elements(size) -> int:
     return LIST_TOTAL if size == LIST_CASE else int(size)
 
@@ -157,6 +175,7 @@ class Arrays:
         for x in self.g_roof:
             x.fill(0.0)
         self._g_fingerprint = self.grads_fingerprint()
+        self._factored = None  # a factored rule's (params, grads, states), made on first use
         self.reset_states()
 
     def grads_fingerprint(self) -> list:
@@ -181,12 +200,50 @@ class Arrays:
             for s, g in zip(role, self.g):
                 np.abs(g, out=s)
                 np.multiply(s, 0.01, out=s)
+        if self._factored is not None:  # the row and column factors (a vector's is in self.s)
+            for role in self._factored[2][:2]:
+                for s in role:
+                    if s is not None:
+                        s.fill(0.01)
 
     def args(self, n_states: int):
         """(p, g, states) as the functional kernels take them."""
         if self.is_list:
             return self.p, self.g, self.s[:n_states]
         return self.p[0], self.g[0], [role[0] for role in self.s[:n_states]]
+
+    def shaped(self, case: str):
+        """(params, grads) as lists, shaped as the case's rule takes them (factored_shape)."""
+        if not factored(case):
+            return self.p, self.g
+        self.factored_args(case)
+        return self._factored[0], self._factored[1]
+
+    def factored_args(self, case: str):
+        """(p, g, states) of a factored rule's case: the params and gradients reshaped
+        (views), the states of the rule's layout (a vector's full state is a view of
+        self.s[2]; None where a param keeps no such state)."""
+        if self._factored is None:
+            rule = _rules.kernel(CASES[case][0])[0]
+            shapes = [factored_shape(p.size) for p in self.p]
+            p = [x.reshape(s) for x, s in zip(self.p, shapes)]
+            g = [x.reshape(s) for x, s in zip(self.g, shapes)]
+            states = [[], [], []]
+            for k, shape in enumerate(shapes):
+                row, col, var = rule.state_shapes(shape)
+                dt = self.p[0].dtype
+                states[0].append(None if row is None else np.full(row, 0.01, dt))
+                states[1].append(None if col is None else np.full(col, 0.01, dt))
+                states[2].append(None if var is None else self.s[2][k].reshape(var))
+            self._factored = (p, g, states)
+        p, g, states = self._factored
+        if self.is_list:
+            return p, g, states
+        return p[0], g[0], [role[0] for role in states]
+
+    def case_args(self, case: str):
+        """(p, g, states) of a case as the functional kernels take them."""
+        return self.factored_args(case) if factored(case) else self.args(TRAFFIC[case][2])
 
     def nbytes(self) -> int:
         return 6 * self.n * self.p[0].itemsize

@@ -73,6 +73,7 @@ from .cases import (
     Arrays,
     bytes_per_element,
     call_fusedopt,
+    factored,
     n_elements,
     size_label,
 )
@@ -253,7 +254,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
     nbytes = bytes_per_element(rule, dtype)
     n = arrays.n
     arrays.reset_states()
-    p, g, s = arrays.args(n_states)
+    p, g, s = arrays.case_args(rule)
     prep = _arrays.prepare("bench", arrays.p, arrays.g_roof,
                            [(f"s{k}", arrays.s[k]) for k in range(n_states)])
     roof_call = _dispatch.native_target(prep)  # read once: the roof times the loop alone
@@ -263,7 +264,7 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
 
     if flat is not None:
         flat.reset_states()
-        flat_args = flat.args(n_states)
+        flat_args = flat.case_args(rule)
 
         def flat_kernel():
             call_fusedopt(rule, fusedopt, *flat_args, dtype)
@@ -277,6 +278,13 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
         def roof():
             roof_call.traffic()
             second.traffic()
+    elif factored(rule):
+        # Five passes (Adafactor, a matrix): four read one array each (p, g, g, g), the
+        # last is (p, g -> p). The roof: four read-only sums of squares and that loop.
+        def roof():
+            for _ in range(4):
+                roof_call.grad_sum_of_squares()
+            roof_call.traffic()
     elif rule == "adaptive_sgd":
         # Two passes: ||g|| (read g), then the update (p, g -> p). The roof of the first is a
         # read-only loop of trivial arithmetic, which is what the sum of squares is.

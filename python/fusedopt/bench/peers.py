@@ -64,9 +64,9 @@ class TorchPeer:
     cost nothing extra in the vector units.
     """
 
-    def __init__(self, torch, opt_cls, kwargs, arrays: Arrays):
+    def __init__(self, torch, opt_cls, kwargs, arrays: Arrays, case: str):
         self.params = []
-        for p, g in zip(arrays.p, arrays.g):
+        for p, g in zip(*arrays.shaped(case)):  # a factored rule's matrices as fusedopt's
             t = torch.nn.Parameter(torch.from_numpy(p.copy()))
             t.grad = torch.from_numpy(g.copy())
             self.params.append(t)
@@ -96,7 +96,7 @@ def torch_peer(torch, rule, variant_kwargs, arrays):
     cls_name, kwargs = spec
     cls = getattr(torch.optim, cls_name)
     try:
-        peer = TorchPeer(torch, cls, {**kwargs, **variant_kwargs}, arrays)
+        peer = TorchPeer(torch, cls, {**kwargs, **variant_kwargs}, arrays, rule)
         peer.step()
     except Exception as exc:  # noqa: BLE001 - e.g. fused=True not implemented on CPU
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -112,7 +112,7 @@ def deepspeed_peer(torch, rule, arrays):
         import importlib
 
         cls = getattr(importlib.import_module(module), cls_name)
-        peer = TorchPeer(torch, cls, kwargs, arrays)
+        peer = TorchPeer(torch, cls, kwargs, arrays, rule)
         peer.step()
     except Exception as exc:  # noqa: BLE001 - not built, unsupported dtype, ...
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

@@ -73,6 +73,12 @@ class Rule:
     # column factors, or a full state, per param; None where a param keeps no such state).
     state_layout: str = "same"
 
+    @property
+    def reads_back(self) -> bool:
+        """Whether ``exact`` takes ``as_stored``: a later pass of the kernel reads the states
+        back as stored (LAMB's second pass; Adafactor's update, from its factors)."""
+        return self.trust_ratio or self.state_layout == "factored"
+
     def state_shapes(self, shape) -> tuple:
         """The shapes of the states of a param of ``shape``, in rule order (None where it
         keeps no such state), as the reader has them."""

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from fusedopt._coeffs import WD_DECOUPLED, WD_NONE, flag, number, step_count, step_type
+from fusedopt._storage import compute_dtype
 from fusedopt.rules import REQUIRED, Kernel, Rule
 from fusedopt.rules._common import block_sums, max_propagate_nan, sums_in_order
 
@@ -83,7 +84,7 @@ def _denom(c, update_sumsq, n) -> float:
     return max(1.0, math.sqrt(update_sumsq) / (math.sqrt(n) * c.d))
 
 
-def exact(xp, p, g, states, c):
+def exact(xp, p, g, states, c, as_stored):
     T = p.dtype.type
     n = p.size
     eps1 = _eps1(c, T)
@@ -100,12 +101,16 @@ def exact(xp, p, g, states, c):
         col = col_var.reshape(-1, C)
         row[...] = beta2_t * row + one_minus * xp.asarray((row_sums / C).astype(T))
         col[...] = beta2_t * col + one_minus * xp.asarray((col_sums / R).astype(T))
+        # The kernel's later passes read the factors back from storage (16 bits, if so).
+        row_var[...] = as_stored(0, row_var)  # row and col are views of them
+        col_var[...] = as_stored(1, col_var)
         row_total = np.add.accumulate(_on_host(row).astype(np.float64), axis=1)[:, -1]  # in row order
         row_mean = max_propagate_nan(xp, xp.asarray((row_total / R).astype(T)), T(eps1))
         estimate = (row[:, :, None] * col[:, None, :]) / row_mean[:, None, None]
         estimate = estimate.reshape(p.shape)
     else:
         variance[...] = beta2_t * variance + one_minus * (g * g)
+        variance[...] = as_stored(2, variance)
         estimate = variance
     u = g * (T(1) / xp.sqrt(max_propagate_nan(xp, estimate, T(eps1 * eps1))))
     scale = T(alpha / _denom(c, _sumsq(u), n))
@@ -115,11 +120,12 @@ def exact(xp, p, g, states, c):
 
 
 def float64(xp, p, g, states, h):
-    """torch's formula in float64; eps1=None is the machine epsilon of the params' storage."""
+    """torch's formula in float64; eps1=None is the machine epsilon of the compute type
+    (float32 for 16-bit params, as the kernels compute)."""
     t = float(h["step"])
     eps1, eps2 = h["eps"]
     if eps1 is None:
-        eps1 = float(np.finfo(h["param_dtype"]).eps)
+        eps1 = float(np.finfo(compute_dtype(np, h["param_dtype"])).eps)
     g = -g if h["maximize"] else g
     w = t ** h["beta2_decay"]
     alpha = max(eps2, float(xp.sqrt(xp.sum(p * p)) / math.sqrt(p.size))) * min(h["lr"], 1 / t ** 0.5)
@@ -151,14 +157,17 @@ RULE = Rule(
     torch keeps them: a param of two or more dims ``[..., R, C]`` takes ``row_vars[i]`` of
     shape ``[..., R, 1]`` and ``col_vars[i]`` of shape ``[..., 1, C]`` (and None in
     ``variances``); a param of fewer dims takes None, None and ``variances[i]`` of its own
-    shape. States start at zero and are stored in the params' dtype (float32 or float64).
+    shape. States start at zero. Storage as every rule's: bfloat16 or float16 params with
+    their own dtype's or float32 grads, states float32 or bfloat16 (float64 throughout for
+    float64 params), arithmetic in float32; the factors are read back as stored.
 
     ``beta2_t = 1 - t^beta2_decay``; ``rho = min(lr, 1/sqrt(t))``;
     ``alpha = max(eps2, RMS(p)) * rho``; row and column means of ``g*g`` update the
     factors, ``est = row*col / max(mean(row), eps1)`` (or the full variance);
     ``u = g / sqrt(max(est, eps1^2))``; ``p *= 1 - lr*weight_decay``;
     ``p -= alpha / max(1, RMS(u)/d) * u``. ``eps1=None`` is the machine epsilon of the
-    params' dtype.
+    compute type (torch's is the params' dtype's, which is its compute type: for bfloat16
+    and float16 params fusedopt computes in float32 and takes float32's).
     """, examples={
             "adafactor": dict(lr=0.01),
             "adafactor-decay": dict(lr=0.02, weight_decay=0.1, eps=(1e-6, 1e-3)),
