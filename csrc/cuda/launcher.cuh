@@ -283,10 +283,14 @@ __global__ void __launch_bounds__(kThreads)
                                    chunk - P.table.chunk_start[slot]);
     void* ptr[kRoles + 1];
 #pragma unroll
-    for (int r = 0; r <= kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
+    for (int r = 0; r < kRoles; ++r) ptr[r] = P.table.ptr[r][slot];
+    // The masters' column is read only where the call has masters: the vector loop below
+    // keeps the registers it had without them.
+    ptr[kRoles] = nullptr;
 
     const uint32_t tkey = math::tensor_key(P.rounding_key[1], P.table.tensor[slot]);
     if (P.stochastic_roles != 0 || P.master != Master::kNone) {
+      if (P.master != Master::kNone) ptr[kRoles] = P.table.ptr[kRoles][slot];
       // Stochastic rounding hashes each element's position, and masters are a role of
       // their own: element by element (still coalesced across the block), which keeps the
       // vector loop's registers as they were.
