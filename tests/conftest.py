@@ -35,6 +35,23 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# FUSEDOPT_TEST_SHARD="i/n": run only every n-th collected test, starting at the i-th (from
+# 0), so that one long run of a test module in a process of its own (test_cuda.py on the
+# emulation) can be split into n processes that pytest-xdist's workers share out.
+TEST_SHARD = os.environ.get("FUSEDOPT_TEST_SHARD", "")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not TEST_SHARD:
+        return
+    index, count = (int(x) for x in TEST_SHARD.split("/"))
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"FUSEDOPT_TEST_SHARD={TEST_SHARD}: wants i/n with 0 <= i < n")
+    keep = [item for k, item in enumerate(items) if k % count == index]
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % count != index])
+    items[:] = keep
+
+
 SEED = 20240229
 DTYPES = {"f32": np.float32, "f64": np.float64}
 

@@ -474,17 +474,23 @@ def test_bindings_refuse_arrays_of_two_gpus():
 # --------------------------------------------------------------------------------------
 # tests/test_cuda.py on the emulation: the public API's GPU path end to end (array checks,
 # fallbacks, the device-side adaptive rate, bindings, kernels), with tests/host_cupy.py as
-# CuPy. It replaces modules for the whole process, so it runs in a process of its own.
-def test_gpu_test_suite_on_the_emulation():
+# CuPy. It replaces modules for the whole process, so it runs in processes of its own: in
+# GPU_SUITE_SHARDS parts (every n-th test, conftest.py), which pytest-xdist's workers share.
+GPU_SUITE_SHARDS = 4
+
+
+@pytest.mark.parametrize("shard", range(GPU_SUITE_SHARDS))
+def test_gpu_test_suite_on_the_emulation(shard):
     tests = Path(__file__).resolve().parent
-    env = dict(os.environ, FUSEDOPT_TEST_CUDA_EMULATION="1")
+    env = dict(os.environ, FUSEDOPT_TEST_CUDA_EMULATION="1",
+               FUSEDOPT_TEST_SHARD=f"{shard}/{GPU_SUITE_SHARDS}")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(tests / "test_cuda.py")],
                          cwd=tests.parent, env=env, capture_output=True, text=True, timeout=900)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
     assert run.returncode == 0, f"{summary}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed >= 150, summary  # the suite really ran, not skipped
+    assert passed >= 150 // GPU_SUITE_SHARDS, summary  # the suite really ran, not skipped
 
 
 def test_host_cupy_names_are_cupy_names():

@@ -15,9 +15,10 @@
 # 2^20+3, a mixed list of 0..4097, 2000 tiny tensors; the other targets and thread counts
 # run the same loops compiled with other flags), and of the bad-input grid the functions
 # tools/ci_sample.sh names. The whole suite under the sanitizers takes too long for CI on
-# two cores. The sanitized build is compiled at -O1 (CMakeLists.txt). The leak and
-# peak-memory measurements skip themselves here: ASan's quarantine and shadow memory make
-# resident-set sizes meaningless.
+# two cores. The sanitized build is compiled at -O1 with line tables only (CMakeLists.txt),
+# for the baseline and this machine's best CPU target, and the tests run in pytest-xdist's
+# workers, one per core. The leak and peak-memory measurements skip themselves here:
+# ASan's quarantine and shadow memory make resident-set sizes meaningless.
 #
 # CPython's own allocations are not leak-checked (detect_leaks=0): the interpreter keeps
 # much of its memory until exit on purpose, which LeakSanitizer reports as leaks.
@@ -55,9 +56,23 @@ say "fresh venv in $work"
 python3 -m venv "$work/venv"
 py="$work/venv/bin/python"
 "$py" -m pip install "${quiet[@]}" --disable-pip-version-check \
-  numpy pytest hypothesis "scikit-build-core>=0.10" "pybind11>=2.13" ninja "cmake>=3.21"
+  numpy pytest pytest-xdist hypothesis "scikit-build-core>=0.10" "pybind11>=2.13" ninja "cmake>=3.21"
 
-say "building with FUSEDOPT_SANITIZE=ON"
+# The tests run on this machine's best CPU target (and baseline where they force it): the
+# other instruction-set build of kernels_isa.cpp would add minutes of instrumented compiling
+# for code no test here runs. Its flags differ, not its source; the CI's main run tests it.
+flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+has() { for f in "$@"; do [[ " $flags " == *" $f "* ]] || return 1; done; }
+best=""
+if [ "$(uname -m)" = x86_64 ]; then
+  if has avx2 fma bmi2 avx512f avx512bw avx512dq avx512vl avx512cd; then best=avx512
+  elif has avx2 fma bmi2; then best=avx2
+  fi
+fi
+only=()
+[ -n "$best" ] && only=("-Ccmake.define.FUSEDOPT_CPU_TARGETS_ONLY=$best")
+
+say "building with FUSEDOPT_SANITIZE=ON (CPU targets: baseline${best:+ and $best})"
 # A plain (non-editable) install: the tests import the instrumented module from the venv.
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
 "$py" -m pip install "${quiet[@]}" --disable-pip-version-check --no-build-isolation --no-deps \
@@ -66,6 +81,7 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   -Ccmake.define.FUSEDOPT_SANITIZE=ON \
   -Ccmake.define.FUSEDOPT_CUDA=OFF \
   -Ccmake.define.FUSEDOPT_CUDA_EMULATION=ON \
+  "${only[@]}" \
   "$root"
 # The modules must really be instrumented, or a clean run would mean nothing.
 # (Found on disk: importing them needs the sanitizer runtimes preloaded.)
@@ -83,13 +99,13 @@ case "$mode" in
   subset)
     # shellcheck source=tools/ci_sample.sh
     source "$root/tools/ci_sample.sh"
-    pytest_args=(tests -m "not slow" -p no:cacheprovider --deselect tests/test_rules.py -k "$ci_sample_k")
+    pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider --deselect tests/test_rules.py -k "$ci_sample_k")
     # of the bitwise grid: the cases run on the active CPU target at 1 and 2 threads
     rules_k=$(LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0 "$py" -c '
 import fusedopt
 print(fusedopt.info()["cpu"]["target"] + " and not t3")')
     ;;
-  full) pytest_args=(tests -m "not slow" -p no:cacheprovider) ;;
+  full) pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider) ;;
 esac
 
 export LD_PRELOAD="$libasan $libubsan"
@@ -104,7 +120,7 @@ say "pytest ${pytest_args[*]}"
 "$py" -m pytest "${quiet[@]}" "${pytest_args[@]}" || status=$?
 if [ "$mode" = subset ]; then
   say "pytest tests/test_rules.py -k '$rules_k'"
-  "$py" -m pytest "${quiet[@]}" tests/test_rules.py -m "not slow" -p no:cacheprovider \
+  "$py" -m pytest "${quiet[@]}" tests/test_rules.py -n auto -m "not slow" -p no:cacheprovider \
     -k "$rules_k" || status=$?
 fi
 

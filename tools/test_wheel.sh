@@ -98,7 +98,7 @@ if [[ "$mode" == full ]]; then
 import os, sys, fusedopt
 want, got = os.environ["FUSEDOPT_CPU_TARGET"], fusedopt.info()["cpu"]["target"]
 sys.exit(0 if want in ("auto", got) else f"FUSEDOPT_CPU_TARGET={want} but the target in use is {got}")' || { status=1; continue; }
-    FUSEDOPT_CPU_TARGET="$t" "$py" -m pytest -q -p no:cacheprovider tests "${pytest_extra[@]}" || status=1
+    FUSEDOPT_CPU_TARGET="$t" "$py" -m pytest -q -n auto -p no:cacheprovider tests "${pytest_extra[@]}" || status=1
   done
 elif [[ "$mode" == smoke ]]; then
   echo "== pytest: the tests marked cuda (they skip, with their reason, without a GPU)"
