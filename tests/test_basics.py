@@ -553,6 +553,42 @@ def test_torch_tensors_are_read_through_torchs_c_functions():
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
+@pytest.mark.parametrize("n", [1000, 70000])  # run holding the GIL, and without it
+def test_a_tensor_repointed_by_python_code_during_the_read_keeps_its_old_memory_alive(n):
+    """_core.run takes the storages of plain torch tensors only if it must (a large call
+    that releases the GIL), and before the read of any array that could run Python code.
+    Here a subclass's shape property, read after a plain tensor, points that tensor at new
+    memory and drops the last reference to the old: the step still writes memory it holds
+    (the old storage; under the sanitizers a use after free would be reported), the
+    tensor's new memory is untouched, and so is a tensor allocated right after the old
+    memory was given up (where the allocator hands the same block out again, a step that
+    let it go would write there), and the subclass's own elements are updated."""
+    import torch
+
+    class Repointing(torch.Tensor):
+        victim = None
+        allocated_after = None
+
+        @property
+        def shape(self):
+            if Repointing.victim is not None:
+                Repointing.victim.data = torch.full((n,), 7.0)
+                Repointing.victim = None
+                Repointing.allocated_after = torch.zeros(n)
+            return super().shape
+
+    victim = torch.zeros(n)
+    Repointing.victim = victim
+    other = torch.zeros(n).as_subclass(Repointing)
+    grads = [torch.ones(n), torch.ones(n)]
+    fusedopt.sgd_([victim, other], grads, lr=0.5)
+    assert Repointing.victim is None  # the property ran, during the read
+    assert torch.equal(victim, torch.full((n,), 7.0))
+    assert torch.equal(Repointing.allocated_after, torch.zeros(n))
+    assert torch.equal(other.as_subclass(torch.Tensor), torch.full((n,), -0.5))
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not importable")
 @pytest.mark.parametrize("cls", ["Tensor", "Parameter"])
 def test_torch_type_with_a_replaced_method_is_read_by_name(monkeypatch, cls):
     """A torch.Tensor (or nn.Parameter) whose is_neg was replaced after the reader looked

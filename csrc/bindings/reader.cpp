@@ -194,12 +194,16 @@ Rule read_array(PyObject* o, const ArrayKinds& types, const ReadOptions& options
       std::copy(a.sizes, a.sizes + a.ndim, it.dims);
       it.count_from_dims();
       it.dtype = a.dtype;
-      PyObject* storage = slots.call(o, TorchSlots::kUntypedStorage, true);
-      if (storage == nullptr) {
-        PyErr_Clear();
-        return Rule::kUnreachable;
+      if (options.defer_torch_storage) {
+        it.storage_deferred = true;
+      } else {
+        PyObject* storage = slots.call(o, TorchSlots::kUntypedStorage, true);
+        if (storage == nullptr) {
+          PyErr_Clear();
+          return Rule::kUnreachable;
+        }
+        it.memory = py::reinterpret_steal<py::object>(storage);
       }
-      it.memory = py::reinterpret_steal<py::object>(storage);
       it.ptr = a.ptr;
       it.contiguous = a.contiguous;
       it.on_device = !a.on_cpu || options.host_tensors_are_device;
@@ -415,6 +419,8 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   bool memory_known = false;
   int gpu_role = -1;  // the first array that said which GPU it is on
   Py_ssize_t gpu_index = -1;
+  ReadOptions item_options = options;
+  if (options.defer_torch_storage) out.deferred_types = types.types;
   for (Py_ssize_t t = 0; t < n; ++t) {
     // First what each array is and where it lives, then the rules between them: the
     // order in which fusedopt/_arrays.py used to find them.
@@ -426,7 +432,15 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
         if (keeps == absent[r]) return {Rule::kStateShape, r, t};
         if (absent[r]) continue;
       }
-      const Rule kind_rule = read_array(o, types, options, items[r]);
+      // Storages stay untaken only while no Python code runs: before an array whose read
+      // could run some (any but a NumPy array or a tensor read through torch's C functions),
+      // the deferred ones are taken and the rest of the call is read as usual.
+      if (item_options.defer_torch_storage && !npy::get().PyArray_Check_(o) &&
+          !(types.known.torch_abi.ready && types.torch_direct(o))) {
+        item_options.defer_torch_storage = false;
+        out.hold_deferred_storages();
+      }
+      const Rule kind_rule = read_array(o, types, item_options, items[r]);
       if (kind_rule != Rule::kNone) return {kind_rule, r, t};
       if (!memory_known) {
         memory_known = true;
@@ -506,6 +520,7 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
                                                               static_cast<size_t>(t),
                                    written(r)});
       if (a.memory) (r == grad_role ? out.grad_held : out.memory).push_back(std::move(a.memory));
+      if (a.storage_deferred) out.deferred.emplace_back(roles[r].at[t], r == grad_role);
       if (a.on_device && a.device < 0) out.device_unknown = true;
       if (a.stream != 0 && std::find(out.streams.begin(), out.streams.end(), a.stream) == out.streams.end())
         out.streams.push_back(a.stream);
@@ -528,6 +543,17 @@ Refusal read_call(py::handle params, py::handle grads, py::handle states, const 
   }
   out.n_tensors = static_cast<int64_t>(n);
   return {};
+}
+
+void ReadCall::hold_deferred_storages() {
+  if (deferred.empty()) return;
+  const TorchSlots& slots = deferred_types->torch_slots;
+  for (const auto& d : deferred) {
+    PyObject* storage = slots.call(d.first, TorchSlots::kUntypedStorage, true);
+    if (storage == nullptr) throw py::error_already_set();
+    (d.second ? grad_held : memory).push_back(py::reinterpret_steal<py::object>(storage));
+  }
+  deferred.clear();
 }
 
 Refusal read_grads(py::handle grads, ReadOptions options, ReadCall& out) {

@@ -110,6 +110,15 @@ struct ReadCall {
   // Some device array did not say which GPU it is on (a bare __cuda_array_interface__):
   // the CUDA module asks the driver for each before it launches.
   bool device_unknown = false;
+  // ReadOptions::defer_torch_storage: the torch tensors whose storage was not taken yet
+  // (borrowed from `held`), and whether each is a gradient.
+  std::vector<std::pair<PyObject*, bool>> deferred;
+  std::shared_ptr<const ArrayTypes> deferred_types;  // the slots they were read through
+
+  // Takes the storage of every deferred tensor (into memory or grad_held), as the read
+  // would have. Call it, the GIL held since the read, before anything can change a tensor:
+  // releasing the GIL, or running Python code.
+  void hold_deferred_storages();
 
   Batch batch() const;
 };
@@ -128,6 +137,7 @@ struct ArrayItem {
   bool contiguous = false;
   bool writable = true;
   bool torch = false;
+  bool storage_deferred = false;  // a torch tensor whose storage the read did not take
   uintptr_t stream = 0;  // a __cuda_array_interface__'s producer stream (0: none named)
   py::object memory;  // a torch tensor's storage
 
@@ -148,6 +158,7 @@ struct ArrayItem {
     contiguous = false;
     writable = true;
     torch = false;
+    storage_deferred = false;
     stream = 0;
     memory = py::object();
   }
@@ -195,6 +206,12 @@ struct ReadOptions {
   StateLayout layout = StateLayout::kSame;
   // Master weights: the form of the masters read_call is given (None where kNone).
   Master master = Master::kNone;
+  // Leave the storages of torch tensors read through torch's C functions untaken
+  // (ReadCall::deferred) while the read runs no Python code; they are taken before the
+  // first array whose read could. For a caller that runs the kernel at once, the GIL held
+  // throughout: nothing can point a tensor at other memory meanwhile, and a small call then
+  // need not take them at all (_core.run).
+  bool defer_torch_storage = false;
 };
 
 // Reads one array: what it is, where it lives and its layout; Rule::kNone, or the rule its

@@ -32,13 +32,16 @@ namespace {
 // without the GIL.
 class HostCall {
  public:
+  // defer_storage: ReadOptions::defer_torch_storage, for a caller that runs the call at
+  // once, holding the GIL from the read to the kernel (read_and_run below).
   HostCall(py::handle params, py::handle grads, py::handle states, StateLayout layout,
-           py::handle masters = py::none(), Master master = Master::kNone)
+           py::handle masters = py::none(), Master master = Master::kNone, bool defer_storage = false)
       : layout_(layout) {
     ReadOptions options = module_read_options();
     options.host_only = true;  // stop at params[0] if it is a device array: not ours
     options.layout = layout;
     options.master = master;
+    options.defer_torch_storage = defer_storage;
     refusal_ = read_call(params, grads, states, options, call_, masters);
     if (!refusal_ && call_.on_device && call_.n_tensors > 0) refusal_ = {Rule::kDeviceCall, 0, 0};
     batch_ = call_.batch();
@@ -61,7 +64,10 @@ class HostCall {
   // Runs the rule whose name is `rule` with the coefficients `coeffs`, the gradients read
   // times `grad_multiplier` and 16-bit stores rounded as `rounding` says (call_options.h).
   void run(const std::string& rule, py::handle coeffs, double grad_multiplier = 1.0,
-           py::handle rounding = py::none()) const;
+           py::handle rounding = py::none());
+  // Runs `step`, read from Python already: nothing here runs Python code before the kernel.
+  template <class Step>
+  void run_step(const Step& step, StateLayout layout, const RunOptions& options);
   long long count_nonfinite() const {
     const Batch& b = grads_batch();
     py::gil_scoped_release release;
@@ -84,46 +90,84 @@ class HostCall {
     if (!call_.has_grads) throw std::invalid_argument("this call has no grads");
     return batch();
   }
-  template <class Step>
-  void run_step(py::handle coeffs, StateLayout layout, double grad_multiplier,
-                py::handle rounding) const {
-    // A factored rule's passes need the factored reading (shapes, Nones), and the
-    // elementwise loops the plain one.
-    if (layout != layout_)
-      throw std::invalid_argument(std::string(Step::kName) +
-                                  ": this call was read with another state layout");
-    // The factored passes read the gradients as they are (fusedopt/_dispatch.py refuses
-    // loss scaling and clipping for them before anything is read).
-    if (layout == StateLayout::kFactored && grad_multiplier != 1.0)
-      throw std::invalid_argument(std::string(Step::kName) + ": takes no gradient multiplier");
-    if (layout == StateLayout::kFactored && call_.master != Master::kNone)
-      throw std::invalid_argument(std::string(Step::kName) + ": takes no master weights");
-    const Step step = step_from_python<Step>(coeffs);
-    // The loops dereference one state pointer per state the rule keeps: a call with another
-    // number of state lists than the flags ask for would read through a null pointer.
-    if (fusedopt::n_states(step) != n_states())
-      throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
-                                  std::to_string(fusedopt::n_states(step)) + " state lists, got " +
-                                  std::to_string(n_states()));
-    const Batch b = with_call_options(grads_batch(), grad_multiplier, rounding);
-    py::gil_scoped_release release;
-    cpu::update(step, b);
-  }
-
   StateLayout layout_ = StateLayout::kSame;
   ReadCall call_;
   Refusal refusal_;
   Batch batch_;
 };
 
-void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier,
-                   py::handle rounding) const {
+// A call of at most this many elements runs holding the GIL: it is over in microseconds,
+// and its torch tensors' storages (deferred by the read) need not be taken.
+constexpr int64_t kHoldGilElements = int64_t{1} << 16;
+
+template <class Step>
+void HostCall::run_step(const Step& step, StateLayout layout, const RunOptions& options) {
+  // A factored rule's passes need the factored reading (shapes, Nones), and the
+  // elementwise loops the plain one.
+  if (layout != layout_)
+    throw std::invalid_argument(std::string(Step::kName) + ": this call was read with another state layout");
+  // The factored passes read the gradients as they are (fusedopt/_dispatch.py refuses
+  // loss scaling and clipping for them before anything is read).
+  if (layout == StateLayout::kFactored && options.grad_multiplier != 1.0)
+    throw std::invalid_argument(std::string(Step::kName) + ": takes no gradient multiplier");
+  if (layout == StateLayout::kFactored && call_.master != Master::kNone)
+    throw std::invalid_argument(std::string(Step::kName) + ": takes no master weights");
+  // The loops dereference one state pointer per state the rule keeps: a call with another
+  // number of state lists than the flags ask for would read through a null pointer.
+  if (fusedopt::n_states(step) != n_states())
+    throw std::invalid_argument(std::string(Step::kName) + ": these flags need " +
+                                std::to_string(fusedopt::n_states(step)) + " state lists, got " +
+                                std::to_string(n_states()));
+  const Batch b = options.applied_to(grads_batch());
+  if (call_.offsets.back() <= kHoldGilElements) {
+    cpu::update(step, b);
+    return;
+  }
+  // Another thread may run while this one waits: it could point a tensor at other memory
+  // (.data =, set_()) and free the old, which the storages keep alive.
+  call_.hold_deferred_storages();
+  py::gil_scoped_release release;
+  cpu::update(step, b);
+}
+
+void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier, py::handle rounding) {
+  const RunOptions options = RunOptions::read(grad_multiplier, rounding);
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(coeffs, StateLayout::kSame, grad_multiplier, rounding);
+  if (rule == Step::kName) return run_step(step_from_python<Step>(coeffs), StateLayout::kSame, options);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step<Step>(coeffs, StateLayout::kFactored, grad_multiplier, rounding);
+  if (rule == Step::kName) return run_step(step_from_python<Step>(coeffs), StateLayout::kFactored, options);
+  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+  throw std::invalid_argument("unknown rule '" + rule + "'");
+}
+
+// _core.run: one call read and run. The coefficients and options are read first, since
+// reading them may run Python code; from the arrays' read to the kernel none runs, so the
+// read may defer the torch storages (ReadOptions::defer_torch_storage).
+template <class Step>
+py::object read_and_run(StateLayout layout, py::handle params, py::handle grads, py::handle states,
+                        py::handle coeffs, const RunOptions& options, py::handle masters, Master master) {
+  const Step step = step_from_python<Step>(coeffs);
+  HostCall call(params, grads, states, layout, masters, master, /*defer_storage=*/true);
+  if (!call.ok()) return call.refusal();
+  call.run_step(step, layout, options);
+  return py::none();
+}
+
+py::object read_and_run(const std::string& rule, py::handle params, py::handle grads, py::handle states,
+                        py::handle coeffs, double grad_multiplier, py::handle rounding, py::handle masters,
+                        Master master) {
+  const RunOptions options = RunOptions::read(grad_multiplier, rounding);
+#define FUSEDOPT_RUN_IF(Step, ...)                                                                   \
+  if (rule == Step::kName)                                                                           \
+    return read_and_run<Step>(StateLayout::kSame, params, grads, states, coeffs, options, masters, master);
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
+#undef FUSEDOPT_RUN_IF
+#define FUSEDOPT_RUN_IF(Step, ...)                                                                       \
+  if (rule == Step::kName)                                                                               \
+    return read_and_run<Step>(StateLayout::kFactored, params, grads, states, coeffs, options, masters, master);
   FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
@@ -159,10 +203,8 @@ void register_kernels(py::module_& m) {
       [](const std::string& rule, py::handle params, py::handle grads, py::handle states,
          py::handle coeffs, double grad_multiplier, py::handle rounding, py::handle masters,
          const std::string& master) -> py::object {
-        HostCall call(params, grads, states, layout_of(rule), masters, master_from_name(master));
-        if (!call.ok()) return call.refusal();
-        call.run(rule, coeffs, grad_multiplier, rounding);
-        return py::none();
+        return read_and_run(rule, params, grads, states, coeffs, grad_multiplier, rounding, masters,
+                            master_from_name(master));
       },
       arg("rule"), arg("params"), arg("grads"), arg("states"), arg("coeffs"), arg("grad_multiplier") = 1.0,
       arg("rounding") = py::none(), arg("masters") = py::none(), arg("master") = "none",
