@@ -42,6 +42,9 @@ TEST_SHARD = os.environ.get("FUSEDOPT_TEST_SHARD", "")
 
 
 def pytest_collection_modifyitems(config, items):
+    # The long tests first: pytest-xdist hands out tests in this order, and a long one
+    # handed out last would leave the other workers idle while it runs.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
     if not TEST_SHARD:
         return
     index, count = (int(x) for x in TEST_SHARD.split("/"))

@@ -476,9 +476,10 @@ def test_bindings_refuse_arrays_of_two_gpus():
 # fallbacks, the device-side adaptive rate, bindings, kernels), with tests/host_cupy.py as
 # CuPy. It replaces modules for the whole process, so it runs in processes of its own: in
 # GPU_SUITE_SHARDS parts (every n-th test, conftest.py), which pytest-xdist's workers share.
-GPU_SUITE_SHARDS = 4
+GPU_SUITE_SHARDS = 6
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("shard", range(GPU_SUITE_SHARDS))
 def test_gpu_test_suite_on_the_emulation(shard):
     tests = Path(__file__).resolve().parent
@@ -829,6 +830,7 @@ def test_batch_without_grads_takes_no_param_as_a_grad():
     assert not batch.set_grads(s)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_adafactor_factored_shapes(dtype):
     """Adafactor's matrices and batches of matrices (the grid above reaches its vectors):

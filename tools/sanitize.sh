@@ -101,14 +101,16 @@ case "$mode" in
     source "$root/tools/ci_sample.sh"
     # Left out besides: numerics and harnesses over kernels the rest already runs (verify's
     # cases are test_rules' own; the drift and benchmark tests time or compare values).
-    pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider --deselect tests/test_rules.py
-                 --deselect tests/test_verify.py --deselect tests/test_drift.py
-                 --deselect tests/test_cuda_bench.py -k "$ci_sample_k")
-    # of the bitwise grid: the cases run on the active CPU target at 2 threads (the small
-    # sizes run on one, the large ones split in two)
-    rules_k=$(LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0 "$py" -c '
+    # Of the bitwise grid (test_rules.py): the cases run on the active CPU target at 2
+    # threads (the small sizes run on one, the large ones split in two). One pytest run for
+    # both, so that its workers share out the long tests of either.
+    target=$(LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0 "$py" -c '
 import fusedopt
-print(fusedopt.info()["cpu"]["target"] + " and t2")')
+print(fusedopt.info()["cpu"]["target"])')
+    pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider
+                 --deselect tests/test_verify.py --deselect tests/test_drift.py
+                 --deselect tests/test_cuda_bench.py
+                 -k "(not test_rules.py and ($ci_sample_k)) or (test_rules.py and $target and t2)")
     ;;
   full) pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider) ;;
 esac
@@ -123,11 +125,6 @@ status=0
 cd "$root"
 say "pytest ${pytest_args[*]}"
 "$py" -m pytest "${quiet[@]}" "${pytest_args[@]}" || status=$?
-if [ "$mode" = subset ]; then
-  say "pytest tests/test_rules.py -k '$rules_k'"
-  "$py" -m pytest "${quiet[@]}" tests/test_rules.py -n auto -m "not slow" -p no:cacheprovider \
-    -k "$rules_k" || status=$?
-fi
 
 unset LD_PRELOAD
 reports=$(find "$work/reports" -type f 2>/dev/null | sort)
