@@ -130,47 +130,44 @@ void HostCall::run_step(const Step& step, StateLayout layout, const RunOptions& 
   cpu::update(step, b);
 }
 
-void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier, py::handle rounding) {
-  const RunOptions options = RunOptions::read(grad_multiplier, rounding);
+// Calls `f(Step{}, layout)` with the step struct named `rule` and the state layout its
+// kernels read: the one place a rule's name is looked up in this module.
+template <class F>
+decltype(auto) with_rule(const std::string& rule, F&& f) {
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step(step_from_python<Step>(coeffs), StateLayout::kSame, options);
+  if (rule == Step::kName) return f(Step{}, StateLayout::kSame);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
 #define FUSEDOPT_RUN_IF(Step, ...) \
-  if (rule == Step::kName) return run_step(step_from_python<Step>(coeffs), StateLayout::kFactored, options);
+  if (rule == Step::kName) return f(Step{}, StateLayout::kFactored);
   FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
 #undef FUSEDOPT_RUN_IF
   throw std::invalid_argument("unknown rule '" + rule + "'");
+}
+
+void HostCall::run(const std::string& rule, py::handle coeffs, double grad_multiplier, py::handle rounding) {
+  const RunOptions options = RunOptions::read(grad_multiplier, rounding);
+  with_rule(rule, [&](auto tag, StateLayout layout) {
+    using Step = decltype(tag);
+    run_step(step_from_python<Step>(coeffs), layout, options);
+  });
 }
 
 // _core.run: one call read and run. The coefficients and options are read first, since
 // reading them may run Python code; from the arrays' read to the kernel none runs, so the
 // read may defer the torch storages (ReadOptions::defer_torch_storage).
-template <class Step>
-py::object read_and_run(StateLayout layout, py::handle params, py::handle grads, py::handle states,
-                        py::handle coeffs, const RunOptions& options, py::handle masters, Master master) {
-  const Step step = step_from_python<Step>(coeffs);
-  HostCall call(params, grads, states, layout, masters, master, /*defer_storage=*/true);
-  if (!call.ok()) return call.refusal();
-  call.run_step(step, layout, options);
-  return py::none();
-}
-
 py::object read_and_run(const std::string& rule, py::handle params, py::handle grads, py::handle states,
                         py::handle coeffs, double grad_multiplier, py::handle rounding, py::handle masters,
                         Master master) {
   const RunOptions options = RunOptions::read(grad_multiplier, rounding);
-#define FUSEDOPT_RUN_IF(Step, ...)                                                                   \
-  if (rule == Step::kName)                                                                           \
-    return read_and_run<Step>(StateLayout::kSame, params, grads, states, coeffs, options, masters, master);
-  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RUN_IF)
-#undef FUSEDOPT_RUN_IF
-#define FUSEDOPT_RUN_IF(Step, ...)                                                                       \
-  if (rule == Step::kName)                                                                               \
-    return read_and_run<Step>(StateLayout::kFactored, params, grads, states, coeffs, options, masters, master);
-  FUSEDOPT_FOR_EACH_FACTORED_STEP(FUSEDOPT_RUN_IF)
-#undef FUSEDOPT_RUN_IF
-  throw std::invalid_argument("unknown rule '" + rule + "'");
+  return with_rule(rule, [&](auto tag, StateLayout layout) -> py::object {
+    using Step = decltype(tag);
+    const Step step = step_from_python<Step>(coeffs);
+    HostCall call(params, grads, states, layout, masters, master, /*defer_storage=*/true);
+    if (!call.ok()) return call.refusal();
+    call.run_step(step, layout, options);
+    return py::none();
+  });
 }
 
 
