@@ -303,6 +303,41 @@ def test_step_hooks_fire_and_state_dict_hooks_too():
     assert seen == ["pre", "post", "sd", "load"]
 
 
+def test_the_step_wrapper_takes_torchs_path_for_global_hooks_and_the_profiler():
+    # A step skips torch's record_function only where nothing would see it: a global step
+    # hook, a hook that rewrites the arguments, and a profiler each get what torch gives.
+    p = _params()
+    opt = ft.SGD(p, lr=0.1)
+    _set_grads(p, _grads(p, 0))
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    seen = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: seen.append(("pre", type(o).__name__))),
+               register_optimizer_step_post_hook(lambda o, a, k: seen.append(("post", type(o).__name__)))]
+    try:
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == [("pre", "SGD"), ("post", "SGD")]
+    opt.step()
+    assert len(seen) == 2  # removed: not called again
+
+    losses = []
+    opt.register_step_pre_hook(lambda o, a, k: (a, {"closure": lambda: losses.append(1) or 7.0}))
+    assert opt.step() == 7.0 and losses == [1]
+
+    opt2 = ft.AdamW(_params())
+    for q in opt2.param_groups[0]["params"]:
+        q.grad = torch.ones_like(q)
+    before = [q.detach().clone() for q in opt2.param_groups[0]["params"]]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt2.step()
+    names = {e.key for e in prof.key_averages()}
+    assert "Optimizer.step#AdamW.step" in names
+    assert all(not torch.equal(a, q) for a, q in zip(before, opt2.param_groups[0]["params"]))
+
+
 def test_zero_grad_and_named_parameters():
     model = torch.nn.Linear(3, 2)
     opt = ft.AdamW(model.named_parameters())
