@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
+import fusedopt
 import numpy as np
 import pytest
 from fusedopt.bench import cases, cli, report, timing
@@ -76,6 +77,17 @@ def test_a_case_whose_gradients_change_or_params_overflow_is_refused(dtype):
     arrays.p[0][7] = np.inf
     with pytest.raises(RuntimeError, match="params are no longer finite after sgd 3000"):
         arrays.check_case_data("sgd 3000")
+
+
+def test_every_case_stays_finite_over_the_calls_of_a_small_size():
+    # A small size is called many thousand times with one gradient; a rule whose step is
+    # relative to the param (Adafactor, LAMB) must not grow the params to inf meanwhile.
+    for rule in cases.RULES:
+        arrays = cases.Arrays("float32", 1 << 6, seed=0)
+        p, g, s = arrays.case_args(rule)
+        for _ in range(10_000):
+            cases.call_fusedopt(rule, fusedopt, p, g, s)
+        arrays.check_case_data(rule)
 
 
 def test_paired_ratio_refuses_times_from_different_rounds():

@@ -23,6 +23,10 @@ _NAMED = {
     "adamw": ("adamw_", dict(lr=1e-3, weight_decay=0.01)),
     "amsgrad": ("adam_", dict(lr=1e-3, amsgrad=True)),
     "lion": ("lion_", dict(lr=1e-4, weight_decay=0.1)),
+    # Adafactor's step is relative to the param's RMS, and the bench repeats one gradient:
+    # each call can grow the params by a factor of up to (1 + lr), so the many thousand calls
+    # of the small sizes need a small lr to keep them finite (at lr=0.01, 2^16 overflowed).
+    "adafactor": ("adafactor_", dict(lr=1e-5)),
 }
 STEP = 10  # the step passed to every call: past the first, so every state is read
 
