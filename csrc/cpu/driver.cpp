@@ -119,7 +119,7 @@ FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
 void update(const AdafactorStep& s, const Batch& b) {
   const auto fn = active_table().factored<AdafactorStep>();
   const DType compute = b.compute_dtype();
-  std::vector<double> blocks, row_sums, col_sums, row_means;
+  std::vector<double> blocks, row_sums, col_sums, row_means, col_terms;
   for (int64_t t = 0; t < b.n_tensors; ++t) {
     const int64_t n = b.size(t);
     if (n == 0) continue;
@@ -141,6 +141,8 @@ void update(const AdafactorStep& s, const Batch& b) {
       row_sums.assign(static_cast<size_t>(matrices * x.rows), 0.0);
       col_sums.assign(static_cast<size_t>(matrices * x.cols), 0.0);
       row_means.assign(static_cast<size_t>(matrices), 0.0);
+      col_terms.resize(static_cast<size_t>(matrices * 2 * x.cols));
+      x.col_terms = col_terms.data();
       run(FactoredPass::kRowSums, matrices * x.rows, x.cols, row_sums.data());
       run(FactoredPass::kColSums, matrices * x.cols, x.rows, col_sums.data());
       x.row_sums = row_sums.data();

@@ -36,6 +36,10 @@ struct FactoredTensor {
   const double* row_sums = nullptr;   // kRowSums' output, read by kMoments
   const double* col_sums = nullptr;   // kColSums' output, read by kMoments
   const double* row_means = nullptr;  // kMoments' output: per matrix, the clamped row mean
+  // kMoments' output, read by kUpdateSumsq and kApply: per matrix, 2 * cols values of the
+  // compute type, each column's col_var / rmean, then their inverse roots (math/adafactor.h,
+  // pass 3). Room for doubles, whatever the compute type.
+  double* col_terms = nullptr;
   double scale = 0.0;                 // alpha / denom, for kApply
 };
 

@@ -866,6 +866,13 @@ double staged_sumsq(const Batch& b, int r, int64_t t, int64_t lo, int64_t n, T* 
   return sum;
 }
 
+// Matrix mat's column terms (FactoredTensor::col_terms): cols values col_var / rmean, then
+// their inverse roots.
+template <class T>
+T* column_terms(const FactoredTensor& x, int64_t mat) {
+  return reinterpret_cast<T*>(x.col_terms) + mat * 2 * x.cols;
+}
+
 // u for elements [e0, e0 + m) of the tensor, into stage.u[0..m).
 template <class Rule, class T = typename Rule::compute_t>
 void fill_updates(const Rule& rule, const FactoredTensor& x, int64_t e0, int64_t m, FactoredStage<T>& stage) {
@@ -877,17 +884,19 @@ void fill_updates(const Rule& rule, const FactoredTensor& x, int64_t e0, int64_t
     for (int64_t k = 0; k < m; ++k) u[k] = rule.update(rule.grad(g[k]), v[k]);
     return;
   }
-  // Row by row: within a row the row factor and the matrix's row mean are fixed.
+  // Row by row: within a row the row factor and its inverse root are fixed; the columns'
+  // terms come from kMoments.
   const int64_t C = x.cols;
   int64_t row = e0 / C, j = e0 - row * C;
   for (int64_t k = 0; k < m; j = 0, ++row) {
     const int64_t len = (C - j < m - k) ? C - j : m - k;
-    const int64_t mat = row / x.rows;
+    const T* terms = column_terms<T>(x, row / x.rows);
     const T r = *stage_in<T>(b, kState0, x.index, row, 1, stage.buf[kState0]);
-    const T mean = static_cast<T>(x.row_means[mat]);
-    const T* __restrict c = stage_in<T>(b, kState1, x.index, mat * C + j, len, stage.buf[kState1]);
+    const T r_root = Rule::inverse_root(r);
+    const T* __restrict c = terms + j;
+    const T* __restrict c_root = terms + C + j;
     for (int64_t q = 0; q < len; ++q)
-      u[k + q] = rule.update(rule.grad(g[k + q]), rule.factored_estimate(r, c[q], mean));
+      u[k + q] = rule.factored_update(rule.grad(g[k + q]), r, r_root, c[q], c_root[q]);
     k += len;
   }
 }
@@ -962,7 +971,17 @@ void factored_pass(const Rule& rule, const FactoredTensor& x, FactoredPass pass,
         const double sum =
             update_factor(rule, b, kState0, t, mat * R, R, x.row_sums + mat * R, C, buf[kState0]);
         update_factor(rule, b, kState1, t, mat * C, C, x.col_sums + mat * C, R, buf[kState1]);
-        out[mat] = static_cast<double>(rule.row_mean(sum, R));
+        const T mean = rule.row_mean(sum, R);
+        out[mat] = static_cast<double>(mean);
+        T* terms = column_terms<T>(x, mat);
+        for (int64_t j0 = 0; j0 < C; j0 += kStage) {  // from col_var as stored
+          const int64_t m = (C - j0 < kStage) ? C - j0 : kStage;
+          const T* __restrict c = stage_in<T>(b, kState1, t, mat * C + j0, m, buf[kState1]);
+          for (int64_t q = 0; q < m; ++q) {
+            terms[j0 + q] = rule.column_scaled(c[q], mean);
+            terms[C + j0 + q] = Rule::inverse_root(terms[j0 + q]);
+          }
+        }
       }
       break;
     case FactoredPass::kUpdateSumsq:

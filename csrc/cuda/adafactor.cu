@@ -59,9 +59,9 @@ template <class Rule, class T>
 __device__ T update_at(const Rule& rule, const Tensor<T>& x, int64_t e) {
   if (x.rows == 0) return rule.update(rule.grad(x.load(kGrad, e)), x.load(kState2, e));
   const int64_t row = e / x.cols, j = e - row * x.cols, b = row / x.rows;
-  const T mean = static_cast<T>(x.row_means[b]);
-  const T estimate = rule.factored_estimate(x.load(kState0, row), x.load(kState1, b * x.cols + j), mean);
-  return rule.update(rule.grad(x.load(kGrad, e)), estimate);
+  const T r = x.load(kState0, row);
+  const T c = rule.column_scaled(x.load(kState1, b * x.cols + j), static_cast<T>(x.row_means[b]));
+  return rule.factored_update(rule.grad(x.load(kGrad, e)), r, Rule::inverse_root(r), c, Rule::inverse_root(c));
 }
 
 // A warp's sum of squares of f(lo + i), i < len, in the lanes of math/sumsq.h (lane 0 gets it).

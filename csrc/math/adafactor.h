@@ -17,9 +17,13 @@
 //      col_var = beta2_t * col_var + one_minus_beta2_t * col_mean
 //      rmean   = max(T(sum_i row_var[i] / R), eps1)        (sum in double, in row order;
 //                                                            NaN propagates)
-//      est     = (row_var[i] * col_var[j]) / rmean
-//    vector: variance = beta2_t * variance + one_minus_beta2_t * (g * g);  est = variance
-//   3. u   = g * (1 / sqrt(max(est, eps1_sq)))             (NaN propagates)
+//   3. factored (torch's 1 / sqrt(max(row_var[i] * col_var[j] / rmean, eps1_sq)), taken
+//      apart so that the divisions and roots are per row and per column, not per element):
+//        c[j] = col_var[j] / rmean,  a[i] = 1 / sqrt(row_var[i]),  b[j] = 1 / sqrt(c[j])
+//        u    = g * (row_var[i] * c[j] < eps1_sq ? 1 / sqrt(eps1_sq) : a[i] * b[j])
+//      (NaN propagates: where row_var[i] * c[j] is NaN, so is a[i] * b[j])
+//    vector: variance = beta2_t * variance + one_minus_beta2_t * (g * g)
+//        u    = g * (1 / sqrt(max(variance, eps1_sq)))     (NaN propagates)
 //      ssu = sum of u*u (double, the blocking of math/sumsq.h)
 //      denom = max(1, sqrt(ssu) / (sqrt(numel) * d))     (double; NaN -> 1, as torch)
 //      scale = T(alpha / denom)
@@ -71,14 +75,15 @@ template <class T, bool kMaximize, WeightDecay kWd>
 struct AdafactorRule {
   using compute_t = T;
   static constexpr int kNumStates = 3;
-  T beta2_t, one_minus_beta2_t, eps1, eps1_sq, decay_factor;
+  T beta2_t, one_minus_beta2_t, eps1, eps1_sq, decay_factor, inverse_root_eps1_sq;
 
   explicit AdafactorRule(const AdafactorCoeffs<double>& c)
       : beta2_t(static_cast<T>(c.beta2_t)),
         one_minus_beta2_t(static_cast<T>(c.one_minus_beta2_t)),
         eps1(static_cast<T>(adafactor_eps1<T>(c.eps1))),
         eps1_sq(static_cast<T>(adafactor_eps1<T>(c.eps1) * adafactor_eps1<T>(c.eps1))),
-        decay_factor(static_cast<T>(c.decay_factor)) {}
+        decay_factor(static_cast<T>(c.decay_factor)),
+        inverse_root_eps1_sq(inverse_root(eps1_sq)) {}
 
   FUSEDOPT_HD T grad(T grad) const { return effective_grad<kMaximize, WeightDecay::kNone>(grad, T(0), T(0)); }
   // A second moment (row, column or full) moved towards its new mean square.
@@ -87,9 +92,17 @@ struct AdafactorRule {
   FUSEDOPT_HD T row_mean(double sum, int64_t rows) const {
     return max_propagate_nan(static_cast<T>(sum / static_cast<double>(rows)), eps1);
   }
-  FUSEDOPT_HD T factored_estimate(T row, T col, T row_mean) const { return div_ieee(row * col, row_mean); }
-  FUSEDOPT_HD T update(T g, T estimate) const {
-    return g * div_ieee(T(1), sqrt_ieee(max_propagate_nan(estimate, eps1_sq)));
+  FUSEDOPT_HD static T inverse_root(T x) { return div_ieee(T(1), sqrt_ieee(x)); }
+  // Pass 3 of a matrix: c = column_scaled(col_var[j], rmean), then the update from the
+  // element's row factor, the two inverse roots and c. The CPU loops compute c and the
+  // roots once per row and column, CUDA per element: the same operations, the same bits.
+  FUSEDOPT_HD T column_scaled(T col, T row_mean) const { return div_ieee(col, row_mean); }
+  FUSEDOPT_HD T factored_update(T g, T row, T row_root, T col_scaled, T col_root) const {
+    return g * (row * col_scaled < eps1_sq ? inverse_root_eps1_sq : row_root * col_root);
+  }
+  // Pass 3 of a vector, from its full variance.
+  FUSEDOPT_HD T update(T g, T variance) const {
+    return g * inverse_root(max_propagate_nan(variance, eps1_sq));
   }
   FUSEDOPT_HD T apply(T p, T u, T scale) const { return decoupled_decay<kWd>(p, decay_factor) - scale * u; }
 };

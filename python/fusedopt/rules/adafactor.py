@@ -106,13 +106,19 @@ def exact(xp, p, g, states, c, as_stored):
         col_var[...] = as_stored(1, col_var)
         row_total = np.add.accumulate(_on_host(row).astype(np.float64), axis=1)[:, -1]  # in row order
         row_mean = max_propagate_nan(xp, xp.asarray((row_total / R).astype(T)), T(eps1))
-        estimate = (row[:, :, None] * col[:, None, :]) / row_mean[:, None, None]
-        estimate = estimate.reshape(p.shape)
+        # 1 / sqrt(max(row * col / row_mean, eps1^2)) taken apart per row and per column
+        # (math/adafactor.h, pass 3); where the product is NaN, so is the roots' product.
+        eps1_sq = T(eps1 * eps1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = col / row_mean[:, None]
+            row_root, col_root = T(1) / xp.sqrt(row), T(1) / xp.sqrt(scaled)
+            inverse = xp.where(row[:, :, None] * scaled[:, None, :] < eps1_sq, T(1) / xp.sqrt(eps1_sq),
+                               row_root[:, :, None] * col_root[:, None, :])
+        u = g * inverse.reshape(p.shape)
     else:
         variance[...] = beta2_t * variance + one_minus * (g * g)
         variance[...] = as_stored(2, variance)
-        estimate = variance
-    u = g * (T(1) / xp.sqrt(max_propagate_nan(xp, estimate, T(eps1 * eps1))))
+        u = g * (T(1) / xp.sqrt(max_propagate_nan(xp, variance, T(eps1 * eps1))))
     scale = T(alpha / _denom(c, _sumsq(u), n))
     if c.wd_mode == WD_DECOUPLED:
         p[...] = p * T(c.decay_factor)
