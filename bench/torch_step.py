@@ -15,7 +15,11 @@ The variants of one case alternate within each round; each figure is the median 
 rounds of the mean time of a batch of steps, with the p10-p90 spread, and the median of
 the per-round ratio to torch's time.
 
-    python bench/torch_step.py [--rounds 21] [--cases seed,tiny,list,gpt2]
+    python bench/torch_step.py [--rounds 21] [--cases seed,tiny,list,gpt2] [--dtype bfloat16]
+
+``--dtype bfloat16`` (or float16) makes the params and gradients of every case 16-bit;
+each optimizer keeps its states as it does by default (torch's in the param dtype, and
+fusedopt.torch's too, but float32 for float16 params).
 """
 
 from __future__ import annotations
@@ -46,11 +50,14 @@ def _gpt2_small_shapes() -> list[tuple[int, ...]]:
     return shapes + [(d,), (d,)]
 
 
+DTYPE = torch.float32  # the params' and gradients' (--dtype)
+
+
 def _pair(shapes, ours, theirs):
     """The variants of a case: ``theirs(params, **flags)`` makes torch's optimizer."""
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+    params = [torch.randn(s, generator=gen).to(DTYPE) for s in shapes]
+    grads = [(torch.randn(s, generator=gen) * 1e-3).to(DTYPE) for s in shapes]
     out = {}
     makers = (("fusedopt.torch", ours), ("torch fused=True", lambda ps: theirs(ps, fused=True)),
               ("torch foreach=True", lambda ps: theirs(ps, foreach=True)))
@@ -98,10 +105,13 @@ def main(argv=None) -> int:
     parser.add_argument("--gpt2-rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.05, help="seconds per batch")
     parser.add_argument("--cases", default="seed,tiny,list,gpt2")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
+    global DTYPE
+    DTYPE = getattr(torch, args.dtype)
     print(f"fusedopt {fusedopt.__version__}, target {fusedopt.info()['cpu']['target']}, "
           f"{fusedopt.get_num_threads()} fusedopt threads, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+          f"({torch.get_num_threads()} threads), params and gradients {args.dtype}")
     print(f"{'case':<18} {'variant':<18} {'median us':>11} {'p10-p90 us':>21} {'vs torch':>9}")
     for key in args.cases.split(","):
         label, make = CASES[key]
