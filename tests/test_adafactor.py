@@ -99,6 +99,22 @@ def test_bitwise_equal_to_the_exact_reference(target, threads, dtype):
         assert_all_same_bits((params, states), ref)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_big_tensors_split_and_small_ones_side_by_side_give_the_reference_bits(threads):
+    """Tensors of 2^20 elements or more run each pass split across threads; the others run
+    whole, several at once on different threads (cpu/driver.cpp): the reference's bits."""
+    shapes = [(1030, 1024), (5, 1), (3, 70), (1 << 20,), (300, 301), (7,), (2, 3, 17)]
+    rng = rng_for("adafactor-big", threads)
+    params, states, grads = make(shapes, np.float32, rng, steps=2)
+    ref = copied(params, states)
+    with cpu_config(SUPPORTED_TARGETS[-1], threads):
+        for step, g in enumerate(grads, start=1):
+            fusedopt.adafactor_(params, g, *states.values(), step=step, backend="native", lr=0.02)
+    for step, g in enumerate(grads, start=1):
+        fusedopt.reference.adafactor_(ref[0], g, *ref[1].values(), step=step, lr=0.02)
+    assert_all_same_bits((params, states), ref)
+
+
 # Shapes for the storage grid: vectors, matrices, a batch of them, a row longer than a norm
 # block and tensors split across threads (fewer than SHAPES: the grid is larger).
 STORED_SHAPES = [(7,), (33,), (4, 5), (3, 70), (2, 3, 17), (2, 70_000), (300, 301), (100_003,)]

@@ -1,6 +1,7 @@
 #include "cpu/driver.h"
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "common/flag_dispatch.h"
@@ -116,46 +117,92 @@ void trust_update(const Step& s, const Batch& b) {
 FUSEDOPT_FOR_EACH_TRUST_STEP(FUSEDOPT_DEFINE_TRUST_UPDATE)
 #undef FUSEDOPT_DEFINE_TRUST_UPDATE
 
+namespace {
+
+// A tensor of at least this many elements has each of its passes split across threads;
+// smaller ones run whole on one thread each, several tensors side by side: a pass split
+// across threads costs a wake-up and a wait, about as much as a pass over 2^15 elements.
+constexpr int64_t kSplitFactoredTensor = int64_t{1} << 20;
+
+// The per-tensor sums of a factored step's passes, reused from tensor to tensor.
+struct FactoredScratch {
+  std::vector<double> blocks, row_sums, col_sums, row_means, col_terms;
+};
+
+// The passes of tensor t, in order (math/adafactor.h). run(pass, units, work, out) runs a
+// pass's units [0, units), about `work` elements each, inline or split across threads:
+// each unit's result depends on the unit alone, so the bits are the same either way.
+template <class Run>
+void adafactor_tensor(const AdafactorStep& s, const Batch& b, int64_t t, FactoredScratch& w, Run&& run) {
+  const int64_t n = b.size(t);
+  FactoredTensor x{&b, t, n, b.factor_dims[2 * t], b.factor_dims[2 * t + 1]};
+  const int64_t n_blocks = (n + math::kNormBlock - 1) / math::kNormBlock;
+  w.blocks.assign(static_cast<size_t>(n_blocks), 0.0);
+  run(x, FactoredPass::kParamSumsq, n_blocks, math::kNormBlock, w.blocks.data());
+  const double alpha = math::adafactor_alpha(s.c.eps2, s.c.rho, in_order(w.blocks), n);
+  if (x.rows > 0) {
+    const int64_t matrices = n / (x.rows * x.cols);
+    w.row_sums.assign(static_cast<size_t>(matrices * x.rows), 0.0);
+    w.col_sums.assign(static_cast<size_t>(matrices * x.cols), 0.0);
+    w.row_means.assign(static_cast<size_t>(matrices), 0.0);
+    w.col_terms.resize(static_cast<size_t>(matrices * 2 * x.cols));
+    x.col_terms = w.col_terms.data();
+    run(x, FactoredPass::kRowSums, matrices * x.rows, x.cols, w.row_sums.data());
+    run(x, FactoredPass::kColSums, matrices * x.cols, x.rows, w.col_sums.data());
+    x.row_sums = w.row_sums.data();
+    x.col_sums = w.col_sums.data();
+    run(x, FactoredPass::kMoments, matrices, x.rows + x.cols, w.row_means.data());
+    x.row_means = w.row_means.data();
+  } else {
+    run(x, FactoredPass::kMoments, n, 1, nullptr);
+  }
+  run(x, FactoredPass::kUpdateSumsq, n_blocks, math::kNormBlock, w.blocks.data());
+  x.scale = alpha / math::adafactor_denom(s.c.d, in_order(w.blocks), n);
+  run(x, FactoredPass::kApply, n, 1, nullptr);
+}
+
+}  // namespace
+
 void update(const AdafactorStep& s, const Batch& b) {
   const auto fn = active_table().factored<AdafactorStep>();
   const DType compute = b.compute_dtype();
-  std::vector<double> blocks, row_sums, col_sums, row_means, col_terms;
+  // The big tensors, one after another, each pass split across threads.
+  auto split = [&](const FactoredTensor& x, FactoredPass pass, int64_t units, int64_t work, double* out) {
+    const int threads = static_cast<int>(std::min<int64_t>(threads_for(units * work), units));
+    if (threads <= 1) return fn(s, compute, x, pass, 0, units, out);
+    parallel_for(threads, [&](int k) {
+      fn(s, compute, x, pass, units * k / threads, units * (k + 1) / threads, out);
+    });
+  };
+  auto inline_run = [&](const FactoredTensor& x, FactoredPass pass, int64_t units, int64_t, double* out) {
+    fn(s, compute, x, pass, 0, units, out);
+  };
+  FactoredScratch scratch;
+  std::vector<int64_t> small;
+  int64_t small_total = 0;
   for (int64_t t = 0; t < b.n_tensors; ++t) {
     const int64_t n = b.size(t);
     if (n == 0) continue;
-    FactoredTensor x{&b, t, n, b.factor_dims[2 * t], b.factor_dims[2 * t + 1]};
-    // Runs `pass` over `units` units of about `work` elements each, split across threads.
-    auto run = [&](FactoredPass pass, int64_t units, int64_t work, double* out) {
-      const int threads = static_cast<int>(std::min<int64_t>(threads_for(units * work), units));
-      if (threads <= 1) return fn(s, compute, x, pass, 0, units, out);
-      parallel_for(threads, [&](int k) {
-        fn(s, compute, x, pass, units * k / threads, units * (k + 1) / threads, out);
-      });
-    };
-    const int64_t n_blocks = (n + math::kNormBlock - 1) / math::kNormBlock;
-    blocks.assign(static_cast<size_t>(n_blocks), 0.0);
-    run(FactoredPass::kParamSumsq, n_blocks, math::kNormBlock, blocks.data());
-    const double alpha = math::adafactor_alpha(s.c.eps2, s.c.rho, in_order(blocks), n);
-    if (x.rows > 0) {
-      const int64_t matrices = n / (x.rows * x.cols);
-      row_sums.assign(static_cast<size_t>(matrices * x.rows), 0.0);
-      col_sums.assign(static_cast<size_t>(matrices * x.cols), 0.0);
-      row_means.assign(static_cast<size_t>(matrices), 0.0);
-      col_terms.resize(static_cast<size_t>(matrices * 2 * x.cols));
-      x.col_terms = col_terms.data();
-      run(FactoredPass::kRowSums, matrices * x.rows, x.cols, row_sums.data());
-      run(FactoredPass::kColSums, matrices * x.cols, x.rows, col_sums.data());
-      x.row_sums = row_sums.data();
-      x.col_sums = col_sums.data();
-      run(FactoredPass::kMoments, matrices, x.rows + x.cols, row_means.data());
-      x.row_means = row_means.data();
+    if (n >= kSplitFactoredTensor) {
+      adafactor_tensor(s, b, t, scratch, split);
     } else {
-      run(FactoredPass::kMoments, n, 1, nullptr);
+      small.push_back(t);
+      small_total += n;
     }
-    run(FactoredPass::kUpdateSumsq, n_blocks, math::kNormBlock, blocks.data());
-    x.scale = alpha / math::adafactor_denom(s.c.d, in_order(blocks), n);
-    run(FactoredPass::kApply, n, 1, nullptr);
   }
+  // The others, whole tensors taken in turn by each thread.
+  const int threads = static_cast<int>(std::min<int64_t>(threads_for(small_total),
+                                                         static_cast<int64_t>(small.size())));
+  if (threads <= 1) {
+    for (int64_t t : small) adafactor_tensor(s, b, t, scratch, inline_run);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  parallel_for(threads, [&](int) {
+    FactoredScratch own;
+    for (size_t i = next.fetch_add(1); i < small.size(); i = next.fetch_add(1))
+      adafactor_tensor(s, b, small[i], own, inline_run);
+  });
 }
 
 int64_t count_nonfinite_grads(const Batch& b) {
