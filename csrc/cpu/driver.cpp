@@ -126,7 +126,7 @@ constexpr int64_t kSplitFactoredTensor = int64_t{1} << 20;
 
 // The per-tensor sums of a factored step's passes, reused from tensor to tensor.
 struct FactoredScratch {
-  std::vector<double> blocks, row_sums, col_sums, row_means, col_terms;
+  std::vector<double> blocks, row_sums, col_sums, col_terms, row_terms;
 };
 
 // The passes of tensor t, in order (math/adafactor.h). run(pass, units, work, out) runs a
@@ -144,15 +144,15 @@ void adafactor_tensor(const AdafactorStep& s, const Batch& b, int64_t t, Factore
     const int64_t matrices = n / (x.rows * x.cols);
     w.row_sums.assign(static_cast<size_t>(matrices * x.rows), 0.0);
     w.col_sums.assign(static_cast<size_t>(matrices * x.cols), 0.0);
-    w.row_means.assign(static_cast<size_t>(matrices), 0.0);
     w.col_terms.resize(static_cast<size_t>(matrices * 2 * x.cols));
+    w.row_terms.resize(static_cast<size_t>(matrices * 2 * x.rows));
     x.col_terms = w.col_terms.data();
+    x.row_terms = w.row_terms.data();
     run(x, FactoredPass::kRowSums, matrices * x.rows, x.cols, w.row_sums.data());
     run(x, FactoredPass::kColSums, matrices * x.cols, x.rows, w.col_sums.data());
     x.row_sums = w.row_sums.data();
     x.col_sums = w.col_sums.data();
-    run(x, FactoredPass::kMoments, matrices, x.rows + x.cols, w.row_means.data());
-    x.row_means = w.row_means.data();
+    run(x, FactoredPass::kMoments, matrices, x.rows + x.cols, nullptr);
   } else {
     run(x, FactoredPass::kMoments, n, 1, nullptr);
   }

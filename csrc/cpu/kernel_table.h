@@ -35,11 +35,12 @@ struct FactoredTensor {
   int64_t rows, cols;                 // the last two dims; 0, 0: not factored
   const double* row_sums = nullptr;   // kRowSums' output, read by kMoments
   const double* col_sums = nullptr;   // kColSums' output, read by kMoments
-  const double* row_means = nullptr;  // kMoments' output: per matrix, the clamped row mean
-  // kMoments' output, read by kUpdateSumsq and kApply: per matrix, 2 * cols values of the
-  // compute type, each column's col_var / rmean, then their inverse roots (math/adafactor.h,
-  // pass 3). Room for doubles, whatever the compute type.
+  // kMoments' output, read by kUpdateSumsq and kApply, as values of the compute type (with
+  // room for doubles, whatever the compute type; math/adafactor.h, pass 3): per matrix,
+  // 2 * cols values, each column's col_var / rmean, then their inverse roots; per row of
+  // every matrix, its row_var as stored and that value's inverse root.
   double* col_terms = nullptr;
+  double* row_terms = nullptr;
   double scale = 0.0;                 // alpha / denom, for kApply
 };
 

@@ -872,6 +872,27 @@ template <class T>
 T* column_terms(const FactoredTensor& x, int64_t mat) {
   return reinterpret_cast<T*>(x.col_terms) + mat * 2 * x.cols;
 }
+// Row `row`'s terms (FactoredTensor::row_terms; rows counted across the matrices): its
+// row_var as stored, then that value's inverse root.
+template <class T>
+T* row_terms(const FactoredTensor& x, int64_t row) {
+  return reinterpret_cast<T*>(x.row_terms) + 2 * row;
+}
+
+// The sum of the squares of a row of n <= kNormLanes elements, as math/sumsq.h adds one
+// block: one element per lane, then the halving tree. The tree's adds of lanes that hold
+// no element add +0.0 to a sum of squares (never -0.0), which changes nothing, so they are
+// left out.
+template <class T>
+double short_row_sumsq(const T* __restrict x, int64_t n) {
+  double lane[math::kNormLanes];
+  for (int64_t j = 0; j < n; ++j) lane[j] = math::square_as_double(x[j]);
+  for (int64_t width = math::kNormLanes / 2; width >= 1; width /= 2) {
+    for (int64_t j = 0; j + width < n; ++j) lane[j] = lane[j] + lane[j + width];
+    if (n > width) n = width;
+  }
+  return n == 0 ? 0.0 : lane[0];
+}
 
 // u for elements [e0, e0 + m) of the tensor, into stage.u[0..m).
 template <class Rule, class T = typename Rule::compute_t>
@@ -884,15 +905,15 @@ void fill_updates(const Rule& rule, const FactoredTensor& x, int64_t e0, int64_t
     for (int64_t k = 0; k < m; ++k) u[k] = rule.update(rule.grad(g[k]), v[k]);
     return;
   }
-  // Row by row: within a row the row factor and its inverse root are fixed; the columns'
-  // terms come from kMoments.
+  // Row by row: within a row the row factor and its inverse root are fixed; the rows' and
+  // the columns' terms come from kMoments.
   const int64_t C = x.cols;
   int64_t row = e0 / C, j = e0 - row * C;
   for (int64_t k = 0; k < m; j = 0, ++row) {
     const int64_t len = (C - j < m - k) ? C - j : m - k;
     const T* terms = column_terms<T>(x, row / x.rows);
-    const T r = *stage_in<T>(b, kState0, x.index, row, 1, stage.buf[kState0]);
-    const T r_root = Rule::inverse_root(r);
+    const T r = row_terms<T>(x, row)[0];
+    const T r_root = row_terms<T>(x, row)[1];
     const T* __restrict c = terms + j;
     const T* __restrict c_root = terms + C + j;
     for (int64_t q = 0; q < len; ++q)
@@ -936,6 +957,14 @@ void factored_pass(const Rule& rule, const FactoredTensor& x, FactoredPass pass,
       }
       break;
     case FactoredPass::kRowSums:
+      // Rows of at most one element a lane, stored in the compute type: read in place. (A
+      // 16-bit gradient takes the staged path: a second call site of the widening, here,
+      // made GCC stop inlining it, and bfloat16 Adafactor at 2^24 lost 10-15%.)
+      if (C <= math::kNormLanes && (std::is_same<T, double>::value || b.dtypes[kGrad] == DType::kFloat32)) {
+        const T* g = static_cast<const T*>(b.ptrs[kGrad][t]);
+        for (int64_t r = begin; r < end; ++r) out[r] = short_row_sumsq(g + r * C, C);
+        break;
+      }
       for (int64_t r = begin; r < end; ++r) out[r] = staged_sumsq<T>(b, kGrad, t, r * C, C, buf[kGrad]);
       break;
     case FactoredPass::kColSums:  // each column's squares added in row order
@@ -972,7 +1001,15 @@ void factored_pass(const Rule& rule, const FactoredTensor& x, FactoredPass pass,
             update_factor(rule, b, kState0, t, mat * R, R, x.row_sums + mat * R, C, buf[kState0]);
         update_factor(rule, b, kState1, t, mat * C, C, x.col_sums + mat * C, R, buf[kState1]);
         const T mean = rule.row_mean(sum, R);
-        out[mat] = static_cast<double>(mean);
+        for (int64_t i0 = 0; i0 < R; i0 += kStage) {  // from row_var as stored
+          const int64_t m = (R - i0 < kStage) ? R - i0 : kStage;
+          const T* __restrict r = stage_in<T>(b, kState0, t, mat * R + i0, m, buf[kState0]);
+          T* rows = row_terms<T>(x, mat * R + i0);
+          for (int64_t q = 0; q < m; ++q) {
+            rows[2 * q] = r[q];
+            rows[2 * q + 1] = Rule::inverse_root(r[q]);
+          }
+        }
         T* terms = column_terms<T>(x, mat);
         for (int64_t j0 = 0; j0 < C; j0 += kStage) {  // from col_var as stored
           const int64_t m = (C - j0 < kStage) ? C - j0 : kStage;
