@@ -880,18 +880,12 @@ T* row_terms(const FactoredTensor& x, int64_t row) {
 }
 
 // The sum of the squares of a row of n <= kNormLanes elements, as math/sumsq.h adds one
-// block: one element per lane, then the halving tree. The tree's adds of lanes that hold
-// no element add +0.0 to a sum of squares (never -0.0), which changes nothing, so they are
-// left out.
+// block: one element per lane, then the halving tree over the lanes that hold one.
 template <class T>
 double short_row_sumsq(const T* __restrict x, int64_t n) {
   double lane[math::kNormLanes];
   for (int64_t j = 0; j < n; ++j) lane[j] = math::square_as_double(x[j]);
-  for (int64_t width = math::kNormLanes / 2; width >= 1; width /= 2) {
-    for (int64_t j = 0; j + width < n; ++j) lane[j] = lane[j] + lane[j + width];
-    if (n > width) n = width;
-  }
-  return n == 0 ? 0.0 : lane[0];
+  return math::combine_lanes(lane, static_cast<int>(n));
 }
 
 // u for elements [e0, e0 + m) of the tensor, into stage.u[0..m).

@@ -27,13 +27,19 @@ FUSEDOPT_HD double square_as_double(S x) {
   return d * d;
 }
 
-// Combines the lanes of one block by the fixed halving tree (in place; returns lane[0]).
-FUSEDOPT_HD double combine_lanes(double* lane) {
+// Combines lanes [0, n) of one block by the fixed halving tree (in place; returns lane[0]),
+// the lanes from n on holding nothing (a block of fewer than kNormLanes elements): the
+// tree's adds of those would add +0.0 to a sum of squares (never -0.0), which changes
+// nothing, so they are left out.
+FUSEDOPT_HD double combine_lanes(double* lane, int n) {
+  if (n == 0) return 0.0;
   for (int width = kNormLanes / 2; width >= 1; width /= 2) {
-    for (int j = 0; j < width; ++j) lane[j] = lane[j] + lane[j + width];
+    for (int j = 0; j + width < n; ++j) lane[j] = lane[j] + lane[j + width];
+    if (n > width) n = width;
   }
   return lane[0];
 }
+FUSEDOPT_HD double combine_lanes(double* lane) { return combine_lanes(lane, kNormLanes); }
 
 }  // namespace math
 }  // namespace fusedopt

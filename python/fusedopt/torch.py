@@ -45,7 +45,6 @@ Importing this module imports torch (``import fusedopt`` alone does not).
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections import defaultdict
 from itertools import chain
@@ -53,6 +52,7 @@ from operator import attrgetter
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _torch_optimizer
 
 import fusedopt
 
@@ -61,9 +61,8 @@ __all__ = ["SGD", "AdaptiveSGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Lion", 
 _grad_of = attrgetter("grad")
 # torch's registries of the step hooks of every optimizer (register_optimizer_step_*_hook);
 # None where a torch release moves them, and then every step takes torch's own wrapper.
-_GLOBAL_STEP_HOOKS = tuple(getattr(importlib.import_module("torch.optim.optimizer"), name, None)
-                           for name in
-                           ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))
+_GLOBAL_STEP_HOOKS = (getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None),
+                      getattr(_torch_optimizer, "_global_optimizer_post_hooks", None))
 _profiler_enabled = torch._C._autograd._profiler_enabled
 _NONE = type(None)
 _PLAIN = torch.Tensor
@@ -275,7 +274,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
             self = args[0]
-            if (pre is None or pre or post or self._optimizer_step_pre_hooks
+            if (pre is None or post is None or pre or post or self._optimizer_step_pre_hooks
                     or self._optimizer_step_post_hooks or _profiler_enabled()):
                 return full(*args, **kwargs)
             out = func(*args, **kwargs)
