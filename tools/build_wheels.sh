@@ -166,7 +166,12 @@ check_no_native() {  # the compile commands of a build directory
 # --- CPU wheel -------------------------------------------------------------------------
 phase "CPU wheel: build from the sdist"
 unpack "$work/src-cpu"
-rm -rf "$work/build-cpu" "$work/dist/cpu"
+# The build tree sits where pyproject.toml's build-dir puts it, two levels under the source,
+# so that the compile commands name the sources by the same relative paths as .ci/run's
+# install of the checkout: with a compiler cache (.ci/run sets ccache as the CMake compiler
+# launcher, CCACHE_BASEDIR=/), the objects that install compiled are found again here.
+build_cpu="$work/src-cpu/build/cpu"
+rm -rf "$build_cpu" "$work/dist/cpu"
 frontend=("$tools/python" -m build)  # a new isolated environment for each build
 if [[ $fast == 1 ]]; then
   # One environment for both wheels, made as build makes its isolated ones (a new venv with
@@ -186,9 +191,9 @@ with open(sys.argv[1], "rb") as f:
   frontend=("$work/venv-build/bin/python" -m build --no-isolation)
 fi
 FUSEDOPT_CUDA=OFF "${frontend[@]}" --wheel --outdir "$work/dist/cpu" \
-  -C build-dir="$work/build-cpu" "$work/src-cpu" > "$work/build-cpu.log" 2>&1 \
+  -C build-dir="$build_cpu" "$work/src-cpu" > "$work/build-cpu.log" 2>&1 \
   || { tail -40 "$work/build-cpu.log"; die "CPU wheel build failed (log: $work/build-cpu.log)"; }
-check_no_native "$work/build-cpu" "CPU wheel"
+check_no_native "$build_cpu" "CPU wheel"
 cpu_raw="$(ls "$work"/dist/cpu/fusedopt-*.whl)"
 
 # --- CUDA wheel ------------------------------------------------------------------------
@@ -200,13 +205,13 @@ if [[ -n "$nvcc_path" ]]; then
     # The same unpacked sdist, build environment and build tree as the CPU wheel, renamed
     # by variant.py: ninja then compiles only the CUDA module, not the CPU module again.
     src_cuda="$work/src-cpu"
-    build_cuda="$work/build-cpu"
+    build_cuda="$build_cpu"
     cuda_archs="${FUSEDOPT_WHEEL_FAST_ARCHS:-90-real}"
     archs_env=(FUSEDOPT_CUDA_ARCHS="$cuda_archs")
   else
     cuda_archs="$("$tools/python" "$repo/tools/variant.py" cuda13 . --print-archs)"
     src_cuda="$work/src-cuda13"
-    build_cuda="$work/build-cuda13"
+    build_cuda="$src_cuda/build/cuda13"
     unpack "$src_cuda"
     rm -rf "$build_cuda"
   fi
@@ -250,7 +255,7 @@ for raw in "$cpu_raw" $cuda_raw; do
     if grep -qE 'libcuda|libcudart|libnvidia' <<< "$needed"; then fail "$(basename "$so") links a CUDA library dynamically"; fi
   done
   rm -rf "$tmpx"
-  objects=(--objects "$work/build-cpu")
+  objects=(--objects "$build_cpu")
   [[ "$name" == fusedopt ]] || objects=(--objects "$build_cuda")
   self_test=()
   [[ "$name" == fusedopt ]] && self_test=(--self-test)  # first show the check can fail
