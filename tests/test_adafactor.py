@@ -244,6 +244,8 @@ def test_empty_tensors_are_skipped():
 
 
 def _bad_cases():
+    """The factored layout's own refusals, with their messages in full (the generated grid of
+    tests/test_bad_input.py breaks every argument of adafactor_ besides)."""
     f32 = np.float32
     m = np.ones((3, 4), f32)
     v = np.ones(5, f32)

@@ -14,6 +14,7 @@ code that writes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -36,22 +37,45 @@ BAD = 1  # the list index a case breaks (the message must name it)
 
 @dataclass(frozen=True)
 class Spec:
-    name: str
+    name: str  # the cases' ids; the function's name too, unless `function` says otherwise
     states: tuple  # state arguments, in positional order; all used by `hyper`
     hyper: dict  # valid hyperparameters that use every state
     positive_states: tuple = ()  # states that must stay >= 0 (squares)
     optional: tuple = ()  # states that are None unless an option asks for them
     small_states: tuple = ()  # states kept small (centered RMSprop: sq - ga**2 > 0)
+    function: str = ""  # where two specs call one function (Adafactor's matrices and vectors)
+    shapes: tuple = tuple(SHAPES)  # the params' shapes in the list layout
+    single_shape: tuple = SINGLE_SHAPE
+    # (state, param shape) -> the state's shape, or None where such a param keeps none of
+    # that state; unset: every state has its param's shape
+    state_shape: Callable | None = None
 
     @property
     def roles(self):
         return ("params", "grads") + self.states
 
+    @property
+    def fn(self) -> str:
+        return self.function or self.name
+
+    def shape_of(self, role, param_shape):
+        if role in ("params", "grads") or self.state_shape is None:
+            return param_shape
+        return self.state_shape(role, param_shape)
+
+    @property
+    def mutated_roles(self):
+        """The roles whose arrays the cases break: those present in the valid call (a
+        factored rule's matrices keep no `variances`, its vectors no row or column factors)."""
+        return tuple(r for r in self.roles
+                     if self.shape_of(r, self.single_shape) is not None
+                     and all(self.shape_of(r, s) is not None for s in self.shapes))
+
     def kernel(self):
-        return getattr(fusedopt, self.name)
+        return getattr(fusedopt, self.fn)
 
     def reference(self):
-        return getattr(fusedopt.reference, self.name)
+        return getattr(fusedopt.reference, self.fn)
 
 
 _SGD_HYPER = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, step=2)
@@ -88,13 +112,31 @@ def _described_spec(rule, kernel) -> Spec:
                 optional=tuple(rule.optional_states))
 
 
-# Factored rules (Adafactor) are left out: their states have other shapes than their
-# params, and None where a param keeps none, which this grid's mutations (shapes,
-# transposes, dtypes of states shaped like their params) do not describe. Their refusals
-# are tested in tests/test_adafactor.py.
+
+
+def _factored_shape(role, shape):
+    """Adafactor's states, as torch keeps them: a param [..., R, C] of two or more dims
+    takes row factors [..., R, 1] and column factors [..., 1, C]; one of fewer dims a full
+    variance of its own shape."""
+    if len(shape) >= 2:
+        return {"row_vars": shape[:-1] + (1,), "col_vars": shape[:-2] + (1, shape[-1])}.get(role)
+    return shape if role == "variances" else None
+
+
 for _rule, _kernel in fusedopt.rules.KERNELS.values():
-    if _kernel.name not in SPECS and _rule.state_layout == "same":
+    if _kernel.name in SPECS:
+        continue
+    if _rule.state_layout == "same":
         SPECS[_kernel.name] = _described_spec(_rule, _kernel)
+    elif _rule.state_layout == "factored":
+        # Twice: matrices (row and column factors; tensors 0 and 2 share a shape, tensor 1
+        # is 2-D as in SHAPES) and vectors (a full variance).
+        _spec = _described_spec(_rule, _kernel)
+        SPECS[_kernel.name] = dataclasses.replace(
+            _spec, shapes=((2, 5), (3, 4), (2, 5)), state_shape=_factored_shape)
+        SPECS[_kernel.name + "vectors"] = dataclasses.replace(
+            _spec, name=_kernel.name + "vectors", function=_kernel.name,
+            shapes=((5,), (12,), (5,)), single_shape=(12,), state_shape=_factored_shape)
 
 # Optimizer classes with the options that create every state.
 OPTIMIZERS = {
@@ -123,13 +165,17 @@ def _values(rng, shape, dtype, positive=False, small=False):
 
 
 def valid_arrays(spec: Spec, single: bool, dtype=np.float32, seed=0) -> dict:
-    """role -> list of arrays (lists layout) or role -> array (single layout)."""
+    """role -> list of arrays (lists layout) or role -> array (single layout); None for a
+    state that a param of that shape does not keep."""
     rng = np.random.default_rng(seed)
-    def make(r, shape):
+    def make(r, param_shape):
+        shape = spec.shape_of(r, param_shape)
+        if shape is None:
+            return None
         return _values(rng, shape, dtype, r in spec.positive_states, r in spec.small_states)
     if single:
-        return {r: make(r, SINGLE_SHAPE) for r in spec.roles}
-    return {r: [make(r, s) for s in SHAPES] for r in spec.roles}
+        return {r: make(r, spec.single_shape) for r in spec.roles}
+    return {r: [make(r, s) for s in spec.shapes] for r in spec.roles}
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +219,17 @@ def read_only(a):
     a = a.copy()
     a.setflags(write=False)
     return a
+
+
+def _breaks_layout(f, shape) -> bool:
+    """Whether layout `f` makes an array of `shape` one the kernels refuse: a (3, 1) row
+    factor in Fortran order or transposed is still C-contiguous (NumPy ignores the stride
+    of a dimension of 1), and a vector has no second axis to reverse."""
+    try:
+        v = f(np.zeros(shape, np.float32))
+    except (IndexError, ValueError):
+        return False
+    return not (v.flags.c_contiguous and v.flags.aligned)
 
 
 LAYOUTS = {"strided": strided, "transposed": transposed, "negative-strides": negative_strides,
@@ -266,19 +323,25 @@ def _set_hyper(**kw):
 
 
 def _alias(dst, src, i=BAD, j=BAD):
+    """dst[i] becomes src[j] itself or, where their shapes differ (a factored state and its
+    param), the two become views of one buffer from its start (_overlap)."""
     def mutate(arrays, hyper):
-        _put(arrays, dst, i, _get(arrays, src, j))
+        if _get(arrays, src, j).shape == _get(arrays, dst, i).shape:
+            _put(arrays, dst, i, _get(arrays, src, j))
+        else:
+            _overlap(src, j, dst, i, 0)(arrays, hyper)
     return mutate
 
 
 def _overlap(role_a, i, role_b, j, shift):
     """role_a[i] and role_b[j] become views of one buffer, role_b[j] starting `shift`
-    elements into role_a[i]."""
+    elements into role_a[i] (or at its last element, where role_a[i] is shorter)."""
     def mutate(arrays, hyper):
         a, b = _get(arrays, role_a, i), _get(arrays, role_b, j)
-        buf = np.zeros(shift + max(a.size, b.size) + a.size, a.dtype)
+        shift_ = min(shift, a.size - 1)
+        buf = np.zeros(shift_ + max(a.size, b.size) + a.size, a.dtype)
         va = buf[: a.size].reshape(a.shape)
-        vb = buf[shift: shift + b.size].reshape(b.shape)
+        vb = buf[shift_: shift_ + b.size].reshape(b.shape)
         va[...] = a
         vb[...] = b
         _put(arrays, role_a, i, va)
@@ -295,8 +358,10 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                         names, single, no_cupy, cat, pattern))
 
     i = 0 if single else BAD
-    for role in spec.roles:
+    param_shape = spec.single_shape if single else spec.shapes[BAD]
+    for role in spec.mutated_roles:
         lab = _label(role, single)
+        shape = spec.shape_of(role, param_shape)
         at = "" if single else "[1]"
         # wrong Python types: for the whole argument, and for one element of a list
         for tname, value in {"str": "abc", "float": 3.0, "dict": {"a": 1}}.items():
@@ -306,8 +371,10 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                 add("type", f"{role}[1]-{tname}", _set(role, value), TypeError, lab)
         add("type", f"{role}{at}-python-list-of-floats", _set(role, lambda a: a.tolist(), i),
             TypeError, role, pattern=_name(lab) if role == "grads" and not single else "")
+        # (a factored rule's single state as None: "this param keeps none", a shape matter)
+        none_means_absent = single and spec.state_shape is not None and role in spec.states
         add("type", f"{role}-None", _set_role(role, lambda xs: None),
-            ValueError if role in spec.optional else TypeError, role,
+            ValueError if role in spec.optional or none_means_absent else TypeError, role,
             pattern=_name(role) if role in spec.states else "")
         if role == "momentum_buffers" and spec.name in ("sgd_", "adaptive_sgd_"):
             def keras_without_buffers(arrays, hyper):
@@ -342,17 +409,19 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
         if not single:
             # tensor 1 entirely float64 (all its roles), tensors 0 and 2 float32
             def whole_tensor(arrays, hyper):
-                for r in spec.roles:
+                for r in spec.mutated_roles:
                     arrays[r][BAD] = arrays[r][BAD].astype(np.float64)
             if role == "params":
                 add("mixed-dtype", "tensor1-all-roles-float64", whole_tensor, TypeError,
                     "params[1]", "float64")
         # shapes
         if role != "params":
-            for sname, shape in {"4x3": (4, 3), "3x5": (3, 5), "flat12": (12,),
+            for sname, wrong in {"4x3": (4, 3), "3x5": (3, 5), "flat12": (12,),
                                  "3x4x1": (3, 4, 1)}.items():
+                if wrong == shape:  # (a vector's variance of 12)
+                    continue
                 add("shape", f"{role}{at}-{sname}",
-                    _set(role, lambda a, s=shape: np.resize(a, s), i), ValueError, lab,
+                    _set(role, lambda a, s=wrong: np.resize(a, s), i), ValueError, lab,
                     _label("params", single, i),
                     pattern="" if single else _name(lab) + ".*shape")
         else:
@@ -361,6 +430,8 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                 _label("params", single, i))
         # layouts: non-contiguous and misaligned
         for lname, f in LAYOUTS.items():
+            if not _breaks_layout(f, shape):
+                continue
             word = "aligned" if lname == "unaligned" else "contiguous"
             add("layout", f"{role}{at}-{lname}", _set(role, f, i), ValueError, lab, word,
                 pattern=_name(lab) + ".*" + word
@@ -385,17 +456,18 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
                 role if role != "params" else "grads")
 
     # aliasing: written arrays must have memory of their own
-    written = ["params", *spec.states]
+    states = [s for s in spec.states if s in spec.mutated_roles]
+    written = ["params", *states]
     add("alias", "params-is-grads", _alias("grads", "params", i, i), ValueError,
         _label("params", single, i), _label("grads", single, i), "share memory",
         pattern=_shared(_label("params", single, i), _label("grads", single, i)))
-    for s in spec.states:
+    for s in states:
         add("alias", f"{s}-is-params", _alias(s, "params", i, i), ValueError,
             _label("params", single, i), _label(s, single, i), "share memory",
             pattern="" if single else _shared("params[1]", f"{s}[1]"))
         add("alias", f"{s}-is-grads", _alias(s, "grads", i, i), ValueError,
             _label("grads", single, i), _label(s, single, i), "share memory")
-    for a, b in itertools.combinations(spec.states, 2):
+    for a, b in itertools.combinations(states, 2):
         add("alias", f"{b}-is-{a}", _alias(b, a, i, i), ValueError,
             _label(a, single, i), _label(b, single, i), "share memory",
             pattern="" if single else _shared(f"{a}[1]", f"{b}[1]"))
@@ -409,7 +481,7 @@ def _array_cases(spec: Spec, single: bool) -> list[Case]:
             add("alias", f"{r}[0]-overlaps-{r}[2]", _overlap(r, 0, r, 2, 3), ValueError,
                 f"{r}[0]", f"{r}[2]", "share memory",
                 pattern=_shared("params[0]", "params[2]") if r == "params" else "")
-        for s in spec.states:
+        for s in states:
             add("alias", f"{s}[0]-overlaps-params[1]", _overlap(s, 0, "params", 1, 4),
                 ValueError, f"{s}[0]", "params[1]", "share memory")
             add("alias", f"params[0]-overlaps-{s}[1]", _overlap("params", 0, s, 1, 4),
@@ -490,14 +562,31 @@ def _hyper_values(spec: Spec) -> list[tuple[str, object, type, str]]:
         step()
         out.append(("amsgrad-without-max_exp_avg_sqs", dict(_drop="max_exp_avg_sqs"),
                     ValueError, "max_exp_avg_sqs"))
-    described = spec.name not in WHOLE_NAMES  # a rule known here by its description only
+    described = spec.fn not in WHOLE_NAMES  # a rule known here by its description only
     if described:
-        keywords = fusedopt.rules.kernel(spec.name)[1].keywords
+        keywords = fusedopt.rules.kernel(spec.fn)[1].keywords
         for name in ("eps", "lr_decay", "momentum"):
-            if name in keywords:
+            if name in keywords and not isinstance(keywords[name], tuple):
                 nonneg(name)
         if "step" in keywords:
             step()
+        if isinstance(keywords.get("eps"), tuple):  # Adafactor's (eps1 or None, eps2)
+            for k, v in {"eps1-negative": (-1e-30, 1e-3), "eps2-negative": (None, -1e-3),
+                         "eps2-nan": (None, float("nan")), "eps1-inf": (float("inf"), 1e-3)}.items():
+                out.append((f"eps-{k}", {"eps": v}, ValueError, "eps"))
+            for k, v in {"scalar": 1e-3, "one-value": (1e-30,), "three-values": (None, 1e-3, 1.0),
+                         "None": None, "eps2-None": (1e-30, None), "str-pair": ("a", "b")}.items():
+                out.append((f"eps-{k}", {"eps": v}, TypeError, "eps"))
+        if "beta2_decay" in keywords:  # Adafactor's schedule: 1 - t^beta2_decay, <= 0
+            for k, v in {"positive": 0.1, "nan": float("nan"), "-inf": float("-inf")}.items():
+                out.append((f"beta2_decay-{k}", {"beta2_decay": v}, ValueError, "beta2_decay"))
+            for k, v in {"str": "-0.8", "None": None, "bool": False}.items():
+                out.append((f"beta2_decay-{k}", {"beta2_decay": v}, TypeError, "beta2_decay"))
+        if "d" in keywords:  # Adafactor's clipping threshold, >= 1
+            for k, v in {"below-one": 0.5, "nan": float("nan"), "negative": -1.0}.items():
+                out.append((f"d-{k}", {"d": v}, ValueError, "d"))
+            for k, v in {"str": "1", "None": None}.items():
+                out.append((f"d-{k}", {"d": v}, TypeError, "d"))
     if spec.name in ("adam_", "adamw_", "lion_") or (described and "betas" in keywords):
         for k, v in {"beta1-one": (1.0, 0.999), "beta2-one": (0.9, 1.0),
                      "beta1-negative": (-0.1, 0.999), "beta2-negative": (0.9, -1e-3),
@@ -532,7 +621,9 @@ WHOLE_NAMES = {
 
 def _hyper_cases(spec: Spec) -> list[Case]:
     out = []
-    whole = WHOLE_NAMES.get(spec.name, {})
+    whole = WHOLE_NAMES.get(spec.fn, {})
+    if spec.fn not in WHOLE_NAMES:  # described rules: each name whole (d, not "d" in "and")
+        whole = {hid: name for hid, _, _, name in _hyper_values(spec) if name not in ("betas", "eps")}
     for hid, kw, exc, name in _hyper_values(spec):
         kw = dict(kw)
         drop = kw.pop("_drop", None)
@@ -561,7 +652,8 @@ def function_cases() -> list[Case]:
     for spec in SPECS.values():
         out += _array_cases(spec, single=False)
         out += _array_cases(spec, single=True)
-        out += _hyper_cases(spec)
+        if not spec.function:  # one function's hyperparameters once
+            out += _hyper_cases(spec)
     return out
 
 
@@ -678,19 +770,20 @@ def test_the_valid_call_writes(name, single, impl):
     'unchanged' above means the bad input stopped the call."""
     spec = SPECS[name]
     arrays = valid_arrays(spec, single)
-    before = snapshot(arrays)
+    before = {r: snapshot(arrays[r]) for r in spec.roles}
     _invoke(spec, impl, arrays, spec.hyper)
-    for (a, b), role in zip(before, [r for r in spec.roles
-                                      for _ in range(1 if single else len(SHAPES))]):
-        if role == "grads":
-            assert np.array_equal(a, b)
-        else:
-            assert not np.array_equal(a, b), f"{role} was not written"
+    for role, pairs in before.items():
+        assert pairs or role not in spec.mutated_roles
+        for a, b in pairs:
+            if role == "grads":
+                assert np.array_equal(a, b)
+            else:
+                assert not np.array_equal(a, b), f"{role} was not written"
 
 
 def _reference_result(spec: Spec, arrays: dict, hyper: dict, returned: list | None = None):
     """The reference's arrays after the call on copies; what it returned goes to `returned`."""
-    expected = {r: [a.copy() for a in v] for r, v in arrays.items()}
+    expected = {r: [None if a is None else a.copy() for a in v] for r, v in arrays.items()}
     value = spec.reference()(*[expected[r] for r in spec.roles], **hyper)
     if returned is not None:
         returned.append(value)
@@ -706,8 +799,15 @@ def test_read_only_grads_are_fine(name):
     returned = []
     expected = _reference_result(spec, arrays, spec.hyper, returned)
     assert spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper) == returned[0]
-    for r in spec.roles:
+    _assert_same_arrays(spec, arrays, expected)
+
+
+def _assert_same_arrays(spec, arrays, expected, roles=None):
+    for r in roles or spec.roles:
         for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
+            if e is None:
+                assert a is None
+                continue
             assert np.array_equal(a, e)
             assert_same_bits(a, e, f"{r}[{k}]")
 
@@ -721,17 +821,14 @@ def test_shared_grads_are_fine(name, how):
     grads = arrays["grads"]
     if how == "one-array":
         grads[2] = grads[0]
-    else:  # grads[2] starts 3 elements into grads[0] (both of shape (5,))
-        buf = np.concatenate([grads[0], grads[2][2:]])
-        grads[0], grads[2] = buf[:5], buf[3:]
+    else:  # grads[2] starts 3 elements into grads[0] (the two have one shape)
+        n, shape = grads[0].size, grads[0].shape
+        buf = np.concatenate([grads[0].ravel(), grads[2].ravel()[n - 3:]])
+        grads[0], grads[2] = buf[:n].reshape(shape), buf[3:].reshape(shape)
         assert np.shares_memory(grads[0], grads[2])
     expected = _reference_result(spec, arrays, spec.hyper)
     spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
-    for r in spec.roles:
-        if r != "grads":
-            for k, (a, e) in enumerate(zip(arrays[r], expected[r])):
-                assert np.array_equal(a, e)
-                assert_same_bits(a, e, f"{r}[{k}]")
+    _assert_same_arrays(spec, arrays, expected, [r for r in spec.roles if r != "grads"])
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -755,26 +852,34 @@ def test_empty_lists_are_a_no_op(name, impl):
 @pytest.mark.parametrize("name", list(SPECS))
 def test_zero_size_arrays_are_a_no_op(name, shape0):
     spec = SPECS[name]
+
+    def zeros(r):
+        shape = spec.shape_of(r, shape0)
+        return None if shape is None else np.zeros(shape, np.float32)
     arrays = valid_arrays(spec, single=False)
     for r in spec.roles:
-        arrays[r][0] = np.zeros(shape0, np.float32)
+        arrays[r][0] = zeros(r)
     expected = _reference_result(spec, arrays, spec.hyper)
     spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
     for r in spec.roles:
-        assert arrays[r][0].shape == shape0
+        assert arrays[r][0] is None or arrays[r][0].shape == spec.shape_of(r, shape0)
         for a, e in zip(arrays[r], expected[r]):
-            assert np.array_equal(a, e)
+            assert (a is None and e is None) or np.array_equal(a, e)
     # only zero-size arrays: nothing to do, nothing raised, single arrays and lists, and the
     # adaptive rate of a zero norm is lr itself
     for impl in ("kernel", "reference"):
-        for zero in ({r: np.zeros(shape0, np.float32) for r in spec.roles},
-                     {r: [np.zeros(shape0, np.float32) for _ in range(2)] for r in spec.roles}):
+        for zero in ({r: zeros(r) for r in spec.roles},
+                     {r: [zeros(r) for _ in range(2)] for r in spec.roles}):
             result = _invoke(spec, impl, zero, spec.hyper)
             if name == "adaptive_sgd_":
                 assert result.grad_norm == 0.0 and result.lr == spec.hyper["lr"]
             for r in spec.roles:
                 for a in zero[r] if isinstance(zero[r], list) else [zero[r]]:
-                    assert a.shape == shape0
+                    assert a is None or a.shape == spec.shape_of(r, shape0)
+
+
+def _copy(a, shape=None):
+    return None if a is None else (a.copy() if shape is None else a.reshape(shape).copy())
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
@@ -782,25 +887,30 @@ def test_zero_size_arrays_are_a_no_op(name, shape0):
 def test_zero_d_arrays_are_size_one_tensors(name, dt):
     spec = SPECS[name]
     arrays = valid_arrays(spec, single=False, dtype=dt)
-    for r in spec.roles:
-        arrays[r][1] = np.asarray(arrays[r][1].flat[0])  # 0-d
-    as_1d = {r: [a.reshape(-1).copy() for a in v] for r, v in arrays.items()}
+    for r in spec.roles:  # tensor 1 becomes 0-d (of a factored rule: a vector's states)
+        if spec.shape_of(r, ()) is None:
+            arrays[r][1] = None
+        else:
+            v = arrays[r][1]
+            arrays[r][1] = np.asarray(v.flat[0] if v is not None else dt(0.5))
+    as_1d = {r: [_copy(a, -1 if k == 1 else None) for k, a in enumerate(v)] for r, v in arrays.items()}
     spec.kernel()(*[arrays[r] for r in spec.roles], **spec.hyper)
     spec.reference()(*[as_1d[r] for r in spec.roles], **spec.hyper)
     for r in spec.roles:
-        assert arrays[r][1].shape == ()
+        assert arrays[r][1] is None or arrays[r][1].shape == ()
         for a, e in zip(arrays[r], as_1d[r]):
-            assert np.array_equal(a.reshape(-1), e)
+            assert (a is None and e is None) or np.array_equal(a.reshape(e.shape), e)
     assert not np.array_equal(arrays["params"][1],
                               valid_arrays(spec, False, dtype=dt)["params"][1].flat[0])
     # a single 0-d array per argument: the return value and bits of the call on shape (1,)
-    single = {r: np.asarray(v[1]).copy() for r, v in arrays.items()}
-    as_one = {r: a.reshape(1).copy() for r, a in single.items()}
+    single = {r: _copy(v[1]) for r, v in arrays.items()}
+    as_one = {r: _copy(a, 1) for r, a in single.items()}
     returned = spec.kernel()(*[as_one[r] for r in spec.roles], **spec.hyper)
     assert spec.kernel()(*[single[r] for r in spec.roles], **spec.hyper) == returned
     for r in spec.roles:
-        assert single[r].shape == ()
-        assert_same_bits(single[r].reshape(1), as_one[r], r)
+        if single[r] is not None:
+            assert single[r].shape == ()
+            assert_same_bits(single[r].reshape(1), as_one[r], r)
     assert not np.array_equal(single["params"], arrays["params"][1])
 
 
@@ -919,7 +1029,9 @@ def _step_cases(opt: str) -> list[Case]:
         "params[1]")
     add("grads[0]-overlaps-params[0]", _overlap("params", 0, "grads", 0, 2), ValueError,
         "grads[0]", "params[0]")  # needs a param that is a view: see test_optimizer_bad_step
-    add("grads[1]-is-state", _alias("grads", "__state__"), ValueError, "grads[1]")
+    # a state of the param's shape: a factored rule's vectors' (tensor 0), the others' any
+    k = 0 if fusedopt.rules.kernel(OPT_FUNCTION[opt])[0].state_layout == "factored" else BAD
+    add(f"grads[{k}]-is-state", _alias("grads", "__state__", k, k), ValueError, f"grads[{k}]")
     c = Case(f"{opt}-step-grads[1]-cuda-array-interface", opt, "step",
              _set("grads", lambda a: FakeDeviceArray(a.shape)), ValueError, ("grads[1]",))
     out.append(c)
@@ -991,6 +1103,15 @@ OPTIMIZER_PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.skipif(
                                           "handed to it")]) for c in OPTIMIZER_CASES]
 
 
+def _aliasable_state(o):
+    """The optimizer's first state list whose arrays have their params' shapes (Adafactor's
+    row and column factors do not)."""
+    for xs in o.state.values():
+        if xs[0] is not None and all(x is None or x.shape == p.shape for x, p in zip(xs, o.params)):
+            return xs
+    raise AssertionError("no state shaped like its param")
+
+
 def _make_opt(opt: str, params=None):
     cls, kw = OPTIMIZERS[opt]
     o = cls(params if params is not None else _opt_params(), **kw)
@@ -1034,8 +1155,7 @@ def test_optimizer_bad_input(case: Case):
             params[0] = view
         o = _make_opt(case.target, params)
         grads = _opt_grads(5)
-        arrays = {"grads": grads, "params": o.params,
-                  "__state__": next(iter(o.state.values()))}
+        arrays = {"grads": grads, "params": o.params, "__state__": _aliasable_state(o)}
         if "overlaps-params" in case.id:
             size = params[0].size
             grads[0] = buf[2: 2 + size]

@@ -107,7 +107,7 @@ case "$mode" in
     target=$(LD_PRELOAD="$libasan $libubsan" ASAN_OPTIONS=detect_leaks=0 "$py" -c '
 import fusedopt
 print(fusedopt.info()["cpu"]["target"])')
-    pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider
+    pytest_args=(tests -n auto -m "not slow" -p no:cacheprovider --durations=15
                  --deselect tests/test_verify.py --deselect tests/test_drift.py
                  --deselect tests/test_cuda_bench.py
                  -k "(not test_rules.py and ($ci_sample_k)) or (test_rules.py and $target and t2)")
