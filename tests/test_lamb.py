@@ -9,7 +9,7 @@ import fusedopt
 import fusedopt.reference
 import numpy as np
 import pytest
-from conftest import SUPPORTED_TARGETS, cpu_config, nonzero, rng_for
+from conftest import SUPPORTED_TARGETS, Case, cpu_config, nonzero, rng_for
 
 NORM_BLOCK = 65536
 # Sizes far apart: with 2 or 3 threads the large tensors are split across threads, inside a
@@ -158,8 +158,9 @@ def test_empty_tensors():
 
 def test_split_of_a_tensor_across_threads_changes_no_bits():
     """One tensor of several norm blocks next to small ones: its norms are per block, in
-    block order, whichever thread ran each block."""
-    sizes = [3, 5 * NORM_BLOCK + 11, 2]
+    block order, whichever thread ran each block. (From 2^20 elements on, cpu/driver.cpp
+    splits a tensor's passes across threads; the small ones run whole, side by side.)"""
+    sizes = [3, 16 * NORM_BLOCK + 11, 2, 5 * NORM_BLOCK + 1, 7]
     results = []
     for threads in (1, 2, 3):
         params, m, v, grads = _arrays(np.float32, sizes, "split")
@@ -258,3 +259,22 @@ def test_cuda_emulation_equals_the_cpu_across_launches(storage):
             assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
     moved = [not np.array_equal(p.view(np.uint8), s.view(np.uint8)) for p, s in zip(params, start) if p.size]
     assert all(moved)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("combo", [("bf16", "bf16", "bf16"), ("f32", "bf16", "bf16"),
+                                   ("bf16", "f32", "f32"), ("f16", "f16", "bf16")],
+                         ids=lambda c: "p{}-g{}-s{}".format(*c))
+def test_split_tensor_with_16bit_storage_gives_the_reference_bits(combo, rounding):
+    """A tensor of 2^20 elements or more, its passes split across threads (cpu/driver.cpp),
+    with 16-bit storage rounded to nearest or stochastically, next to small tensors run whole
+    on the other thread (the grid of tests/test_mixed_precision.py stays under 2^20)."""
+    mixed = pytest.importorskip("test_mixed_precision")
+    case = Case("lamb", "lamb_", dict(HYPER))
+    extra = {} if rounding == "nearest" else dict(rounding="stochastic", state_rounding="stochastic", seed=7)
+    arrays = mixed.make_arrays(case, combo, [(1 << 20) + 5, 33, 4097], rng_for("lamb-kept", *combo))
+    expected = mixed._copy(arrays)
+    mixed.run(case, expected, mode="exact", **extra)
+    with cpu_config(threads=2):
+        mixed.run(case, arrays, backend="native", **extra)
+    mixed.assert_same(arrays, expected)
