@@ -132,3 +132,19 @@ def test_adafactor_rows_have_its_roof_and_torch(tmp_path):
         assert {"roof", "fusedopt", "numpy-reference", "torch-foreach=True",
                 "torch-foreach=False"} <= set(rows), size
         assert rows["fusedopt"]["pct_roof"] > 0 and rows["torch-foreach=True"]["fusedopt_speedup"] > 0
+
+
+def test_bfloat16_rows_have_torch_peers(tmp_path):
+    """bfloat16 cases step torch's optimizers on bfloat16 tensors copied from the ml_dtypes
+    arrays (through their bits); the stochastically rounded rows have no peer."""
+    pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    out_json = tmp_path / "b.json"
+    rc = cli.main(["--rules", "adamw", "--dtypes", "bfloat16,bfloat16-sr", "--sizes", "3000",
+                   "--threads", "1", "--repeats", "2", "--peer-repeats", "2", "--peers", "torch",
+                   "--min-batch-ms", "0.2", "--no-latency", "--no-progress", "--json", str(out_json)])
+    assert rc == 0
+    rows = json.loads(out_json.read_text())["results"]
+    fused = [r for r in rows if r["impl"] == "torch-fused=True"]
+    assert [r["dtype"] for r in fused] == ["bfloat16"]
+    assert fused[0]["fusedopt_speedup"] > 0 and fused[0]["pct_roof"] > 0

@@ -10,8 +10,8 @@ With no options this is the quick run (about 40 seconds on a 2-core machine): ev
 rule, float32, 2^24 elements, all threads, the active CPU target, against the roof and the
 exact NumPy reference, plus the latency of one small call. ``--full`` is the sweep of
 bench/README.md: every dtype (float32, float64, and bfloat16 where ml_dtypes is installed:
-params, grads and states all bfloat16, without peers, rounded to nearest and, as
-bfloat16-sr, with the params rounded stochastically), sizes 2^10 to 2^27 and a list of
+params, grads and states all bfloat16, rounded to nearest and, as bfloat16-sr, with the
+params rounded stochastically, without peers), sizes 2^10 to 2^27 and a list of
 1,000 tensors, 1 and all threads, every CPU target the machine runs, and every installed
 peer (PyTorch's ``foreach=False``, ``foreach=True`` and ``fused=True``, DeepSpeed's CPU
 Adam and Adagrad).
@@ -368,9 +368,10 @@ def _run_case(cfg, rule, dtype, size, arrays, threads, targets, active0, torch, 
                     call_fusedopt(rule, _reference, *arrays_ref, dtype)
 
                 rows.append(peer_rows("numpy-reference", ref, cfg.ref_repeats, nt))
-        # The peers step on torch tensors made from float32/float64 arrays; bfloat16 rows
-        # (ml_dtypes arrays) have the roof and the NumPy reference only.
-        peers_take = dtype in ("float32", "float64")
+        # The peers step on torch tensors copied from the case's arrays (bfloat16 through its
+        # bits): torch keeps a bfloat16 param's states in bfloat16, as these rows do,
+        # DeepSpeed in float32. No peer rounds stochastically: bfloat16-sr rows have none.
+        peers_take = dtype in ("float32", "float64", "bfloat16")
         if torch is not None and "torch" in cfg.peers and peers_take:
             for impl, kw in TORCH_VARIANTS:
                 progress.set(f"{label} t={nt}: {impl}")

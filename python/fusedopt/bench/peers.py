@@ -4,6 +4,8 @@ case's arrays. The NumPy peer is fusedopt.reference, called as fusedopt is (case
 
 from __future__ import annotations
 
+import numpy as np
+
 from fusedopt import rules as _rules
 
 from .cases import CASES, Arrays
@@ -49,6 +51,14 @@ def deepspeed_version() -> str | None:
     return getattr(deepspeed, "__version__", "?")
 
 
+def _torch_copy(torch, a):
+    """A torch tensor holding a copy of array ``a``; ml_dtypes' bfloat16 (which
+    torch.from_numpy does not take) through its bits."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
 class TorchPeer:
     """A torch (or DeepSpeed) optimizer over private copies of the case's params and
     gradients (its states are its own too), so nothing a peer does reaches the arrays that
@@ -67,8 +77,8 @@ class TorchPeer:
     def __init__(self, torch, opt_cls, kwargs, arrays: Arrays, case: str):
         self.params = []
         for p, g in zip(*arrays.shaped(case)):  # a factored rule's matrices as fusedopt's
-            t = torch.nn.Parameter(torch.from_numpy(p.copy()))
-            t.grad = torch.from_numpy(g.copy())
+            t = torch.nn.Parameter(_torch_copy(torch, p))
+            t.grad = _torch_copy(torch, g)
             self.params.append(t)
         self.opt = opt_cls(self.params, **kwargs)
         self.step = self.opt.step
