@@ -195,7 +195,7 @@ def transposed(a):
 
 
 def negative_strides(a):
-    v = np.zeros_like(a)[::-1, ::-1]
+    v = np.zeros_like(a)[(slice(None, None, -1),) * min(a.ndim, 2)]
     v[...] = a
     return v
 
@@ -224,7 +224,7 @@ def read_only(a):
 def _breaks_layout(f, shape) -> bool:
     """Whether layout `f` makes an array of `shape` one the kernels refuse: a (3, 1) row
     factor in Fortran order or transposed is still C-contiguous (NumPy ignores the stride
-    of a dimension of 1), and a vector has no second axis to reverse."""
+    of a dimension of 1), and so is a vector transposed or in Fortran order."""
     try:
         v = f(np.zeros(shape, np.float32))
     except (IndexError, ValueError):

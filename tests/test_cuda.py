@@ -953,8 +953,8 @@ def test_verify_command_on_the_device(monkeypatch, capsys):
     if CUDA_EMULATION:
         # The emulation runs each block's threads as OS threads: a launch takes tens of ms on
         # two cores, and every example of every rule took three minutes. The first example
-        # of each rule here (the command's loop is the same for all); test_rule_bitwise_*
-        # above run every example on the emulation.
+        # of each public function here (the command's loop is the same for all);
+        # test_rule_bitwise_* above run every example on the emulation.
         firsts = {}
         for case in _verify.CASES:
             firsts.setdefault(case[1], case)

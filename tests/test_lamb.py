@@ -267,12 +267,14 @@ def test_cuda_emulation_equals_the_cpu_across_launches(storage):
                          ids=lambda c: "p{}-g{}-s{}".format(*c))
 def test_split_tensor_with_16bit_storage_gives_the_reference_bits(combo, rounding):
     """A tensor of 2^20 elements or more, its passes split across threads (cpu/driver.cpp),
-    with 16-bit storage rounded to nearest or stochastically, next to small tensors run whole
-    on the other thread (the grid of tests/test_mixed_precision.py stays under 2^20)."""
+    with 16-bit storage rounded to nearest or stochastically, next to small tensors run whole,
+    two threads taking them in turn (enough of them for two: 2^15 elements a thread). The
+    grid of tests/test_mixed_precision.py stays under 2^20."""
     mixed = pytest.importorskip("test_mixed_precision")
     case = Case("lamb", "lamb_", dict(HYPER))
     extra = {} if rounding == "nearest" else dict(rounding="stochastic", state_rounding="stochastic", seed=7)
-    arrays = mixed.make_arrays(case, combo, [(1 << 20) + 5, 33, 4097], rng_for("lamb-kept", *combo))
+    arrays = mixed.make_arrays(case, combo, [(1 << 20) + 5, 33, 40_000, 30_001],
+                                    rng_for("lamb-split", *combo))
     expected = mixed._copy(arrays)
     mixed.run(case, expected, mode="exact", **extra)
     with cpu_config(threads=2):
